@@ -1,0 +1,20 @@
+# Two entry points, each creating or refreshing its own environment first:
+#   make demo   — the main job on the embedded default data (Fashion-MNIST)
+#   make test   — the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/dinolab demo
+
+test: setup
+	$(PY) -m pytest tests
+
+bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/extract.py

@@ -1,0 +1,7 @@
+"""dinolab: DINO and DINOv2 self-supervised vision, end to end."""
+
+from dinolab.models import ViTConfig, VisionTransformer, build_vit
+
+__version__ = "0.1.0"
+
+__all__ = ["ViTConfig", "VisionTransformer", "build_vit", "__version__"]
