@@ -13,8 +13,8 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -68,6 +68,23 @@ class ViTConfig:
     @property
     def interpolation_rule(self) -> InterpolationRule:
         return resolve_rule(self.interpolation, self.num_register_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (stored next to weights so a checkpoint rebuilds its model)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ViTConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {sorted(unknown)}")
+        values = dict(data)
+        if isinstance(values.get("preprocessing"), dict):
+            pre = dict(values["preprocessing"])
+            pre["mean"], pre["std"] = tuple(pre["mean"]), tuple(pre["std"])
+            values["preprocessing"] = Preprocessing(**pre)
+        return cls(**values)
 
 
 @dataclass
