@@ -13,6 +13,19 @@ from collections.abc import Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dinolab.cli.info",
+    "dinolab.cli.convert",
+    "dinolab.cli.pretrain",
+    "dinolab.cli.demo",
+    "dinolab.cli.knn",
+    "dinolab.cli.linear",
+    "dinolab.cli.finetune",
+    "dinolab.cli.index",
+    "dinolab.cli.search",
+    "dinolab.cli.visualize",
+    "dinolab.cli.segment",
+    "dinolab.cli.probe",
+    "dinolab.cli.curate",
+    "dinolab.cli.extract",
 )
 
 

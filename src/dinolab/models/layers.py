@@ -7,6 +7,7 @@ into :class:`~dinolab.models.vit.VisionTransformer` with ``strict=True`` and no 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -58,10 +59,16 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, head_dim]
         return q, k, v
 
-    def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Any = None) -> Tensor:
+        """``attn_mask``: an SDPA mask tensor, or a FlexAttention ``BlockMask`` (packed crops)."""
         batch, tokens, dim = x.shape
         q, k, v = self._split_heads(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        if attn_mask is None or isinstance(attn_mask, Tensor):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:  # imported here: the module costs ~0.5 s; fused only under torch.compile
+            from torch.nn.attention.flex_attention import flex_attention
+
+            out = flex_attention(q, k, v, block_mask=attn_mask)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
     def attention_weights(self, x: Tensor) -> Tensor:

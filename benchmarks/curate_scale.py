@@ -1,0 +1,113 @@
+"""Time and peak memory of curation dedup and hierarchical k-means on synthetic embeddings.
+
+Each measurement runs in a fresh subprocess, which reports its wall time, its CPU time (user + system,
+all threads: on a shared machine the honest measure of work) and peak resident memory (``VmHWM``,
+including the input array). Embeddings are unit Gaussian vectors (``--dim``, float32) with
+1% planted noisy copies (cosine about 0.99 to their source), so the recall of approximate indices
+against the planted pairs is reported too.
+
+    python benchmarks/curate_scale.py --sizes 100000 1000000 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def synthetic(count: int, dim: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data = rng.standard_normal((count, dim), dtype=np.float32)
+    copies = count // 100
+    sources = rng.choice(count - copies, size=copies, replace=False)
+    targets = np.arange(count - copies, count)
+    data[targets] = data[sources] + 0.1 * rng.standard_normal((copies, dim), dtype=np.float32)
+    return data, sources, targets
+
+
+def peak_memory_gib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure(job: dict) -> dict:
+    """Run one job in this process; called in the subprocess."""
+    import faiss
+    import numpy as np
+
+    faiss.omp_set_num_threads(job["threads"])
+    data, sources, targets = synthetic(job["count"], job["dim"])
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    if job["op"] == "dedup":
+        from dinolab.curate.dedup import near_duplicate_pairs
+
+        pairs = near_duplicate_pairs(data, threshold=0.95, k=job["k"], kind=job["index"], nprobe=job["nprobe"])
+        found = set(zip(pairs.first.tolist(), pairs.second.tolist()))
+        recall = np.mean([(int(s), int(t)) in found for s, t in zip(sources, targets)])
+        extra = {"pairs": len(pairs), "planted_recall": round(float(recall), 4)}
+    else:
+        from dinolab.curate.kmeans import hierarchical_kmeans
+
+        tree = hierarchical_kmeans(data, job["ks"], niter=job["niter"])
+        extra = {"k": [len(c) for c in tree.centroids], "largest_cluster": int(tree.sizes(1).max())}
+    return {**job, "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(cpu_seconds() - cpu_start, 1),
+            "peak_gib": round(peak_memory_gib(), 2), **extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--k", type=int, default=16, help="neighbours per image in dedup")
+    parser.add_argument("--indexes", nargs="+", default=["flat", "ivf", "hnsw"],
+                        help="dedup indexes; flat is skipped above --max-flat")
+    parser.add_argument("--max-flat", type=int, default=200_000)
+    parser.add_argument("--nprobe", type=int, default=16, help="IVF lists searched per query")
+    parser.add_argument("--ks", default="1000,100,10", help="hierarchical k-means clusters per level")
+    parser.add_argument("--niter", type=int, default=10)
+    parser.add_argument("--json", help="append results as JSON lines to this file")
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.job:
+        print(json.dumps(measure(json.loads(args.job))))
+        return
+    jobs = []
+    for count in args.sizes:
+        base = {"count": count, "dim": args.dim, "threads": args.threads}
+        for index in args.indexes:
+            if index == "flat" and count > args.max_flat:
+                continue
+            jobs.append({**base, "op": "dedup", "index": index, "k": args.k, "nprobe": args.nprobe})
+        jobs.append({**base, "op": "kmeans", "ks": [int(k) for k in args.ks.split(",")], "niter": args.niter})
+    for job in jobs:
+        result = subprocess.run(
+            [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True
+        )
+        if result.returncode:
+            print(f"failed: {job}\n{result.stderr[-2000:]}", file=sys.stderr)
+            continue
+        line = result.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        if args.json:
+            with open(args.json, "a") as handle:
+                handle.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

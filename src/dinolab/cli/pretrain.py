@@ -1,0 +1,96 @@
+"""``dinolab pretrain``: DINO / DINOv2 self-supervised pretraining from a preset plus overrides."""
+
+from __future__ import annotations
+
+import argparse
+
+from dinolab.cli import UserError
+
+EPILOG = """\
+presets: fmnist-tiny (DINOv2 recipe, Fashion-MNIST on CPU), fmnist-tiny-dino (DINO recipe),
+         dino-vits16, dinov2-vits14, dinov2-vitl14
+overrides: section.key=value, sections recipe | model | crops | head | loss | optim | run, e.g.
+         dinolab pretrain --data fashion-mnist --out runs/fm optim.epochs=2 loss.teacher_temp=0.05
+examples:
+  dinolab pretrain --data fashion-mnist --out runs/fmnist --minutes 10
+  dinolab pretrain --data photos/ --preset dinov2-vits14 --out runs/photos optim.batch_size=32
+  dinolab pretrain --data fashion-mnist --out runs/fmnist --resume     # continue after a stop
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "pretrain", help="self-supervised pretraining (DINO or DINOv2 recipe)",
+        description="Pretrain a ViT with the DINO or DINOv2 recipe. Writes checkpoint.pth (resumable), "
+                    "log.jsonl, tensorboard/ and, at the end, teacher_backbone.pth to --out.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True,
+                        help="'fashion-mnist', a folder of images (searched recursively) or a text file list")
+    parser.add_argument("--out", required=True, help="output folder (checkpoint, logs, exported backbone)")
+    parser.add_argument("--preset", default="fmnist-tiny", help="starting configuration (default fmnist-tiny)")
+    parser.add_argument("--recipe", choices=("dino", "dinov2"), help="shortcut for recipe=... (dino also sets "
+                        "softmax centring)")
+    parser.add_argument("--epochs", type=float, help="shortcut for optim.epochs=...")
+    parser.add_argument("--minutes", type=float, help="wall-clock budget for training; schedules are fitted to it")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pth if it exists")
+    parser.add_argument("--limit", type=int, help="use only the first N Fashion-MNIST training images")
+    parser.add_argument("--no-eval", action="store_true", help="skip k-NN evaluation on Fashion-MNIST test")
+    parser.add_argument("--export-hf", action="store_true", help="also export the teacher in Hugging Face layout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    parser.set_defaults(func=run)
+
+
+def shortcut_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--recipe/--epochs/--minutes`` shortcuts as overrides (explicit KEY=VALUE ones win)."""
+    extra = []
+    if args.recipe:
+        extra += [f"recipe={args.recipe}", "loss.centering=" + ("softmax" if args.recipe == "dino" else "sinkhorn")]
+    if args.epochs is not None:
+        extra.append(f"optim.epochs={args.epochs}")
+    if args.minutes is not None:
+        extra.append(f"run.minutes={args.minutes}")
+    return extra + list(args.overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dinolab.data.errors import DatasetError
+    from dinolab.train.checkpoint import TrainingCheckpointError
+    from dinolab.train.config import ConfigError, build_config
+    from dinolab.train.export import export_teacher
+    from dinolab.train.loop import Trainer, TrainingDiverged
+
+    try:
+        config = build_config(args.preset, shortcut_overrides(args))
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    if config.run.threads:
+        import torch
+
+        torch.set_num_threads(config.run.threads)
+    if args.limit is not None and (args.limit < 1 or args.data != "fashion-mnist"):
+        raise UserError("--limit needs a positive count and --data fashion-mnist")
+    try:
+        trainer = Trainer(config, args.data, args.out, resume=args.resume, data_limit=args.limit,
+                          progress=not args.no_progress, evaluate=not args.no_eval)
+        print(f"pretrain: {config.recipe} recipe, {trainer.data.description}, "
+              f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"
+              + (f" (resuming at step {trainer.step})" if trainer.step else ""))
+        result = trainer.run()
+    except (ConfigError, DatasetError, TrainingCheckpointError) as error:
+        raise UserError(str(error)) from None
+    except TrainingDiverged as error:
+        print(f"dinolab pretrain: stopped: {error}")
+        return 3
+    if result.skipped_images:
+        print(f"skipped {result.skipped_images} unreadable image(s): "
+              + "; ".join(trainer.data.skipped.examples))
+    print(f"trained {result.steps} steps in {result.train_minutes:.1f} min "
+          f"({result.images_per_second:.0f} images/s)")
+    if result.final_knn:
+        print("k-NN on the test split: " + ", ".join(
+            f"k={k} top-1 {v['top1']:.2f}%" for k, v in result.final_knn.items()))
+    for path in export_teacher(trainer.model.teacher["backbone"], args.out, hf=args.export_hf):
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,246 @@
+"""Copy detection: near-duplicate pairs by cosine similarity, connected components, one kept per group.
+
+DINOv2 (Sec. 3, "Deduplication") removes near-duplicate images from the uncurated pool and pool images
+that duplicate the curated or evaluation sets: each image's k nearest neighbours are found with faiss,
+pairs above a similarity threshold are linked, and one image is kept per connected component.
+
+Example::
+
+    pairs = near_duplicate_pairs(embeddings, threshold=0.9, k=16)
+    labels = connected_components(len(embeddings), pairs)
+    keep = keep_one_per_component(labels, names)  # boolean mask
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import faiss
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as _scipy_components
+
+IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
+KeepRule = Literal["first", "resolution"]
+EXACT_SEARCH_LIMIT = 100_000  # "auto" uses the exact flat index up to this many database vectors
+IVF_TRAIN_PER_LIST = 40  # IVF coarse quantiser trained on at most this many vectors per list
+
+
+def normalized(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm as a contiguous float32 array (inner product = cosine similarity)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+    if vectors.ndim != 2:
+        raise ValueError(f"expected a 2-D array of embeddings, got shape {vectors.shape}")
+    faiss.normalize_L2(vectors)
+    return vectors
+
+
+def build_index(
+    database: np.ndarray,
+    kind: IndexKind = "auto",
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_neighbors: int = 32,
+    seed: int = 0,
+) -> faiss.Index:
+    """An inner-product faiss index over unit-norm ``database`` rows.
+
+    ``flat`` is exact (``IndexFlatIP``); ``ivf`` (``IndexIVFFlat``, ``nlist`` defaults to
+    ``2·sqrt(n)`` lists, ``nprobe`` lists searched per query) and ``hnsw`` (``IndexHNSWFlat``) are
+    approximate and meant for pools larger than :data:`EXACT_SEARCH_LIMIT`, where ``auto`` picks IVF.
+    """
+    count, dim = database.shape
+    if kind == "auto":
+        kind = "flat" if count <= EXACT_SEARCH_LIMIT else "ivf"
+    if kind == "flat":
+        index: faiss.Index = faiss.IndexFlatIP(dim)
+    elif kind == "ivf":
+        nlist = nlist or max(1, min(count // 39, int(2 * math.sqrt(count))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10  # a coarse quantiser needs no converged k-means
+        sample = np.random.default_rng(seed).permutation(count)[: IVF_TRAIN_PER_LIST * nlist]
+        index.train(database[np.sort(sample)])
+        index.nprobe = min(nprobe, nlist)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_neighbors, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = max(64, 2 * hnsw_neighbors)
+    else:
+        raise ValueError(f"unknown index kind {kind!r}; choose auto, flat, ivf or hnsw")
+    index.add(database)
+    return index
+
+
+def nearest_neighbors(
+    database: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    kind: IndexKind = "auto",
+    batch_size: int = 16384,
+    nprobe: int = 16,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities and indices ``[n_queries, k]`` of each query's ``k`` nearest database rows.
+
+    Inputs need not be normalised. Missing neighbours (approximate indices) have index -1, similarity -inf.
+    """
+    same = queries is database
+    database = normalized(database)
+    queries = database if same else normalized(queries)  # a self-search shares one normalised copy
+    if database.shape[1] != queries.shape[1]:
+        raise ValueError(f"database has dim {database.shape[1]}, queries dim {queries.shape[1]}")
+    k = min(k, database.shape[0])
+    index = build_index(database, kind, nprobe=nprobe)
+    similarities, indices = [], []
+    for start in range(0, queries.shape[0], batch_size):
+        sims, ids = index.search(queries[start : start + batch_size], k)
+        similarities.append(sims)
+        indices.append(ids)
+    sims, ids = np.concatenate(similarities), np.concatenate(indices)
+    sims[ids < 0] = -np.inf
+    return sims, ids
+
+
+@dataclass(frozen=True)
+class DuplicatePairs:
+    """Pairs ``first[i] < second[i]`` of near-duplicate rows with their cosine ``similarity[i]``."""
+
+    first: np.ndarray
+    second: np.ndarray
+    similarity: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+
+def near_duplicate_pairs(
+    embeddings: np.ndarray, threshold: float, k: int = 16, kind: IndexKind = "auto", nprobe: int = 16
+) -> DuplicatePairs:
+    """All pairs among each row's ``k`` nearest neighbours whose cosine similarity is ``>= threshold``.
+
+    A row's own entry is dropped; each unordered pair appears once, sorted by (first, second).
+    With ``kind="flat"`` and ``k`` above the largest group size this finds every pair above threshold.
+    """
+    count = embeddings.shape[0]
+    if count < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return DuplicatePairs(empty, empty, np.zeros(0, dtype=np.float32))
+    sims, ids = nearest_neighbors(embeddings, embeddings, k + 1, kind, nprobe=nprobe)
+    rows = np.repeat(np.arange(count), ids.shape[1]).reshape(ids.shape)
+    linked = (sims >= threshold) & (ids >= 0) & (ids != rows)
+    first = np.minimum(rows[linked], ids[linked]).astype(np.int64)
+    second = np.maximum(rows[linked], ids[linked]).astype(np.int64)
+    similarity = sims[linked].astype(np.float32)
+    keys, unique = np.unique(first * count + second, return_index=True)
+    return DuplicatePairs(first[unique], second[unique], similarity[unique])
+
+
+def connected_components(count: int, pairs: DuplicatePairs) -> np.ndarray:
+    """Component label per row (``0..C-1``, numbered by first appearance) of the duplicate graph."""
+    graph = coo_matrix(
+        (np.ones(len(pairs), dtype=np.int8), (pairs.first, pairs.second)), shape=(count, count)
+    )
+    _, labels = _scipy_components(graph, directed=False)
+    _, first_seen, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first_seen))  # renumber so component ids follow row order
+    return order[inverse].astype(np.int64)
+
+
+def keep_one_per_component(
+    labels: np.ndarray,
+    names: list[str],
+    rule: KeepRule = "first",
+    pixel_counts: np.ndarray | None = None,
+) -> np.ndarray:
+    """Boolean mask keeping one row per component.
+
+    ``first``: the row whose name sorts first. ``resolution``: the row with most pixels
+    (``pixel_counts``), ties broken by name. Both are deterministic.
+    """
+    if rule == "resolution":
+        if pixel_counts is None:
+            raise ValueError("keep rule 'resolution' needs pixel_counts")
+        primary = -np.asarray(pixel_counts, dtype=np.int64)
+    elif rule == "first":
+        primary = np.zeros(len(names), dtype=np.int64)
+    else:
+        raise ValueError(f"unknown keep rule {rule!r}; choose first or resolution")
+    name_rank = np.argsort(np.argsort(np.array(names, dtype=object), kind="stable"), kind="stable")
+    order = np.lexsort((name_rank, primary, labels))  # by component, then rule, then name
+    keep = np.zeros(len(names), dtype=bool)
+    is_first_of_component = np.ones(len(order), dtype=bool)
+    is_first_of_component[1:] = labels[order][1:] != labels[order][:-1]
+    keep[order[is_first_of_component]] = True
+    return keep
+
+
+def best_matches(
+    queries: np.ndarray, reference: np.ndarray, kind: IndexKind = "auto", nprobe: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query row, its most similar ``reference`` row: (cosine similarity, index)."""
+    sims, ids = nearest_neighbors(reference, queries, 1, kind, nprobe=nprobe)
+    return sims[:, 0], ids[:, 0]
+
+
+@dataclass(frozen=True)
+class Removal:
+    """Why a pool image was dropped: a duplicate of ``matched`` inside the pool or in set ``reason``."""
+
+    index: int
+    reason: str  # "duplicate" (inside the pool) or "leak:<set name>"
+    matched: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class DedupResult:
+    pairs: DuplicatePairs
+    components: np.ndarray
+    keep: np.ndarray
+    removals: list[Removal]
+
+
+def deduplicate(
+    embeddings: np.ndarray,
+    names: list[str],
+    threshold: float,
+    k: int = 16,
+    kind: IndexKind = "auto",
+    rule: KeepRule = "first",
+    pixel_counts: np.ndarray | None = None,
+    against: dict[str, tuple[np.ndarray, list[str]]] | None = None,
+    center: bool = False,
+    nprobe: int = 16,
+) -> DedupResult:
+    """Self-deduplicate a pool, then drop pool images near-duplicating any set in ``against``.
+
+    ``against`` maps a set name (the curated set, an evaluation set) to its (embeddings, names); a pool
+    image whose best match there has similarity ``>= threshold`` is removed as a leak. ``center``
+    subtracts the pool's mean embedding from every set first, which spreads out the cosine
+    similarities of backbones whose features share a large common component.
+    """
+    if center:
+        mean = embeddings.mean(axis=0, keepdims=True)
+        embeddings = embeddings - mean
+        against = {name: (ref - mean, ref_names) for name, (ref, ref_names) in (against or {}).items()}
+    pairs = near_duplicate_pairs(embeddings, threshold, k, kind, nprobe)
+    components = connected_components(len(names), pairs)
+    keep = keep_one_per_component(components, names, rule, pixel_counts)
+    kept_of_component = {int(components[i]): i for i in np.flatnonzero(keep)}
+    unit = normalized(embeddings)
+    removals = []
+    for index in np.flatnonzero(~keep):
+        kept = kept_of_component[int(components[index])]
+        similarity = float(unit[index] @ unit[kept])  # may be below threshold: linked through others
+        removals.append(Removal(int(index), "duplicate", names[kept], similarity))
+    for set_name, (reference, reference_names) in (against or {}).items():
+        candidates = np.flatnonzero(keep)
+        if len(candidates) == 0 or len(reference_names) == 0:
+            continue
+        sims, ids = best_matches(embeddings[candidates], reference, kind, nprobe)
+        for index, sim, match in zip(candidates, sims, ids):
+            if sim >= threshold:
+                keep[index] = False
+                removals.append(Removal(int(index), f"leak:{set_name}", reference_names[match], float(sim)))
+    return DedupResult(pairs, components, keep, sorted(removals, key=lambda r: r.index))
+

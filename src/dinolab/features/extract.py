@@ -1,0 +1,141 @@
+"""Frozen-backbone feature extraction: normed CLS (and mean patch token) for every image of a dataset.
+
+::
+
+    dataset = ImageFolder("photos/", transform=eval_transform(model.preprocessing, patch_size=14))
+    features = extract_features(model, dataset, batch_size=64, pooled_patches=True)
+    save_features("photos.safetensors", features)
+
+On CUDA the forward runs under bf16 autocast (features are returned in float32); on CPU it runs in
+float32. Files that cannot be decoded are skipped and listed in ``Features.skipped``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from dinolab.data.samples import Batch, collate_samples
+from dinolab.features.store import Features
+
+
+def extract_features(
+    model: nn.Module,
+    data: Dataset | Iterable[Batch],
+    batch_size: int = 64,
+    pooled_patches: bool = False,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    info: dict[str, Any] | None = None,
+) -> Features:
+    """Run ``model.forward_features`` over ``data`` and collect the features of every readable image.
+
+    ``data`` is a map-style dataset of :class:`~dinolab.data.samples.Sample` items (a DataLoader is made
+    with ``batch_size``/``num_workers``), or any iterable of :class:`~dinolab.data.samples.Batch` (a
+    DataLoader with ``collate_fn=collate_samples``, or :class:`~dinolab.data.samples.TensorBatches`).
+    ``device`` defaults to the model's; the model is moved there and run in eval mode (its training
+    flag is restored afterwards). ``info`` is stored as the features' description.
+    """
+    target = _resolve_device(model, device)
+    model.to(target)
+    batches, total = _as_batches(data, batch_size, num_workers, pin_memory=target.type == "cuda")
+    cls_rows: list[Tensor] = []
+    patch_rows: list[Tensor] = []
+    labels: list[Tensor] = []
+    names: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=total, unit="img", desc="extract", disable=not progress, dynamic_ncols=True)
+    try:
+        with torch.inference_mode(), _autocast(target):
+            for batch in batches:
+                skipped.extend((item.name, item.reason) for item in batch.skipped)
+                if len(batch):
+                    images = batch.images.to(target, non_blocking=True)
+                    output = model.forward_features(images)
+                    cls_rows.append(output.cls_token.float().cpu())
+                    if pooled_patches:
+                        patch_rows.append(output.patch_tokens.float().mean(dim=1).cpu())
+                    labels.append(batch.labels.cpu())
+                    names.extend(batch.names)
+                bar.update(len(batch) + len(batch.skipped))
+                if batch.skipped:
+                    bar.set_postfix(skipped=len(skipped))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return _assemble(model, cls_rows, patch_rows if pooled_patches else None, labels, names, skipped, info)
+
+
+def _assemble(
+    model: nn.Module,
+    cls_rows: list[Tensor],
+    patch_rows: list[Tensor] | None,
+    labels: list[Tensor],
+    names: list[str],
+    skipped: list[tuple[str, str]],
+    info: dict[str, Any] | None,
+) -> Features:
+    dim = int(getattr(model, "embed_dim", 0))
+    cls = torch.cat(cls_rows) if cls_rows else torch.empty(0, dim)
+    patch_mean = None
+    if patch_rows is not None:
+        patch_mean = torch.cat(patch_rows) if patch_rows else torch.empty(0, dim)
+    all_labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
+    has_labels = bool((all_labels >= 0).any())
+    return Features(
+        cls=cls,
+        names=names,
+        labels=all_labels if has_labels else None,
+        patch_mean=patch_mean,
+        skipped=skipped,
+        info=dict(info or {}),
+    )
+
+
+def _resolve_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; CPU stays in float32 (bf16 matmuls are far slower on most CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _as_batches(
+    data: Dataset | Iterable[Batch], batch_size: int, num_workers: int, pin_memory: bool
+) -> tuple[Iterable[Batch], int | None]:
+    """``(batches, number of images or None)`` for a DataLoader, a dataset, or an iterable of batches."""
+    if isinstance(data, DataLoader):
+        return data, _length(data.dataset)
+    if isinstance(data, Dataset):
+        loader = DataLoader(
+            data,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            collate_fn=collate_samples,
+            pin_memory=pin_memory,
+        )
+        return loader, _length(data)
+    return data, getattr(data, "num_images", None)
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:  # an IterableDataset without __len__
+        return None

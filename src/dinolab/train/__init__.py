@@ -1,0 +1,1 @@
+"""Self-supervised pretraining: heads, losses, masking, schedules, optimiser groups, EMA and multi-crop."""

@@ -1,0 +1,374 @@
+"""The pretraining loop, readable top to bottom: build → for each step (data, crops, forward, losses,
+backward, clip, optimiser step, centre update, EMA teacher, log, checkpoint, k-NN) → export.
+
+Single process by default; under ``torchrun`` the student is wrapped in DDP (teacher parameters need
+no gradients, so DDP leaves them alone). CUDA runs under bf16 autocast, CPU in fp32.
+
+Every random draw of a step (crops, masks) comes from a generator seeded by ``(seed, step)`` and the
+image order from ``(seed, epoch)``, so ``resume=True`` continues exactly where the checkpoint stopped.
+
+Example::
+
+    result = train(build_config("fmnist-tiny"), data="fashion-mnist", out_dir="runs/fmnist")
+    result.final_knn[20]["top1"]
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from dinolab import distributed
+from dinolab.train.checkpoint import (
+    CHECKPOINT_NAME,
+    TrainingCheckpointError,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
+from dinolab.train.config import TrainConfig
+from dinolab.train.data import FASHION_MNIST, LabelledSplit, TrainingImages, fashion_mnist_eval_splits, open_training_data
+from dinolab.train.ema import update_teacher
+from dinolab.train.knn_eval import knn_evaluate
+from dinolab.train.masking import sample_ibot_masks
+from dinolab.train.monitor import CollapseMonitor, ScalarLog, collapse_metrics
+from dinolab.train.param_groups import apply_schedules, build_param_groups
+from dinolab.train.schedules import TrainingSchedules, scaled_lr
+from dinolab.train.ssl_model import SSLModel, SSLStepOutput
+from dinolab.train.tensor_augment import MultiCropBatch, TensorMultiCrop
+
+StepHook = Callable[[int, SSLStepOutput], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    total_steps: int
+    images_per_second: float
+    train_minutes: float
+    final_knn: dict[int, dict[str, float]] | None = None
+    knn_history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_images: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class EvalData:
+    """Labelled data for k-NN: a fixed subset for periodic checks, the full splits for the final one."""
+
+    periodic: tuple[LabelledSplit, LabelledSplit]
+    final: tuple[LabelledSplit, LabelledSplit]
+
+
+def _first(split: LabelledSplit, count: int | None) -> LabelledSplit:
+    return split if count is None else LabelledSplit(split.images[:count], split.labels[:count])
+
+
+def fashion_mnist_eval(config: TrainConfig) -> EvalData:
+    """Fashion-MNIST train split as the k-NN memory bank, test split as queries (fixed first-N subsets)."""
+    run = config.run
+    train_split, test_split = fashion_mnist_eval_splits()
+    periodic = (_first(train_split, run.eval_train_subset), _first(test_split, run.eval_test_subset))
+    final = (_first(train_split, run.final_eval_train_limit), _first(test_split, run.final_eval_test_limit))
+    return EvalData(periodic, final)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of all crop and mask draws of one step (so a resumed step draws the same)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
+
+
+def build_optimizer(config: TrainConfig, model: SSLModel) -> torch.optim.Optimizer:
+    """AdamW over fused parameter groups (layer-wise lr decay, patch-embed lr multiplier, no wd on norms)."""
+    groups = build_param_groups(dict(model.student.items()), layer_decay=config.optim.layer_decay,
+                                patch_embed_lr_mult=config.optim.patch_embed_lr_mult)
+    return torch.optim.AdamW(groups, betas=(config.optim.beta1, config.optim.beta2))
+
+
+def build_schedules(config: TrainConfig, total_steps: int, steps_per_epoch: int, global_batch: int) -> TrainingSchedules:
+    """lr / wd / momentum / teacher-temperature schedules over ``total_steps``.
+
+    Warm-ups are capped to a share of the run (lr 10%, teacher temperature 30%, frozen last layer 5%)
+    so that a run shortened by a time budget still spends most of its steps after them.
+    """
+    optim, loss = config.optim, config.loss
+    run_epochs = total_steps / steps_per_epoch
+    return TrainingSchedules.build(
+        total_iters=total_steps, iters_per_epoch=steps_per_epoch,
+        lr=scaled_lr(optim.base_lr, global_batch, rule=optim.lr_scaling), min_lr=optim.min_lr,
+        warmup_epochs=min(optim.warmup_epochs, 0.1 * run_epochs),
+        wd=optim.weight_decay, wd_end=optim.weight_decay_end,
+        momentum=optim.teacher_momentum, momentum_end=optim.teacher_momentum_end,
+        teacher_temp=loss.warmup_teacher_temp, teacher_temp_end=loss.teacher_temp,
+        teacher_temp_warmup_epochs=min(loss.warmup_teacher_temp_epochs, 0.3 * run_epochs),
+        freeze_last_layer_epochs=min(optim.freeze_last_layer_epochs, 0.05 * run_epochs),
+    )
+
+
+class Trainer:
+    """One pretraining run: owns the model, optimiser, data and logs; :meth:`run` trains to the end."""
+
+    def __init__(self, config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool = False,
+                 evaluate: bool = True, eval_data: EvalData | None = None, data_limit: int | None = None,
+                 progress: bool = True, step_hook: StepHook | None = None) -> None:
+        distributed.init_from_env()
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.progress = progress and distributed.is_main_process()
+        self.step_hook = step_hook
+        if eval_data is None and evaluate and data == FASHION_MNIST:
+            eval_data = fashion_mnist_eval(config)
+        self.eval_data = eval_data if evaluate else None
+
+        torch.manual_seed(config.run.seed)
+        self.data: TrainingImages = open_training_data(
+            data, config.crops.storage_size or round(config.crops.global_size * 1.15),
+            config.optim.batch_size, config.run.seed, config.run.num_workers, limit=data_limit)
+        self.augment = TensorMultiCrop(config.crops)
+        self.model = SSLModel(config).to(self.device)
+        self.optimizer = build_optimizer(config, self.model)
+        self.student_params = list(self.model.student.parameters())
+        self.teacher_params = list(self.model.teacher.parameters())
+        self.steps_per_epoch = self.data.batches_per_epoch
+        self.step = 0
+        self.total_steps = max(1, math.ceil(config.optim.epochs * self.steps_per_epoch))
+        self.knn_history: list[dict[str, Any]] = []
+        if resume and self.checkpoint_path.is_file():
+            self._load(load_checkpoint(self.checkpoint_path))
+        elif config.run.minutes is not None:
+            self.total_steps = min(self.total_steps, self._steps_in_budget(config.run.minutes))
+        self.schedules = build_schedules(config, self.total_steps, self.steps_per_epoch,
+                                    config.optim.batch_size * distributed.world_size())
+        self.forward_model: torch.nn.Module = self.model
+        if distributed.is_distributed():
+            self.forward_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, broadcast_buffers=False, find_unused_parameters=not config.uses_ibot)
+
+    # ------------------------------------------------------------ one step
+    def _crops_and_masks(self, images: torch.Tensor, step: int) -> tuple[MultiCropBatch, torch.Tensor | None]:
+        generator = step_generator(self.config.run.seed, step)
+        crops = self.augment(images.to(self.device, non_blocking=True), generator)
+        masks = None
+        if self.config.uses_ibot:
+            grid = self.config.crops.global_size // self.config.model.patch_size
+            masks = sample_ibot_masks(crops.global_crops.shape[0], (grid, grid),
+                                      mask_probability=self.config.loss.mask_probability,
+                                      ratio_range=tuple(self.config.loss.mask_ratio), generator=generator)
+            masks = masks.to(self.device)
+        return crops, masks
+
+    def train_step(self, images: torch.Tensor, step: int) -> SSLStepOutput:
+        """Forward, loss, backward, clip, AdamW step, centre update and EMA teacher update."""
+        values = self.schedules.at(step)
+        apply_schedules(self.optimizer, values["lr"], values["weight_decay"], values["last_layer_lr"])
+        crops, masks = self._crops_and_masks(images, step)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            output = self.forward_model(crops, masks, values["teacher_temp"])
+        if self.step_hook is not None:  # tests inject failures here
+            self.step_hook(step, output)
+        total = output.losses["total"]
+        if not torch.isfinite(total).all():
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in output.losses.items())
+            raise TrainingDiverged(
+                f"loss is not finite at step {step} ({terms}); stopped, the last good checkpoint "
+                f"({self.checkpoint_path}) is kept. Lower optim.base_lr, raise optim.warmup_epochs "
+                "or lower optim.clip_grad."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.config.optim.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.student_params, self.config.optim.clip_grad)
+        self.optimizer.step()
+        self.model.update_centers(output)
+        update_teacher(self.student_params, self.teacher_params, values["teacher_momentum"])
+        return output
+
+    # ------------------------------------------------------------ the run
+    def run(self) -> TrainResult:
+        config = self.config
+        start_step = self.step
+        log = ScalarLog(self.out_dir, tensorboard=True) if distributed.is_main_process() else None
+        monitor = CollapseMonitor()
+        bar = tqdm(total=self.total_steps, initial=start_step, disable=not self.progress,
+                   desc="pretrain", unit="step", dynamic_ncols=True)
+        started = last_checkpoint = last_log_time = time.monotonic()
+        budget_s = config.run.minutes * 60 if config.run.minutes is not None else None
+        images_seen = 0
+        last_log_images = 0
+        last_warning_step = -10**9
+        stopped_early = False
+        self.model.train()
+        while self.step < self.total_steps:
+            epoch, batch_index = divmod(self.step, self.steps_per_epoch)
+            for images in self.data.batches(epoch, batch_index):
+                if self.step >= self.total_steps:
+                    break
+                if images.shape[0] < 2:  # a batch made of unreadable files
+                    self.step += 1
+                    continue
+                output = self.train_step(images, self.step)
+                self.step += 1
+                images_seen += images.shape[0]
+                bar.update(1)
+
+                if self.step % config.run.log_every == 0 or self.step == self.total_steps:
+                    now = time.monotonic()
+                    rate = (images_seen - last_log_images) * distributed.world_size() / max(now - last_log_time, 1e-9)
+                    last_log_time, last_log_images = now, images_seen
+                    values = self.schedules.at(self.step - 1)
+                    teacher_probs = torch.cat(output.teacher.cls_probs)
+                    scalars = {k: float(v.detach()) for k, v in output.losses.items()}
+                    scalars.update(collapse_metrics(teacher_probs, output.student_cls))
+                    scalars.update(lr=values["lr"], weight_decay=values["weight_decay"],
+                                   teacher_momentum=values["teacher_momentum"],
+                                   teacher_temp=values["teacher_temp"], images_per_second=rate,
+                                   epoch=self.step / self.steps_per_epoch)
+                    bar.set_postfix({k: f"{scalars[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in scalars}
+                                    | {"lr": f"{values['lr']:.2e}", "img/s": f"{rate:.0f}"})
+                    if log is not None:
+                        log.log(self.step, scalars)
+                    warning = monitor.check(scalars)
+                    if warning and self.step - last_warning_step >= 10 * config.run.log_every:
+                        last_warning_step = self.step
+                        bar.write(f"WARNING (step {self.step}): {warning}")
+                        if log is not None:
+                            log.log(self.step, {"message": warning}, kind="warning")
+
+                now = time.monotonic()
+                if (self.step % config.run.checkpoint_every_steps == 0
+                        or now - last_checkpoint > config.run.checkpoint_every_minutes * 60):
+                    self.save()
+                    last_checkpoint = now
+                if (config.run.eval_every_steps and self.eval_data is not None
+                        and self.step % config.run.eval_every_steps == 0 and self.step < self.total_steps):
+                    self._evaluate(self.eval_data.periodic, log, bar, kind="knn_periodic")
+                if budget_s is not None and now - started > 1.1 * budget_s and self.step < self.total_steps:
+                    bar.write(f"time budget of {config.run.minutes} min exceeded by 10%: stopping at step "
+                              f"{self.step} of {self.total_steps}")
+                    stopped_early = True
+                    break
+            if stopped_early:
+                break
+        bar.close()
+        train_seconds = time.monotonic() - started
+        self.save()
+        final = None
+        if self.eval_data is not None and distributed.is_main_process():
+            final = self._evaluate(self.eval_data.final, log, None, kind="knn_final")
+        if log is not None:
+            log.close()
+        return TrainResult(
+            out_dir=self.out_dir, steps=self.step, total_steps=self.total_steps,
+            images_per_second=images_seen * distributed.world_size() / max(train_seconds, 1e-9),
+            train_minutes=train_seconds / 60, final_knn=final, knn_history=self.knn_history,
+            skipped_images=self.data.skipped.count, stopped_early=stopped_early,
+        )
+
+    # ----------------------------------------------------------- helpers
+    def _evaluate(self, splits: tuple[LabelledSplit, LabelledSplit], log: ScalarLog | None,
+                  bar: tqdm | None, kind: str) -> dict[int, dict[str, float]]:
+        accuracy = knn_evaluate(self.model.teacher["backbone"], *splits, feature=self.config.run.knn_feature)
+        record = {f"top1_k{k}": v["top1"] for k, v in accuracy.items()}
+        self.knn_history.append({"step": self.step, "kind": kind, **record})
+        message = f"k-NN ({kind}, step {self.step}): " + ", ".join(
+            f"k={k} top-1 {v['top1']:.2f}%" for k, v in accuracy.items())
+        (bar.write if bar is not None else tqdm.write)(message)
+        if log is not None:
+            log.log(self.step, record, kind=kind)
+        return accuracy
+
+    def _steps_in_budget(self, minutes: float) -> int:
+        """How many steps fit in ``minutes``: time a few steps of a throwaway copy (RNG state kept)."""
+        saved_rng = rng_state()
+        probe_model = copy.deepcopy(self.model)
+        probe = Trainer.__new__(Trainer)
+        probe.__dict__.update(self.__dict__)
+        probe.model = probe.forward_model = probe_model
+        probe.optimizer = build_optimizer(self.config, probe_model)
+        probe.student_params = list(probe_model.student.parameters())
+        probe.teacher_params = list(probe_model.teacher.parameters())
+        probe.schedules = build_schedules(self.config, self.total_steps, self.steps_per_epoch,
+                                     self.config.optim.batch_size * distributed.world_size())
+        probe.step_hook = None
+        batches = self.data.batches(0, 0)
+        images = next(batches)
+        probe.train_step(images, 0)  # warm-up
+        timed = 3
+        start = time.monotonic()
+        for index in range(timed):
+            probe.train_step(images, index + 1)
+        seconds_per_step = (time.monotonic() - start) / timed
+        restore_rng_state(saved_rng)
+        return max(1, int(minutes * 60 / seconds_per_step))
+
+    def state(self) -> dict[str, Any]:
+        epoch, batch_index = divmod(self.step, self.steps_per_epoch)
+        backbone = self.model.student["backbone"]
+        return {
+            "dinolab": {"kind": "pretrain", "version": 1, "arch": backbone.config.to_dict(),
+                        "config": self.config.to_dict()},
+            "teacher": self.model.teacher.state_dict(),
+            "student": self.model.student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "data_position": {"epoch": epoch, "batch": batch_index},
+            "rng": rng_state(),
+            "dino_center": self.model.dino_loss.center.detach().cpu(),
+            "ibot_center": self.model.ibot_loss.center.detach().cpu() if self.model.ibot_loss is not None else None,
+            "knn_history": self.knn_history,
+        }
+
+    def save(self) -> None:
+        """Write the checkpoint atomically; refuses (TrainingDiverged) when weights are not finite."""
+        if not all(torch.isfinite(p).all() for p in self.model.student.parameters()):
+            raise TrainingDiverged(
+                f"student weights are not finite at step {self.step}; stopped without saving, the last "
+                f"good checkpoint ({self.checkpoint_path}) is kept. Lower optim.base_lr or optim.clip_grad."
+            )
+        if distributed.is_main_process():
+            save_atomic(self.state(), self.checkpoint_path)
+        distributed.barrier()
+
+    def _load(self, state: dict[str, Any]) -> None:
+        saved = dict(state["dinolab"]["config"])
+        current = self.config.to_dict()
+        saved.pop("run", None), current.pop("run", None)
+        if saved != current:
+            changed = sorted(key for key in current if saved.get(key) != current[key])
+            raise TrainingCheckpointError(
+                f"{self.checkpoint_path}: the checkpoint was trained with a different configuration "
+                f"(sections {', '.join(changed)} differ); resume with the same preset and overrides "
+                "(only run.* settings may change) or use another --out folder"
+            )
+        self.model.teacher.load_state_dict(state["teacher"])
+        self.model.student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.dino_loss.center.copy_(state["dino_center"])
+        if self.model.ibot_loss is not None and state.get("ibot_center") is not None:
+            self.model.ibot_loss.center.copy_(state["ibot_center"])
+        self.step = int(state["step"])
+        self.total_steps = int(state["total_steps"])
+        self.knn_history = list(state.get("knn_history", []))
+        restore_rng_state(state["rng"])
+
+
+def train(config: TrainConfig, data: str, out_dir: str | Path, **options: Any) -> TrainResult:
+    """Build a :class:`Trainer` and run it to the end (see module docstring)."""
+    return Trainer(config, data, out_dir, **options).run()

@@ -1,0 +1,56 @@
+"""Retrieval-based selection against a brute-force numpy reference and hand-built clusters."""
+
+import numpy as np
+
+from dinolab.curate.kmeans import ClusterTree
+from dinolab.curate.select import retrieve_from_clusters, retrieve_nearest, select_balanced
+
+
+def _unit_rows(array: np.ndarray) -> np.ndarray:
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+def test_nearest_matches_brute_force():
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((200, 12)).astype(np.float32)
+    curated = rng.standard_normal((5, 12)).astype(np.float32)
+    selection = retrieve_nearest(curated, pool, per_query=3, kind="flat")
+    similarity = _unit_rows(curated) @ _unit_rows(pool).T
+    expected = np.unique(np.argsort(-similarity, axis=1)[:, :3])
+    np.testing.assert_array_equal(selection.pool_index, expected)
+    # Each selected image records its most similar curated image and that similarity.
+    best_query = np.argmax(similarity[:, expected], axis=0)
+    np.testing.assert_array_equal(selection.query_index, best_query)
+    np.testing.assert_allclose(selection.similarity, similarity[best_query, expected], atol=1e-5)
+
+
+def test_min_similarity_drops_far_neighbours():
+    pool = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32)
+    curated = np.array([[1, 0]], dtype=np.float32)
+    selection = retrieve_nearest(curated, pool, per_query=3, min_similarity=0.5, kind="flat")
+    assert selection.pool_index.tolist() == [0, 1]
+
+
+def test_cluster_retrieval_samples_only_hit_clusters():
+    # Pool: cluster 0 near +x (rows 0-9), cluster 1 near +y (rows 10-19), cluster 2 near -x (rows 20-29).
+    rng = np.random.default_rng(1)
+    directions = np.array([[1, 0, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float32)
+    labels = np.repeat(np.arange(3), 10)
+    pool = directions[labels] + 0.05 * rng.standard_normal((30, 3)).astype(np.float32)
+    curated = np.array([[1, 0.1, 0], [0.9, -0.1, 0], [0, 1, 0.05]], dtype=np.float32)
+    selection = retrieve_from_clusters(curated, pool, labels, directions, per_cluster=4, seed=0)
+    # Cluster 0 is hit twice but sampled once: 4 images from cluster 0, 4 from cluster 1, none from 2.
+    assert np.bincount(selection.cluster, minlength=3).tolist() == [4, 4, 0]
+    assert set(selection.pool_index[selection.cluster == 0].tolist()) <= set(range(10))
+    assert set(selection.query_index[selection.cluster == 1].tolist()) == {2}
+    assert set(selection.query_index[selection.cluster == 0].tolist()) <= {0, 1}
+    everything = retrieve_from_clusters(curated, pool, labels, directions, per_cluster=100, seed=0)
+    assert everything.pool_index.tolist() == list(range(20))
+
+
+def test_balanced_selection_records_clusters():
+    labels = np.repeat(np.arange(4), [5, 5, 5, 5])
+    tree = ClusterTree([np.zeros((4, 2), np.float32)], [labels])
+    selection = select_balanced(tree, 8, seed=0)
+    assert np.bincount(selection.cluster, minlength=4).tolist() == [2, 2, 2, 2]
+    np.testing.assert_array_equal(selection.cluster, labels[selection.pool_index])
