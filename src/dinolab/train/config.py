@@ -12,10 +12,10 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 RECIPES = ("dino", "dinov2")
@@ -245,13 +245,33 @@ def build_config(preset_name: str, overrides: list[str] | tuple[str, ...] = ()) 
 
 def _merge(base: TrainConfig, updates: Any) -> TrainConfig:
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(base), updates)
-        config = OmegaConf.to_object(merged)
+        schema = OmegaConf.structured(base)
+        _make_writable(schema)
+        config = _lists_to_tuples(OmegaConf.to_object(OmegaConf.merge(schema, updates)))
     except OmegaConfBaseException as error:
         raise ConfigError(_short(error)) from None
     assert isinstance(config, TrainConfig)
     validate(config)
     return config
+
+
+def _make_writable(node: Any) -> None:
+    """Clear the read-only flag that OmegaConf < 2.4 puts on every frozen-dataclass node.
+
+    The dataclasses stay frozen; only the temporary OmegaConf tree must accept the overrides.
+    """
+    node._set_flag("readonly", None)
+    if isinstance(node, DictConfig):
+        for key in node:
+            _make_writable(node._get_node(key))
+
+
+def _lists_to_tuples(config: Any) -> Any:
+    """Tuple fields come back as lists from OmegaConf < 2.4: restore them (every sequence field is a tuple)."""
+    if not is_dataclass(config):
+        return tuple(config) if isinstance(config, list) else config
+    values = {f.name: _lists_to_tuples(getattr(config, f.name)) for f in fields(config)}
+    return replace(config, **values)
 
 
 def _short(error: OmegaConfBaseException) -> str:
