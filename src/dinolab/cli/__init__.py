@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "dinolab.cli.info",
     "dinolab.cli.convert",
     "dinolab.cli.pretrain",
+    "dinolab.cli.distill",
     "dinolab.cli.demo",
     "dinolab.cli.knn",
     "dinolab.cli.linear",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from dinolab.cli import UserError
 
@@ -15,6 +16,8 @@ examples:
   dinolab pretrain --data fashion-mnist --out runs/fmnist --minutes 10
   dinolab pretrain --data photos/ --preset dinov2-vits14 --out runs/photos optim.batch_size=32
   dinolab pretrain --data fashion-mnist --out runs/fmnist --resume     # continue after a stop
+  dinolab pretrain --data photos/ --preset dinov2-vits14 --out runs/hr --init-from runs/photos \
+      --high-res --epochs 1                       # short final phase at 518 px (DINOv2 Sec. 5)
 """
 
 
@@ -35,6 +38,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float, help="wall-clock budget for training; schedules are fitted to it")
     parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pth if it exists")
     parser.add_argument("--limit", type=int, help="use only the first N Fashion-MNIST training images")
+    parser.add_argument("--init-from", metavar="CKPT",
+                        help="start a new phase from this pretraining checkpoint (file or run folder): "
+                             "student, teacher and heads are loaded, optimiser and schedules start afresh; "
+                             "a backbone file or HF folder (no heads) sets both backbones, heads start new")
+    parser.add_argument("--high-res", action="store_true",
+                        help="high-resolution phase (needs --init-from): global crops at 518 px for patch 14, "
+                             "512 for 16, else twice the preset's size; local crops scaled alike")
+    parser.add_argument("--high-res-size", type=int, metavar="SIZE",
+                        help="with --high-res: this global crop size instead")
     parser.add_argument("--no-eval", action="store_true", help="skip k-NN evaluation on Fashion-MNIST test")
     parser.add_argument("--export-hf", action="store_true", help="also export the teacher in Hugging Face layout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
@@ -65,6 +77,19 @@ def run(args: argparse.Namespace) -> int:
         config = build_config(args.preset, shortcut_overrides(args))
     except ConfigError as error:
         raise UserError(str(error)) from None
+    if args.high_res_size is not None and (not args.high_res or args.high_res_size < 1):
+        raise UserError("--high-res-size needs --high-res and a positive size")
+    if args.high_res:
+        from dinolab.train.phases import high_res_config
+
+        if not args.init_from:
+            raise UserError("--high-res is a final phase of an earlier run: give its checkpoint with --init-from")
+        try:
+            config = high_res_config(config, args.high_res_size)
+        except ConfigError as error:
+            raise UserError(f"--high-res: {error}") from None
+    if args.init_from and not Path(args.init_from).exists():
+        raise UserError(f"--init-from {args.init_from}: no such checkpoint file or run folder")
     if config.run.threads:
         import torch
 
@@ -73,12 +98,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--limit needs a positive count and --data fashion-mnist")
     try:
         trainer = Trainer(config, args.data, args.out, resume=args.resume, data_limit=args.limit,
-                          progress=not args.no_progress, evaluate=not args.no_eval)
+                          progress=not args.no_progress, evaluate=not args.no_eval,
+                          init_from=args.init_from)
         print(f"pretrain: {config.recipe} recipe, {trainer.data.description}, "
               f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"
-              + (f" (resuming at step {trainer.step})" if trainer.step else ""))
+              + (f" (resuming at step {trainer.step})" if trainer.step else "")
+              + (f", global crops {config.crops.global_size} px from {args.init_from}" if args.init_from else ""))
         result = trainer.run()
-    except (ConfigError, DatasetError, TrainingCheckpointError) as error:
+    except (ConfigError, DatasetError, TrainingCheckpointError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
     except TrainingDiverged as error:
         print(f"dinolab pretrain: stopped: {error}")

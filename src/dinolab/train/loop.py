@@ -42,6 +42,7 @@ from dinolab.train.knn_eval import knn_evaluate
 from dinolab.train.masking import sample_ibot_masks
 from dinolab.train.monitor import CollapseMonitor, ScalarLog, collapse_metrics
 from dinolab.train.param_groups import apply_schedules, build_param_groups
+from dinolab.train.phases import init_from_source
 from dinolab.train.schedules import TrainingSchedules, scaled_lr
 from dinolab.train.ssl_model import SSLModel, SSLStepOutput
 from dinolab.train.tensor_augment import MultiCropBatch, TensorMultiCrop
@@ -92,6 +93,21 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 1)
 
 
+def crops_and_masks(config: TrainConfig, augment: TensorMultiCrop, images: torch.Tensor, step: int,
+                    device: torch.device) -> tuple[MultiCropBatch, torch.Tensor | None]:
+    """The multi-crop batch of one step and, for iBOT, the global crops' patch masks (seeded by step)."""
+    generator = step_generator(config.run.seed, step)
+    crops = augment(images.to(device, non_blocking=True), generator)
+    masks = None
+    if config.uses_ibot:
+        grid = config.crops.global_size // config.model.patch_size
+        masks = sample_ibot_masks(crops.global_crops.shape[0], (grid, grid),
+                                  mask_probability=config.loss.mask_probability,
+                                  ratio_range=tuple(config.loss.mask_ratio), generator=generator)
+        masks = masks.to(device)
+    return crops, masks
+
+
 def build_optimizer(config: TrainConfig, model: SSLModel) -> torch.optim.Optimizer:
     """AdamW over fused parameter groups (layer-wise lr decay, patch-embed lr multiplier, no wd on norms)."""
     groups = build_param_groups(dict(model.student.items()), layer_decay=config.optim.layer_decay,
@@ -124,7 +140,8 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool = False,
                  evaluate: bool = True, eval_data: EvalData | None = None, data_limit: int | None = None,
-                 progress: bool = True, step_hook: StepHook | None = None) -> None:
+                 progress: bool = True, step_hook: StepHook | None = None,
+                 init_from: str | Path | None = None) -> None:
         distributed.init_from_env()
         self.config = config
         self.out_dir = Path(out_dir)
@@ -151,8 +168,11 @@ class Trainer:
         self.knn_history: list[dict[str, Any]] = []
         if resume and self.checkpoint_path.is_file():
             self._load(load_checkpoint(self.checkpoint_path))
-        elif config.run.minutes is not None:
-            self.total_steps = min(self.total_steps, self._steps_in_budget(config.run.minutes))
+        else:
+            if init_from is not None:  # a new phase (e.g. high resolution): weights only
+                init_from_source(self.model, init_from)
+            if config.run.minutes is not None:
+                self.total_steps = min(self.total_steps, self._steps_in_budget(config.run.minutes))
         self.schedules = build_schedules(config, self.total_steps, self.steps_per_epoch,
                                     config.optim.batch_size * distributed.world_size())
         self.forward_model: torch.nn.Module = self.model
@@ -162,16 +182,7 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
     def _crops_and_masks(self, images: torch.Tensor, step: int) -> tuple[MultiCropBatch, torch.Tensor | None]:
-        generator = step_generator(self.config.run.seed, step)
-        crops = self.augment(images.to(self.device, non_blocking=True), generator)
-        masks = None
-        if self.config.uses_ibot:
-            grid = self.config.crops.global_size // self.config.model.patch_size
-            masks = sample_ibot_masks(crops.global_crops.shape[0], (grid, grid),
-                                      mask_probability=self.config.loss.mask_probability,
-                                      ratio_range=tuple(self.config.loss.mask_ratio), generator=generator)
-            masks = masks.to(self.device)
-        return crops, masks
+        return crops_and_masks(self.config, self.augment, images, step, self.device)
 
     def train_step(self, images: torch.Tensor, step: int) -> SSLStepOutput:
         """Forward, loss, backward, clip, AdamW step, centre update and EMA teacher update."""
