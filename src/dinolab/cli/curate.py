@@ -240,10 +240,8 @@ def _load_encoder(args: argparse.Namespace):
         size = args.image_size or 64
         return PixelEncoder(), "pixels", size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if args.weights:
-        try:
-            from dinolab.checkpoints import load_backbone
-        except ImportError as error:
-            raise UserError("loading --weights needs dinolab.checkpoints, which is not installed") from error
+        from dinolab.checkpoints import load_backbone
+
         try:
             model = load_backbone(args.weights)
         except (FileNotFoundError, ValueError, KeyError, RuntimeError) as error:

@@ -143,10 +143,8 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from dinolab.cli import UserError
 
     if args.weights:
-        try:
-            from dinolab.checkpoints import load_backbone
-        except ImportError as error:
-            raise UserError("--weights needs dinolab.checkpoints, which this installation lacks") from error
+        from dinolab.checkpoints import load_backbone
+
         try:
             model = load_backbone(args.weights)
         except (OSError, ValueError, KeyError, RuntimeError) as error:

@@ -124,13 +124,9 @@ def load_model(weights: str | None, arch: str | None) -> VisionTransformer:
     """The backbone named by ``--weights`` (checkpoint file/dir/name) or ``--arch`` (random), eval mode."""
     if (weights is None) == (arch is None):
         raise ValueError("give exactly one of --weights (a checkpoint) or --arch (random weights)")
-    try:
-        from dinolab.checkpoints import load_backbone
-    except ImportError:
-        load_backbone = None
     if weights is not None:
-        if load_backbone is None:
-            raise ValueError("loading checkpoints needs dinolab.checkpoints, which is not installed")
+        from dinolab.checkpoints import load_backbone
+
         model = load_backbone(weights)
     else:
         from dinolab.models import build_vit
