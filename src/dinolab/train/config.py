@@ -174,9 +174,9 @@ def _fmnist_tiny() -> TrainConfig:
                          storage_size=28),
         head=HeadConfig(out_dim=256, hidden_dim=512, bottleneck_dim=128),
         loss=LossConfig(teacher_temp=0.04, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=0.3),
-        optim=OptimConfig(epochs=3.0, batch_size=64, base_lr=0.01, min_lr=1e-5, warmup_epochs=0.2,
-                          teacher_momentum=0.99, freeze_last_layer_epochs=0.05, layer_decay=1.0),
-        run=RunConfig(minutes=12.0, log_every=10, checkpoint_every_steps=100, eval_every_steps=0,
+        optim=OptimConfig(epochs=3.0, batch_size=64, base_lr=0.005, min_lr=1e-5, warmup_epochs=0.2,
+                          teacher_momentum=0.95, freeze_last_layer_epochs=0.05, layer_decay=1.0),
+        run=RunConfig(minutes=11.0, log_every=10, checkpoint_every_steps=100, eval_every_steps=0,
                       eval_train_subset=10000, eval_test_subset=2000, final_eval_train_limit=20000,
                       knn_feature="cls+avgpool"),
     )
