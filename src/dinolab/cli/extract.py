@@ -59,11 +59,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dinolab.cli import UserError
+    from dinolab.cli.frozen_features import resolve_device
     from dinolab.data import DatasetError, eval_sizes, eval_transform
     from dinolab.features import extract_features, save_features
 
     _check_numbers(args)
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, model_info = _load_model(args)
     pre = model.preprocessing
     try:
@@ -119,22 +120,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise UserError(f"--out {args.out} is a folder; give a file name such as features.safetensors")
     if args.patch_size is not None and args.arch is None:
         raise UserError("--patch-size only applies to --arch (a checkpoint fixes its patch size)")
-
-
-def _device(name: str) -> Any:
-    import torch
-
-    from dinolab.cli import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"unknown --device {name!r} (use cpu, cuda or cuda:N)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    return device
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:

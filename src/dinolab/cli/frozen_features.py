@@ -70,16 +70,17 @@ def check_positive(args: argparse.Namespace, *flags: str) -> None:
 
 
 def resolve_device(name: str | None) -> Any:
+    """The torch device for ``--device`` (None or "auto": CUDA when present, else CPU)."""
     import torch
 
-    if name is None:
+    if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise UserError(f"unknown device {name!r}") from error
+        raise UserError(f"unknown --device {name!r} (use cpu, cuda or cuda:N)") from error
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available")
+        raise UserError("--device cuda requested but no CUDA device is available")
     return device
 
 
