@@ -7,6 +7,11 @@ of each per repetition, after warm-up) and the median images/s is reported with 
 the fastest peer (plus the ratio of the fastest runs, steadier on a busy machine). The position table
 is built for the benchmark size, so no model interpolates it.
 
+Each row also gives its MFU: the forward's FLOPs (counted once with ``FlopCounterMode``; all three
+compute the same thing) per second over the fp32 matmul peak measured in the same run. It shows how
+much room is left: eager PyTorch already runs these matmul-bound models near the peak. ``--compile``
+adds the path ``dinolab extract --compile`` takes (``torch.compile`` with inductor freezing on CPU).
+
     python benchmarks/extract.py --threads 2 --batch-size 8 --reps 7
     python benchmarks/extract.py --arch dinov2_vitb14 --size 224 --compile   # adds a compiled dinolab row
 """
@@ -15,14 +20,20 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from dinolab.features.extract import compiled_forward
 from dinolab.models import VisionTransformer, config_for
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_flops, measure_matmul_peak  # noqa: E402  (benchmarks/flops.py)
 
 TOLERANCE = 1e-4
 
@@ -145,7 +156,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile(dinolab) (slow cold start)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time dinolab compiled as 'dinolab extract --compile' does (slow cold start)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -161,12 +173,17 @@ def main() -> None:
             if error > TOLERANCE:
                 raise SystemExit(f"{name} output differs from dinolab by {error:.2e} > {TOLERANCE}: mapping is wrong")
     if args.compile:
-        compiled = torch.compile(model)  # compiles forward (the normed CLS); attribute calls would run eager
-        calls["dinolab (compiled)"] = compiled
-        print("compiling (cold start can take a minute)...")
+        compiled = compiled_forward(model, batch.device)
+        calls["dinolab (compiled)"] = lambda x: compiled(x).cls_token
+        print("compiling (cold start can take a minute or more)...")
         with torch.inference_mode():
             error = (calls["dinolab (compiled)"](batch) - reference).abs().max().item()
         print(f"max |compiled - eager| = {error:.2e}")
+        if error > TOLERANCE:
+            raise SystemExit(f"compiled output differs from eager by {error:.2e} > {TOLERANCE}")
+    with torch.inference_mode():
+        flops = count_flops(lambda: calls["dinolab"](batch))
+    peak = measure_matmul_peak()
 
     seconds = time_interleaved(calls, batch, args.warmup, args.reps)
     rates = {name: args.batch_size / statistics.median(values) for name, values in seconds.items()}
@@ -174,11 +191,13 @@ def main() -> None:
         f"\n{args.arch} at {args.size} px, batch {args.batch_size}, {args.threads} threads, fp32, "
         f"inference_mode, median of {args.reps} (warm-up {args.warmup})"
     )
-    print(f"{'model':<22}{'images/s':>10}{'ms/batch':>10}{'min ms':>9}{'max ms':>9}")
+    print(f"forward FLOPs {flops / 1e9:.1f} GFLOP per batch; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048², same threads)")
+    print(f"{'model':<22}{'images/s':>10}{'ms/batch':>10}{'min ms':>9}{'max ms':>9}{'MFU':>7}")
     for name, values in seconds.items():
+        median = statistics.median(values)
         print(
-            f"{name:<22}{rates[name]:>10.2f}{1e3 * statistics.median(values):>10.1f}"
-            f"{1e3 * min(values):>9.1f}{1e3 * max(values):>9.1f}"
+            f"{name:<22}{rates[name]:>10.2f}{1e3 * median:>10.1f}"
+            f"{1e3 * min(values):>9.1f}{1e3 * max(values):>9.1f}{flops / median / peak:>7.0%}"
         )
     best_peer = max(("transformers", "timm"), key=rates.__getitem__)
     print(f"\ndinolab / {best_peer} (best peer) = {rates['dinolab'] / rates[best_peer]:.2f}x (medians)")

@@ -26,10 +26,11 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import Tensor, nn
-from torch.utils import flop_counter
-from torch.utils.flop_counter import FlopCounterMode
 
 from dinolab.models import build_vit
 from dinolab.train.ema import update_teacher
@@ -37,6 +38,9 @@ from dinolab.train.heads import DINOHead
 from dinolab.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from dinolab.train.masking import masks_weight, sample_ibot_masks
 from dinolab.train.param_groups import apply_schedules, build_param_groups
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flops import count_flops, measure_matmul_peak  # noqa: E402  (benchmarks/flops.py)
 
 TEACHER_TEMP, MOMENTUM, LR, WEIGHT_DECAY, KOLEO_WEIGHT, CLIP = 0.07, 0.994, 1e-4, 0.04, 0.1, 3.0
 
@@ -53,33 +57,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--n-local", type=int, default=8)
     parser.add_argument("--skip-lightly", action="store_true", help="time dinolab only")
     return parser.parse_args()
-
-
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def _cpu_sdpa_backward_flops(grad_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    return flop_counter.sdpa_backward_flop_count(grad_shape, query_shape, key_shape, value_shape)
-
-
-# FlopCounterMode knows the CUDA attention kernels but not the CPU flash kernel; count it the same way.
-CPU_ATTENTION_FLOPS = {
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
-    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
-}
-
-
-def measure_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
-    """Best fp32 matmul FLOP/s over ``repeats`` products of two ``n × n`` matrices."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 @dataclass
@@ -229,9 +206,7 @@ def main() -> None:
     print(f"arch {args.arch}, batch {args.batch_size} images (2×{args.global_size} + {args.n_local}×{args.local_size} crops), "
           f"K {args.k}, threads {args.threads}, masked patches {int(batch.masks.sum())}")
 
-    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:  # also serves as the warm-up step
-        ours(batch)
-    flops = counter.get_total_flops()
+    flops = count_flops(lambda: ours(batch))  # also serves as the warm-up step
     for name, step in steps.items():
         if name != "dinolab":
             step(batch)  # warm-up

@@ -119,3 +119,35 @@ def test_bad_files_are_clear_errors(tmp_path):
         load_features(tmp_path / "cut.safetensors")
     with pytest.raises(ValueError, match="names"):
         Features(cls=torch.zeros(3, 2), names=["a"])
+
+
+def test_compiled_extraction_pads_partial_batches_to_one_shape(pico, monkeypatch):
+    """``compile=True`` hands torch.compile a fixed batch (inductor freezing on CPU) and trims padding.
+
+    A real inductor compile takes minutes on this CPU, so ``torch.compile`` is replaced by a recorder that
+    runs the function eagerly: what is checked is our side (options, fixed shapes, trimmed outputs).
+    """
+    calls: list[dict] = []
+    shapes: list[tuple[int, ...]] = []
+
+    def recording_compile(function, **kwargs):
+        calls.append(kwargs)
+
+        def run(images):
+            shapes.append(tuple(images.shape))
+            return function(images)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    transform = eval_transform(PRE, patch_size=4)
+    names = [f"x{i}" for i in range(5)]
+    eager = extract_features(pico, TensorBatches(images, None, names, 2, transform), pooled_patches=True, progress=False)
+    compiled = extract_features(pico, TensorBatches(images, None, names, 2, transform), pooled_patches=True,
+                                progress=False, compile=True)
+    assert calls == [{"dynamic": False, "options": {"freezing": True}}]
+    assert shapes == [(2, 3, 28, 28)] * 3  # the last batch of 1 image was padded to 2
+    torch.testing.assert_close(compiled.cls, eager.cls, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(compiled.patch_mean, eager.patch_mean, atol=1e-6, rtol=1e-6)
+    assert compiled.names == names

@@ -8,6 +8,7 @@ import torch
 from dinolab.models.vit import IMAGENET_MEAN, IMAGENET_STD
 from dinolab.train.config import CropConfig
 from dinolab.train.tensor_augment import (
+    BatchRows,
     TensorMultiCrop,
     color_jitter,
     gaussian_blur,
@@ -100,3 +101,35 @@ def test_no_local_crops():
 def test_rejects_wrong_layout():
     with pytest.raises(ValueError, match="expected images"):
         TensorMultiCrop(SMALL)(torch.zeros(2, 28, 28), _gen())
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_each_process_gets_its_rows_of_the_global_batch_draws(world):
+    """Rank r holding images r::W of the global batch gets exactly those rows of the single-process crops."""
+    config = replace(SMALL, solarize_prob=0.5, grayscale_prob=0.5, blur_prob_local=0.5)
+    images = torch.randint(0, 256, (8, 3, 28, 28), dtype=torch.uint8)
+    augment = TensorMultiCrop(config)
+    whole = augment(images, _gen(3))
+    assert torch.equal(augment(images, _gen(3), BatchRows(8)).global_crops, whole.global_crops)
+    for rank in range(world):
+        rows = BatchRows(8, rank, world)
+        part = augment(images[rank::world], _gen(3), rows)
+        torch.testing.assert_close(part.global_crops, rows.repeat(2).select(whole.global_crops), rtol=0, atol=1e-6)
+        torch.testing.assert_close(part.local_crops, rows.repeat(3).select(whole.local_crops), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="selects 4 rows"):
+        augment(images[:3], _gen(3), BatchRows(8, 0, 2))
+
+
+def test_ibot_masks_of_a_process_are_its_rows_of_the_global_masks():
+    from dinolab.train.config import build_config
+    from dinolab.train.loop import crops_and_masks
+
+    config = build_config("fmnist-tiny", ["loss.mask_probability=0.5"])
+    augment = TensorMultiCrop(config.crops)
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    _, whole = crops_and_masks(config, augment, images, step=4, device=torch.device("cpu"))
+    assert whole.shape[0] == 12 and whole.any(dim=1).sum() == 6
+    for rank in range(2):
+        rows = BatchRows(6, rank, 2)
+        _, part = crops_and_masks(config, augment, images[rank::2], 4, torch.device("cpu"), rows)
+        assert torch.equal(part, whole[rank::2])  # 2 global crops x 6 images, crop-major: rows rank::2

@@ -53,6 +53,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patch-mean", action="store_true", help="also store the mean patch token")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1... (default: cuda if available)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader decoding processes (default 0)")
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the backbone (CPU: inductor freezing, ~1.1x faster on ViT-S/14 after a one-off "
+        "compile of tens of seconds or more; worth it for large jobs only)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         progress=not args.quiet,
         info=info,
+        compile=args.compile,
     )
     _report_skipped(features.skipped)
     if len(features) == 0:

@@ -16,6 +16,8 @@ examples:
   dinolab pretrain --data fashion-mnist --out runs/fmnist --minutes 10
   dinolab pretrain --data photos/ --preset dinov2-vits14 --out runs/photos optim.batch_size=32
   dinolab pretrain --data fashion-mnist --out runs/fmnist --resume     # continue after a stop
+  torchrun --standalone --nproc-per-node 4 -m dinolab pretrain --data photos/ --out runs/photos \
+      --preset dinov2-vits14 run.parallel=fsdp     # data parallel; see docs/scale.md
   dinolab pretrain --data photos/ --preset dinov2-vits14 --out runs/hr --init-from runs/photos \
       --high-res --epochs 1                       # short final phase at 518 px (DINOv2 Sec. 5)
 """
@@ -36,7 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "softmax centring)")
     parser.add_argument("--epochs", type=float, help="shortcut for optim.epochs=...")
     parser.add_argument("--minutes", type=float, help="wall-clock budget for training; schedules are fitted to it")
-    parser.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pth if it exists")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newer of --out/checkpoint.pth and --out/checkpoint.dcp/ (written "
+                             "under torchrun) if one exists; the number of processes may change")
     parser.add_argument("--limit", type=int, help="use only the first N Fashion-MNIST training images")
     parser.add_argument("--init-from", metavar="CKPT",
                         help="start a new phase from this pretraining checkpoint (file or run folder): "
@@ -67,10 +71,10 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dinolab import distributed
     from dinolab.data.errors import DatasetError
     from dinolab.train.checkpoint import TrainingCheckpointError
     from dinolab.train.config import ConfigError, build_config
-    from dinolab.train.export import export_teacher
     from dinolab.train.loop import Trainer, TrainingDiverged
 
     try:
@@ -100,10 +104,11 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(config, args.data, args.out, resume=args.resume, data_limit=args.limit,
                           progress=not args.no_progress, evaluate=not args.no_eval,
                           init_from=args.init_from)
-        print(f"pretrain: {config.recipe} recipe, {trainer.data.description}, "
-              f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"
-              + (f" (resuming at step {trainer.step})" if trainer.step else "")
-              + (f", global crops {config.crops.global_size} px from {args.init_from}" if args.init_from else ""))
+        say = print if distributed.is_main_process() else (lambda *_: None)
+        say(f"pretrain: {config.recipe} recipe, {trainer.data.description}, "
+            f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"
+            + (f" (resuming at step {trainer.step})" if trainer.step else "")
+            + (f", global crops {config.crops.global_size} px from {args.init_from}" if args.init_from else ""))
         result = trainer.run()
     except (ConfigError, DatasetError, TrainingCheckpointError, FileNotFoundError) as error:
         raise UserError(str(error)) from None
@@ -111,13 +116,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"dinolab pretrain: stopped: {error}")
         return 3
     if result.skipped_images:
-        print(f"skipped {result.skipped_images} unreadable image(s): "
-              + "; ".join(trainer.data.skipped.examples))
-    print(f"trained {result.steps} steps in {result.train_minutes:.1f} min "
-          f"({result.images_per_second:.0f} images/s)")
+        say(f"skipped {result.skipped_images} unreadable image(s): "
+            + "; ".join(trainer.data.skipped.examples))
+    say(f"trained {result.steps} steps in {result.train_minutes:.1f} min "
+        f"({result.images_per_second:.0f} images/s)")
     if result.final_knn:
-        print("k-NN on the test split: " + ", ".join(
+        say("k-NN on the test split: " + ", ".join(
             f"k={k} top-1 {v['top1']:.2f}%" for k, v in result.final_knn.items()))
-    for path in export_teacher(trainer.model.teacher["backbone"], args.out, hf=args.export_hf):
-        print(f"wrote {path}")
+    for path in trainer.export_teacher(hf=args.export_hf):
+        say(f"wrote {path}")
     return 0

@@ -17,10 +17,13 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
 from dinolab.models.layers import Block
@@ -30,19 +33,24 @@ def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-def shard_model(model: nn.Module, mixed_precision: bool = False, inference_only: bool = False) -> nn.Module:
+def shard_model(model: nn.Module, mixed_precision: bool = False, inference_only: bool = False,
+                mesh: DeviceMesh | None = None, forward_methods: Sequence[str] = ()) -> nn.Module:
     """Apply FSDP2 to every transformer :class:`Block` inside ``model``, then to ``model`` itself.
 
     Needs an initialised process group; parameters must already be on their device. Returns the same
     module (FSDP2 changes it in place). ``mixed_precision`` takes effect on CUDA only.
     ``inference_only`` (the EMA teacher): the root reshards after forward too, since no backward
     follows (by default FSDP2 keeps the root's parameters gathered between forward and backward).
+    ``mesh``: share one 1-D mesh between several sharded modules (default: a new one over all ranks).
+    ``forward_methods``: methods other than ``forward`` that callers use as an entry point (e.g. a
+    backbone's ``forward_features``); they gather and free the root's parameters like ``forward``.
     """
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
     device = _device_of(model)
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    if mesh is None:
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     if mixed_precision and device.type == "cuda":
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     else:
@@ -51,6 +59,8 @@ def shard_model(model: nn.Module, mixed_precision: bool = False, inference_only:
         if isinstance(module, Block):
             fully_shard(module, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True if inference_only else None)
+    for name in forward_methods:
+        register_fsdp_forward_method(model, name)
     return model
 
 

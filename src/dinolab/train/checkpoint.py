@@ -5,13 +5,19 @@ Layout (read by other dinolab code; keep it)::
     {"dinolab": {"kind": "pretrain", "version": 1, "arch": ViTConfig.to_dict(), "config": {...}},
      "teacher": {"backbone.*", "dino_head.*"[, "ibot_head.*"]}, "student": {same prefixes},
      "optimizer": ..., "step": int, "total_steps": int, "data_position": {"epoch", "batch"},
-     "rng": {"torch": uint8 tensor}, "dino_center": [1, K] | None, "ibot_center": [1, K] | None}
+     "rng": {"torch": uint8 tensor}, "dino_center": [1, K] | None, "ibot_center": [1, K] | None,
+     "world_size": int (processes that trained it; absent in older files: 1)}
 
-Only tensors, dicts, lists, tuples, strings, numbers, booleans and None are stored.
+Only tensors, dicts, lists, tuples, strings, numbers, booleans and None are stored. Runs under
+``torchrun`` write ``checkpoint.dcp/`` instead (``torch.distributed.checkpoint``, one file per rank,
+loadable at any world size; see :mod:`dinolab.parallel.dcp`) and, at their end, a consolidated
+``checkpoint.pth`` with the layout above (optimizer state gathered and numbered as for one process).
+:func:`newest_checkpoint` picks the one to resume from.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,7 @@ from typing import Any
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pth"
+DCP_CHECKPOINT_NAME = "checkpoint.dcp"
 FORMAT_VERSION = 1
 
 
@@ -73,3 +80,54 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_state_bytes() -> bytes:
+    """:func:`rng_state` serialised (a plain value for the replicated extras of a DCP checkpoint)."""
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
+    return buffer.getvalue()
+
+
+def restore_rng_state_bytes(data: bytes) -> None:
+    restore_rng_state(torch.load(io.BytesIO(data), weights_only=True))
+
+
+def is_dcp_checkpoint(path: str | Path) -> bool:
+    return Path(path, ".metadata").is_file()
+
+
+def newest_checkpoint(out_dir: str | Path) -> Path | None:
+    """The most recently written of ``<out>/checkpoint.pth`` and ``<out>/checkpoint.dcp/`` (or None)."""
+    candidates = []
+    single = Path(out_dir) / CHECKPOINT_NAME
+    if single.is_file():
+        candidates.append((single.stat().st_mtime_ns, single))
+    sharded = Path(out_dir) / DCP_CHECKPOINT_NAME
+    if is_dcp_checkpoint(sharded):
+        candidates.append(((sharded / ".metadata").stat().st_mtime_ns, sharded))
+    return max(candidates)[1] if candidates else None
+
+
+def optimizer_parameter_names(optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> list[str]:
+    """Names (in ``module``) of the optimizer's parameters, in the order of ``optimizer.state_dict()``."""
+    names = {id(parameter): name for name, parameter in module.named_parameters()}
+    return [names[id(parameter)] for group in optimizer.param_groups for parameter in group["params"]]
+
+
+def optimizer_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``optimizer.state_dict()`` (parameters numbered) → the named layout of
+    ``torch.distributed.checkpoint.state_dict`` (``get/set_optimizer_state_dict``)."""
+    return {
+        "state": {names[index]: value for index, value in state["state"].items()},
+        "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in state["param_groups"]],
+    }
+
+
+def optimizer_state_by_index(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of :func:`optimizer_state_by_name` (for ``optimizer.load_state_dict``)."""
+    index = {name: position for position, name in enumerate(names)}
+    return {
+        "state": {index[name]: value for name, value in state["state"].items()},
+        "param_groups": [{**group, "params": [index[n] for n in group["params"]]} for group in state["param_groups"]],
+    }

@@ -127,8 +127,12 @@ class RunConfig:
     threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
     knn_feature: str = "cls"  # "cls" or "cls+avgpool" (CLS concatenated with the mean patch token)
     num_workers: int = 0
-    compile: bool = False
+    compile: bool = False  # torch.compile the attention and MLP branches of every block (student and teacher)
+    compile_backend: str = "inductor"  # torch.compile backend ("eager"/"aot_eager" only check the tracing)
     export_hf: bool = False
+    parallel: str = "ddp"  # under torchrun with 2+ processes: "ddp" (replicated) or "fsdp" (FSDP2 sharding)
+    packing: bool = False  # student forward with all crop sizes packed in one sequence per block
+    activation_checkpointing: bool = False  # recompute each block's branches in backward (less memory)
 
 
 @dataclass(frozen=True)
@@ -287,6 +291,9 @@ def validate(config: TrainConfig) -> None:
         (config.loss.centering in ("softmax", "sinkhorn"), "loss.centering must be softmax or sinkhorn"),
         (config.optim.lr_scaling in ("sqrt", "linear"), "optim.lr_scaling must be sqrt or linear"),
         (config.run.knn_feature in ("cls", "cls+avgpool"), "run.knn_feature must be cls or cls+avgpool"),
+        (config.run.parallel in ("ddp", "fsdp"), "run.parallel must be ddp or fsdp"),
+        (not (config.run.packing and config.run.parallel == "fsdp"),
+         "run.packing=true needs run.parallel=ddp (packed blocks bypass the FSDP2 gather hooks)"),
         (config.optim.batch_size >= 2, "optim.batch_size must be at least 2"),
         (config.optim.epochs > 0, "optim.epochs must be positive"),
         (config.optim.base_lr > 0, "optim.base_lr must be positive"),

@@ -3,6 +3,10 @@
 Features are the normalised class token, or the class token concatenated with the mean patch token
 (``"cls+avgpool"``), computed on the full labelled images (no augmentation).
 
+Under ``torchrun`` every process embeds an equal share of the images (so an FSDP2-sharded teacher runs
+the same number of forwards on every rank), the features are all-gathered, and rank 0 computes the
+accuracies, which every rank receives.
+
 Example::
 
     accuracy = knn_evaluate(backbone, train_split, test_split, feature="cls+avgpool")
@@ -11,10 +15,13 @@ Example::
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dinolab import distributed
 from dinolab.eval.knn import knn_accuracy
 from dinolab.models.vit import VisionTransformer
 from dinolab.train.data import LabelledSplit
@@ -52,12 +59,35 @@ def backbone_features(backbone: VisionTransformer, images: Tensor, feature: str 
     return torch.cat(chunks)
 
 
+def shared_backbone_features(backbone: VisionTransformer, images: Tensor, feature: str = "cls") -> Tensor:
+    """:func:`backbone_features` of all ``images`` on every process, each computing ``ceil(N / world)``.
+
+    Rank ``r`` embeds images ``[r·s, (r + 1)·s)`` (the last shares padded with copies of the last
+    image so every rank runs the same forwards), then the shares are all-gathered in rank order.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return backbone_features(backbone, images, feature)
+    count = images.shape[0]
+    share = math.ceil(count / world)
+    rows = torch.arange(distributed.rank() * share, (distributed.rank() + 1) * share).clamp(max=count - 1)
+    local = backbone_features(backbone, images[rows], feature)
+    device = next(backbone.parameters()).device  # NCCL gathers device tensors
+    return distributed.all_gather_rows(local.to(device)).cpu()[:count]
+
+
 def knn_evaluate(backbone: VisionTransformer, train: LabelledSplit, test: LabelledSplit,
                  feature: str = "cls", ks: tuple[int, ...] = (10, 20)) -> dict[int, dict[str, float]]:
-    """Weighted k-NN accuracy (percent) of ``backbone`` features, train split as the memory bank."""
-    train_x = backbone_features(backbone, train.images, feature)
-    test_x = backbone_features(backbone, test.images, feature)
-    return knn_accuracy(train_x, train.labels, test_x, test.labels, ks=ks)
+    """Weighted k-NN accuracy (percent) of ``backbone`` features, train split as the memory bank.
+
+    Collective under ``torchrun``: every rank must call it (see module docstring).
+    """
+    train_x = shared_backbone_features(backbone, train.images, feature)
+    test_x = shared_backbone_features(backbone, test.images, feature)
+    accuracy = None
+    if distributed.is_main_process():
+        accuracy = knn_accuracy(train_x, train.labels, test_x, test.labels, ks=ks)
+    return distributed.broadcast_from_main(accuracy)
 
 
 def raw_pixel_knn(train: LabelledSplit, test: LabelledSplit,

@@ -7,6 +7,12 @@ distribution towards the teacher's distribution of every *other* global crop. DI
 the teacher sees them whole), the KoLeo spreading term on the student's class tokens and
 Sinkhorn-Knopp centring of the teacher.
 
+Data parallel runs (each process holds a share of the global batch) compute the same losses as one
+process on the global batch: the Sinkhorn-Knopp sums, the masked-patch count and the softmax centre
+are reduced over processes, the iBOT loss is normalised by the global number of masked images, and
+DINO's per-image mean is the mean of equal shares. KoLeo stays per process (neighbours are searched
+within the local batch, as in the released code).
+
 Example::
 
     model = SSLModel(config)
@@ -17,11 +23,14 @@ Example::
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from dinolab import distributed
+from dinolab.models.packing import forward_features_packed
 from dinolab.models.presets import build_vit
 from dinolab.models.vit import Preprocessing, VisionTransformer
 from dinolab.train.config import TrainConfig
@@ -71,6 +80,31 @@ def build_network(config: TrainConfig) -> nn.ModuleDict:
     return nn.ModuleDict(parts)
 
 
+def apply_block_options(backbone: VisionTransformer, *, compile: bool = False, compile_backend: str = "inductor",
+                        activation_checkpointing: bool = False) -> None:
+    """Compile and/or checkpoint the attention and MLP branches of every block, in place.
+
+    Both options act on the two residual branches (``Block._attn_branch``, ``Block._ffn_branch``), which
+    the plain and the packed forward (:mod:`dinolab.models.packing`) both call, so they apply to either
+    path; stochastic depth and the residual sums stay eager. Parameter names do not change, so state
+    dicts and checkpoints are unaffected. Activation checkpointing is non-reentrant
+    (``torch.utils.checkpoint``): each branch's inner activations are recomputed in backward; its input
+    is kept.
+    """
+    if not (compile or activation_checkpointing):
+        return
+    from torch.utils.checkpoint import checkpoint
+
+    for block in backbone.blocks:
+        for name in ("_attn_branch", "_ffn_branch"):
+            branch = getattr(block, name)
+            if compile:
+                branch = torch.compile(branch, backend=compile_backend)
+            if activation_checkpointing:
+                branch = functools.partial(checkpoint, branch, use_reentrant=False)
+            setattr(block, name, branch)
+
+
 @dataclass
 class TeacherOutput:
     """Teacher targets for one batch: per-global-crop class probabilities and masked-patch probabilities."""
@@ -88,6 +122,15 @@ class SSLStepOutput:
     losses: dict[str, Tensor]
     teacher: TeacherOutput
     student_cls: Tensor  # [2B, D] pre-head class tokens of the global crops (detached)
+
+
+def _global_ibot_scale(local_masked_images: Tensor) -> Tensor:
+    """Factor turning this process's iBOT loss (normalised by its own masked images) into its share of
+    the global loss: ``local · world / global``, so that the mean over processes (the gradient
+    average of DDP / FSDP) equals the loss over the global batch."""
+    local = local_masked_images.detach()
+    total = distributed.all_reduce_sum(local)
+    return local.clamp(min=1) * distributed.world_size() / total.clamp(min=1)
 
 
 class SSLModel(nn.Module):
@@ -132,7 +175,7 @@ class SSLModel(nn.Module):
         patch_probs = patch_logits = None
         if self.ibot_loss is not None and masks is not None:
             patch_logits = self._ibot_head(self.teacher)(out.patch_tokens[masks])
-            if sinkhorn:
+            if sinkhorn:  # this process's count: sinkhorn_knopp sums it over processes
                 n_masked = torch.tensor(patch_logits.shape[0], device=patch_logits.device)
                 patch_probs = self.ibot_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp, n_masked)
             else:
@@ -147,7 +190,10 @@ class SSLModel(nn.Module):
 
         images = [crops.global_crops] + ([crops.local_crops] if crops.local_crops is not None else [])
         crop_masks = [masks] + [None] * (len(images) - 1)
-        outputs = self.student["backbone"].forward_features(images, masks=crop_masks)
+        if self.config.run.packing:
+            outputs = forward_features_packed(self.student["backbone"], images, masks=crop_masks)
+        else:
+            outputs = self.student["backbone"].forward_features(images, masks=crop_masks)
         class_tokens = torch.cat([out.cls_token for out in outputs])
         student_logits = self.student["dino_head"](class_tokens)
         per_crop = list(student_logits.chunk(class_tokens.shape[0] // crops.batch_size))
@@ -156,8 +202,10 @@ class SSLModel(nn.Module):
         total = config.dino_weight * losses["dino"]
         if self.ibot_loss is not None and teacher.patch_probs is not None:
             student_patches = self._ibot_head(self.student)(outputs[0].patch_tokens[masks])
-            losses["ibot"] = self.ibot_loss.forward_masked(student_patches, teacher.patch_probs,
-                                                           masks_weight(masks))
+            weights = masks_weight(masks)
+            losses["ibot"] = self.ibot_loss.forward_masked(student_patches, teacher.patch_probs, weights)
+            if distributed.is_distributed():
+                losses["ibot"] = losses["ibot"] * _global_ibot_scale(weights.sum())
             total = total + config.ibot_weight * losses["ibot"]
         if self.koleo_loss is not None:
             # KoLeo on the pre-head class tokens of each global crop (DINOv2 Sec. 3); the loss normalises.

@@ -6,6 +6,11 @@ Gaussian blur and solarisation, but computed for a whole batch at once: one ``af
 ``grid_sample`` per crop size, photometric changes as per-image tensor arithmetic, blur as a grouped
 separable convolution. All randomness comes from the ``generator`` argument, so a step is repeatable.
 
+Data parallel runs: each process holds rows ``rank::world`` of the global batch (``BatchRows``). Every
+random draw is made for the whole global batch, in the same order as a single process would, and only
+this process's rows are kept, so an image gets the same crop box, flip, jitter, blur and solarisation
+whatever the number of processes (the generator is seeded identically on every rank).
+
 Example::
 
     augment = TensorMultiCrop(CropConfig(global_size=28, local_size=12, num_local=4))
@@ -35,12 +40,58 @@ class MultiCropBatch:
     batch_size: int
 
 
-def _uniform(low: float, high: float, size: int, generator: torch.Generator) -> Tensor:
-    return torch.rand(size, generator=generator) * (high - low) + low
+@dataclass(frozen=True)
+class BatchRows:
+    """The rows of a global batch of ``total`` images held here: positions ``start::stride``.
+
+    ``BatchRows(B)`` is a whole batch (single process). Under data parallelism rank ``r`` of ``W``
+    holds ``BatchRows(W * B_local, r, W)``, matching ``dinolab.train.data.epoch_order``.
+    """
+
+    total: int
+    start: int = 0
+    stride: int = 1
+
+    @property
+    def is_whole(self) -> bool:
+        return self.start == 0 and self.stride == 1
+
+    @property
+    def count(self) -> int:
+        return len(range(self.start, self.total, self.stride))
+
+    def repeat(self, times: int) -> "BatchRows":
+        """The rows of ``times`` crop-major copies of the batch (``[copy 0 of every image, copy 1, ...]``).
+
+        With ``total`` a multiple of ``stride``, copy ``i`` of global row ``start + stride·j`` sits at
+        ``start + stride·(i·count + j)``: the same start and stride over ``times · total`` rows.
+        """
+        if not self.is_whole and self.total % self.stride:
+            raise ValueError(f"a global batch of {self.total} does not split into {self.stride} equal shares")
+        return BatchRows(self.total * times, self.start, self.stride)
+
+    def select(self, values: Tensor) -> Tensor:
+        """This process's entries of per-row ``values`` drawn for the global batch."""
+        return values if self.is_whole else values[self.start :: self.stride]
 
 
-def _bernoulli(probability: float, size: int, generator: torch.Generator) -> Tensor:
-    return torch.rand(size, generator=generator) < probability
+def _as_rows(rows: BatchRows | None, batch: int) -> BatchRows:
+    rows = rows or BatchRows(batch)
+    if rows.count != batch:
+        raise ValueError(f"{batch} images but {rows} selects {rows.count} rows")
+    return rows
+
+
+def _rand(rows: BatchRows, generator: torch.Generator) -> Tensor:
+    return rows.select(torch.rand(rows.total, generator=generator))
+
+
+def _uniform(low: float, high: float, rows: BatchRows, generator: torch.Generator) -> Tensor:
+    return _rand(rows, generator) * (high - low) + low
+
+
+def _bernoulli(probability: float, rows: BatchRows, generator: torch.Generator) -> Tensor:
+    return _rand(rows, generator) < probability
 
 
 def random_resized_crop(
@@ -50,21 +101,23 @@ def random_resized_crop(
     flip_prob: float,
     generator: torch.Generator,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    rows: BatchRows | None = None,
 ) -> Tensor:
     """One random crop per image (area fraction in ``scale``, aspect in ``ratio``), resized, maybe flipped.
 
     ``images`` is float ``[B, C, H, W]``; the crop box is expressed as an affine map of the
-    normalised [-1, 1] image square and sampled bilinearly.
+    normalised [-1, 1] image square and sampled bilinearly. ``rows``: see :class:`BatchRows`.
     """
     batch = images.shape[0]
-    area = _uniform(*scale, batch, generator)
-    log_ratio = _uniform(math.log(ratio[0]), math.log(ratio[1]), batch, generator)
+    rows = _as_rows(rows, batch)
+    area = _uniform(*scale, rows, generator)
+    log_ratio = _uniform(math.log(ratio[0]), math.log(ratio[1]), rows, generator)
     aspect = log_ratio.exp()
     width = (area * aspect).sqrt().clamp(max=1.0)  # fraction of the image side
     height = (area / aspect).sqrt().clamp(max=1.0)
-    centre_x = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - width)
-    centre_y = (torch.rand(batch, generator=generator) * 2 - 1) * (1 - height)
-    flip = torch.where(_bernoulli(flip_prob, batch, generator), -1.0, 1.0)
+    centre_x = (_rand(rows, generator) * 2 - 1) * (1 - width)
+    centre_y = (_rand(rows, generator) * 2 - 1) * (1 - height)
+    flip = torch.where(_bernoulli(flip_prob, rows, generator), -1.0, 1.0)
     theta = torch.zeros(batch, 2, 3)
     theta[:, 0, 0] = width * flip
     theta[:, 0, 2] = centre_x
@@ -84,14 +137,14 @@ def _gray(images: Tensor) -> Tensor:
 
 def color_jitter(
     images: Tensor, brightness: float, contrast: float, saturation: float, probability: float,
-    generator: torch.Generator,
+    generator: torch.Generator, rows: BatchRows | None = None,
 ) -> Tensor:
     """Brightness, contrast and saturation factors in ``[1 - s, 1 + s]`` on a random subset of images."""
-    batch = images.shape[0]
-    apply = _bernoulli(probability, batch, generator)
+    rows = _as_rows(rows, images.shape[0])
+    apply = _bernoulli(probability, rows, generator)
 
     def factors(strength: float) -> Tensor:
-        values = _uniform(1 - strength, 1 + strength, batch, generator)
+        values = _uniform(1 - strength, 1 + strength, rows, generator)
         return torch.where(apply, values, 1.0).to(images).view(-1, 1, 1, 1)
 
     brightness_f, contrast_f, saturation_f = factors(brightness), factors(contrast), factors(saturation)
@@ -103,20 +156,24 @@ def color_jitter(
     return images
 
 
-def random_grayscale(images: Tensor, probability: float, generator: torch.Generator) -> Tensor:
-    apply = _bernoulli(probability, images.shape[0], generator).to(images.device).view(-1, 1, 1, 1)
+def random_grayscale(images: Tensor, probability: float, generator: torch.Generator,
+                     rows: BatchRows | None = None) -> Tensor:
+    rows = _as_rows(rows, images.shape[0])
+    apply = _bernoulli(probability, rows, generator).to(images.device).view(-1, 1, 1, 1)
     if images.shape[1] == 1:
         return images
     return torch.where(apply, _gray(images).expand_as(images), images)
 
 
 def gaussian_blur(
-    images: Tensor, probability: float, sigma_range: tuple[float, float], generator: torch.Generator
+    images: Tensor, probability: float, sigma_range: tuple[float, float], generator: torch.Generator,
+    rows: BatchRows | None = None,
 ) -> Tensor:
     """Separable Gaussian blur with a per-image sigma, applied to a random subset of images."""
     batch, channels, height, width = images.shape
-    apply = _bernoulli(probability, batch, generator)
-    sigma = _uniform(*sigma_range, batch, generator)
+    rows = _as_rows(rows, batch)
+    apply = _bernoulli(probability, rows, generator)
+    sigma = _uniform(*sigma_range, rows, generator)
     if not bool(apply.any()):
         return images
     radius = max(1, min(int(math.ceil(3 * sigma_range[1])), (min(height, width) - 1) // 2))
@@ -132,9 +189,11 @@ def gaussian_blur(
     return torch.where(apply.to(images.device).view(-1, 1, 1, 1), blurred, images)
 
 
-def solarize(images: Tensor, probability: float, generator: torch.Generator) -> Tensor:
+def solarize(images: Tensor, probability: float, generator: torch.Generator,
+             rows: BatchRows | None = None) -> Tensor:
     """Invert pixels above 0.5 (threshold 128 of 255) on a random subset of images."""
-    apply = _bernoulli(probability, images.shape[0], generator).to(images.device).view(-1, 1, 1, 1)
+    rows = _as_rows(rows, images.shape[0])
+    apply = _bernoulli(probability, rows, generator).to(images.device).view(-1, 1, 1, 1)
     return torch.where(apply & (images >= 0.5), 1.0 - images, images)
 
 
@@ -152,13 +211,13 @@ class TensorMultiCrop:
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
     def _photometric(self, images: Tensor, blur_prob: float, solarize_prob: float,
-                     generator: torch.Generator) -> Tensor:
+                     generator: torch.Generator, rows: BatchRows) -> Tensor:
         c = self.crops
-        images = color_jitter(images, c.brightness, c.contrast, c.saturation, c.jitter_prob, generator)
-        images = random_grayscale(images, c.grayscale_prob, generator)
-        images = gaussian_blur(images, blur_prob, c.blur_sigma, generator)
+        images = color_jitter(images, c.brightness, c.contrast, c.saturation, c.jitter_prob, generator, rows)
+        images = random_grayscale(images, c.grayscale_prob, generator, rows)
+        images = gaussian_blur(images, blur_prob, c.blur_sigma, generator, rows)
         if solarize_prob > 0:
-            images = solarize(images, solarize_prob, generator)
+            images = solarize(images, solarize_prob, generator, rows)
         return images
 
     def _normalise(self, images: Tensor) -> Tensor:
@@ -166,21 +225,25 @@ class TensorMultiCrop:
             images = images.expand(-1, 3, -1, -1)
         return (images - self.mean.to(images)) / self.std.to(images)
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> MultiCropBatch:
+    def __call__(self, images: Tensor, generator: torch.Generator, rows: BatchRows | None = None) -> MultiCropBatch:
+        """Crops of ``images``; ``rows`` says which rows of the global batch they are (default: all)."""
         if images.ndim != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images [B, 1 or 3, H, W], got {tuple(images.shape)}")
         c = self.crops
+        rows = _as_rows(rows, images.shape[0])
         pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         globals_ = []
         for index in range(2):
-            crop = random_resized_crop(pixels, c.global_size, c.global_scale, c.flip_prob, generator)
+            crop = random_resized_crop(pixels, c.global_size, c.global_scale, c.flip_prob, generator, rows=rows)
             solarize_prob = c.solarize_prob if index == 1 else 0.0
-            crop = self._photometric(crop, c.blur_prob_global[index], solarize_prob, generator)
+            crop = self._photometric(crop, c.blur_prob_global[index], solarize_prob, generator, rows)
             globals_.append(self._normalise(crop))
         local_crops = None
         if c.num_local > 0:
             repeated = pixels.repeat(c.num_local, 1, 1, 1)  # crop-major: local i of every image
-            crop = random_resized_crop(repeated, c.local_size, c.local_scale, c.flip_prob, generator)
-            crop = self._photometric(crop, c.blur_prob_local, 0.0, generator)
+            local_rows = rows.repeat(c.num_local)
+            crop = random_resized_crop(repeated, c.local_size, c.local_scale, c.flip_prob, generator,
+                                       rows=local_rows)
+            crop = self._photometric(crop, c.blur_prob_local, 0.0, generator, local_rows)
             local_crops = self._normalise(crop)
         return MultiCropBatch(torch.cat(globals_), local_crops, images.shape[0])
