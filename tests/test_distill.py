@@ -1,4 +1,10 @@
-"""Distillation (DINOv2 Sec. 5): a frozen tiny teacher into a smaller student, in both modes."""
+"""Distillation (DINOv2 Sec. 5): a frozen tiny teacher into a smaller student, in both modes; exact
+resume after SIGKILL, the time budget and the final k-NN of the EMA student."""
+
+import json
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +17,8 @@ from dinolab.models import build_vit
 from dinolab.train.checkpoint import TrainingCheckpointError
 from dinolab.train.config import build_config
 from dinolab.train.distill import Distiller, cosine_distance
-from dinolab.train.loop import Trainer
+from dinolab.train.knn_eval import knn_evaluate
+from dinolab.train.loop import Trainer, fashion_mnist_eval
 
 # Constant teacher temperature so that a falling loss means the student learns, not a schedule.
 FIXED = ["loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.04", "optim.base_lr=0.004",
@@ -77,6 +84,18 @@ def test_heads_mode(teacher_run, tmp_path):
                            student["backbone"].state_dict()["blocks.0.attn.qkv.weight"])  # EMA, not the student
     safetensors = dinolab.load_backbone(tmp_path / "student_backbone.safetensors")
     torch.testing.assert_close(safetensors(images), ema(images))
+    # the final k-NN is the exported EMA student's, measured on the configured splits
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    splits = fashion_mnist_eval(distiller.config).final
+    assert len(splits[0].labels) == 512 and len(splits[1].labels) == 128  # final_eval_*_limit
+    expected = knn_evaluate(safetensors, *splits, feature=distiller.config.run.knn_feature)
+    assert summary["steps"] == 12 and summary["mode"] == "heads"
+    for k in (10, 20):
+        assert summary["knn"][str(k)]["top1"] == pytest.approx(expected[k]["top1"])
+        assert result.final_knn[k]["top1"] == pytest.approx(expected[k]["top1"])
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "knn_final"
+    assert records[-1]["top1_k20"] == pytest.approx(expected[20]["top1"])
 
 
 def test_features_mode_from_checkpoint(teacher_run, tmp_path):
@@ -111,7 +130,9 @@ def test_cli(teacher_run, tmp_path, capsys):
                  "--data", "fashion-mnist", "--limit", "16", "--out", str(tmp_path), "--no-progress",
                  *STUDENT, "optim.epochs=2"])
     assert code == 0
-    assert "student_backbone.pth" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "student_backbone.pth" in out
+    assert "k-NN of the EMA student on the test split: k=10 top-1" in out
     assert dinolab.load_backbone(tmp_path / "student_backbone.safetensors").embed_dim == 32
     code = main(["distill", "--teacher", str(tmp_path / "student_backbone.safetensors"), "--student", "vit_pico",
                  "--data", "fashion-mnist", "--limit", "16", "--out", str(tmp_path / "x"), *STUDENT])
@@ -121,3 +142,86 @@ def test_cli(teacher_run, tmp_path, capsys):
                  "--limit", "16", "--out", str(tmp_path / "y"), *STUDENT])
     assert code == 2
     assert "unknown architecture 'vit_nope'" in capsys.readouterr().err
+
+
+# 8 steps per epoch (128 images, batch 16), 2 epochs; checkpoints every 5 steps, killed at step 7.
+# Softmax centring, so that the checkpoint's DINO centre is state that must be restored.
+RESUME = [*STUDENT, "optim.epochs=2", "run.checkpoint_every_steps=5", "loss.centering=softmax"]
+
+KILLED_RUN = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from dinolab.train.config import build_config
+from dinolab.train.distill import Distiller
+
+def kill_at_step_7(step, losses):
+    if step == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+config = build_config("fmnist-tiny", ["model.arch=vit_pico", *sys.argv[3:]])
+Distiller(config, sys.argv[1], "heads", "fashion-mnist", sys.argv[2], data_limit=128, evaluate=False,
+          progress=False, step_hook=kill_at_step_7).run()
+"""
+
+
+def _distil_cli(teacher, out, *flags):
+    command = [sys.executable, "-m", "dinolab", "distill", "--teacher", str(teacher), "--student", "vit_pico",
+               "--data", "fashion-mnist", "--limit", "128", "--out", str(out), "--no-eval", "--no-progress",
+               *flags, *RESUME]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(teacher_run, tmp_path):
+    reference = _distil_cli(teacher_run, tmp_path / "reference")
+    assert reference.returncode == 0, reference.stderr
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(teacher_run), str(tmp_path / "resumed"), *RESUME],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    checkpoint = tmp_path / "resumed" / "distill_checkpoint.pth"
+    assert torch.load(checkpoint, weights_only=True)["step"] == 5
+    assert not list((tmp_path / "resumed").glob(".distill_checkpoint.pth.tmp*"))
+
+    resumed = _distil_cli(teacher_run, tmp_path / "resumed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 5" in resumed.stdout
+
+    expected = torch.load(tmp_path / "reference" / "distill_checkpoint.pth", weights_only=True)
+    actual = torch.load(checkpoint, weights_only=True)
+    assert actual["step"] == expected["step"] == actual["total_steps"] == 16
+    for part in ("student", "ema"):
+        assert actual[part].keys() == expected[part].keys()
+        for key, value in expected[part].items():
+            torch.testing.assert_close(actual[part][key], value, rtol=0, atol=1e-6, msg=f"{part}.{key}")
+    torch.testing.assert_close(actual["dino_center"], expected["dino_center"], rtol=0, atol=1e-6)
+    assert not torch.equal(actual["dino_center"], torch.zeros_like(actual["dino_center"]))  # it was updated
+
+
+def test_resume_refuses_another_mode_teacher_or_configuration(teacher_run, tmp_path):
+    out = tmp_path / "run"
+    config = build_config("fmnist-tiny", [*RESUME, "model.arch=vit_pico", "optim.epochs=0.25"])
+    Distiller(config, teacher_run, "heads", "fashion-mnist", out, data_limit=128, evaluate=False,
+              progress=False).run()
+    other_teacher = tmp_path / "teacher.safetensors"
+    save_backbone(build_vit("vit_pico", patch_size=7, img_size=28), other_teacher, fmt="safetensors")
+    changed = build_config("fmnist-tiny", [*RESUME, "model.arch=vit_pico", "optim.epochs=0.25", "optim.base_lr=0.001"])
+    for args, message in (((config, teacher_run, "features"), "not --mode features"),
+                          ((config, other_teacher, "heads"), "distilled from teacher"),
+                          ((changed, teacher_run, "heads"), "sections optim differ")):
+        with pytest.raises(TrainingCheckpointError, match=message):
+            Distiller(*args, "fashion-mnist", out, resume=True, data_limit=128, evaluate=False, progress=False)
+
+
+def test_time_budget_fits_the_run(teacher_run, tmp_path):
+    """A 1.2-second budget: the step count is fitted (far below 12 epochs) and the run ends on it."""
+    config = build_config("fmnist-tiny", [*STUDENT, "model.arch=vit_pico", "run.minutes=0.02"])
+    distiller = Distiller(config, teacher_run, "heads", "fashion-mnist", tmp_path, data_limit=128,
+                          evaluate=False, progress=False)
+    full_length = 12 * 8
+    assert 1 <= distiller.total_steps < full_length
+    assert len(distiller.schedules.lr) == distiller.total_steps  # schedules fitted to the budget
+    result = distiller.run()
+    assert result.steps <= distiller.total_steps and result.final_knn is None
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == result.steps and summary["knn"] is None

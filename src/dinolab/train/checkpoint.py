@@ -49,8 +49,8 @@ def save_atomic(payload: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load and check a dinolab training checkpoint (tensors on CPU)."""
+def load_checkpoint(path: str | Path, kind: str = "pretrain") -> dict[str, Any]:
+    """Load and check a dinolab training checkpoint of ``kind`` ("pretrain" or "distill"; tensors on CPU)."""
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
@@ -61,8 +61,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as error:  # unpickling errors have many types; report them as one
         raise TrainingCheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
     meta = payload.get("dinolab") if isinstance(payload, dict) else None
-    if not isinstance(meta, dict) or meta.get("kind") != "pretrain":
-        raise TrainingCheckpointError(f"{path}: not a dinolab pretraining checkpoint (no 'dinolab' kind=pretrain entry)")
+    if not isinstance(meta, dict) or meta.get("kind") != kind:
+        what = "pretraining" if kind == "pretrain" else "distillation"
+        raise TrainingCheckpointError(f"{path}: not a dinolab {what} checkpoint (no 'dinolab' kind={kind} entry)")
     if meta.get("version") != FORMAT_VERSION:
         raise TrainingCheckpointError(f"{path}: checkpoint format version {meta.get('version')}, expected {FORMAT_VERSION}")
     return payload

@@ -12,16 +12,26 @@ final model. Two modes:
   student's and the teacher's class tokens and patch tokens on the same global crops; a linear
   projection maps the student width to the teacher width when they differ.
 
+Like pretraining, a run writes an atomic checkpoint of its full state every
+``run.checkpoint_every_steps`` steps or ``run.checkpoint_every_minutes`` minutes, continues exactly
+from it with ``resume=True`` (every random draw of a step is seeded by ``(seed, step)``), fits its
+schedules to ``run.minutes``, and ends with a k-NN evaluation of the EMA student on Fashion-MNIST
+(``run.knn_feature``, ``run.final_eval_*_limit``) written to ``summary.json``.
+
 Example::
 
     config = build_config("fmnist-tiny", ["model.arch=vit_pico"])
     result = Distiller(config, "runs/big/checkpoint.pth", "heads", "fashion-mnist", "runs/small").run()
+    result.final_knn[20]["top1"]
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,11 +43,28 @@ from tqdm.auto import tqdm
 
 from dinolab.checkpoints import load_backbone, save_backbone
 from dinolab.models.vit import VisionTransformer
-from dinolab.train.checkpoint import TrainingCheckpointError, load_checkpoint, save_atomic
+from dinolab.train.checkpoint import (
+    TrainingCheckpointError,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_atomic,
+)
 from dinolab.train.config import ConfigError, TrainConfig
-from dinolab.train.data import open_training_data
+from dinolab.train.data import FASHION_MNIST, LabelledSplit, open_training_data
 from dinolab.train.ema import update_teacher
-from dinolab.train.loop import build_optimizer, build_schedules, crops_and_masks
+from dinolab.train.knn_eval import knn_evaluate
+from dinolab.train.loop import (
+    EvalData,
+    TrainingDiverged,
+    build_optimizer,
+    build_schedules,
+    check_same_config,
+    crops_and_masks,
+    fashion_mnist_eval,
+    load_centers,
+    seconds_per_step,
+)
 from dinolab.train.monitor import ScalarLog
 from dinolab.train.param_groups import apply_schedules
 from dinolab.train.ssl_model import SSLModel, build_backbone, build_network
@@ -47,6 +74,9 @@ MODES = ("heads", "features")
 DISTILL_CHECKPOINT_NAME = "distill_checkpoint.pth"
 STUDENT_BACKBONE_NAME = "student_backbone.pth"
 STUDENT_SAFETENSORS_NAME = "student_backbone.safetensors"
+SUMMARY_NAME = "summary.json"
+
+DistillStepHook = Callable[[int, dict[str, Tensor]], None]
 
 
 def frozen(module: nn.Module) -> nn.Module:
@@ -120,26 +150,44 @@ class FeatureDistillation(nn.Module):
 class DistillResult:
     out_dir: Path
     steps: int
-    losses: list[float] = field(default_factory=list)  # total loss of every step
+    total_steps: int = 0
+    train_minutes: float = 0.0
+    stopped_early: bool = False
+    losses: list[float] = field(default_factory=list)  # total loss of every step trained by this call
+    final_knn: dict[int, dict[str, float]] | None = None  # k-NN of the EMA student backbone
     exported: list[Path] = field(default_factory=list)
 
 
 class Distiller:
-    """One distillation run: frozen teacher, trained student, EMA student; :meth:`run` trains and exports.
+    """One distillation run: frozen teacher, trained student, EMA student; :meth:`run` trains,
+    checkpoints, evaluates and exports.
 
-    ``config`` describes the student (architecture, crops, losses, optimiser); in heads mode its head
-    section is replaced by the teacher's, so the student has the same K prototypes.
+    ``config`` describes the student (architecture, crops, losses, optimiser, ``run.*``); in heads mode
+    its head section is replaced by the teacher's, so the student has the same K prototypes.
+    ``resume=True`` continues from ``<out_dir>/distill_checkpoint.pth`` when it exists.
+    ``evaluate``: run the final k-NN (on Fashion-MNIST unless ``eval_data`` is given).
+    ``step_hook(step, losses)`` is called after each forward (tests inject failures there).
     """
 
     def __init__(self, config: TrainConfig, teacher: str | Path, mode: str, data: str, out_dir: str | Path,
-                 *, data_limit: int | None = None, progress: bool = True) -> None:
+                 *, resume: bool = False, evaluate: bool = True, eval_data: EvalData | None = None,
+                 data_limit: int | None = None, progress: bool = True,
+                 step_hook: DistillStepHook | None = None) -> None:
         if mode not in MODES:
             raise ConfigError(f"distillation mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.teacher_source = str(teacher)
         self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / DISTILL_CHECKPOINT_NAME
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.progress = progress
+        self.step_hook = step_hook
+        if eval_data is None and evaluate and data == FASHION_MNIST:
+            eval_data = fashion_mnist_eval(config)
+        self.eval_data = eval_data if evaluate else None
+        saved = load_checkpoint(self.checkpoint_path, kind="distill") if resume and self.checkpoint_path.is_file() else None
+        if saved is not None:
+            self._check_saved_run(saved["dinolab"])
         torch.manual_seed(config.run.seed)
         if mode == "heads":
             teacher_network, teacher_config = load_teacher_heads(teacher)
@@ -168,6 +216,13 @@ class Distiller:
         self.total_steps = max(1, math.ceil(config.optim.epochs * self.steps_per_epoch))
         self.schedules = build_schedules(config, self.total_steps, self.steps_per_epoch, config.optim.batch_size)
         self.step = 0
+        self.knn_history: list[dict[str, Any]] = []
+        if saved is not None:
+            check_same_config(saved["dinolab"]["config"], 1, config, 1, self.checkpoint_path)
+            self._load(saved)
+        elif config.run.minutes is not None:
+            self.total_steps = min(self.total_steps, self._steps_in_budget(config.run.minutes))
+        self.schedules = build_schedules(config, self.total_steps, self.steps_per_epoch, config.optim.batch_size)
 
     def train_step(self, images: Tensor, step: int) -> dict[str, Tensor]:
         """Forward (frozen teacher targets), backward, clip, AdamW step, EMA of the student."""
@@ -180,8 +235,12 @@ class Distiller:
                 losses = output.losses
             else:
                 losses = self.model(crops)
+        if self.step_hook is not None:
+            self.step_hook(step, losses)
         if not torch.isfinite(losses["total"]):
-            raise FloatingPointError(f"distillation loss is not finite at step {step}; lower optim.base_lr")
+            raise TrainingDiverged(
+                f"distillation loss is not finite at step {step}; stopped, the last good checkpoint "
+                f"({self.checkpoint_path}) is kept. Lower optim.base_lr")
         self.optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         if self.config.optim.clip_grad > 0:
@@ -193,13 +252,16 @@ class Distiller:
         return losses
 
     def run(self) -> DistillResult:
+        config = self.config
         self.model.train()
         self.model.teacher.eval()
         log = ScalarLog(self.out_dir, tensorboard=False)
-        result = DistillResult(self.out_dir, 0)
-        bar = tqdm(total=self.total_steps, disable=not self.progress, desc=f"distill ({self.mode})",
-                   unit="step", dynamic_ncols=True)
-        while self.step < self.total_steps:
+        result = DistillResult(self.out_dir, self.step, self.total_steps)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress,
+                   desc=f"distill ({self.mode})", unit="step", dynamic_ncols=True)
+        started = last_checkpoint = time.monotonic()
+        budget_s = config.run.minutes * 60 if config.run.minutes is not None else None
+        while self.step < self.total_steps and not result.stopped_early:
             epoch, batch_index = divmod(self.step, self.steps_per_epoch)
             for images in self.data.batches(epoch, batch_index):
                 if self.step >= self.total_steps:
@@ -213,26 +275,101 @@ class Distiller:
                 result.losses.append(scalars["total"])
                 bar.update(1)
                 bar.set_postfix({key: f"{value:.3f}" for key, value in scalars.items()})
-                if self.step % self.config.run.log_every == 0 or self.step == self.total_steps:
+                if self.step % config.run.log_every == 0 or self.step == self.total_steps:
                     log.log(self.step, scalars)
+                now = time.monotonic()
+                if (self.step % config.run.checkpoint_every_steps == 0
+                        or now - last_checkpoint > config.run.checkpoint_every_minutes * 60):
+                    self.save()
+                    last_checkpoint = now
+                if budget_s is not None and now - started > 1.1 * budget_s and self.step < self.total_steps:
+                    bar.write(f"time budget of {config.run.minutes} min exceeded by 10%: stopping at step "
+                              f"{self.step} of {self.total_steps}")
+                    result.stopped_early = True
+                    break
         bar.close()
-        log.close()
+        result.train_minutes = (time.monotonic() - started) / 60
         result.steps = self.step
         self.save()
+        if self.eval_data is not None:
+            result.final_knn = self._evaluate(self.eval_data.final, log)
+        log.close()
         result.exported = self.export()
+        self.write_summary(result)
         return result
 
+    def _evaluate(self, splits: tuple[LabelledSplit, LabelledSplit], log: ScalarLog) -> dict[int, dict[str, float]]:
+        """k-NN accuracy of the EMA student backbone (the final model), printed and logged."""
+        accuracy = knn_evaluate(self.ema["backbone"], *splits, feature=self.config.run.knn_feature)
+        record = {f"top1_k{k}": v["top1"] for k, v in accuracy.items()}
+        self.knn_history.append({"step": self.step, "kind": "knn_final", **record})
+        log.log(self.step, record, kind="knn_final")
+        tqdm.write(f"k-NN of the EMA student (step {self.step}): "
+                   + ", ".join(f"k={k} top-1 {v['top1']:.2f}%" for k, v in accuracy.items()))
+        return accuracy
+
+    def _steps_in_budget(self, minutes: float) -> int:
+        """How many steps fit in ``minutes``: time a few steps of a throwaway copy of the networks."""
+        probe = copy.copy(self)
+        probe.model = copy.deepcopy(self.model)
+        probe.ema = copy.deepcopy(self.ema)
+        probe.optimizer = build_optimizer(self.config, probe.model)  # type: ignore[arg-type]
+        probe.student_params = list(probe.model.student.parameters())
+        probe.ema_params = list(probe.ema.parameters())
+        probe.step_hook = None
+        seconds = seconds_per_step(probe.train_step, next(self.data.batches(0, 0)))
+        return max(1, int(minutes * 60 / seconds))
+
+    def _check_saved_run(self, meta: dict[str, Any]) -> None:
+        """Refuse to resume a checkpoint of another mode or teacher."""
+        if meta.get("mode") != self.mode:
+            raise TrainingCheckpointError(
+                f"{self.checkpoint_path}: written by a --mode {meta.get('mode')} run, not --mode {self.mode}; "
+                "resume with the same mode or use another --out folder")
+        if Path(meta.get("teacher", "")).resolve() != Path(self.teacher_source).resolve():
+            raise TrainingCheckpointError(
+                f"{self.checkpoint_path}: distilled from teacher {meta.get('teacher')}, not {self.teacher_source}; "
+                "resume with the same --teacher or use another --out folder")
+
     def state(self) -> dict[str, Any]:
+        """The full state of the run (read back by ``resume=True``)."""
+        epoch, batch_index = divmod(self.step, self.steps_per_epoch)
+        heads = self.mode == "heads"
         return {
             "dinolab": {"kind": "distill", "version": 1, "mode": self.mode, "teacher": self.teacher_source,
                         "arch": self.ema["backbone"].config.to_dict(), "config": self.config.to_dict()},
             "student": self.model.student.state_dict(),
             "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
             "step": self.step,
+            "total_steps": self.total_steps,
+            "data_position": {"epoch": epoch, "batch": batch_index},
+            "rng": rng_state(),
+            "dino_center": self.model.dino_loss.center.detach().cpu() if heads else None,
+            "ibot_center": (self.model.ibot_loss.center.detach().cpu()
+                            if heads and self.model.ibot_loss is not None else None),
+            "knn_history": self.knn_history,
         }
 
+    def _load(self, state: dict[str, Any]) -> None:
+        """Weights, optimiser, centres, progress and random state of a distillation checkpoint."""
+        self.model.student.load_state_dict(state["student"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.mode == "heads":
+            load_centers(self.model, state)
+        self.step = int(state["step"])
+        self.total_steps = int(state["total_steps"])
+        self.knn_history = list(state.get("knn_history", []))
+        restore_rng_state(state["rng"])
+
     def save(self) -> Path:
-        return save_atomic(self.state(), self.out_dir / DISTILL_CHECKPOINT_NAME)
+        """Write the checkpoint atomically; refuses (TrainingDiverged) when the weights are not finite."""
+        if not all(bool(torch.isfinite(p.detach()).all()) for p in self.student_params):
+            raise TrainingDiverged(
+                f"student weights are not finite at step {self.step}; stopped without saving, the last "
+                f"good checkpoint in {self.out_dir} is kept. Lower optim.base_lr or optim.clip_grad.")
+        return save_atomic(self.state(), self.checkpoint_path)
 
     def export(self) -> list[Path]:
         """The EMA student backbone (the final model) in the released layout and as safetensors."""
@@ -242,3 +379,15 @@ class Distiller:
             save_backbone(backbone, self.out_dir / STUDENT_SAFETENSORS_NAME, fmt="safetensors", overwrite=True),
         ]
 
+    def write_summary(self, result: DistillResult) -> Path:
+        """``summary.json``: mode, teacher, steps, training minutes and the final k-NN of the EMA student."""
+        summary = {
+            "mode": self.mode, "teacher": self.teacher_source, "steps": result.steps,
+            "total_steps": result.total_steps, "train_minutes": result.train_minutes,
+            "stopped_early": result.stopped_early, "knn_feature": self.config.run.knn_feature,
+            "knn": ({str(k): v for k, v in result.final_knn.items()} if result.final_knn is not None else None),
+            "knn_history": self.knn_history,
+        }
+        path = self.out_dir / SUMMARY_NAME
+        path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        return path

@@ -132,6 +132,53 @@ def crops_and_masks(config: TrainConfig, augment: TensorMultiCrop, images: torch
     return crops, masks
 
 
+def seconds_per_step(train_step: Callable[[torch.Tensor, int], object], images: torch.Tensor, timed: int = 3) -> float:
+    """Mean wall time of ``timed`` calls ``train_step(images, step)`` after one warm-up call.
+
+    Used to fit a run to ``run.minutes``; the global random state is restored afterwards, so the
+    probe leaves no trace in the run that follows.
+    """
+    saved_rng = rng_state()
+    train_step(images, 0)  # warm-up
+    start = time.monotonic()
+    for index in range(timed):
+        train_step(images, index + 1)
+    seconds = (time.monotonic() - start) / timed
+    restore_rng_state(saved_rng)
+    return seconds
+
+
+def check_same_config(saved_config: dict[str, Any], saved_world: int, config: TrainConfig, world: int,
+                      where: Path) -> None:
+    """Refuse a checkpoint of another configuration; only ``run.*`` and the split of the global
+    batch over processes (``optim.batch_size`` × world size) may change."""
+    as_json = lambda config: json.loads(json.dumps(config))  # noqa: E731  (tuples and lists compare equal)
+    saved, current = as_json(saved_config), as_json(config.to_dict())
+    saved.pop("run", None), current.pop("run", None)
+    saved_batch = saved["optim"]["batch_size"] * saved_world
+    current_batch = current["optim"]["batch_size"] * world
+    saved["optim"] = {**saved["optim"], "batch_size": saved_batch}
+    current["optim"] = {**current["optim"], "batch_size": current_batch}
+    if saved != current:
+        changed = sorted(key for key in current if saved.get(key) != current[key])
+        batch_note = ""
+        if saved_batch != current_batch:
+            batch_note = (f"; the global batch was {saved_batch} ({saved_world} process(es)), now "
+                          f"{current_batch} ({world}): set optim.batch_size to global batch / processes")
+        raise TrainingCheckpointError(
+            f"{where}: the checkpoint was trained with a different configuration "
+            f"(sections {', '.join(changed)} differ){batch_note}; resume with the same preset and "
+            "overrides (only run.* settings may change) or use another --out folder"
+        )
+
+
+def load_centers(model: SSLModel, state: dict[str, Any]) -> None:
+    """A single-file checkpoint's DINO (and iBOT) centres into ``model``'s losses."""
+    model.dino_loss.center.copy_(state["dino_center"])
+    if model.ibot_loss is not None and state.get("ibot_center") is not None:
+        model.ibot_loss.center.copy_(state["ibot_center"])
+
+
 def build_optimizer(config: TrainConfig, model: SSLModel) -> torch.optim.Optimizer:
     """AdamW over fused parameter groups (layer-wise lr decay, patch-embed lr multiplier, no wd on norms)."""
     groups = build_param_groups(dict(model.student.items()), layer_decay=config.optim.layer_decay,
@@ -395,7 +442,6 @@ class Trainer:
         Runs before wrapping or sharding, on an unwrapped copy (with the process group's reductions of
         the losses but without gradient communication), so under torchrun it is an estimate.
         """
-        saved_rng = rng_state()
         probe_model = copy.deepcopy(self.model)
         probe = Trainer.__new__(Trainer)
         probe.__dict__.update(self.__dict__)
@@ -407,16 +453,9 @@ class Trainer:
         probe.schedules = build_schedules(self.config, self.total_steps, self.steps_per_epoch,
                                      self.config.optim.batch_size * self.world)
         probe.step_hook = None
-        batches = self.data.batches(0, 0)
-        images = next(batches)
-        probe.train_step(images, 0)  # warm-up
-        timed = 3
-        start = time.monotonic()
-        for index in range(timed):
-            probe.train_step(images, index + 1)
-        seconds_per_step = (time.monotonic() - start) / timed
-        restore_rng_state(saved_rng)
-        return max(1, int(minutes * 60 / seconds_per_step))
+        images = next(self.data.batches(0, 0))
+        seconds = seconds_per_step(probe.train_step, images)  # leaves the global RNG state as it was
+        return max(1, int(minutes * 60 / seconds))
 
     def state(self) -> dict[str, Any]:
         """The single-file checkpoint of a one-process run (see :mod:`dinolab.train.checkpoint`)."""
@@ -528,34 +567,13 @@ class Trainer:
         return written
 
     def _check_config(self, saved_config: dict[str, Any], saved_world: int, where: Path) -> None:
-        """Refuse a checkpoint of another configuration; only ``run.*`` and the split of the global
-        batch over processes (``optim.batch_size`` × world size) may change."""
-        as_json = lambda config: json.loads(json.dumps(config))  # noqa: E731  (tuples and lists compare equal)
-        saved, current = as_json(saved_config), as_json(self.config.to_dict())
-        saved.pop("run", None), current.pop("run", None)
-        saved_batch = saved["optim"]["batch_size"] * saved_world
-        current_batch = current["optim"]["batch_size"] * self.world
-        saved["optim"] = {**saved["optim"], "batch_size": saved_batch}
-        current["optim"] = {**current["optim"], "batch_size": current_batch}
-        if saved != current:
-            changed = sorted(key for key in current if saved.get(key) != current[key])
-            batch_note = ""
-            if saved_batch != current_batch:
-                batch_note = (f"; the global batch was {saved_batch} ({saved_world} process(es)), now "
-                              f"{current_batch} ({self.world}): set optim.batch_size to global batch / processes")
-            raise TrainingCheckpointError(
-                f"{where}: the checkpoint was trained with a different configuration "
-                f"(sections {', '.join(changed)} differ){batch_note}; resume with the same preset and "
-                "overrides (only run.* settings may change) or use another --out folder"
-            )
+        check_same_config(saved_config, saved_world, self.config, self.world, where)
 
     def _load(self, state: dict[str, Any]) -> None:
         """Weights, centres and progress of a single-file checkpoint (before wrapping or sharding)."""
         self.model.teacher.load_state_dict(state["teacher"])
         self.model.student.load_state_dict(state["student"])
-        self.model.dino_loss.center.copy_(state["dino_center"])
-        if self.model.ibot_loss is not None and state.get("ibot_center") is not None:
-            self.model.ibot_loss.center.copy_(state["ibot_center"])
+        load_centers(self.model, state)
         self.step = int(state["step"])
         self.total_steps = int(state["total_steps"])
         self.knn_history = list(state.get("knn_history", []))
