@@ -124,7 +124,8 @@ def test_ibot_masks_of_a_process_are_its_rows_of_the_global_masks():
     from dinolab.train.config import build_config
     from dinolab.train.loop import crops_and_masks
 
-    config = build_config("fmnist-tiny", ["loss.mask_probability=0.5"])
+    config = build_config("fmnist-tiny", ["loss.mask_probability=0.5", "loss.ibot_weight=1.0",
+                                                "model.patch_size=7"])
     augment = TensorMultiCrop(config.crops)
     images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
     _, whole = crops_and_masks(config, augment, images, step=4, device=torch.device("cpu"))
