@@ -214,7 +214,6 @@ class Distiller:
         self.ema_params = list(self.ema.parameters())
         self.steps_per_epoch = self.data.batches_per_epoch
         self.total_steps = max(1, math.ceil(config.optim.epochs * self.steps_per_epoch))
-        self.schedules = build_schedules(config, self.total_steps, self.steps_per_epoch, config.optim.batch_size)
         self.step = 0
         self.knn_history: list[dict[str, Any]] = []
         if saved is not None:
@@ -316,6 +315,8 @@ class Distiller:
         probe.optimizer = build_optimizer(self.config, probe.model)  # type: ignore[arg-type]
         probe.student_params = list(probe.model.student.parameters())
         probe.ema_params = list(probe.ema.parameters())
+        probe.schedules = build_schedules(self.config, self.total_steps, self.steps_per_epoch,
+                                          self.config.optim.batch_size)
         probe.step_hook = None
         seconds = seconds_per_step(probe.train_step, next(self.data.batches(0, 0)))
         return max(1, int(minutes * 60 / seconds))
