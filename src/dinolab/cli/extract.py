@@ -55,8 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader decoding processes (default 0)")
     parser.add_argument(
         "--compile", action="store_true",
-        help="torch.compile the backbone (CPU: inductor freezing, ~1.1x faster on ViT-S/14 after a one-off "
-        "compile of tens of seconds or more; worth it for large jobs only)",
+        help="torch.compile the backbone (CPU: inductor freezing) after a one-off compile of tens of seconds "
+        "or more; on the project's 2-core CPU it measured within noise of eager (benchmarks/extract.py "
+        "--compile), so try it on large jobs only",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
