@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/dinolab demo
+	$(VENV)/bin/pretrain demo
 
 test: setup
 	$(PY) -m pytest tests

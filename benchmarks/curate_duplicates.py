@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
-from dinolab.curate.dedup import near_duplicate_pairs
-from dinolab.curate.embed import PixelEncoder, cls_encoder, embed_folder, list_images, load_embeddings
-from dinolab.data import load_fashion_mnist
+from curate.dedup import near_duplicate_pairs
+from curate.embed import PixelEncoder, cls_encoder, embed_folder, list_images, load_embeddings
+from pretrain.data import load_fashion_mnist
 
 TRANSFORMS = ("exact", "hflip", "crop", "jpeg", "jitter", "tint")
 THRESHOLDS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
@@ -76,7 +76,7 @@ def make_pool(folder: Path, originals: int, copies: int, seed: int) -> dict[tupl
 
 
 def encoders(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, int, tuple, tuple]]:
-    from dinolab.models import build_vit
+    from pretrain.models import build_vit
 
     torch.manual_seed(args.seed)
     random_vit = build_vit("vit_pico", layerscale_init=1.0)  # 1e-5 would leave CLS nearly input-free
@@ -85,7 +85,7 @@ def encoders(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, int, 
         ("random vit_pico (untrained)", random_vit, 56, random_vit.preprocessing.mean, random_vit.preprocessing.std),
     ]
     if args.weights:
-        from dinolab.checkpoints import load_backbone
+        from pretrain.checkpoints import load_backbone
 
         model = load_backbone(args.weights)
         pre = model.preprocessing

@@ -54,14 +54,14 @@ def measure(job: dict) -> dict:
     data, sources, targets = synthetic(job["count"], job["dim"])
     start, cpu_start = time.perf_counter(), cpu_seconds()
     if job["op"] == "dedup":
-        from dinolab.curate.dedup import near_duplicate_pairs
+        from curate.dedup import near_duplicate_pairs
 
         pairs = near_duplicate_pairs(data, threshold=0.95, k=job["k"], kind=job["index"], nprobe=job["nprobe"])
         found = set(zip(pairs.first.tolist(), pairs.second.tolist()))
         recall = np.mean([(int(s), int(t)) in found for s, t in zip(sources, targets)])
         extra = {"pairs": len(pairs), "planted_recall": round(float(recall), 4)}
     else:
-        from dinolab.curate.kmeans import hierarchical_kmeans
+        from curate.kmeans import hierarchical_kmeans
 
         tree = hierarchical_kmeans(data, job["ks"], niter=job["niter"])
         extra = {"k": [len(c) for c in tree.centroids], "largest_cluster": int(tree.sizes(1).max())}

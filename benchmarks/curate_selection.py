@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dinolab.curate.embed import PixelEncoder, cls_encoder, embed_folder, list_images, load_embeddings
-from dinolab.curate.kmeans import hierarchical_kmeans
-from dinolab.curate.select import retrieve_from_clusters, retrieve_nearest
-from dinolab.data import load_fashion_mnist
+from curate.embed import PixelEncoder, cls_encoder, embed_folder, list_images, load_embeddings
+from curate.kmeans import hierarchical_kmeans
+from curate.select import retrieve_from_clusters, retrieve_nearest
+from pretrain.data import load_fashion_mnist
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "horse",
           "immunohistochemistry", "moon", "page", "rocket", "text", "clock")
@@ -61,14 +61,14 @@ def write(folder: Path, prefix: str, images) -> None:
 
 
 def encoders(args):
-    from dinolab.models import build_vit
+    from pretrain.models import build_vit
 
     torch.manual_seed(args.seed)
     vit = build_vit("vit_pico", layerscale_init=1.0)
     rows = [("raw pixels (16x16 RGB, centred)", PixelEncoder(16), 28, (0.0,) * 3, (1.0,) * 3),
             ("random vit_pico (untrained)", vit, 56, vit.preprocessing.mean, vit.preprocessing.std)]
     if args.weights:
-        from dinolab.checkpoints import load_backbone
+        from pretrain.checkpoints import load_backbone
 
         model = load_backbone(args.weights)
         size = args.image_size or model.preprocessing.input_size

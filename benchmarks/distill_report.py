@@ -3,8 +3,8 @@
 Three numbers from one k-NN protocol (weighted k-NN, k = 10, 20, T = 0.07, CLS + mean patch token,
 the first 20,000 Fashion-MNIST training images as memory bank, the full test split as queries):
 
-* the frozen teacher (a dinolab pretraining checkpoint, e.g. from ``dinolab demo`` or
-  ``dinolab pretrain --data fashion-mnist``);
+* the frozen teacher (a dinolab pretraining checkpoint, e.g. from ``pretrain demo`` or
+  ``pretrain train --data fashion-mnist``);
 * a smaller student distilled from it in ``heads`` mode (DINOv2 Sec. 5) for ``--minutes``;
 * the same student pretrained from scratch (DINOv2 recipe, same heads, crops and optimiser) for the
   same ``--minutes``.
@@ -37,22 +37,22 @@ ARMS = ("distilled", "scratch")
 
 def teacher_heads(teacher: str) -> list[str]:
     """The teacher's head section as overrides, so the scratch student has the same K prototypes."""
-    from dinolab.train.checkpoint import load_checkpoint
+    from pretrain.train.checkpoint import load_checkpoint
 
     head = load_checkpoint(teacher)["dinolab"]["config"]["head"]
     return [f"head.{key}={'null' if value is None else value}" for key, value in head.items()]
 
 
 def student_config(teacher: str, minutes: float, extra: list[str]):
-    from dinolab.train.config import build_config
+    from pretrain.train.config import build_config
 
     return build_config("fmnist-tiny", [*STUDENT, *teacher_heads(teacher), f"run.minutes={minutes}", *extra])
 
 
 def run_arm(arm: str, teacher: str, minutes: float, out: Path, extra: list[str]) -> None:
     """One student, trained in this process on one thread; its numbers go to ``<out>/arm.json``."""
-    from dinolab.train.distill import Distiller
-    from dinolab.train.loop import Trainer
+    from pretrain.train.distill import Distiller
+    from pretrain.train.loop import Trainer
 
     torch.set_num_threads(1)
     config = student_config(teacher, minutes, extra)
@@ -69,10 +69,10 @@ def run_arm(arm: str, teacher: str, minutes: float, out: Path, extra: list[str])
 
 def teacher_row(teacher: str, minutes: float, extra: list[str]) -> dict:
     """The teacher's k-NN with the students' evaluation code, data and feature; its training time."""
-    from dinolab.train.checkpoint import load_checkpoint
-    from dinolab.train.distill import load_teacher_backbone
-    from dinolab.train.knn_eval import knn_evaluate, raw_pixel_knn
-    from dinolab.train.loop import fashion_mnist_eval
+    from pretrain.train.checkpoint import load_checkpoint
+    from pretrain.train.distill import load_teacher_backbone
+    from pretrain.train.knn_eval import knn_evaluate, raw_pixel_knn
+    from pretrain.train.loop import fashion_mnist_eval
 
     torch.set_num_threads(1)
     config = student_config(teacher, minutes, extra)
@@ -82,7 +82,7 @@ def teacher_row(teacher: str, minutes: float, extra: list[str]) -> dict:
     eval_minutes = (time.monotonic() - started) / 60
     state = load_checkpoint(teacher)
     summary = Path(teacher).with_name("summary.json")
-    timing = json.loads(summary.read_text()) if summary.is_file() else {}  # written by `dinolab demo`
+    timing = json.loads(summary.read_text()) if summary.is_file() else {}  # written by `pretrain demo`
     pixels = raw_pixel_knn(*splits)
     row = {"arm": "teacher", "steps": int(state["step"]), "train_minutes": timing.get("train_minutes"),
            "eval_minutes": eval_minutes, "embed_dim": state["dinolab"]["arch"]["embed_dim"],

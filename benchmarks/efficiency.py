@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from dinolab.models import build_vit
-from dinolab.models.layers import Block
-from dinolab.models.packing import forward_features_packed
+from pretrain.models import build_vit
+from pretrain.models.layers import Block
+from pretrain.models.packing import forward_features_packed
 
 MULTI_CROP_VARIANTS = ("separate", "packed", "drop_path", "compile", "checkpoint")
 DROP_PATH_VARIANTS = ("dp_masking", "dp_subset")

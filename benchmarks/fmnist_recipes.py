@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from dinolab.train.config import build_config
-from dinolab.train.knn_eval import raw_pixel_knn
-from dinolab.train.loop import Trainer, fashion_mnist_eval
+from pretrain.train.config import build_config
+from pretrain.train.knn_eval import raw_pixel_knn
+from pretrain.train.loop import Trainer, fashion_mnist_eval
 
 
 def main() -> None:

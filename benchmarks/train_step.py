@@ -32,12 +32,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dinolab.models import build_vit
-from dinolab.train.ema import update_teacher
-from dinolab.train.heads import DINOHead
-from dinolab.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
-from dinolab.train.masking import masks_weight, sample_ibot_masks
-from dinolab.train.param_groups import apply_schedules, build_param_groups
+from pretrain.models import build_vit
+from pretrain.train.ema import update_teacher
+from pretrain.train.heads import DINOHead
+from pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
+from pretrain.train.masking import masks_weight, sample_ibot_masks
+from pretrain.train.param_groups import apply_schedules, build_param_groups
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flops import count_flops, measure_matmul_peak  # noqa: E402  (benchmarks/flops.py)

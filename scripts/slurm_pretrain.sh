@@ -1,12 +1,12 @@
 #!/bin/bash
-# Multi-node `dinolab pretrain` on SLURM: one srun task per node; on each node torchrun starts one process
+# Multi-node `pretrain train` on SLURM: one srun task per node; on each node torchrun starts one process
 # per GPU, and the nodes meet through torchrun's c10d rendezvous on the first node of the allocation.
 #
 #   DATA=/datasets/imagenet/train OUT=runs/vitl sbatch --nodes 4 scripts/slurm_pretrain.sh \
 #       --preset dinov2-vitl14 optim.batch_size=32
 #
 # optim.batch_size is per process (global batch = nodes x GPUs per node x batch_size). Extra arguments
-# go to `dinolab pretrain` (options first, then KEY=VALUE overrides). Resubmitting with the same OUT
+# go to `pretrain train` (options first, then KEY=VALUE overrides). Resubmitting with the same OUT
 # resumes from its newest checkpoint, also with another number of nodes as long as the global batch
 # stays the same (see docs/scale.md). PARALLEL=ddp replicates the model instead of sharding it (FSDP2).
 #SBATCH --job-name=dinolab-pretrain
@@ -32,4 +32,4 @@ srun --kill-on-bad-exit=1 torchrun \
     --rdzv-id "$SLURM_JOB_ID" \
     --rdzv-backend c10d \
     --rdzv-endpoint "$HEAD_NODE:$RDZV_PORT" \
-    -m dinolab pretrain --data "$DATA" --out "$OUT" --resume --no-progress "$@" "run.parallel=$PARALLEL"
+    -m pretrain pretrain --data "$DATA" --out "$OUT" --resume --no-progress "$@" "run.parallel=$PARALLEL"

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import dinolab
-from dinolab.checkpoints import CheckpointError, load_backbone, read_backbone, save_backbone
-from dinolab.checkpoints.hub_layout import chunk_blocks
-from dinolab.checkpoints.infer import infer_config
-from dinolab.models import RELEASED_NAMES, Preprocessing, VisionTransformer, build_vit, config_for
+import pretrain
+from pretrain.checkpoints import CheckpointError, load_backbone, read_backbone, save_backbone
+from pretrain.checkpoints.hub_layout import chunk_blocks
+from pretrain.checkpoints.infer import infer_config
+from pretrain.models import RELEASED_NAMES, Preprocessing, VisionTransformer, build_vit, config_for
 
 
 def random_model(**overrides) -> VisionTransformer:
@@ -146,7 +146,7 @@ def test_architecture_names_give_random_models_of_the_released_shape():
     assert model.interpolation == "offset" and not model.training
     config, weights = read_backbone("dinov2_vitl14_reg")
     assert weights is None and (config.embed_dim, config.depth, config.num_register_tokens) == (1024, 24, 4)
-    assert dinolab.load_backbone is load_backbone
+    assert pretrain.load_backbone is load_backbone
 
 
 @pytest.mark.parametrize("name", RELEASED_NAMES)

@@ -1,19 +1,19 @@
-"""``dinolab convert`` end to end on tiny models, including its user-facing errors."""
+"""``pretrain convert`` end to end on tiny models, including its user-facing errors."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import dinolab.cli as cli
-from dinolab.checkpoints import load_backbone, save_backbone
-from dinolab.models import VisionTransformer, build_vit
+import pretrain.cli as cli
+from pretrain.checkpoints import load_backbone, save_backbone
+from pretrain.models import VisionTransformer, build_vit
 
 
 @pytest.fixture
 def convert(monkeypatch):
-    """Run ``dinolab convert ARGS`` through the real entry point (only this subcommand registered)."""
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("dinolab.cli.convert",))
+    """Run ``pretrain convert ARGS`` through the real entry point (only this subcommand registered)."""
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("pretrain.cli.convert",))
     return lambda *args: cli.main(["convert", *map(str, args)])
 
 
@@ -77,7 +77,7 @@ def test_convert_errors_are_one_line_and_lose_nothing(tmp_path, convert, capsys)
     for args, message in cases:
         assert convert(*args) == 2
         err = capsys.readouterr().err
-        assert err.startswith("dinolab convert: error:") and message in err and err.count("\n") == 1
+        assert err.startswith("pretrain convert: error:") and message in err and err.count("\n") == 1
     assert (tmp_path / "exists.pth").read_bytes() == b"keep me"
     assert not (tmp_path / "o.pth").exists()
     assert convert(tmp_path / "a.safetensors", tmp_path / "exists.pth", "--to", "hub", "--force") == 0

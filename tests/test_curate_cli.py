@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import dinolab.cli
-from dinolab.cli import main
-from dinolab.curate.manifest import read_csv, read_jsonl, read_lines
+import pretrain.cli
+from pretrain.cli import main
+from curate.manifest import read_csv, read_jsonl, read_lines
 
 RED, BLUE = (250, 10, 10), (10, 10, 250)
 
@@ -17,7 +17,7 @@ RED, BLUE = (250, 10, 10), (10, 10, 250)
 @pytest.fixture(autouse=True)
 def _only_curate_subcommand(monkeypatch):
     """Test through the real entry point without depending on other subcommands' modules."""
-    monkeypatch.setattr(dinolab.cli, "SUBCOMMAND_MODULES", ("dinolab.cli.curate",))
+    monkeypatch.setattr(pretrain.cli, "SUBCOMMAND_MODULES", ("pretrain.cli.curate",))
 
 
 def _noise(rng: np.random.Generator, height: int = 30, width: int = 34) -> Image.Image:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dinolab.curate.dedup import (
+from curate.dedup import (
     DuplicatePairs,
     connected_components,
     deduplicate,

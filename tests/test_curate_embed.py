@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolab.curate.embed import (
+from curate.embed import (
     PixelEncoder,
     chunk_path,
     decode_image,
@@ -16,7 +16,7 @@ from dinolab.curate.embed import (
     load_embeddings,
     read_chunk,
 )
-from dinolab.data import ImageDecodeError
+from pretrain.data import ImageDecodeError
 
 MEAN, STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
 

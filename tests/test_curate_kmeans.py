@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dinolab.curate.kmeans import (
+from curate.kmeans import (
     ClusterTree,
     allocate_evenly,
     balanced_sample,

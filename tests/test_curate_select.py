@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from dinolab.curate.kmeans import ClusterTree
-from dinolab.curate.select import retrieve_from_clusters, retrieve_nearest, select_balanced
+from curate.kmeans import ClusterTree
+from curate.select import retrieve_from_clusters, retrieve_nearest, select_balanced
 
 
 def _unit_rows(array: np.ndarray) -> np.ndarray:

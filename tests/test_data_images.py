@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dinolab.data.images import ImageDecodeError, demo_images, is_image_file, load_image, to_rgb
+from pretrain.data.images import ImageDecodeError, demo_images, is_image_file, load_image, to_rgb
 
 
 def _save(path, image, **kwargs):

@@ -10,15 +10,15 @@ import pytest
 import torch
 from pretrain_tiny import TINY_OVERRIDES
 
-import dinolab
-from dinolab.cli import main
-from dinolab.checkpoints import save_backbone
-from dinolab.models import build_vit
-from dinolab.train.checkpoint import TrainingCheckpointError
-from dinolab.train.config import build_config
-from dinolab.train.distill import Distiller, cosine_distance
-from dinolab.train.knn_eval import knn_evaluate
-from dinolab.train.loop import Trainer, fashion_mnist_eval
+import pretrain
+from pretrain.cli import main
+from pretrain.checkpoints import save_backbone
+from pretrain.models import build_vit
+from pretrain.train.checkpoint import TrainingCheckpointError
+from pretrain.train.config import build_config
+from pretrain.train.distill import Distiller, cosine_distance
+from pretrain.train.knn_eval import knn_evaluate
+from pretrain.train.loop import Trainer, fashion_mnist_eval
 
 # Constant teacher temperature so that a falling loss means the student learns, not a schedule.
 FIXED = ["loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.04", "optim.base_lr=0.004",
@@ -76,13 +76,13 @@ def test_heads_mode(teacher_run, tmp_path):
     assert student["backbone"].embed_dim == 32 and len(student["backbone"].blocks) == 1
     assert student["dino_head"].last_layer.weight.shape[0] == 64  # the teacher's K
     # the released layout cannot store the head count of a non-released width: pass it
-    exported = dinolab.load_backbone(tmp_path / "student_backbone.pth", num_heads=2)
+    exported = pretrain.load_backbone(tmp_path / "student_backbone.pth", num_heads=2)
     ema = distiller.ema["backbone"].eval()
     images = torch.randn(2, 3, 28, 28)
     torch.testing.assert_close(exported(images), ema(images))
     assert not torch.equal(ema.state_dict()["blocks.0.attn.qkv.weight"],
                            student["backbone"].state_dict()["blocks.0.attn.qkv.weight"])  # EMA, not the student
-    safetensors = dinolab.load_backbone(tmp_path / "student_backbone.safetensors")
+    safetensors = pretrain.load_backbone(tmp_path / "student_backbone.safetensors")
     torch.testing.assert_close(safetensors(images), ema(images))
     # the final k-NN is the exported EMA student's, measured on the configured splits
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -103,7 +103,7 @@ def test_features_mode_from_checkpoint(teacher_run, tmp_path):
     _assert_learns(result.losses)
     assert isinstance(distiller.model.student["projection"], torch.nn.Linear)  # 32 -> 48
     assert distiller.model.student["projection"].weight.shape == (48, 32)
-    assert dinolab.load_backbone(tmp_path / "student_backbone.safetensors").embed_dim == 32
+    assert pretrain.load_backbone(tmp_path / "student_backbone.safetensors").embed_dim == 32
 
 
 def test_features_mode_from_released_style_backbone(tmp_path):
@@ -133,7 +133,7 @@ def test_cli(teacher_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "student_backbone.pth" in out
     assert "k-NN of the EMA student on the test split: k=10 top-1" in out
-    assert dinolab.load_backbone(tmp_path / "student_backbone.safetensors").embed_dim == 32
+    assert pretrain.load_backbone(tmp_path / "student_backbone.safetensors").embed_dim == 32
     code = main(["distill", "--teacher", str(tmp_path / "student_backbone.safetensors"), "--student", "vit_pico",
                  "--data", "fashion-mnist", "--limit", "16", "--out", str(tmp_path / "x"), *STUDENT])
     assert code == 2
@@ -152,8 +152,8 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from dinolab.train.config import build_config
-from dinolab.train.distill import Distiller
+from pretrain.train.config import build_config
+from pretrain.train.distill import Distiller
 
 def kill_at_step_7(step, losses):
     if step == 7:
@@ -166,7 +166,7 @@ Distiller(config, sys.argv[1], "heads", "fashion-mnist", sys.argv[2], data_limit
 
 
 def _distil_cli(teacher, out, *flags):
-    command = [sys.executable, "-m", "dinolab", "distill", "--teacher", str(teacher), "--student", "vit_pico",
+    command = [sys.executable, "-m", "pretrain", "distill", "--teacher", str(teacher), "--student", "vit_pico",
                "--data", "fashion-mnist", "--limit", "128", "--out", str(out), "--no-eval", "--no-progress",
                *flags, *RESUME]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)

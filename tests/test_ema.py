@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from dinolab.train.ema import update_teacher
+from pretrain.train.ema import update_teacher
 
 
 def _pair():

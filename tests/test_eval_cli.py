@@ -1,4 +1,4 @@
-"""`dinolab knn`, `linear` and `finetune` end to end on a tiny saved model and tiny data."""
+"""`pretrain knn`, `linear` and `finetune` end to end on a tiny saved model and tiny data."""
 
 import json
 from pathlib import Path
@@ -8,17 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolab.cli import main
-from dinolab.data.fashion_mnist import DatasetFilesError, split_files
-from dinolab.models import build_vit
+from pretrain.cli import main
+from pretrain.data.fashion_mnist import DatasetFilesError, split_files
+from pretrain.models import build_vit
 
 
 @pytest.fixture(autouse=True)
 def _only_evaluation_commands(monkeypatch):
     """Parse with the commands under test only, so an unrelated broken subcommand cannot interfere."""
-    import dinolab.cli
+    import pretrain.cli
 
-    monkeypatch.setattr(dinolab.cli, "SUBCOMMAND_MODULES", ("dinolab.cli.knn", "dinolab.cli.linear", "dinolab.cli.finetune"))
+    monkeypatch.setattr(pretrain.cli, "SUBCOMMAND_MODULES", ("pretrain.cli.knn", "pretrain.cli.linear", "pretrain.cli.finetune"))
 
 
 def _fashion_mnist_available() -> bool:
@@ -31,7 +31,7 @@ def _fashion_mnist_available() -> bool:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from dinolab.checkpoints import save_backbone
+    from pretrain.checkpoints import save_backbone
 
     torch.manual_seed(0)
     # LayerScale 1 (as in the released models): with the 1e-5 training init a random CLS ignores the image.
@@ -69,9 +69,9 @@ def _common(weights, cache) -> list[str]:
 
 @pytest.mark.skipif(not _fashion_mnist_available(), reason="Fashion-MNIST files not installed")
 def test_knn_fashion_mnist_matches_python_api_and_uses_cache(weights, tmp_path, capsys):
-    from dinolab.checkpoints import load_backbone
-    from dinolab.data import eval_transform, load_fashion_mnist
-    from dinolab.eval.knn import knn_accuracy
+    from pretrain.checkpoints import load_backbone
+    from pretrain.data import eval_transform, load_fashion_mnist
+    from pretrain.train.knn import knn_accuracy
 
     out = tmp_path / "knn.json"
     argv = ["knn", *_common(weights, tmp_path / "cache"), "--train", "fashion-mnist", "--val", "fashion-mnist",
@@ -99,7 +99,7 @@ def test_knn_fashion_mnist_matches_python_api_and_uses_cache(weights, tmp_path, 
 
 
 def test_knn_image_folders_with_skipped_file_and_class_alignment(weights, folders, tmp_path, capsys):
-    from dinolab.checkpoints import load_backbone, save_backbone
+    from pretrain.checkpoints import load_backbone, save_backbone
 
     released = save_backbone(load_backbone(str(weights)), tmp_path / "released.pth", fmt="hub")  # hub layout
     out = tmp_path / "knn.json"
@@ -129,7 +129,7 @@ def test_linear_sgd_and_logreg_on_folders(weights, folders, tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(weights, folders, tmp_path, capsys):
-    from dinolab.features.store import Features, save_features
+    from features.store import Features, save_features
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -159,7 +159,7 @@ def test_bad_inputs_are_one_line_errors(weights, folders, tmp_path, capsys):
 
 
 def test_finetune_cli_saves_a_loadable_backbone(weights, folders, tmp_path, capsys):
-    from dinolab.checkpoints import load_backbone
+    from pretrain.checkpoints import load_backbone
 
     out = tmp_path / "ft"
     argv = ["finetune", *_common(weights, tmp_path / "cache")[:-2], "--train", str(folders / "train"),
@@ -174,10 +174,10 @@ def test_finetune_cli_saves_a_loadable_backbone(weights, folders, tmp_path, caps
 
 
 def test_pretrain_checkpoint_has_the_same_features_as_its_exported_weights(weights, folders, tmp_path, capsys):
-    """A `dinolab pretrain` checkpoint (teacher backbone inside) and a safetensors export of the same
+    """A `pretrain train` checkpoint (teacher backbone inside) and a safetensors export of the same
     weights share one cache entry: the cache key hashes the weights, not the file."""
-    from dinolab.checkpoints import load_backbone
-    from dinolab.train.checkpoint import save_atomic
+    from pretrain.checkpoints import load_backbone
+    from pretrain.train.checkpoint import save_atomic
 
     model = load_backbone(str(weights))
     teacher = {f"backbone.{key}": value for key, value in model.state_dict().items()}

@@ -2,15 +2,15 @@
 
 import torch
 
-from dinolab.data import TensorBatches
-from dinolab.eval.feature_cache import (
+from pretrain.data import TensorBatches
+from features.eval.feature_cache import (
     FeatureCache,
     cache_key,
     extract_eval_features,
     model_fingerprint,
 )
-from dinolab.eval.sources import align_labels
-from dinolab.models import build_vit
+from features.eval.sources import align_labels
+from pretrain.models import build_vit
 
 
 def _model():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dinolab.eval.finetune import (
+from features.eval.finetune import (
     FinetuneConfig,
     LinearClassifier,
     evaluate_classifier,
@@ -11,7 +11,7 @@ from dinolab.eval.finetune import (
     finetune_param_groups,
     warmup_cosine,
 )
-from dinolab.models import build_vit
+from pretrain.models import build_vit
 
 
 def _tiny_backbone():

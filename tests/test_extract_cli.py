@@ -1,4 +1,4 @@
-"""``dinolab extract`` end to end on a tiny random backbone: odd images skipped, never a crash."""
+"""``pretrain extract`` end to end on a tiny random backbone: odd images skipped, never a crash."""
 
 import argparse
 import gzip
@@ -9,22 +9,22 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolab.cli import UserError
-from dinolab.cli import extract as extract_cli
-from dinolab.features import load_features
+from pretrain.cli import UserError
+from pretrain.cli import extract as extract_cli
+from features import load_features
 
 PICO = ["--arch", "vit_pico", "--patch-size", "4", "--size", "28", "--resize-size", "28", "--quiet"]
 
 
 def run_cli(argv):
-    """Parse and run like ``dinolab.cli.main`` does (exit 2 and one line on a user error)."""
+    """Parse and run like ``pretrain.cli.main`` does (exit 2 and one line on a user error)."""
     parser = argparse.ArgumentParser(prog="dinolab")
     extract_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["extract", *argv])
     try:
         return args.func(args)
     except UserError as error:
-        print(f"dinolab extract: error: {error}")
+        print(f"pretrain extract: error: {error}")
         return 2
 
 
@@ -102,8 +102,8 @@ def test_bad_sources_are_user_errors(tmp_path, capsys):
 
 
 def test_weights_go_through_load_backbone(tmp_path, capsys):
-    checkpoints = pytest.importorskip("dinolab.checkpoints")
-    from dinolab.models import Preprocessing, build_vit
+    checkpoints = pytest.importorskip("pretrain.checkpoints")
+    from pretrain.models import Preprocessing, build_vit
 
     model = build_vit("vit_pico", patch_size=4, img_size=28, preprocessing=Preprocessing(input_size=28, resize_size=28))
     weights = checkpoints.save_backbone(model, tmp_path / "pico.safetensors")
@@ -112,7 +112,7 @@ def test_weights_go_through_load_backbone(tmp_path, capsys):
     assert run_cli(["--weights", str(weights), "--images", str(images), "--out", str(out), "--quiet"]) == 0
     features = load_features(out)
     loaded = checkpoints.load_backbone(weights)
-    from dinolab.data import eval_transform, load_image
+    from pretrain.data import eval_transform, load_image
 
     batch = torch.stack([eval_transform(loaded.preprocessing, patch_size=4)(load_image(images / n)) for n in features.names])
     with torch.no_grad():

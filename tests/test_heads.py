@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from dinolab.train.heads import DINOHead
+from pretrain.train.heads import DINOHead
 
 
 def test_state_dict_keys_and_shapes_match_released_layout():

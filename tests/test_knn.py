@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from dinolab.eval.knn import knn_accuracy, knn_class_scores
+from pretrain.train.knn import knn_accuracy, knn_class_scores
 
 
 def test_weighted_votes_hand_computed():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dinolab.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, sinkhorn_knopp
+from pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, sinkhorn_knopp
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

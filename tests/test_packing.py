@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from dinolab.models import build_vit
-from dinolab.models.packing import (
+from pretrain.models import build_vit
+from pretrain.models.packing import (
     block_diagonal_mask,
     forward_features_packed,
     kept_count,

@@ -21,10 +21,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from dinolab.models import build_vit
-from dinolab.train.ema import update_teacher
-from dinolab.train.losses import DINOLoss
-from dinolab.parallel import (
+from pretrain.models import build_vit
+from pretrain.train.ema import update_teacher
+from pretrain.train.losses import DINOLoss
+from pretrain.parallel import (
     ResumableDistributedSampler,
     ema_update_sharded,
     load_training_state,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dinolab.parallel import ResumableDistributedSampler
+from pretrain.parallel import ResumableDistributedSampler
 
 
 def _global_batches(samplers, per_rank, steps):

@@ -1,4 +1,4 @@
-"""Single-process behaviour of dinolab.parallel: DCP round trip without a process group, EMA update."""
+"""Single-process behaviour of pretrain.parallel: DCP round trip without a process group, EMA update."""
 
 import copy
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dinolab.models import build_vit
-from dinolab.parallel import ema_update_sharded, load_training_state, save_training_state
+from pretrain.models import build_vit
+from pretrain.parallel import ema_update_sharded, load_training_state, save_training_state
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

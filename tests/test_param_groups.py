@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dinolab.models import build_vit
-from dinolab.train.heads import DINOHead
-from dinolab.train.param_groups import apply_schedules, build_param_groups
+from pretrain.models import build_vit
+from pretrain.train.heads import DINOHead
+from pretrain.train.param_groups import apply_schedules, build_param_groups
 
 
 @pytest.fixture()

@@ -1,4 +1,4 @@
-"""`dinolab pretrain` end to end on tiny models: Fashion-MNIST subset (both recipes), an image folder
+"""`pretrain train` end to end on tiny models: Fashion-MNIST subset (both recipes), an image folder
 with a corrupt file, checkpoint contract, NaN stop, collapse monitor and the exported backbone."""
 
 import json
@@ -9,15 +9,15 @@ import torch
 from PIL import Image
 from pretrain_tiny import TINY_OVERRIDES
 
-from dinolab.checkpoints import load_backbone
-from dinolab.cli import main
-from dinolab.train.config import build_config
-from dinolab.train.loop import Trainer, TrainingDiverged
-from dinolab.train.monitor import CollapseMonitor, collapse_metrics
+from pretrain.checkpoints import load_backbone
+from pretrain.cli import main
+from pretrain.train.config import build_config
+from pretrain.train.loop import Trainer, TrainingDiverged
+from pretrain.train.monitor import CollapseMonitor, collapse_metrics
 
 
 def _pretrain(tmp_path, *extra):
-    return main(["pretrain", "--data", "fashion-mnist", "--limit", "256", "--out", str(tmp_path / "run"),
+    return main(["train", "--data", "fashion-mnist", "--limit", "256", "--out", str(tmp_path / "run"),
                  "--no-progress", *extra, *TINY_OVERRIDES])
 
 
@@ -50,7 +50,7 @@ def test_pretrain_fashion_mnist_subset(tmp_path, capsys, recipe):
     if recipe == "dino":  # softmax centring moved the centre; Sinkhorn does not use it
         assert state["dino_center"].abs().sum() > 0
 
-    # the exported teacher backbone equals the checkpoint's teacher and loads through dinolab.checkpoints
+    # the exported teacher backbone equals the checkpoint's teacher and loads through pretrain.checkpoints
     for backbone in (load_backbone(run / "teacher_backbone.safetensors"),
                      load_backbone(run / "teacher_backbone.pth", num_heads=2)):
         assert backbone.patch_size == 7 and backbone.embed_dim == 32
@@ -68,7 +68,7 @@ def test_pretrain_folder_with_a_corrupt_file(tmp_path, capsys):
         shape = size[::-1] if mode == "L" else (*size[::-1], 3)
         Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode).save(folder / f"{index:02d}.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    code = main(["pretrain", "--data", str(folder), "--out", str(tmp_path / "run"), "--no-progress",
+    code = main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--no-progress",
                  *TINY_OVERRIDES, "optim.batch_size=8", "optim.epochs=2"])
     out = capsys.readouterr().out
     assert code == 0
@@ -78,12 +78,12 @@ def test_pretrain_folder_with_a_corrupt_file(tmp_path, capsys):
 
 
 def test_pretrain_clear_errors(tmp_path, capsys):
-    assert main(["pretrain", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such folder or file list" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert main(["train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "holds no images" in capsys.readouterr().err
-    assert main(["pretrain", "--data", "fashion-mnist", "--out", str(tmp_path / "o"), "optim.lr=3"]) == 2
+    assert main(["train", "--data", "fashion-mnist", "--out", str(tmp_path / "o"), "optim.lr=3"]) == 2
     assert "Key 'lr' not in 'OptimConfig'" in capsys.readouterr().err
 
 

@@ -1,11 +1,11 @@
-"""`dinolab demo` end to end with a tiny model and a few steps: table, summary, picture, backbone."""
+"""`pretrain demo` end to end with a tiny model and a few steps: table, summary, picture, backbone."""
 
 import json
 
 from pretrain_tiny import TINY_OVERRIDES
 
-from dinolab.checkpoints import load_backbone
-from dinolab.cli import main
+from pretrain.checkpoints import load_backbone
+from pretrain.cli import main
 
 
 def test_demo_runs_and_reports_against_raw_pixels(tmp_path, capsys):

@@ -4,7 +4,7 @@ and its checkpoints resume across world sizes (2 → 1 from ``checkpoint.dcp/``,
 
 All multi-process runs share one ``torch.multiprocessing.spawn`` launch (start-up dominates). The
 processes find each other through the torchrun environment variables, so ``Trainer`` joins the process
-group itself (``dinolab.distributed.init_from_env``), as under ``torchrun``.
+group itself (``pretrain.distributed.init_from_env``), as under ``torchrun``.
 
 Parity settings: KoLeo off (it is per process by design) and no stochastic depth (its draws come from
 each process's default generator). Everything else of the DINOv2 recipe is on: multi-crop with all
@@ -25,9 +25,9 @@ import torch
 import torch.multiprocessing as mp
 from pretrain_tiny import TINY_OVERRIDES
 
-from dinolab.train.config import build_config
-from dinolab.train.data import fashion_mnist_eval_splits
-from dinolab.train.loop import EvalData, Trainer
+from pretrain.train.config import build_config
+from pretrain.train.data import fashion_mnist_eval_splits
+from pretrain.train.loop import EvalData, Trainer
 
 GLOBAL_BATCH, WORLD, IMAGES, RESUME_AT = 8, 2, 48, 3  # 6 steps; checkpoints at steps 3 and 6
 # lr ~ 0.01 and teacher momentum 0.5: weights move far beyond the comparison tolerances in 6 steps.
@@ -143,7 +143,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
     assert resumed_result.final_knn == single["final_knn"]
 
     # Resuming with another global batch (4 = 1 process x 4) is refused with the fix named.
-    from dinolab.train.checkpoint import TrainingCheckpointError
+    from pretrain.train.checkpoint import TrainingCheckpointError
 
     with pytest.raises(TrainingCheckpointError, match=r"global batch was 8 \(2 process\(es\)\), now 4"):
         Trainer(_config(WORLD), "fashion-mnist", tmp_path / "fsdp", resume=True, evaluate=False,
@@ -151,7 +151,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
 
     # Distributed runs leave the same files as a single process: checkpoint.pth and teacher exports.
     assert (tmp_path / "fsdp" / "checkpoint.dcp" / ".metadata").is_file()
-    from dinolab.checkpoints import load_backbone
+    from pretrain.checkpoints import load_backbone
 
     exported = load_backbone(tmp_path / "fsdp" / "teacher_backbone.safetensors")
     expected = load_backbone(tmp_path / "single" / "teacher_backbone.safetensors")
@@ -171,7 +171,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
 def test_optimizer_state_names_round_trip_and_newest_checkpoint(tmp_path: Path):
     import time
 
-    from dinolab.train.checkpoint import (
+    from pretrain.train.checkpoint import (
         newest_checkpoint,
         optimizer_parameter_names,
         optimizer_state_by_index,

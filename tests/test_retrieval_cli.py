@@ -1,4 +1,4 @@
-"""`dinolab index build` + `dinolab search` end to end on a tiny saved model and a folder of images."""
+"""`pretrain index build` + `pretrain search` end to end on a tiny saved model and a folder of images."""
 
 import json
 from pathlib import Path
@@ -8,20 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolab.cli import main
-from dinolab.models import build_vit
+from pretrain.cli import main
+from pretrain.models import build_vit
 
 
 @pytest.fixture(autouse=True)
 def _only_retrieval_commands(monkeypatch):
     """Parse with the commands under test only, so an unrelated broken subcommand cannot interfere."""
-    import dinolab.cli
+    import pretrain.cli
 
-    monkeypatch.setattr(dinolab.cli, "SUBCOMMAND_MODULES", ("dinolab.cli.index", "dinolab.cli.search"))
+    monkeypatch.setattr(pretrain.cli, "SUBCOMMAND_MODULES", ("pretrain.cli.index", "pretrain.cli.search"))
 
 
 def _save_model(path: Path, seed: int) -> Path:
-    from dinolab.checkpoints import save_backbone
+    from pretrain.checkpoints import save_backbone
 
     torch.manual_seed(seed)
     save_backbone(build_vit("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0), path, fmt="safetensors")

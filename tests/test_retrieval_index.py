@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dinolab.retrieval import FeatureIndex, RetrievalIndexError
-from dinolab.retrieval.contact_sheet import contact_sheet
-from dinolab.retrieval.index import default_nlist
+from features.retrieval import FeatureIndex, RetrievalIndexError
+from features.retrieval.contact_sheet import contact_sheet
+from features.retrieval.index import default_nlist
 
 
 def _vectors(num: int, dim: int, seed: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dinolab.train.schedules import TrainingSchedules, cosine_schedule, scaled_lr
+from pretrain.train.schedules import TrainingSchedules, cosine_schedule, scaled_lr
 
 
 def test_cosine_schedule_warmup_and_endpoints():

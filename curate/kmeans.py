@@ -1,0 +1,213 @@
+"""Hierarchical k-means with resampling and balanced sampling (Vo et al. 2024, Sec. 4 and Alg. 1).
+
+Level 1 clusters the embeddings, level ``l + 1`` clusters the centroids of level ``l``. After each
+k-means, ``resampling_steps`` refinements move the centroids away from dense regions: take the
+``samples_per_cluster`` points nearest each centroid, re-run k-means on that union (started from the
+current centroids), and reassign every point. Balanced sampling then spends an equal share of the
+budget on every top-level cluster and recursively on every child cluster down to the level-1 clusters,
+where images are drawn uniformly at random; a cluster with fewer images than its share gives its
+spare budget to its siblings.
+
+Example::
+
+    tree = hierarchical_kmeans(embeddings, ks=[100, 20, 5], seed=0)
+    tree.labels(1).shape  # (n,): level-1 cluster of each image
+    chosen = balanced_sample(tree, count=1000, seed=0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from curate.manifest import read_npy, write_npy
+
+DEFAULT_SHRINK = (50, 10, 5, 5)  # items per cluster at levels 1, 2, 3, 4+ for default_ks
+
+
+@dataclass(frozen=True)
+class ClusterTree:
+    """``centroids[l]`` is ``[k_{l+1}, D]``; ``parents[0]`` maps each point to its level-1 cluster and
+    ``parents[l]`` each level-``l`` cluster to its level-``l+1`` cluster."""
+
+    centroids: list[np.ndarray]
+    parents: list[np.ndarray]
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.centroids)
+
+    def labels(self, level: int) -> np.ndarray:
+        """Cluster of each point at ``level`` (1 = finest)."""
+        if not 1 <= level <= self.num_levels:
+            raise ValueError(f"level must be in 1..{self.num_levels}, got {level}")
+        labels = self.parents[0]
+        for parent in self.parents[1:level]:
+            labels = parent[labels]
+        return labels
+
+    def sizes(self, level: int) -> np.ndarray:
+        """Number of points in each cluster of ``level``."""
+        return np.bincount(self.labels(level), minlength=len(self.centroids[level - 1]))
+
+    def save(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        for level, (centroids, parent) in enumerate(zip(self.centroids, self.parents), start=1):
+            write_npy(directory / f"centroids_level{level}.npy", centroids)
+            write_npy(directory / f"parent_level{level}.npy", parent)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "ClusterTree":
+        directory = Path(directory)
+        centroids, parents = [], []
+        level = 1
+        while (directory / f"centroids_level{level}.npy").exists():
+            centroids.append(read_npy(directory / f"centroids_level{level}.npy"))
+            parents.append(read_npy(directory / f"parent_level{level}.npy"))
+            level += 1
+        if not centroids:
+            raise FileNotFoundError(f"no centroids_level1.npy in {directory}")
+        return cls(centroids, parents)
+
+
+def default_ks(count: int, levels: int) -> list[int]:
+    """Cluster counts shrinking by :data:`DEFAULT_SHRINK` per level, at least 1 and below the item count."""
+    ks, items = [], count
+    for level in range(levels):
+        shrink = DEFAULT_SHRINK[min(level, len(DEFAULT_SHRINK) - 1)]
+        items = max(1, math.ceil(items / shrink))
+        ks.append(items)
+    return ks
+
+
+def kmeans(
+    points: np.ndarray,
+    k: int,
+    niter: int = 20,
+    seed: int = 0,
+    init_centroids: np.ndarray | None = None,
+    spherical: bool = True,
+) -> np.ndarray:
+    """Centroids ``[k, D]`` from faiss k-means (on a GPU when faiss has one)."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    k = min(k, points.shape[0])
+    model = faiss.Kmeans(
+        points.shape[1],
+        k,
+        niter=niter,
+        seed=seed,
+        spherical=spherical,
+        gpu=faiss.get_num_gpus() > 0,
+        min_points_per_centroid=1,
+        max_points_per_centroid=256,
+        verbose=False,
+    )
+    if init_centroids is not None:
+        model.train(points, init_centroids=np.ascontiguousarray(init_centroids, dtype=np.float32))
+    else:
+        model.train(points)
+    return model.centroids.copy()
+
+
+def assign(points: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (L2) of each point: (squared distance, index)."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    distances, labels = index.search(np.ascontiguousarray(points, dtype=np.float32), 1)
+    return distances[:, 0], labels[:, 0].astype(np.int64)
+
+
+def resampled_kmeans(
+    points: np.ndarray,
+    k: int,
+    niter: int = 20,
+    resampling_steps: int = 0,
+    samples_per_cluster: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """k-means followed by ``resampling_steps`` refinements on the points nearest each centroid.
+
+    Returns (centroids, label of each point). ``samples_per_cluster`` defaults to the mean cluster size.
+    """
+    centroids = kmeans(points, k, niter, seed)
+    distances, labels = assign(points, centroids)
+    per_cluster = samples_per_cluster or max(1, points.shape[0] // len(centroids))
+    for step in range(resampling_steps):
+        order = np.lexsort((distances, labels))  # by cluster, nearest first
+        rank_in_cluster = np.arange(len(order)) - np.searchsorted(labels[order], labels[order])
+        sample = order[rank_in_cluster < per_cluster]
+        centroids = kmeans(points[sample], len(centroids), niter, seed + step + 1, centroids)
+        distances, labels = assign(points, centroids)
+    return centroids, labels
+
+
+def hierarchical_kmeans(
+    embeddings: np.ndarray,
+    ks: Sequence[int],
+    niter: int = 20,
+    resampling_steps: int = 0,
+    samples_per_cluster: Sequence[int] | None = None,
+    seed: int = 0,
+) -> ClusterTree:
+    """Cluster ``embeddings`` (L2-normalised first), then the centroids, level after level."""
+    if len(ks) == 0:
+        raise ValueError("need at least one level")
+    points = np.ascontiguousarray(embeddings, dtype=np.float32).copy()
+    faiss.normalize_L2(points)
+    centroids_per_level, parents = [], []
+    for level, k in enumerate(ks):
+        per_cluster = samples_per_cluster[level] if samples_per_cluster else None
+        centroids, labels = resampled_kmeans(
+            points, min(k, len(points)), niter, resampling_steps, per_cluster, seed + 1000 * level
+        )
+        centroids_per_level.append(centroids)
+        parents.append(labels)
+        points = centroids
+    return ClusterTree(centroids_per_level, parents)
+
+
+def allocate_evenly(capacities: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Split ``total`` as evenly as possible over bins holding at most ``capacities`` (water-filling).
+
+    Bins too small for their share are filled and the rest is shared again among the others; the
+    final remainder (fewer units than open bins) goes one each to randomly chosen open bins.
+    """
+    capacities = np.asarray(capacities, dtype=np.int64)
+    allocation = np.zeros_like(capacities)
+    remaining = min(int(total), int(capacities.sum()))
+    while remaining > 0:
+        open_bins = np.flatnonzero(allocation < capacities)
+        share = remaining // len(open_bins)
+        if share == 0:
+            allocation[rng.choice(open_bins, size=remaining, replace=False)] += 1
+            break
+        added = np.minimum(share, capacities[open_bins] - allocation[open_bins])
+        allocation[open_bins] += added
+        remaining -= int(added.sum())
+    return allocation
+
+
+def balanced_sample(tree: ClusterTree, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``count`` points spread evenly over the cluster tree, top level down (sorted)."""
+    rng = np.random.default_rng(seed)
+    top = tree.num_levels
+    capacities = [tree.sizes(level) for level in range(1, top + 1)]
+    budget = allocate_evenly(capacities[top - 1], count, rng)
+    for level in range(top - 1, 0, -1):  # give each level-(level+1) cluster's budget to its children
+        parent = tree.parents[level]
+        child_budget = np.zeros(len(parent), dtype=np.int64)
+        for cluster in np.flatnonzero(budget):
+            children = np.flatnonzero(parent == cluster)
+            child_budget[children] = allocate_evenly(capacities[level - 1][children], budget[cluster], rng)
+        budget = child_budget
+    labels = tree.parents[0]
+    chosen = [
+        rng.choice(np.flatnonzero(labels == cluster), size=budget[cluster], replace=False)
+        for cluster in np.flatnonzero(budget)
+    ]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)

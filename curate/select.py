@@ -1,0 +1,116 @@
+"""Retrieval-based selection of pool images close to a curated set (DINOv2, Sec. 3 and Appendix A).
+
+Two retrieval modes from the paper: *sample-based* for a large curated set — every curated image
+retrieves its ``n`` nearest pool images — and *cluster-based* for a small one — the pool is clustered
+with k-means and ``m`` images are sampled from the cluster nearest to each curated image. Pool images
+less similar than ``min_similarity`` to the curated image that retrieved them are dropped.
+
+Example::
+
+    chosen = retrieve_nearest(curated, pool, per_query=4, min_similarity=0.5)
+    chosen.pool_index, chosen.query_index, chosen.similarity
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from curate.dedup import IndexKind, nearest_neighbors, normalized
+from curate.kmeans import ClusterTree, balanced_sample
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Selected pool rows (sorted) with why each was taken; -1 / nan where a field does not apply."""
+
+    method: str
+    pool_index: np.ndarray
+    query_index: np.ndarray  # curated image that retrieved it
+    cluster: np.ndarray  # level-1 pool cluster it was sampled from
+    similarity: np.ndarray  # cosine similarity to the retrieving curated image
+
+    def __len__(self) -> int:
+        return len(self.pool_index)
+
+
+def _best_query_per_pool_item(
+    pool_rows: np.ndarray, query_rows: np.ndarray, similarity: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reduce (pool, query, similarity) hits to one per pool row: the most similar query."""
+    order = np.lexsort((-similarity, pool_rows))
+    pool_sorted = pool_rows[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = pool_sorted[1:] != pool_sorted[:-1]
+    chosen = order[first]
+    return pool_rows[chosen], query_rows[chosen], similarity[chosen]
+
+
+def retrieve_nearest(
+    curated: np.ndarray,
+    pool: np.ndarray,
+    per_query: int = 4,
+    min_similarity: float = -1.0,
+    kind: IndexKind = "auto",
+) -> Selection:
+    """Sample-based retrieval: the ``per_query`` nearest pool images of every curated image."""
+    sims, ids = nearest_neighbors(pool, curated, per_query, kind)
+    queries = np.repeat(np.arange(len(curated)), ids.shape[1]).reshape(ids.shape)
+    hit = (ids >= 0) & (sims >= min_similarity)
+    rows, query, similarity = _best_query_per_pool_item(ids[hit], queries[hit], sims[hit])
+    return Selection("neighbours", rows, query, np.full(len(rows), -1), similarity.astype(np.float32))
+
+
+def retrieve_from_clusters(
+    curated: np.ndarray,
+    pool: np.ndarray,
+    pool_labels: np.ndarray,
+    centroids: np.ndarray,
+    per_cluster: int = 100,
+    min_similarity: float = -1.0,
+    seed: int = 0,
+) -> Selection:
+    """Cluster-based retrieval: ``per_cluster`` random pool images from each cluster nearest a curated image.
+
+    A cluster hit by several curated images is sampled once; each sampled image records the curated
+    image among those hitting its cluster that is most similar to it.
+    """
+    rng = np.random.default_rng(seed)
+    curated_unit, pool_unit = normalized(curated), normalized(pool)
+    nearest_cluster = np.argmax(curated_unit @ normalized(centroids).T, axis=1)
+    rows, queries, clusters, similarities = [], [], [], []
+    for cluster in np.unique(nearest_cluster):
+        hitting = np.flatnonzero(nearest_cluster == cluster)
+        members = np.flatnonzero(pool_labels == cluster)
+        if len(members) == 0:
+            continue
+        member_sims = pool_unit[members] @ curated_unit[hitting].T  # [members, hitting queries]
+        best = np.argmax(member_sims, axis=1)
+        best_sim = member_sims[np.arange(len(members)), best]
+        eligible = np.flatnonzero(best_sim >= min_similarity)
+        take = rng.choice(eligible, size=min(per_cluster, len(eligible)), replace=False)
+        rows.append(members[take])
+        queries.append(hitting[best[take]])
+        clusters.append(np.full(len(take), cluster))
+        similarities.append(best_sim[take])
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return Selection("clusters", empty, empty, empty, np.zeros(0, dtype=np.float32))
+    rows_all = np.concatenate(rows)
+    order = np.argsort(rows_all)
+    return Selection(
+        "clusters",
+        rows_all[order],
+        np.concatenate(queries)[order],
+        np.concatenate(clusters)[order],
+        np.concatenate(similarities)[order].astype(np.float32),
+    )
+
+
+def select_balanced(tree: ClusterTree, count: int, seed: int = 0) -> Selection:
+    """Curated-set-free selection: :func:`balanced_sample` over the pool's cluster tree (Vo et al. 2024)."""
+    rows = balanced_sample(tree, count, seed)
+    return Selection(
+        "balanced", rows, np.full(len(rows), -1), tree.labels(1)[rows], np.full(len(rows), np.nan, np.float32)
+    )

@@ -1,7 +1,0 @@
-"""``python -m dinolab`` (also what ``torchrun -m dinolab`` runs)."""
-
-import sys
-
-from dinolab.cli import main
-
-sys.exit(main())
