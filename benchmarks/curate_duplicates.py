@@ -23,7 +23,9 @@ import torch
 from PIL import Image, ImageEnhance
 
 from curate.dedup import near_duplicate_pairs
-from curate.embed import PixelEncoder, cls_encoder, embed_folder, list_images, load_embeddings
+from bench_embed import embed_files
+from curate.embed import PixelEncoder
+from curate.lake import list_set
 from pretrain.data import load_fashion_mnist
 
 TRANSFORMS = ("exact", "hflip", "crop", "jpeg", "jitter", "tint")
@@ -130,15 +132,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pool"
         planted = make_pool(folder, args.originals, args.copies, args.seed)
-        files = list_images(folder)
+        files = [Path(path).name for path in list_set(str(folder))]
         for label, model, size, mean, std in encoders(args):
             start = time.perf_counter()
-            out = Path(tmp) / f"emb{len(report['encoders'])}"
-            embed_folder(cls_encoder(model.eval()), folder, files, out, size, mean, std, progress=False)
-            table = load_embeddings(out, files, 1024)
+            embeddings = embed_files(model, folder, files, size, mean, std)
             seconds = time.perf_counter() - start
             for center in (False, True):
-                rows = evaluate(table.embeddings, table.names, planted, center)
+                rows = evaluate(embeddings, files, planted, center)
                 report["encoders"].append(
                     {"encoder": label, "centred": center, "embed_seconds": round(seconds, 1), "results": rows}
                 )

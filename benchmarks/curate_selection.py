@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curate.embed import PixelEncoder, cls_encoder, embed_folder, list_images, load_embeddings
+from bench_embed import embed_files
+from curate.embed import PixelEncoder
+from curate.lake import list_set
 from curate.kmeans import hierarchical_kmeans
-from curate.select import retrieve_from_clusters, retrieve_nearest
+from curate.sample import retrieve_from_clusters, retrieve_nearest
 from pretrain.data import load_fashion_mnist
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "horse",
@@ -105,24 +107,20 @@ def main() -> None:
             {"digits": args.digits, "photos": args.photos, "noise": args.noise}, rng
         ).items():
             write(pool_dir, source, images)
-        pool_files, curated_files = list_images(pool_dir), list_images(curated_dir)
+        pool_files, curated_files = ([Path(path).name for path in list_set(str(folder))] for folder in (pool_dir, curated_dir))
         source_of = np.array([name.split("_")[0] for name in pool_files])
         base_rate = float(np.mean(source_of == "fashion"))
         print(f"pool: {len(pool_files)} images, in-domain fraction {base_rate:.3f}; curated: {len(curated_files)}")
         for label, model, size, mean, std in encoders(args):
             start = time.perf_counter()
-            tables = []
-            for name, folder, files in (("pool", pool_dir, pool_files), ("curated", curated_dir, curated_files)):
-                out = Path(tmp) / f"{len(results['methods'])}_{name}"
-                embed_folder(cls_encoder(model.eval()), folder, files, out, size, mean, std, progress=False)
-                tables.append(load_embeddings(out, files, 1024))
-            pool, curated = tables
-            tree = hierarchical_kmeans(pool.embeddings, [args.clusters], seed=args.seed)
+            pool, curated = (embed_files(model, folder, files, size, mean, std)
+                             for folder, files in ((pool_dir, pool_files), (curated_dir, curated_files)))
+            tree = hierarchical_kmeans(pool, [args.clusters], seed=args.seed)
             selections = {
                 f"neighbours (N={args.per_query})": retrieve_nearest(
-                    curated.embeddings, pool.embeddings, args.per_query),
+                    curated, pool, args.per_query),
                 f"clusters (k={args.clusters}, M={args.per_cluster})": retrieve_from_clusters(
-                    curated.embeddings, pool.embeddings, tree.labels(1), tree.centroids[0], args.per_cluster,
+                    curated, pool, tree.labels(1), tree.centroids[0], args.per_cluster,
                     seed=args.seed),
             }
             seconds = time.perf_counter() - start

@@ -1,8 +1,8 @@
-"""LVD-142M-style data curation (DINOv2, Sec. 3): embed, deduplicate, cluster, select, report.
+"""The curation stages of the LVD-142M pipeline (DINOv2, Sec. 3) as plain functions; nothing here knows Dask.
 
-Modules, one step each: :mod:`~curate.embed` (chunked, resumable features),
-:mod:`~curate.dedup` (copy detection), :mod:`~curate.kmeans` (hierarchical k-means and
-balanced sampling), :mod:`~curate.select` (retrieval), :mod:`~curate.report`,
-:mod:`~curate.manifest` (atomic plain-file outputs) and :mod:`~curate.pipeline`
-(the steps over one work folder, used by ``dinolab curate``).
+One module per job: :mod:`~curate.lake` (listing sets, keys), :mod:`~curate.ingest` (decode, hash,
+metadata), :mod:`~curate.embed`, :mod:`~curate.dedup` (copies and leaks), :mod:`~curate.kmeans`
+(hierarchical k-means, balanced sampling), :mod:`~curate.sample` (retrieval), :mod:`~curate.shards`
+(webdataset shards of the original bytes), :mod:`~curate.report`, :mod:`~curate.tables` (parts on
+disk) and :mod:`~curate.stages` (each stage's unit of work over an output folder).
 """

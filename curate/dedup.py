@@ -19,8 +19,12 @@ from typing import Literal
 
 import faiss
 import numpy as np
+import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_components
+
+from schemas.config import DedupConfig
+from schemas.tables import DUPLICATES
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 KeepRule = Literal["first", "resolution"]
@@ -244,3 +248,85 @@ def deduplicate(
                 removals.append(Removal(int(index), f"leak:{set_name}", reference_names[match], float(sim)))
     return DedupResult(pairs, components, keep, sorted(removals, key=lambda r: r.index))
 
+
+
+def exact_pairs(digests: list[str]) -> DuplicatePairs:
+    """Pairs linking every row to the first row with the same content hash (byte-identical files)."""
+    first_of: dict[str, int] = {}
+    first, second = [], []
+    for row, digest in enumerate(digests):
+        head = first_of.setdefault(digest, row)
+        if head != row:
+            first.append(head)
+            second.append(row)
+    return DuplicatePairs(np.array(first, dtype=np.int64), np.array(second, dtype=np.int64), np.ones(len(first), np.float32))
+
+
+def _merge(*pair_sets: DuplicatePairs) -> DuplicatePairs:
+    first = np.concatenate([p.first for p in pair_sets])
+    second = np.concatenate([p.second for p in pair_sets])
+    similarity = np.concatenate([p.similarity for p in pair_sets])
+    return DuplicatePairs(first, second, similarity)
+
+
+def duplicates_table(
+    pool: pa.Table,
+    vectors: np.ndarray,
+    references: dict[str, np.ndarray],
+    config: DedupConfig,
+) -> pa.Table:
+    """The ``duplicates`` table of the pool: groups, the image kept in each, and why the others go.
+
+    ``pool`` holds the pool's ``images`` rows (``key``, ``uri``, ``sha256``, ``width``, ``height``) in the
+    order of ``vectors``. Byte-identical files are linked (``exact``), then pairs of kNN neighbours
+    (``config.k``) at cosine similarity ``>= config.threshold`` (``copy``); each connected component
+    keeps its largest-resolution image (ties: smallest key). A component holding an image within
+    ``config.eval_threshold`` of a ``references`` set (the evaluation sets) is removed whole as
+    ``leak:<set>``. ``group`` is the row, in key order, of the group's kept image.
+    """
+    keys = pool.column("key").to_pylist()
+    count = len(keys)
+    order = np.argsort(np.array(keys, dtype=object), kind="stable")
+    keys = [keys[i] for i in order]
+    uris = [pool.column("uri")[int(i)].as_py() for i in order]
+    digests = [pool.column("sha256")[int(i)].as_py() for i in order]
+    pixels = (pool.column("width").to_numpy(zero_copy_only=False).astype(np.int64)
+              * pool.column("height").to_numpy(zero_copy_only=False).astype(np.int64))[order]
+    embeddings = np.asarray(vectors, dtype=np.float32)[order]
+    if config.center and count:
+        mean = embeddings.mean(axis=0, keepdims=True)
+        embeddings = embeddings - mean
+        references = {name: ref - mean for name, ref in references.items()}
+    copies = near_duplicate_pairs(embeddings, config.threshold, min(config.k, max(count - 1, 1)), config.index)
+    components = connected_components(count, _merge(exact_pairs(digests), copies))
+    keep = keep_one_per_component(components, keys, "resolution", pixels)
+    kept_row = np.zeros(count, dtype=np.int64)
+    kept_row[components[keep]] = np.flatnonzero(keep)
+    group = kept_row[components]
+    unit = normalized(embeddings) if count else embeddings
+    similarity = np.einsum("ij,ij->i", unit, unit[group]) if count else np.zeros(0, np.float32)
+    reason: list[str | None] = [
+        None if keep[row] else ("exact" if digests[row] == digests[group[row]] else "copy") for row in range(count)
+    ]
+    kept = keep.copy()
+    for set_name, reference in sorted(references.items()):
+        if len(reference) == 0 or count == 0:
+            continue
+        best, _ = best_matches(embeddings, reference, config.index)
+        leaking = np.unique(components[best >= config.eval_threshold])
+        for row in np.flatnonzero(np.isin(components, leaking)):
+            if reason[row] is None or not reason[row].startswith("leak:"):
+                reason[row] = f"leak:{set_name}"
+            kept[row] = False
+    return pa.table(
+        {
+            "key": keys,
+            "uri": uris,
+            "group": group,
+            "kept": kept,
+            "reason": reason,
+            "kept_key": [keys[g] for g in group],
+            "similarity": np.asarray(similarity, dtype=np.float32),
+        },
+        schema=DUPLICATES.schema,
+    )

@@ -1,108 +1,41 @@
-"""Chunked, resumable, shardable embedding of an image folder (the "embed" step of curation).
+"""The embed stage: one vector per readable image, from raw pixels or any backbone ``load_backbone`` reads.
 
-The sorted file list is cut into chunks of ``chunk_size`` images; rank ``r`` of ``world_size``
-processes (``torchrun`` sets ``RANK``/``WORLD_SIZE``) embeds chunks ``r, r + world_size, ...``. Each
-chunk is one ``chunk_NNNNN.safetensors`` holding ``embeddings`` [n, D] (float32 CLS features),
-``sizes`` [n, 2] (width, height) and, in its metadata, the image names and the files that could not be
-decoded. Chunks are written atomically; a rerun skips every chunk that loads and lists the expected
-names, and redoes a missing, partial or corrupt one.
+An :class:`Embedder` is built once per worker (:func:`load_embedder`) and applied to one partition of
+the ``images`` table at a time (:func:`embed_partition`), which returns the ``embeddings`` rows and the
+float32 matrix they index. Images are decoded from their bytes by the same decoder as ingest, resized
+whole (no crop, so copy detection sees the borders) to the embedder's square input::
 
-Example::
-
-    files = list_images(folder)
-    pre = model.preprocessing
-    embed_folder(cls_encoder(model), folder, files, out, 224, pre.mean, pre.std, chunk_size=1024)
-    table = load_embeddings(out, files, chunk_size=1024)  # .embeddings, .names, .sizes, .skipped
+    embedder = load_embedder(EmbedConfig(embedder="pixels"))
+    rows, vectors = embed_partition(images_part, embedder, max_pixels=10**8)
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 
-from curate.manifest import atomic_path
-from pretrain.data import ImageDecodeError
+from curate.ingest import read_bytes
+from pretrain.data.images import ImageDecodeError, decode_image
+from schemas.config import EmbedConfig
+from schemas.tables import EMBEDDINGS
 
-CHUNK_FORMAT = "dinolab-curate-embeddings-1"
-
-
-def list_images(root: str | Path) -> list[str]:
-    """Image paths under ``root`` (recursive, by :data:`pretrain.data.IMAGE_SUFFIXES`), relative, sorted."""
-    from pretrain.data import is_image_file
-
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"not a folder: {root}")
-    return sorted(
-        path.relative_to(root).as_posix() for path in root.rglob("*") if is_image_file(path) and path.is_file()
-    )
-
-
-def chunk_path(directory: Path, chunk: int) -> Path:
-    return directory / f"chunk_{chunk:05d}.safetensors"
-
-
-def chunk_ranges(count: int, chunk_size: int) -> list[range]:
-    return [range(start, min(start + chunk_size, count)) for start in range(0, count, chunk_size)]
-
-
-def shard_from_environment() -> tuple[int, int]:
-    """(rank, world_size) from the variables ``torchrun`` sets; (0, 1) without them."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def decode_image(path: Path, size: int) -> tuple[Tensor, tuple[int, int]]:
-    """RGB float tensor ``[3, size, size]`` in [0, 1] (whole image resized, no crop) and (width, height).
-
-    Decoding goes through :func:`pretrain.data.load_image` (grayscale, palette, alpha, 16-bit, EXIF
-    rotation); unusable files raise :class:`pretrain.data.ImageDecodeError`.
-    """
-    from PIL import Image
-    from torchvision.transforms.functional import pil_to_tensor
-
-    from pretrain.data import load_image
-
-    rgb = load_image(path, max_side=max(4 * size, 256))
-    with Image.open(path) as header:  # full resolution, read from the header only
-        original_size = header.size
-    pixels = pil_to_tensor(rgb).float().div(255)[None]
-    resized = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True)
-    return resized[0].clamp(0, 1), original_size
-
-
-class _ChunkImages(torch.utils.data.Dataset):
-    def __init__(self, root: Path, names: Sequence[str], size: int) -> None:
-        self.root, self.names, self.size = root, list(names), size
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> tuple[int, Tensor | None, tuple[int, int], str]:
-        try:
-            pixels, size = decode_image(self.root / self.names[index], self.size)
-            return index, pixels, size, ""
-        except ImageDecodeError as error:
-            return index, None, (0, 0), error.reason[:300]
-
-
-def _as_list(batch: list) -> list:
-    """Collate function keeping the items as they are (undecodable ones carry no pixels)."""
-    return batch
+RANDOM_WEIGHTS_SEED = 0
+"""An architecture name gives random weights: seeded, so every worker builds the same model."""
 
 
 class PixelEncoder(nn.Module):
-    """Raw-pixel baseline "backbone": ``grid x grid`` average-pooled RGB, centred per image.
+    """Raw-pixel "backbone": ``grid x grid`` average-pooled RGB, centred per image (no weights at all).
 
-    Cosine similarity of these vectors is a correlation of thumbnails; useful to calibrate copy
-    detection without pretrained weights.
+    Cosine similarity of these vectors is a correlation of thumbnails: exact copies and re-encodes
+    score ~1, so it is an honest baseline when no trained weights exist.
     """
 
     def __init__(self, grid: int = 16) -> None:
@@ -116,187 +49,90 @@ class PixelEncoder(nn.Module):
 
 
 def cls_encoder(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """``images -> [B, D]`` features: the final-norm CLS token for a dinolab ViT, else ``model(images)``."""
+    """``images -> [B, D]``: the final-norm CLS token of a ViT of this project, else ``model(images)``."""
     if hasattr(model, "forward_features"):
         return lambda images: model.forward_features(images).cls_token
     return model
 
 
-@dataclass(frozen=True)
-class EmbedPlan:
-    """Which chunks this rank owns and which of those are already done."""
+@dataclass
+class Embedder:
+    """What the embed stage needs of a model: how to prepare images and how to encode a batch."""
 
-    chunks: list[int]
-    done: list[int]
-
-    @property
-    def todo(self) -> list[int]:
-        done = set(self.done)
-        return [chunk for chunk in self.chunks if chunk not in done]
-
-
-def read_chunk(path: Path) -> tuple[np.ndarray, np.ndarray, list[str], list[list[str]]]:
-    """(embeddings, sizes, names, skipped [name, reason]) of one chunk file; raises if unreadable."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as handle:
-        metadata = handle.metadata() or {}
-        if metadata.get("format") != CHUNK_FORMAT:
-            raise ValueError(f"{path} is not a dinolab embedding chunk")
-        embeddings = handle.get_tensor("embeddings")
-        sizes = handle.get_tensor("sizes")
-    names = json.loads(metadata["names"])
-    skipped = json.loads(metadata["skipped"])
-    if len(names) != len(embeddings) or len(sizes) != len(embeddings):
-        raise ValueError(f"{path}: {len(names)} names for {len(embeddings)} embeddings")
-    return embeddings, sizes, names, skipped
+    name: str
+    encode: Callable[[Tensor], Tensor]
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    dim: int
+    device: torch.device
 
 
-def chunk_is_complete(path: Path, expected_names: Sequence[str]) -> bool:
-    """True when ``path`` opens, its arrays match its name list, and it covers exactly
-    ``expected_names`` (embedded or skipped). Reads the header only."""
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return False
-    try:
-        with safe_open(str(path), framework="np") as handle:
-            metadata = handle.metadata() or {}
-            rows = {handle.get_slice(key).get_shape()[0] for key in ("embeddings", "sizes")}
-        names, skipped = json.loads(metadata["names"]), json.loads(metadata["skipped"])
-    except Exception:  # noqa: BLE001 - partial or corrupt file: redo the chunk
-        return False
-    if metadata.get("format") != CHUNK_FORMAT or rows != {len(names)}:
-        return False
-    return sorted(names + [name for name, _ in skipped]) == sorted(expected_names)
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
-def plan_chunks(
-    directory: Path, files: Sequence[str], chunk_size: int, rank: int = 0, world_size: int = 1
-) -> EmbedPlan:
-    ranges = chunk_ranges(len(files), chunk_size)
-    mine = list(range(rank, len(ranges), world_size))
-    done = [c for c in mine if chunk_is_complete(chunk_path(directory, c), [files[i] for i in ranges[c]])]
-    return EmbedPlan(mine, done)
+def load_embedder(config: EmbedConfig) -> Embedder:
+    """``pixels``, an architecture name (seeded random weights) or a checkpoint ``load_backbone`` reads."""
+    device = resolve_device(config.device)
+    if config.embedder == "pixels":
+        encoder = PixelEncoder(config.pixel_grid)
+        return Embedder("pixels", encoder, config.pixel_grid, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), encoder.embed_dim, device)
+    from pretrain.checkpoints import load_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = load_backbone(config.embedder, device=device)
+    pre = model.preprocessing
+    return Embedder(config.embedder, cls_encoder(model), config.image_size, tuple(pre.mean), tuple(pre.std),
+                    model.embed_dim, device)
 
 
-def write_chunk(
-    path: Path, embeddings: Tensor, sizes: Tensor, names: list[str], skipped: list[list[str]]
-) -> None:
-    from safetensors.torch import save_file
-
-    metadata = {"format": CHUNK_FORMAT, "names": json.dumps(names), "skipped": json.dumps(skipped)}
-    with atomic_path(path) as temporary:
-        save_file(
-            {"embeddings": embeddings.float().contiguous(), "sizes": sizes.long().contiguous()},
-            str(temporary),
-            metadata=metadata,
-        )
+def image_tensor(image: Image.Image, size: int) -> Tensor:
+    """RGB float tensor ``[3, size, size]`` in [0, 1]: the whole image resized (aspect not kept, no crop)."""
+    resized = image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1)
 
 
 @torch.inference_mode()
-def embed_chunk(
-    encode: Callable[[Tensor], Tensor],
-    root: Path,
-    names: Sequence[str],
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device,
-    batch_size: int = 64,
-    num_workers: int = 0,
-) -> tuple[Tensor, Tensor, list[str], list[list[str]]]:
-    """Embed the images ``names`` under ``root``: (embeddings, sizes, embedded names, skipped)."""
-    loader = torch.utils.data.DataLoader(
-        _ChunkImages(root, names, image_size),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_as_list,
-    )
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    features, sizes, kept, skipped = [], [], [], []
-    for batch in loader:
-        good = [item for item in batch if item[1] is not None]
-        skipped += [[names[index], reason] for index, pixels, _, reason in batch if pixels is None]
-        if not good:
+def embed_images(embedder: Embedder, images: Sequence[Image.Image], batch_size: int = 64) -> np.ndarray:
+    """``[len(images), dim]`` float32 vectors, in batches (bf16 autocast on CUDA, fp32 on CPU)."""
+    mean = torch.tensor(embedder.mean, device=embedder.device).view(1, 3, 1, 1)
+    std = torch.tensor(embedder.std, device=embedder.device).view(1, 3, 1, 1)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([image_tensor(image, embedder.image_size) for image in images[start : start + batch_size]])
+        batch = (batch.to(embedder.device) - mean) / std
+        with torch.autocast(embedder.device.type, dtype=torch.bfloat16, enabled=embedder.device.type == "cuda"):
+            features = embedder.encode(batch)
+        out.append(features.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+def embed_partition(
+    images: pa.Table, embedder: Embedder, max_pixels: int, batch_size: int = 64
+) -> tuple[pa.Table, np.ndarray]:
+    """Embed the ``ok`` rows of one partition of ``images``: (``embeddings`` rows, ``[n, dim]`` matrix).
+
+    A file that no longer decodes (changed since ingest) is left out rather than failing the task.
+    """
+    decode_side = max(4 * embedder.image_size, 256)
+    keys, roles, sets, decoded = [], [], [], []
+    for row in images.filter(pc.equal(images["status"], "ok")).to_pylist():
+        try:
+            data = read_bytes(row["uri"])
+            decoded.append(decode_image(data, row["uri"], max_side=decode_side, max_pixels=max_pixels, min_side=1).image)
+        except (OSError, ImageDecodeError):
             continue
-        images = (torch.stack([item[1] for item in good]).to(device) - mean_t) / std_t
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            output = encode(images)
-        features.append(output.float().cpu())
-        sizes.append(torch.tensor([item[2] for item in good]))
-        kept += [names[item[0]] for item in good]
-    dim_probe = features[0].shape[1] if features else 0
-    return (
-        torch.cat(features) if features else torch.zeros(0, dim_probe),
-        torch.cat(sizes) if sizes else torch.zeros(0, 2, dtype=torch.long),
-        kept,
-        skipped,
+        keys.append(row["key"])
+        roles.append(row["role"])
+        sets.append(row["set"])
+    vectors = embed_images(embedder, decoded, batch_size)
+    table = pa.table(
+        {"key": keys, "role": roles, "set": sets, "row": np.arange(len(keys), dtype=np.int32)},
+        schema=EMBEDDINGS.schema,
     )
-
-
-def embed_folder(
-    encode: Callable[[Tensor], Tensor],
-    root: str | Path,
-    files: Sequence[str],
-    directory: str | Path,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device | str = "cpu",
-    chunk_size: int = 1024,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = True,
-) -> EmbedPlan:
-    """Embed this rank's chunks that are not done yet; returns the plan it followed."""
-    from tqdm import tqdm
-
-    root, directory, device = Path(root), Path(directory), torch.device(device)
-    directory.mkdir(parents=True, exist_ok=True)
-    plan = plan_chunks(directory, files, chunk_size, rank, world_size)
-    ranges = chunk_ranges(len(files), chunk_size)
-    bar = tqdm(plan.todo, desc=f"embed rank {rank}/{world_size}", unit="chunk", disable=not progress)
-    for chunk in bar:
-        names = [files[i] for i in ranges[chunk]]
-        result = embed_chunk(encode, root, names, image_size, mean, std, device, batch_size, num_workers)
-        write_chunk(chunk_path(directory, chunk), *result)
-    return plan
-
-
-@dataclass(frozen=True)
-class EmbeddingTable:
-    """All chunks of one image set, in file order (undecodable files are listed in ``skipped``)."""
-
-    embeddings: np.ndarray
-    names: list[str]
-    sizes: np.ndarray
-    skipped: list[list[str]]
-
-
-def load_embeddings(directory: str | Path, files: Sequence[str], chunk_size: int) -> EmbeddingTable:
-    """Concatenate every chunk; raises ``FileNotFoundError`` naming the chunks still missing."""
-    directory = Path(directory)
-    ranges = chunk_ranges(len(files), chunk_size)
-    missing = [
-        chunk_path(directory, c).name
-        for c, span in enumerate(ranges)
-        if not chunk_is_complete(chunk_path(directory, c), [files[i] for i in span])
-    ]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise FileNotFoundError(f"{len(missing)} embedding chunks missing or incomplete in {directory}: {shown}")
-    parts = [read_chunk(chunk_path(directory, c)) for c in range(len(ranges))]
-    dims = {p[0].shape[1] for p in parts if len(p[0])}
-    if len(dims) > 1:
-        raise ValueError(f"chunks in {directory} have different dims {sorted(dims)}: mixed backbones?")
-    dim = dims.pop() if dims else 0
-    return EmbeddingTable(
-        np.concatenate([p[0].reshape(-1, dim) for p in parts]).astype(np.float32),
-        [name for p in parts for name in p[2]],
-        np.concatenate([p[1].reshape(-1, 2) for p in parts]),
-        [item for p in parts for item in p[3]],
-    )
+    return table, vectors

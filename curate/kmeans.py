@@ -24,8 +24,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+import pyarrow as pa
 
-from curate.manifest import read_npy, write_npy
+from schemas.config import ClusterConfig
+from schemas.tables import CLUSTERS
 
 DEFAULT_SHRINK = (50, 10, 5, 5)  # items per cluster at levels 1, 2, 3, 4+ for default_ks
 
@@ -54,25 +56,6 @@ class ClusterTree:
     def sizes(self, level: int) -> np.ndarray:
         """Number of points in each cluster of ``level``."""
         return np.bincount(self.labels(level), minlength=len(self.centroids[level - 1]))
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        for level, (centroids, parent) in enumerate(zip(self.centroids, self.parents), start=1):
-            write_npy(directory / f"centroids_level{level}.npy", centroids)
-            write_npy(directory / f"parent_level{level}.npy", parent)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> "ClusterTree":
-        directory = Path(directory)
-        centroids, parents = [], []
-        level = 1
-        while (directory / f"centroids_level{level}.npy").exists():
-            centroids.append(read_npy(directory / f"centroids_level{level}.npy"))
-            parents.append(read_npy(directory / f"parent_level{level}.npy"))
-            level += 1
-        if not centroids:
-            raise FileNotFoundError(f"no centroids_level1.npy in {directory}")
-        return cls(centroids, parents)
 
 
 def default_ks(count: int, levels: int) -> list[int]:
@@ -211,3 +194,33 @@ def balanced_sample(tree: ClusterTree, count: int, seed: int = 0) -> np.ndarray:
         for cluster in np.flatnonzero(budget)
     ]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def clusters_table(keys: Sequence[str], uris: Sequence[str], vectors: np.ndarray, config: ClusterConfig) -> pa.Table:
+    """The ``clusters`` table: hierarchical k-means (``config.ks``, or sizes from the pool) of ``vectors``.
+
+    ``levels`` lists each image's cluster at level 1 (finest) up to the top; ``cluster`` is level 1.
+    """
+    ks = list(config.ks) or default_ks(len(keys), config.levels)
+    tree = hierarchical_kmeans(vectors, ks, config.niter, config.resampling_steps, seed=config.seed)
+    levels = np.stack([tree.labels(level) for level in range(1, tree.num_levels + 1)], axis=1).astype(np.int32)
+    return pa.table(
+        {"key": list(keys), "uri": list(uris), "cluster": levels[:, 0], "levels": levels.tolist()},
+        schema=CLUSTERS.schema,
+    )
+
+
+def tree_from_levels(levels: np.ndarray) -> ClusterTree:
+    """The :class:`ClusterTree` a ``clusters`` table describes (``levels`` is ``[n, L]``, finest first).
+
+    Centroids are not stored in the table; the tree carries empty ``[k, 0]`` placeholders, enough for
+    :func:`balanced_sample`, which needs only the parent links and cluster sizes.
+    """
+    levels = np.asarray(levels, dtype=np.int64)
+    counts = [int(levels[:, level].max()) + 1 if len(levels) else 1 for level in range(levels.shape[1])]
+    parents = [levels[:, 0]]
+    for level in range(1, levels.shape[1]):
+        parent = np.zeros(counts[level - 1], dtype=np.int64)
+        parent[levels[:, level - 1]] = levels[:, level]
+        parents.append(parent)
+    return ClusterTree([np.zeros((k, 0), dtype=np.float32) for k in counts], parents)

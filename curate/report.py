@@ -1,177 +1,540 @@
-"""The curation report: counts after every step, a cluster-size histogram and contact sheets.
+"""The run report: counts of every table, the largest duplicate groups, rejected files, and pictures.
 
-Writes ``WORK/report/``: ``report.json`` (every step's summary), ``report.md`` (the same as a short
-table), ``cluster_sizes.png``, ``duplicates.png`` (one row per example duplicate group, kept image
-first) and ``cluster_examples.png`` (one row of random members per random level-1 cluster).
+Reads whatever tables of ``OUT/tables/`` exist (an absent table is reported as ``{"present": false}``,
+one with a wrong schema raises :class:`~schemas.tables.SchemaError`) and writes ``OUT/report/``:
+``report.json``, a self-contained ``report.html`` and, when their tables exist, ``cluster_sizes.png``
+(histogram of finest-level cluster sizes), ``duplicate_groups.png`` (kept image, then its copies) and
+``cluster_members.png`` (random members of random clusters, chosen with ``config.seed``)::
 
-Example::
+    report = write_report(out, ReportConfig(examples=8, seed=0), stage_records)
+    report["duplicates"]["removed"], report["figures"]
 
-    write_report(work, pool_root=Path("images/pool"), seed=0)
+Counts are computed with pyarrow/numpy; only rejected files, the largest groups and the sampled cluster
+members become Python objects.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import html
+import io
+import json
+import os
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from PIL import Image, ImageDraw, ImageOps
 
-from curate.manifest import (
-    atomic_path,
-    atomic_text,
-    read_csv,
-    read_json,
-    read_lines,
-    write_json,
-)
+from curate.tables import done_parts, read_table
+from features.retrieval.contact_sheet import contact_sheet
+from pretrain.data.images import ImageDecodeError, load_image
+from schemas.config import ReportConfig
+from schemas.tables import ROLES, TABLES
 
-STEPS = ("dedup", "cluster", "select")
+REPORT_DIR = "report"
+SHARD_DIR = "shards"
+PICTURES = ("cluster_sizes.png", "duplicate_groups.png", "cluster_members.png")
+STATUSES = ("ok", "error", "filtered")
+LARGEST_GROUPS = 20
+"""Duplicate groups listed in the report (at least; ``config.examples`` if larger)."""
+GROUP_MEMBERS = 100
+"""Members listed per duplicate group."""
+UNREADABLE_LISTED = 1000
+"""Rejected files listed in the report."""
+SHEET_TILE = 128
+THUMB = 96
+LABEL_WIDTH = 200
+GAP = 4
+MISSING = "–"
+
+Tables = dict[str, pa.Table | None]
 
 
-def collect_counts(work: Path) -> dict[str, Any]:
-    """Image counts of every set and the summary of every step that has run."""
-    counts: dict[str, Any] = {"sets": {}}
-    for embed_file in sorted(work.glob("*/embed.json")):
-        files = read_lines(embed_file.parent / "files.txt")
-        counts["sets"][embed_file.parent.name] = {"files": len(files), **read_json(embed_file)}
-    for step in STEPS:
-        summary = work / step / "summary.json"
-        if summary.is_file():
-            counts[step] = read_json(summary)
-    return counts
+# ----------------------------------------------------------------------------------------------- tables
 
 
-def plot_cluster_sizes(sizes: np.ndarray, path: Path, title: str) -> None:
-    """Histogram of cluster sizes (log-scaled counts) as a PNG."""
-    import matplotlib
+def _load(out: Path) -> Tables:
+    """Every table that has parts, validated; ``None`` for the absent ones."""
+    return {name: read_table(out, name) if done_parts(out, name) else None for name in TABLES}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=100)
-    bins = np.arange(0, sizes.max() + 2) - 0.5 if sizes.max() < 60 else 40
+def _value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """``{value: rows}`` of a string column, sorted by value."""
+    counts = pc.value_counts(column)
+    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())
+    return {str(value): int(count) for value, count in sorted(pairs, key=lambda pair: str(pair[0]))}
+
+
+def _per_set(table: pa.Table | None, by: Sequence[str] = ()) -> dict[tuple, int] | None:
+    """Rows per (set, role, *by), or ``None`` for an absent table."""
+    if table is None:
+        return None
+    keys = ["set", "role", *by]
+    grouped = table.group_by(keys).aggregate([("key", "count")])
+    columns = [grouped.column(key).to_pylist() for key in keys] + [grouped.column("key_count").to_pylist()]
+    return {tuple(row[:-1]): int(row[-1]) for row in zip(*columns)}
+
+
+def _uris(keys: Sequence[str], tables: Tables) -> dict[str, str]:
+    """The uri of each of ``keys`` found in the images table (or, without one, the files table)."""
+    table = tables["images"] if tables["images"] is not None else tables["files"]
+    if table is None or not keys:
+        return {}
+    found = table.filter(pc.is_in(table["key"], value_set=pa.array(list(keys), pa.string())))
+    return dict(zip(found["key"].to_pylist(), found["uri"].to_pylist()))
+
+
+# ------------------------------------------------------------------------------------------------ counts
+
+
+def _sets(tables: Tables) -> dict[str, dict[str, Any]]:
+    """Per set: role, files listed, images ok / error / filtered, vectors embedded (None: table absent)."""
+    files, embedded = _per_set(tables["files"]), _per_set(tables["embeddings"])
+    statuses = _per_set(tables["images"], ("status",))
+    roles: dict[str, str] = {}
+    for counts in (files, statuses, embedded):
+        for set_name, role, *_ in counts or {}:
+            roles.setdefault(set_name, role)
+
+    def total(counts: dict[tuple, int] | None, set_name: str, *rest: str) -> int | None:
+        if counts is None:
+            return None
+        return sum(n for key, n in counts.items() if key[0] == set_name and tuple(key[2:]) == rest)
+
+    rank = {role: i for i, role in enumerate(ROLES)}
+    sets = {}
+    for set_name in sorted(roles, key=lambda s: (rank.get(roles[s], len(rank)), s)):
+        row: dict[str, Any] = {"role": roles[set_name], "files": total(files, set_name)}
+        row |= {status: total(statuses, set_name, status) for status in STATUSES}
+        sets[set_name] = row | {"embedded": total(embedded, set_name)}
+    return sets
+
+
+def _roles(sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, int | None]]:
+    """The per-set counts summed per role."""
+    roles: dict[str, dict[str, int | None]] = {}
+    for row in sets.values():
+        totals = roles.setdefault(row["role"], {})
+        for name, value in row.items():
+            if name != "role":
+                totals[name] = None if value is None else (totals.get(name) or 0) + value
+    return roles
+
+
+def _images(table: pa.Table | None) -> dict[str, Any]:
+    if table is None:
+        return {"present": False}
+    return {"present": True, "total": len(table),
+            "by_status": {status: 0 for status in STATUSES} | _value_counts(table["status"])}
+
+
+def _total(table: pa.Table | None) -> dict[str, Any]:
+    return {"present": False} if table is None else {"present": True, "total": len(table)}
+
+
+def _similarity(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 6)
+
+
+def _group(members: pa.Table, group: int) -> dict[str, Any]:
+    """One listed duplicate group: its kept member first, then the others in table order."""
+    kept = members["kept"].to_numpy(zero_copy_only=False)
+    names_kept = pc.fill_null(pc.equal(members["key"], members["kept_key"]), False).to_numpy(zero_copy_only=False)
+    first = kept | names_kept
+    order = np.argsort(~first, kind="stable")[:GROUP_MEMBERS]
+    rows = members.take(pa.array(order)).to_pylist()
+    if first.any():
+        kept_key = rows[0]["key"]
+    else:  # a leak: the removed images point at an image outside the pool
+        kept_key = next((row["kept_key"] for row in rows if row["kept_key"] is not None), None)
+    return {
+        "group": int(group), "size": len(members), "kept_key": kept_key,
+        "keys": [row["key"] for row in rows], "uris": [row["uri"] for row in rows],
+        "kept": [row["kept"] for row in rows], "reasons": [row["reason"] for row in rows],
+        "similarities": [_similarity(row["similarity"]) for row in rows],
+    }
+
+
+def _largest(table: pa.Table, groups: np.ndarray, ids: np.ndarray, sizes: np.ndarray,
+             removed: np.ndarray, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` groups, largest first (ties: group id); a group of one only if its image is removed."""
+    candidates = np.flatnonzero((sizes > 1) | (removed > 0))
+    chosen = candidates[np.lexsort((ids[candidates], -sizes[candidates]))][:limit]
+    rows = np.flatnonzero(np.isin(groups, ids[chosen]))
+    in_group = groups[rows]
+    return [_group(table.take(pa.array(rows[in_group == ids[i]])), ids[i]) for i in chosen]
+
+
+def _duplicates(table: pa.Table | None, config: ReportConfig) -> dict[str, Any]:
+    if table is None:
+        return {"present": False}
+    groups = table["group"].to_numpy()
+    kept = table["kept"].to_numpy(zero_copy_only=False).astype(bool)
+    ids, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    removed = np.bincount(inverse, weights=~kept, minlength=len(ids)).astype(np.int64)
+    size_values, size_counts = np.unique(sizes, return_counts=True)
+    dropped = table.filter(pc.invert(table["kept"]))
+    return {
+        "present": True, "images": len(table), "kept": int(kept.sum()), "removed": int((~kept).sum()),
+        "by_reason": _value_counts(pc.fill_null(dropped["reason"], "unknown")),
+        "groups": len(ids), "duplicate_groups": int((sizes > 1).sum()),
+        "group_sizes": {str(int(size)): int(n) for size, n in zip(size_values, size_counts)},
+        "largest": _largest(table, groups, ids, sizes, removed, max(LARGEST_GROUPS, config.examples)),
+    }
+
+
+def _finest_sizes(table: pa.Table) -> np.ndarray:
+    """Images per finest-level cluster."""
+    return np.unique(table["cluster"].to_numpy(), return_counts=True)[1]
+
+
+def _per_level(table: pa.Table) -> list[int]:
+    """Distinct labels used at each level, finest first."""
+    levels = table["levels"].combine_chunks()
+    lengths = pc.list_value_length(levels).to_numpy(zero_copy_only=False)
+    if not len(lengths):
+        return []
+    if lengths.max() == 0:
+        return [len(_finest_sizes(table))]
+    labels = pc.list_flatten(levels).to_numpy()
+    parents = pc.list_parent_indices(levels).to_numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    depth = np.arange(len(labels)) - starts[parents]
+    return [len(np.unique(labels[depth == level])) for level in range(int(lengths.max()))]
+
+
+def _clusters(table: pa.Table | None) -> dict[str, Any]:
+    if table is None:
+        return {"present": False}
+    sizes = _finest_sizes(table)
+    finest = ({"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
+              if len(sizes) else {"min": None, "median": None, "max": None})
+    return {"present": True, "images": len(table), "clusters": len(sizes), "per_level": _per_level(table),
+            "finest_sizes": finest}
+
+
+def _selection(table: pa.Table | None) -> dict[str, Any]:
+    if table is None:
+        return {"present": False}
+    return {"present": True, "selected": len(table), "by_method": _value_counts(table["method"])}
+
+
+def _shards(table: pa.Table | None, out: Path) -> dict[str, Any]:
+    if table is None:
+        return {"present": False}
+    folder = out / SHARD_DIR
+    paths = [folder / Path(name).name for name in pc.unique(table["shard"]).to_pylist()]
+    on_disk = [path.stat().st_size for path in paths if path.is_file()]
+    return {"present": True, "count": len(paths), "samples": len(table), "bytes": int(sum(on_disk)),
+            "missing": len(paths) - len(on_disk), "index": (folder / "index.json").is_file()}
+
+
+def _unreadable(table: pa.Table | None) -> dict[str, Any]:
+    """Files ingest refused (status other than ok): the first :data:`UNREADABLE_LISTED` with their reasons."""
+    if table is None:
+        return {"present": False}
+    rejected = table.filter(pc.not_equal(table["status"], "ok"))
+    listed = rejected.slice(0, UNREADABLE_LISTED).select(["key", "uri", "set", "role", "status", "error"])
+    rows = [{**{k: v for k, v in row.items() if k != "error"}, "reason": row["error"]} for row in listed.to_pylist()]
+    return {"present": True, "total": len(rejected), "listed": rows, "truncated": len(rejected) > len(rows)}
+
+
+def _figures(report: dict[str, Any], config: ReportConfig) -> list[str]:
+    """The pictures the tables allow, in :data:`PICTURES` order."""
+    clusters = report["clusters"].get("images", 0) > 0
+    wanted = {
+        "cluster_sizes.png": clusters,
+        "duplicate_groups.png": config.examples > 0 and bool(report["duplicates"].get("largest")),
+        "cluster_members.png": clusters and config.examples > 0,
+    }
+    return [name for name in PICTURES if wanted[name]]
+
+
+def _collect(out: Path, tables: Tables, config: ReportConfig, stages: Sequence[dict]) -> dict[str, Any]:
+    sets = _sets(tables)
+    report = {
+        "tables": {name: table is not None for name, table in tables.items()},
+        "stages": [dict(stage) for stage in stages],
+        "sets": sets,
+        "roles": _roles(sets),
+        "files": _total(tables["files"]),
+        "images": _images(tables["images"]),
+        "embeddings": _total(tables["embeddings"]),
+        "duplicates": _duplicates(tables["duplicates"], config),
+        "clusters": _clusters(tables["clusters"]),
+        "selection": _selection(tables["selection"]),
+        "shards": _shards(tables["shards"], out),
+        "unreadable": _unreadable(tables["images"]),
+    }
+    return report | {"figures": _figures(report, config)}
+
+
+def collect(out: str | Path, config: ReportConfig, stages: Sequence[dict] = ()) -> dict[str, Any]:
+    """The report of ``out`` as a dict (what ``report.json`` holds), writing nothing."""
+    out = Path(out)
+    return _collect(out, _load(out), config, stages)
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+
+
+def _open(uri: str | None, side: int) -> Image.Image | None:
+    """The image at ``uri`` shrunk to at most ``side`` pixels, or ``None`` if it cannot be read."""
+    if uri is None:
+        return None
+    try:
+        return load_image(uri, max_side=side, min_side=1)
+    except ImageDecodeError:
+        return None
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def cluster_size_plot(sizes: np.ndarray) -> bytes:
+    """PNG histogram (matplotlib, Agg) of images per finest-level cluster."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.subplots()
+    bins = np.arange(sizes.max() + 2) - 0.5 if sizes.max() < 60 else 40
     axis.hist(sizes, bins=bins, color="#3b6ea5", edgecolor="white")
-    axis.set_xlabel("images per cluster")
-    axis.set_ylabel("clusters")
-    axis.set_yscale("log")
-    axis.set_title(title)
+    axis.set(xlabel="images per cluster", ylabel="clusters", title=f"{len(sizes):,} finest-level clusters")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png")
-    plt.close(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
-def contact_sheet(
-    rows: Sequence[Sequence[Path]], labels: Sequence[str], path: Path, thumb: int = 64, label_width: int = 120
-) -> None:
-    """A PNG grid: one row per group, a text label on the left, ``thumb``-pixel thumbnails after it.
-
-    Files that cannot be opened are drawn as a grey square with a red cross.
-    """
-    from PIL import Image, ImageDraw
-
-    columns = max((len(r) for r in rows), default=1)
-    gap = 4
-    sheet = Image.new(
-        "RGB", (label_width + columns * (thumb + gap), max(1, len(rows)) * (thumb + gap)), "white"
-    )
-    draw = ImageDraw.Draw(sheet)
-    for r, (files, label) in enumerate(zip(rows, labels)):
-        top = r * (thumb + gap)
-        draw.text((4, top + thumb // 2 - 6), label[:20], fill="black")
-        for c, file in enumerate(files):
-            left = label_width + c * (thumb + gap)
-            try:
-                with Image.open(file) as image:
-                    tile = image.convert("RGB").resize((thumb, thumb))
-            except Exception:  # noqa: BLE001 - an unreadable file must not stop the report
-                tile = Image.new("RGB", (thumb, thumb), "grey")
-                ImageDraw.Draw(tile).line((0, 0, thumb, thumb), fill="red", width=3)
-            sheet.paste(tile, (left, top))
-    with atomic_path(path) as temporary:
-        sheet.save(temporary, format="PNG")
+def duplicate_sheet(groups: Sequence[dict[str, Any]], tables: Tables, examples: int) -> Image.Image:
+    """Contact sheet of ``examples`` listed groups: the kept image, then up to ``examples`` removed members."""
+    groups = list(groups)[:examples]
+    outside = [g["kept_key"] for g in groups if g["kept_key"] is not None and g["kept_key"] not in g["keys"]]
+    uris = _uris(outside, tables)
+    rows = []
+    for group in groups:
+        members = list(zip(group["keys"], group["uris"], group["reasons"], group["similarities"]))
+        kept_uri = next((uri for key, uri, *_ in members if key == group["kept_key"]), uris.get(group["kept_key"]))
+        copies = [(_open(uri, SHEET_TILE), key, sim if sim is not None else 1.0 if reason == "exact" else float("nan"))
+                  for key, uri, reason, sim in members if key != group["kept_key"]][:examples]
+        rows.append((_open(kept_uri, SHEET_TILE), str(group["kept_key"]), copies))
+    return contact_sheet(rows, tile=SHEET_TILE)
 
 
-def duplicate_groups(work: Path, limit: int) -> list[list[str]]:
-    """Up to ``limit`` largest duplicate groups, kept image first."""
-    groups: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    for row in read_csv(work / "dedup" / "components.csv"):
-        if int(row["component_size"]) > 1:
-            groups[int(row["component"])].append((-int(row["kept"]), row["name"]))
-    ordered = sorted(groups.values(), key=lambda members: (-len(members), sorted(members)[0][1]))
-    return [[name for _, name in sorted(members)] for members in ordered[:limit]]
+def _tile(uri: str) -> Image.Image:
+    image = _open(uri, THUMB)
+    if image is None:
+        tile = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
+        ImageDraw.Draw(tile).line((0, 0, THUMB, THUMB), fill="red", width=3)
+        return tile
+    return ImageOps.pad(image, (THUMB, THUMB), color="white")
 
 
-def cluster_examples(work: Path, clusters: int, members: int, seed: int) -> list[tuple[int, list[str]]]:
-    """``members`` random names from each of ``clusters`` random non-empty level-1 clusters."""
+def cluster_sheet(table: pa.Table, examples: int, seed: int) -> Image.Image:
+    """Up to ``examples`` random clusters, one row each: a label, then up to ``examples`` random members."""
+    labels = table["cluster"].to_numpy()
+    ids, sizes = np.unique(labels, return_counts=True)
     rng = np.random.default_rng(seed)
-    by_cluster: dict[int, list[str]] = defaultdict(list)
-    for row in read_csv(work / "cluster" / "clusters.csv"):
-        by_cluster[int(row["level1"])].append(row["name"])
-    chosen = sorted(rng.choice(sorted(by_cluster), size=min(clusters, len(by_cluster)), replace=False))
-    return [
-        (int(c), sorted(rng.choice(by_cluster[c], size=min(members, len(by_cluster[c])), replace=False)))
-        for c in chosen
-    ]
+    rows = []
+    for i in np.sort(rng.choice(len(ids), size=min(examples, len(ids)), replace=False)):
+        members = np.flatnonzero(labels == ids[i])
+        chosen = np.sort(rng.choice(members, size=min(examples, len(members)), replace=False))
+        rows.append((f"cluster {ids[i]} / {sizes[i]:,} images", table["uri"].take(pa.array(chosen)).to_pylist()))
+    columns = max(len(uris) for _, uris in rows)
+    sheet = Image.new("RGB", (LABEL_WIDTH + columns * (THUMB + GAP), len(rows) * (THUMB + GAP)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (label, uris) in enumerate(rows):
+        top = r * (THUMB + GAP)
+        draw.text((GAP, top + THUMB // 2 - 6), label, fill="black")
+        for c, uri in enumerate(uris):
+            sheet.paste(_tile(uri), (LABEL_WIDTH + c * (THUMB + GAP), top))
+    return sheet
 
 
-def write_report(work: Path, pool_root: Path | None = None, seed: int = 0, examples: int = 8) -> dict[str, Any]:
-    """Write every report file that the finished steps allow; returns the counts."""
-    out = work / "report"
-    counts = collect_counts(work)
-    if pool_root is None and "pool" in counts["sets"]:
-        pool_root = Path(counts["sets"]["pool"]["root"])
-    figures = []
-    if "cluster" in counts:
-        from curate.kmeans import ClusterTree
-
-        sizes = ClusterTree.load(work / "cluster").sizes(1)
-        plot_cluster_sizes(sizes, out / "cluster_sizes.png", f"{len(sizes)} level-1 clusters")
-        figures.append("cluster_sizes.png")
-        if pool_root is not None:
-            rows = cluster_examples(work, examples, examples, seed)
-            contact_sheet(
-                [[pool_root / n for n in names] for _, names in rows],
-                [f"cluster {c}" for c, _ in rows],
-                out / "cluster_examples.png",
-            )
-            figures.append("cluster_examples.png")
-    if "dedup" in counts and pool_root is not None:
-        groups = duplicate_groups(work, examples)
-        if groups:
-            contact_sheet(
-                [[pool_root / n for n in names] for names in groups],
-                [f"group of {len(g)}" for g in groups],
-                out / "duplicates.png",
-            )
-            figures.append("duplicates.png")
-    counts["figures"] = figures
-    write_json(out / "report.json", counts)
-    with atomic_text(out / "report.md") as handle:
-        handle.write(markdown_summary(counts))
-    return counts
+def _picture(name: str, report: dict[str, Any], tables: Tables, config: ReportConfig) -> bytes:
+    if name == "cluster_sizes.png":
+        return cluster_size_plot(_finest_sizes(tables["clusters"]))
+    if name == "duplicate_groups.png":
+        return _png(duplicate_sheet(report["duplicates"]["largest"], tables, config.examples))
+    return _png(cluster_sheet(tables["clusters"], config.examples, config.seed))
 
 
-def markdown_summary(counts: dict[str, Any]) -> str:
-    lines = ["# Curation report", "", "| step | count |", "|---|---:|"]
-    for name, info in counts["sets"].items():
-        lines.append(f"| {name}: image files | {info['files']} |")
-    if "dedup" in counts:
-        dedup = counts["dedup"]
-        lines.append(f"| dedup: undecodable pool files | {dedup['undecodable']} |")
-        lines.append(f"| dedup: near-duplicate pairs (cos >= {dedup['threshold']}) | {dedup['pairs']} |")
-        lines.append(f"| dedup: duplicate groups | {dedup['duplicate_groups']} |")
-        for reason, number in dedup["removed"].items():
-            lines.append(f"| dedup: removed ({reason}) | {number} |")
-        lines.append(f"| dedup: kept | {dedup['kept']} |")
-    if "cluster" in counts:
-        for level, (k, empty) in enumerate(zip(counts["cluster"]["k"], counts["cluster"]["empty_clusters"]), 1):
-            lines.append(f"| cluster: level {level} clusters (empty) | {k} ({empty}) |")
-    if "select" in counts:
-        select = counts["select"]
-        lines.append(f"| select ({select['method']}): candidates | {select['candidates']} |")
-        lines.append(f"| select ({select['method']}): selected | {select['selected']} |")
-    lines += [""] + [f"![{f}]({f})" for f in counts.get("figures", [])] + [""]
-    return "\n".join(lines)
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def _publish(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_report(out: str | Path, config: ReportConfig, stages: Sequence[dict] = ()) -> dict[str, Any]:
+    """Write ``OUT/report/`` (pictures, ``report.html``, then ``report.json``); returns the report as JSON reads it.
+
+    Pictures of an earlier run whose table is gone are deleted; nothing else in the folder is touched.
+    """
+    out = Path(out)
+    folder = out / REPORT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = _load(out)
+    report = _collect(out, tables, config, stages)
+    for name in PICTURES:
+        if name in report["figures"]:
+            _publish(folder / name, _picture(name, report, tables, config))
+        else:
+            (folder / name).unlink(missing_ok=True)
+    text = json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False)
+    report = json.loads(text)
+    _publish(folder / "report.html", render_html(report).encode())
+    _publish(folder / "report.json", (text + "\n").encode())
+    return report
+
+
+# ------------------------------------------------------------------------------------------------- HTML
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:72em;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0}th,td{padding:.2em .6em;border-bottom:1px solid #eee;text-align:left;
+vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.absent{color:#a33}.uri{font-family:monospace;font-size:.9em;word-break:break-all}
+figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}
+"""
+
+
+def _escape(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _cell(value: Any) -> str:
+    """One ``<td>``: numbers right-aligned (seconds with 3 decimals), missing values as a dash."""
+    if value is None:
+        return f'<td class="n">{MISSING}</td>'
+    if isinstance(value, bool):
+        return f"<td>{'yes' if value else 'no'}</td>"
+    if isinstance(value, int):
+        return f'<td class="n">{value:,}</td>'
+    if isinstance(value, float):
+        return f'<td class="n">{value:.3f}</td>'
+    return f"<td>{_escape(value)}</td>"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _absent(name: str) -> str:
+    return f'<p class="absent">{_escape(name)}: absent (the stage that writes it has not run)</p>'
+
+
+def _stages_html(report: dict[str, Any]) -> str:
+    rows = [[s.get("stage"), s.get("images_in"), s.get("images_out"), s.get("seconds")] for s in report["stages"]]
+    present = "".join(f"<tr><td>{_escape(name)}</td>" + ("<td>present</td>" if ok else '<td class="absent">absent</td>')
+                      + "</tr>" for name, ok in report["tables"].items())
+    stages = _table(["stage", "images in", "images out", "seconds"], rows) if rows else "<p>no stage records</p>"
+    return f"<h2>Stages</h2>{stages}<h3>Tables</h3><table><tr><th>table</th><th>status</th></tr>{present}</table>"
+
+
+def _sets_html(report: dict[str, Any]) -> str:
+    columns = ["files", *STATUSES, "embedded"]
+    sets = [[name, row["role"], *(row[c] for c in columns)] for name, row in report["sets"].items()]
+    roles = [[role, *(row[c] for c in columns)] for role, row in report["roles"].items()]
+    if not sets:
+        listed = any(report["tables"][name] for name in ("files", "images", "embeddings"))
+        return "<h2>Sets</h2>" + ("<p>no images listed</p>" if listed else _absent("files / images / embeddings"))
+    return ("<h2>Sets</h2>" + _table(["set", "role", *columns], sets)
+            + "<h3>Roles</h3>" + _table(["role", *columns], roles))
+
+
+def _counts_html(report: dict[str, Any]) -> str:
+    rows: list[list[Any]] = []
+    absent = []
+
+    def add(name: str, section: dict[str, Any], fields: Sequence[tuple[str, Any]]) -> None:
+        if not section["present"]:
+            absent.append(name)
+            return
+        rows.extend([f"{name}: {label}", value] for label, value in fields)
+
+    add("files", report["files"], [("listed", report["files"].get("total"))])
+    images = report["images"]
+    add("images", images, [("total", images.get("total"))]
+        + [(f"status {s}", n) for s, n in images.get("by_status", {}).items()])
+    add("embeddings", report["embeddings"], [("vectors", report["embeddings"].get("total"))])
+    dup = report["duplicates"]
+    add("duplicates", dup, [(k, dup.get(k)) for k in ("images", "kept", "removed", "groups", "duplicate_groups")]
+        + [(f"removed as {r}", n) for r, n in dup.get("by_reason", {}).items()])
+    clusters = report["clusters"]
+    sizes = clusters.get("finest_sizes", {})
+    add("clusters", clusters, [("images", clusters.get("images")), ("finest clusters", clusters.get("clusters"))]
+        + [(f"level {i + 1} clusters used", n) for i, n in enumerate(clusters.get("per_level", []))]
+        + [(f"finest size {k}", v) for k, v in sizes.items()])
+    sel = report["selection"]
+    add("selection", sel, [("selected", sel.get("selected"))]
+        + [(f"by {m}", n) for m, n in sel.get("by_method", {}).items()])
+    shards = report["shards"]
+    add("shards", shards, [(k, shards.get(k)) for k in ("count", "samples", "bytes", "missing")]
+        + [("index.json", "present" if shards.get("index") else "missing")])
+    return "<h2>Counts</h2>" + _table(["count", "value"], rows) + "".join(_absent(name) for name in absent)
+
+
+def _members(group: dict[str, Any]) -> str:
+    parts = []
+    for key, reason, sim in zip(group["keys"], group["reasons"], group["similarities"]):
+        detail = "kept" if key == group["kept_key"] else reason or "unknown"
+        parts.append(f"{_escape(key)} ({_escape(detail)}{'' if sim is None else f', {sim:.3f}'})")
+    more = group["size"] - len(group["keys"])
+    return ", ".join(parts) + (f", … {more:,} more" if more > 0 else "")
+
+
+def _duplicates_html(report: dict[str, Any]) -> str:
+    dup = report["duplicates"]
+    if not dup["present"]:
+        return "<h2>Duplicate groups</h2>" + _absent("duplicates")
+    sizes = _table(["group size", "groups"], [[int(size), n] for size, n in dup["group_sizes"].items()])
+    rows = "".join(f"<tr>{_cell(g['group'])}{_cell(g['size'])}{_cell(g['kept_key'])}<td>{_members(g)}</td></tr>"
+                   for g in dup["largest"])
+    largest = (f"<table><tr><th>group</th><th>size</th><th>kept</th><th>members</th></tr>{rows}</table>"
+               if rows else "<p>no duplicate groups</p>")
+    return f"<h2>Duplicate groups</h2><h3>Group-size distribution</h3>{sizes}<h3>Largest groups</h3>{largest}"
+
+
+def _unreadable_html(report: dict[str, Any]) -> str:
+    bad = report["unreadable"]
+    if not bad["present"]:
+        return "<h2>Unreadable files</h2>" + _absent("images")
+    rows = "".join("<tr>" + "".join(_cell(r[k]) for k in ("key", "set", "role", "status", "reason"))
+                   + f'<td class="uri">{_escape(r["uri"])}</td></tr>' for r in bad["listed"])
+    note = f"<p>{bad['total']:,} files refused" + (f", the first {len(bad['listed']):,} listed" if bad["truncated"]
+                                                    else "") + "</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("key", "set", "role", "status", "reason", "uri"))
+    return f"<h2>Unreadable files</h2>{note}" + (f"<table><tr>{head}</tr>{rows}</table>" if rows else "")
+
+
+def _pictures_html(report: dict[str, Any]) -> str:
+    figures = "".join(f'<figure><img src="{_escape(name)}" alt="{_escape(name)}"><figcaption>{_escape(name)}'
+                      "</figcaption></figure>" for name in report["figures"])
+    return "<h2>Pictures</h2>" + (figures or '<p class="absent">no pictures: their tables are absent</p>')
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page; pictures are referenced by file name beside it."""
+    sections = (_stages_html, _sets_html, _counts_html, _duplicates_html, _unreadable_html, _pictures_html)
+    body = "".join(section(report) for section in sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Curation report</title>'
+            f"<style>{STYLE}</style></head><body><h1>Curation report</h1>{body}</body></html>\n")

@@ -7,9 +7,13 @@ from curate.kmeans import (
     ClusterTree,
     allocate_evenly,
     balanced_sample,
+    clusters_table,
     default_ks,
     hierarchical_kmeans,
+    tree_from_levels,
 )
+from schemas.config import ClusterConfig
+from schemas.tables import validate
 
 
 def _blobs(centres: int, per_centre: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -81,12 +85,19 @@ def test_balanced_sample_is_reproducible_and_bounded():
     assert len(balanced_sample(tree, 10_000, seed=0)) == 200  # at most every image
 
 
-def test_tree_save_and_load(tmp_path):
-    points, _ = _blobs(4, 10)
-    tree = hierarchical_kmeans(points, ks=[4, 2], niter=5)
-    tree.save(tmp_path)
-    loaded = ClusterTree.load(tmp_path)
-    np.testing.assert_array_equal(loaded.labels(2), tree.labels(2))
-    np.testing.assert_array_equal(loaded.centroids[0], tree.centroids[0])
-    with pytest.raises(FileNotFoundError):
-        ClusterTree.load(tmp_path / "missing")
+def test_clusters_table_describes_the_tree_and_rebuilds_it():
+    """The clusters table keeps every level's label; the tree rebuilt from it samples like the original."""
+    points, _ = _blobs(6, 20)
+    keys = [f"k{i:03d}" for i in range(len(points))]
+    table = clusters_table(keys, keys, points, ClusterConfig(ks=(6, 2), niter=5))
+    validate(table, "clusters")
+    tree = hierarchical_kmeans(points, ks=[6, 2], niter=5)
+    levels = np.array(table.column("levels").to_pylist())
+    np.testing.assert_array_equal(levels[:, 0], tree.labels(1))
+    np.testing.assert_array_equal(levels[:, 1], tree.labels(2))
+    np.testing.assert_array_equal(table.column("cluster").to_numpy(), tree.labels(1))
+    rebuilt = tree_from_levels(levels)
+    for level in (1, 2):
+        np.testing.assert_array_equal(rebuilt.labels(level), tree.labels(level))
+        np.testing.assert_array_equal(rebuilt.sizes(level), tree.sizes(level))
+    np.testing.assert_array_equal(balanced_sample(rebuilt, 30, seed=1), balanced_sample(tree, 30, seed=1))

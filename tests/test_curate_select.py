@@ -3,7 +3,7 @@
 import numpy as np
 
 from curate.kmeans import ClusterTree
-from curate.select import retrieve_from_clusters, retrieve_nearest, select_balanced
+from curate.sample import retrieve_from_clusters, retrieve_nearest, select_balanced
 
 
 def _unit_rows(array: np.ndarray) -> np.ndarray:

@@ -1,12 +1,13 @@
 """Robust decoding: every odd file either becomes upright 8-bit RGB or raises ImageDecodeError."""
 
 import io
+import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.data.images import ImageDecodeError, demo_images, is_image_file, load_image, to_rgb
+from pretrain.data.images import ImageDecodeError, decode_image, demo_images, is_image_file, load_image, to_rgb
 
 
 def _save(path, image, **kwargs):
@@ -16,7 +17,7 @@ def _save(path, image, **kwargs):
 
 def test_suffixes_are_case_insensitive():
     assert is_image_file("a/B.JPG") and is_image_file("x.TiFf") and is_image_file("y.webp")
-    assert not is_image_file("notes.txt") and not is_image_file("archive.gif")
+    assert is_image_file("anim.GIF") and not is_image_file("notes.txt") and not is_image_file("archive.zip")
 
 
 def test_grayscale_palette_and_cmyk_become_rgb(tmp_path):
@@ -116,3 +117,50 @@ def test_demo_images_are_rgb():
     assert set(images) == {"astronaut", "chelsea"}
     assert all(image.mode == "RGB" for image in images.values())
     assert images["astronaut"].size == (512, 512)
+
+
+def _encoded(image, **kwargs):
+    buffer = io.BytesIO()
+    image.save(buffer, **kwargs)
+    return buffer.getvalue()
+
+
+def test_decode_image_gives_first_gif_frame_and_format():
+    frames = [Image.new("RGB", (40, 30), color) for color in ((255, 0, 0), (0, 255, 0))]
+    data = _encoded(frames[0], format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    decoded = decode_image(data, "anim.gif")
+    assert (decoded.width, decoded.height, decoded.format, decoded.image.mode) == (40, 30, "GIF", "RGB")
+    assert np.asarray(decoded.image).reshape(-1, 3).tolist() == [[255, 0, 0]] * (40 * 30)
+
+
+def test_decode_image_reports_upright_original_size_when_downsized():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encoded(Image.new("RGB", (1600, 800), (0, 0, 255)), format="JPEG", exif=exif.tobytes())
+    decoded = decode_image(data, "rotated.jpg", max_side=100)
+    assert (decoded.width, decoded.height, decoded.format) == (800, 1600, "JPEG")
+    assert decoded.image.size == (50, 100)
+    webp = decode_image(_encoded(Image.new("RGB", (300, 120)), format="WEBP"), "x.webp", max_side=150)
+    assert (webp.width, webp.height, webp.format, webp.image.size) == (300, 120, "WEBP", (150, 60))
+
+
+def test_decode_image_errors_and_filtered_flag():
+    with pytest.raises(ImageDecodeError) as empty:
+        decode_image(b"", "empty.jpg")
+    assert (empty.value.path, empty.value.reason, empty.value.filtered) == ("empty.jpg", "empty file", False)
+    with pytest.raises(ImageDecodeError) as tiny:
+        decode_image(_encoded(Image.new("RGB", (4, 4)), format="PNG"), "tiny.png", min_side=8)
+    assert tiny.value.filtered and "smaller than 8" in tiny.value.reason
+    with pytest.raises(ImageDecodeError) as garbage:
+        decode_image(b"not an image at all", "garbage.jpg")
+    assert not garbage.value.filtered and "identify" in garbage.value.reason
+    copy = pickle.loads(pickle.dumps(tiny.value))  # crosses worker processes intact
+    assert (copy.path, copy.reason, copy.filtered, str(copy)) == ("tiny.png", tiny.value.reason, True, str(tiny.value))
+
+
+def test_load_image_is_decode_image_of_the_file(tmp_path):
+    path = _save(tmp_path / "p.png", Image.new("RGB", (30, 20), (1, 2, 3)))
+    assert np.array_equal(np.asarray(load_image(path)), np.asarray(decode_image(path.read_bytes(), str(path)).image))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(ImageDecodeError, match="empty file"):
+        load_image(tmp_path / "empty.jpg")

@@ -25,7 +25,6 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "pretrain.cli.visualize",
     "pretrain.cli.segment",
     "pretrain.cli.probe",
-    "pretrain.cli.curate",
     "pretrain.cli.extract",
 )
 

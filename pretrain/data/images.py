@@ -1,4 +1,4 @@
-"""Robust image decoding: every file the project reads goes through :func:`load_image`.
+"""Robust image decoding: every image the project reads goes through :func:`decode_image` or :func:`load_image`.
 
 Whatever the file holds (grayscale, palette, RGBA, CMYK, 16-bit ``I;16``/``I`` PNG or TIFF, float ``F``
 TIFF, an EXIF-rotated JPEG) comes back as an upright 8-bit RGB :class:`PIL.Image.Image`. Anything that
@@ -7,19 +7,22 @@ cannot be used (missing, unreadable, corrupt, truncated, too small, a decompress
 
     try:
         image = load_image("photo.jpg", max_side=1024)
+        decoded = decode_image(data, "shard-0001.tar/key.jpg")  # .image, .width, .height, .format
     except ImageDecodeError as error:
         print(f"skipped {error.path}: {error.reason}")
 """
 
 from __future__ import annotations
 
+import io
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 """File suffixes (compared lower-case) that the dataset classes treat as images."""
 
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -33,12 +36,35 @@ BACKGROUND = (255, 255, 255)
 
 
 class ImageDecodeError(Exception):
-    """An image file that cannot be used; ``path`` and ``reason`` say which and why."""
+    """An image that cannot be used; ``path`` (the file or other source) and ``reason`` say which and why.
 
-    def __init__(self, path: str | Path, reason: str) -> None:
+    ``filtered`` is True when the image decodes but is refused by policy (smaller than ``min_side``), which
+    ingest records as status ``filtered`` rather than ``error``.
+    """
+
+    def __init__(self, path: str | Path, reason: str, filtered: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+        self.filtered = filtered
+
+    def __reduce__(self) -> tuple:  # picklable across worker processes
+        return (type(self), (self.path, self.reason, self.filtered))
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright 8-bit RGB ``image`` (possibly downsized), the upright ORIGINAL ``width`` × ``height``
+    (after EXIF orientation, before any downsizing) and Pillow's ``format`` name (``"JPEG"``, ``"PNG"``, ...)."""
+
+    image: Image.Image
+    width: int
+    height: int
+    format: str
+
+
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90 degrees
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -53,45 +79,79 @@ def load_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
 ) -> Image.Image:
-    """Decode ``path`` to an upright 8-bit RGB image.
-
-    ``max_side`` downsizes larger images on load (JPEGs decode directly at a reduced scale through
-    :meth:`PIL.Image.Image.draft`, so huge photos never materialise at full size). ``max_pixels`` refuses
-    decompression bombs before any pixel is decoded; it applies to this call only (Pillow's global limit
-    is left untouched, and still caps it at twice its value). ``min_side`` refuses tiny images.
-    """
+    """Decode the file ``path`` to an upright 8-bit RGB image (:func:`decode_image` on its bytes)."""
     path = Path(path)
     if not path.is_file():
         raise ImageDecodeError(path, "no such file")
     try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ImageDecodeError(path, f"unreadable file ({_one_line(error)})") from error
+    return decode_image(data, str(path), max_side=max_side, max_pixels=max_pixels, min_side=min_side).image
+
+
+def decode_image(
+    data: bytes,
+    source: str,
+    *,
+    max_side: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> DecodedImage:
+    """Decode encoded image ``data`` (``source`` names it in errors) to a :class:`DecodedImage`.
+
+    ``max_side`` downsizes larger images on load (JPEGs decode directly at a reduced scale through
+    :meth:`PIL.Image.Image.draft`, so huge photos never materialise at full size). ``max_pixels`` refuses
+    decompression bombs before any pixel is decoded; it applies to this call only (Pillow's global limit
+    is left untouched, and still caps it at twice its value). ``min_side`` refuses tiny images
+    (``filtered=True``). Animated images (GIF, WebP) and multi-page TIFFs give their first frame.
+    """
+    if not data:
+        raise ImageDecodeError(source, "empty file")
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageDecodeError(
-                        path,
-                        f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
-                        "(possible decompression bomb; raise max_pixels if the file is trusted)",
-                    )
-                if min(width, height) < min_side:
-                    raise ImageDecodeError(path, f"image is {width}x{height}, smaller than {min_side} px")
-                if max_side is not None and image.format == "JPEG":
-                    image.draft("RGB", (max_side, max_side))
-                image.load()
+            image = Image.open(io.BytesIO(data))  # in memory: nothing to close
+            width, height = image.size
+            file_format = image.format or "unknown"
+            _check_size(source, width, height, max_pixels, min_side)
+            if max_side is not None and file_format in _DRAFT_FORMATS:
+                image.draft("RGB", (max_side, max_side))
+            image.load()
+            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+            if orientation in _SWAPPING_ORIENTATIONS:
+                width, height = height, width
+            if orientation not in (None, 1):  # exif_transpose copies even upright images: skip it then
                 image = ImageOps.exif_transpose(image)
-                rgb = to_rgb(image)
+            rgb = to_rgb(image)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageDecodeError(path, f"decompression bomb refused ({error})") from error
+        raise ImageDecodeError(source, f"decompression bomb refused ({_one_line(error)})") from error
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image file Pillow can identify") from None
+        raise ImageDecodeError(source, "not an image file Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:  # truncated or corrupt data
-        raise ImageDecodeError(path, f"corrupt or truncated image ({error})") from error
+        raise ImageDecodeError(source, f"corrupt or truncated image ({_one_line(error)})") from error
+    except Exception as error:  # noqa: BLE001 - hostile data can trip any decoder path
+        raise ImageDecodeError(source, f"undecodable image ({type(error).__name__}: {_one_line(error)})") from error
     if max_side is not None and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
-    return rgb
+    return DecodedImage(rgb, width, height, file_format)
+
+
+def _check_size(source: str, width: int, height: int, max_pixels: int, min_side: int) -> None:
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            source,
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(possible decompression bomb; raise max_pixels if the file is trusted)",
+        )
+    if min(width, height) < min_side:
+        raise ImageDecodeError(source, f"image is {width}x{height}, smaller than {min_side} px", filtered=True)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -13,12 +13,16 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from curate.dedup import IndexKind, nearest_neighbors, normalized
-from curate.kmeans import ClusterTree, balanced_sample
+from curate.kmeans import ClusterTree, balanced_sample, tree_from_levels
+from schemas.config import SampleConfig
+from schemas.tables import SELECTION
 
 
 @dataclass(frozen=True)
@@ -114,3 +118,61 @@ def select_balanced(tree: ClusterTree, count: int, seed: int = 0) -> Selection:
     return Selection(
         "balanced", rows, np.full(len(rows), -1), tree.labels(1)[rows], np.full(len(rows), np.nan, np.float32)
     )
+
+
+def selection_table(
+    pool_keys: Sequence[str],
+    pool_uris: Sequence[str],
+    pool_vectors: np.ndarray,
+    pool_levels: np.ndarray,
+    curated_keys: Sequence[str],
+    curated_vectors: np.ndarray,
+    config: SampleConfig,
+) -> pa.Table:
+    """The ``selection`` table: which deduplicated pool images are kept for training, and why.
+
+    ``method=auto`` retrieves with the curated images as queries when there are any (the paper's
+    sample-based retrieval, ``neighbours``, or cluster-based, ``clusters``) and otherwise samples the
+    cluster tree evenly (``balanced``, ``config.target`` images, default half the pool); ``all`` keeps
+    every deduplicated image. ``pool_levels`` is ``[n, L]`` from the ``clusters`` table.
+    """
+    method = config.method
+    if method == "auto":
+        method = "retrieval" if len(curated_keys) else "balanced"
+    if method == "retrieval" and not len(curated_keys):
+        raise ValueError("sample.method=retrieval needs at least one --curated set")
+    labels = np.asarray(pool_levels, dtype=np.int64)[:, 0] if len(pool_keys) else np.zeros(0, np.int64)
+    if method == "all":
+        rows = np.arange(len(pool_keys))
+        selection = Selection("all", rows, np.full(len(rows), -1), labels[rows], np.full(len(rows), np.nan, np.float32))
+    elif method == "balanced":
+        target = config.target or (len(pool_keys) + 1) // 2
+        selection = select_balanced(tree_from_levels(pool_levels), target, config.seed)
+    elif config.retrieval == "clusters":
+        centroids = _centroids(pool_vectors, labels)
+        selection = retrieve_from_clusters(
+            curated_vectors, pool_vectors, labels, centroids, config.per_cluster, config.min_similarity, config.seed
+        )
+    else:
+        selection = retrieve_nearest(curated_vectors, pool_vectors, config.per_query, config.min_similarity)
+    rows = selection.pool_index
+    name = "retrieval:" + config.retrieval if method == "retrieval" else method
+    return pa.table(
+        {
+            "key": [pool_keys[i] for i in rows],
+            "uri": [pool_uris[i] for i in rows],
+            "method": [name] * len(rows),
+            "query_key": [curated_keys[q] if q >= 0 else None for q in selection.query_index],
+            "cluster": labels[rows].astype(np.int32),
+            "similarity": [None if np.isnan(s) else float(s) for s in selection.similarity],
+        },
+        schema=SELECTION.schema,
+    )
+
+
+def _centroids(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean unit vector of each level-1 cluster (the table keeps labels, not centroids)."""
+    unit = normalized(vectors)
+    sums = np.zeros((int(labels.max()) + 1 if len(labels) else 1, unit.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, unit)
+    return sums.astype(np.float32)

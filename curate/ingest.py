@@ -1,0 +1,112 @@
+"""Ingest: read, hash and decode every listed file once, one ``images`` row per ``files`` row.
+
+Each file's raw bytes give ``bytes`` and ``sha256``; one decode (at most :data:`HASH_SIDE` px, JPEGs in
+draft mode) gives the upright original ``width``/``height``, the ``format`` and the 64-bit ``phash`` of
+the decoded image. No file raises: unusable ones get status ``error`` (or ``filtered`` when too small)::
+
+    images = ingest_partition(files_table, IngestConfig(min_side=32))
+    summarize(images)   # {'ok': 510, 'filtered': 1, 'error': 1}
+    ok = images.filter(pyarrow.compute.equal(images["status"], "ok"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import imagehash
+import pyarrow as pa
+from PIL import ExifTags, Image
+
+from pretrain.data.images import ImageDecodeError, decode_image
+from schemas.config import IngestConfig
+from schemas.tables import FILES, IMAGES
+
+HASH_SIDE = 256
+"""Longer side images are decoded at (at most) for hashing: phash sees 32x32, and 256 keeps panoramas up to
+8:1 at 32+ rows while letting JPEGs decode at 1/2 to 1/8 scale (within 2 bits of a full-size phash)."""
+
+STATUSES = ("ok", "filtered", "error")
+
+_RESULT_COLUMNS = ("bytes", "sha256", "width", "height", "format", "phash", "status", "error")
+
+
+@dataclass
+class IngestResult:
+    """The ingest columns of one file (None where unknown)."""
+
+    status: str = "error"
+    error: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    phash: str | None = None
+
+
+def read_bytes(uri: str) -> bytes:
+    """The raw content of ``uri`` (a local path for now; the one place to add fsspec URLs)."""
+    return Path(uri).read_bytes()
+
+
+def ingest_file(uri: str, config: IngestConfig) -> IngestResult:
+    """Read, hash and decode one file; never raises."""
+    try:
+        data = read_bytes(uri)
+    except FileNotFoundError:
+        return IngestResult(error="no such file")
+    except IsADirectoryError:
+        return IngestResult(error="a directory, not a file")
+    except Exception as error:  # noqa: BLE001 - permission, I/O and fsspec errors alike
+        return IngestResult(error=f"unreadable file ({type(error).__name__}: {_one_line(error)})")
+    result = IngestResult(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    try:
+        decoded = decode_image(data, uri, max_side=HASH_SIDE, max_pixels=config.max_pixels, min_side=config.min_side)
+        result.phash = str(imagehash.phash(decoded.image))
+    except ImageDecodeError as error:
+        result.status, result.error = ("filtered" if error.filtered else "error"), error.reason
+        if error.filtered:
+            result.width, result.height, result.format = _header(data)
+        return result
+    except Exception as error:  # noqa: BLE001 - one bad file never loses the partition
+        result.error = f"hashing failed ({type(error).__name__}: {_one_line(error)})"
+        return result
+    result.status, result.width, result.height, result.format = "ok", decoded.width, decoded.height, decoded.format
+    return result
+
+
+def ingest_partition(files: pa.Table, config: IngestConfig) -> pa.Table:
+    """The ``images`` table of a ``files`` table (one row per file, in input order)."""
+    files = files.select(FILES.schema.names).cast(FILES.schema)
+    results = [ingest_file(uri, config) for uri in files.column("uri").to_pylist()]
+    columns: dict[str, Any] = {name: files.column(name) for name in FILES.schema.names}
+    for name in _RESULT_COLUMNS:
+        columns[name] = [getattr(result, name) for result in results]
+    return pa.table(columns, schema=IMAGES.schema)
+
+
+def summarize(images: pa.Table) -> dict[str, int]:
+    """Rows per status, every status of :data:`STATUSES` present (0 if none)."""
+    counts = Counter(images.column("status").to_pylist())
+    return {status: counts.get(status, 0) for status in STATUSES} | dict(counts)
+
+
+def _header(data: bytes) -> tuple[int | None, int | None, str | None]:
+    """Upright ``(width, height, format)`` from the header alone (for filtered images, which are not decoded)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if image.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):
+            width, height = height, width
+        return width, height, image.format
+    except Exception:  # noqa: BLE001
+        return None, None, None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,241 @@
+"""Shard stage logic: selected images, with their original bytes, into webdataset tar shards + a wids index.
+
+Each sample becomes two contiguous tar members, ``<key>.<ext>`` (the source file's bytes, never
+re-encoded) then ``<key>.json`` (its metadata). Shards are written byte-identically on every run (fixed
+mtime, owner and mode) and atomically (temporary file + ``os.replace``), and are described by a wids
+``index.json`` beside them whose shard urls are relative to it::
+
+    plan = plan_shards(keys, sizes, max_samples=1000, max_bytes=1 << 30)
+    infos = [write_shard(out / shard_name(i), [samples[r] for r in rows]) for i, rows in enumerate(plan)]
+    write_index(out / "index.json", shard_index(infos, name="curated"))
+
+Readers: ``webdataset.WebDataset(urls, shardshuffle=False)`` streams them; ``wids.ShardListDataset(str(index),
+cache_dir=..., transformations=[])`` gives random access (see :func:`shard_index` for how wids resolves urls).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import secrets
+import tarfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+SHARD_MTIME = 0
+"""mtime of every tar member (the epoch), so that a rerun writes the same bytes."""
+MEMBER_MODE = 0o444
+OWNER = ""  # uname and gname of every member; uid and gid are 0
+USTAR_NAME_MAX = 100  # a USTAR member name without a "/" holds at most 100 bytes
+INDEX_KIND = "wids-shard-index-v1"
+
+_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_EXT = re.compile(r"[a-z0-9]+")
+IMAGE_EXTENSIONS = frozenset(
+    "jpg jpeg jpe jfif png apng gif webp tif tiff bmp dib ppm pgm pbm pnm ico jp2 j2k avif heic heif tga".split()
+)
+"""Source-file suffixes kept as the image member's extension; any other suffix falls back to the format."""
+_FORMAT_EXTENSIONS = {"mpo": "jpg", "jpeg2000": "jp2"}  # Pillow format names that are not file suffixes
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    """One selected image: its key, original file bytes, member extension and metadata (the json member)."""
+
+    key: str
+    data: bytes
+    ext: str
+    meta: dict
+
+    def __post_init__(self) -> None:
+        check_key(self.key)
+        if not _EXT.fullmatch(self.ext) or self.ext == "json":
+            raise ValueError(f"{self.key}: image extension must be [a-z0-9]+ and not 'json', got {self.ext!r}")
+        if len(f"{self.key}.{self.ext}") > USTAR_NAME_MAX or len(f"{self.key}.json") > USTAR_NAME_MAX:
+            raise ValueError(f"{self.key}: key too long for a USTAR member name ({USTAR_NAME_MAX} bytes)")
+
+    @property
+    def member(self) -> str:
+        """The image's tar member name, ``key.ext``."""
+        return f"{self.key}.{self.ext}"
+
+    def meta_bytes(self) -> bytes:
+        """``meta`` as compact UTF-8 JSON with sorted keys (NaN/inf are refused: they are not JSON)."""
+        text = json.dumps(self.meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode()
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """A written shard: file name, sample count, size in bytes and md5 hex digest (as in a wids index)."""
+
+    name: str
+    nsamples: int
+    filesize: int
+    md5sum: str
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is a valid sample key ([A-Za-z0-9_-]+: no dot, so webdataset splits members right)."""
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise ValueError(f"invalid sample key {key!r}: keys are [A-Za-z0-9_-]+")
+    return key
+
+
+def image_extension(uri: str, format: str | None) -> str:
+    """Member extension of an image: its file suffix lower-cased (``.JPG`` -> ``jpg``), else its Pillow format.
+
+    The format (e.g. ``"JPEG"`` -> ``jpeg``) is used when the suffix is missing or not a known image suffix.
+    """
+    path = urlparse(uri).path if "://" in uri else uri
+    suffix = PurePosixPath(path).suffix.lower().lstrip(".")
+    if suffix in IMAGE_EXTENSIONS:
+        return suffix
+    name = (format or "").strip().lower()
+    name = _FORMAT_EXTENSIONS.get(name, name)
+    if not _EXT.fullmatch(name) or name == "json":
+        raise ValueError(f"{uri}: no image extension (suffix {suffix!r}, format {format!r})")
+    return name
+
+
+def plan_shards(keys: Sequence[str], sizes: Sequence[int], max_samples: int, max_bytes: int) -> list[list[int]]:
+    """Row indices of each shard: samples in the given order, filling consecutive shards.
+
+    A shard closes once it holds ``max_samples`` samples, or before a sample whose bytes would push its
+    total past ``max_bytes``; a sample larger than ``max_bytes`` gets a shard of its own. Keys must be
+    valid and unique (a repeated key would merge two samples in a reader).
+    """
+    if len(keys) != len(sizes):
+        raise ValueError(f"{len(keys)} keys but {len(sizes)} sizes")
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError(f"max_samples and max_bytes must be positive, got {max_samples}, {max_bytes}")
+    for key in keys:
+        check_key(key)
+    if len(set(keys)) != len(keys):
+        raise ValueError("duplicate sample keys")
+    shards: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for row, size in enumerate(sizes):
+        if size < 0:
+            raise ValueError(f"{keys[row]}: negative size {size}")
+        if current and (len(current) >= max_samples or current_bytes + size > max_bytes):
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(row)
+        current_bytes += size
+    if current:
+        shards.append(current)
+    return shards
+
+
+def shard_name(index: int) -> str:
+    """File name of shard ``index``: ``shard-000000.tar``."""
+    if index < 0:
+        raise ValueError(f"negative shard index {index}")
+    return f"shard-{index:06d}.tar"
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    """A regular-file TarInfo with the fixed mtime, mode and owner."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = SHARD_MTIME
+    info.mode = MEMBER_MODE
+    info.uid = info.gid = 0
+    info.uname = info.gname = OWNER
+    return info
+
+
+def _write_tar(stream: BinaryIO, samples: Sequence[ShardSample]) -> None:
+    """Write ``samples`` as an uncompressed USTAR tar: ``key.ext`` then ``key.json`` for each, in order."""
+    with tarfile.open(fileobj=stream, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            meta = sample.meta_bytes()
+            tar.addfile(_member(sample.member, len(sample.data)), io.BytesIO(sample.data))
+            tar.addfile(_member(f"{sample.key}.json", len(meta)), io.BytesIO(meta))
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Run ``write`` on a hidden temporary file beside ``path``, then rename it over ``path``.
+
+    A reader sees either the old file or the complete new one; on error the temporary file is removed.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "md5").hexdigest()
+
+
+def write_shard(path: Path, samples: Sequence[ShardSample]) -> ShardInfo:
+    """Write one shard atomically and byte-identically on every run; its :class:`ShardInfo`.
+
+    Uses Python's ``tarfile`` with explicit ``TarInfo`` rather than webdataset's ``TarWriter``, which
+    (1.0.2) writes each sample's members in sorted-extension order (``json`` before ``png``), ignores its
+    ``format`` argument (tarfile's PAX default) and stamps a ``bigdata`` owner.
+    """
+    if not samples:
+        raise ValueError(f"{path}: a shard needs at least one sample")
+    keys = [sample.key for sample in samples]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{path}: duplicate sample keys")
+    path = Path(path)
+    _atomic_write(path, lambda stream: _write_tar(stream, samples))
+    return ShardInfo(name=path.name, nsamples=len(samples), filesize=path.stat().st_size, md5sum=_md5(path))
+
+
+def shard_index(infos: Sequence[ShardInfo], name: str, base: str | None = None) -> dict:
+    """A wids shard index (``wids-shard-index-v1``) of ``infos``, urls relative to the index file.
+
+    wids 0.1.11 resolves a relative url against the directory of the index path it was given and ignores
+    a top-level ``base``, so ``base`` is only written when passed (informational for other readers).
+    """
+    index = {
+        "__kind__": INDEX_KIND,
+        "wids_version": 1,
+        "name": name,
+        "shardlist": [
+            {"url": info.name, "nsamples": info.nsamples, "md5sum": info.md5sum, "filesize": info.filesize}
+            for info in infos
+        ],
+    }
+    if base is not None:
+        index["base"] = base
+    return index
+
+
+def index_bytes(index: dict) -> bytes:
+    """Deterministic JSON of an index: sorted keys, indent 1, trailing newline."""
+    return (json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def write_index(path: Path, index: dict) -> None:
+    """Write ``index`` (see :func:`index_bytes`) atomically to ``path``."""
+    data = index_bytes(index)
+    _atomic_write(Path(path), lambda stream: stream.write(data))
+
+
+def shard_rows(shard: str, samples: Sequence[ShardSample]) -> list[dict]:
+    """Rows of the ``shards`` table for one shard: key, shard file name, image member and position in it."""
+    return [
+        {"key": sample.key, "shard": shard, "member": sample.member, "index": position}
+        for position, sample in enumerate(samples)
+    ]

@@ -1,0 +1,207 @@
+"""The pipeline configuration: typed sections with defaults, loaded from YAML plus ``KEY=VALUE`` overrides.
+
+A YAML file (the named ones, ``lvd`` and ``demo``, live in ``pipelines/configs/``) gives the starting values; ``section.key=value``
+overrides follow (values parsed as YAML, so ``dedup.threshold=0.5`` is a float). Unknown sections or keys
+and values of the wrong type raise :class:`ConfigError` with the key's name::
+
+    config = load_config("my_lake.yaml", ["dedup.threshold=0.9", "shard.max_samples=500"])
+    config.dedup.threshold   # 0.9
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    partition_size: int = 512
+    """Files per ingest task (and per embed task): batches of files, never one task per image."""
+    min_side: int = 32
+    """Images whose shorter side is below this are filtered (status ``filtered``)."""
+    max_pixels: int = 89_478_485
+    """Larger images are refused as possible decompression bombs."""
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    embedder: str = "pixels"
+    """``pixels`` (grey thumbnails, no weights), an architecture name, or weights ``load_backbone`` reads."""
+    image_size: int = 224
+    """Side of the square the backbone sees (resize short side, centre crop)."""
+    pixel_grid: int = 16
+    """Side of the thumbnail the ``pixels`` embedder flattens."""
+    batch_size: int = 64
+    device: str = "auto"
+    """``auto`` (CUDA when the worker has a GPU), ``cpu`` or ``cuda``."""
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    k: int = 64
+    """Neighbours per image in the kNN graph (the paper's 64)."""
+    threshold: float = 0.6
+    """Cosine similarity above which two pool images are copies (the paper's 0.6 on SSCD descriptors)."""
+    eval_threshold: float = 0.45
+    """Looser threshold against evaluation sets (the paper's 0.45)."""
+    index: str = "auto"
+    """faiss index: ``auto``, ``flat``, ``ivf`` or ``hnsw``."""
+    center: bool = False
+    """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    levels: int = 2
+    ks: tuple[int, ...] = ()
+    """Clusters per level, finest first; empty: chosen from the pool size."""
+    niter: int = 20
+    resampling_steps: int = 0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    method: str = "auto"
+    """``auto`` (retrieval when curated sets are given, else balanced), ``retrieval``, ``balanced`` or ``all``."""
+    retrieval: str = "neighbours"
+    """``neighbours``: each curated image takes its ``per_query`` nearest; ``clusters``: ``per_cluster`` from each hit cluster."""
+    per_query: int = 4
+    per_cluster: int = 100
+    min_similarity: float = -1.0
+    target: int = 0
+    """Balanced sampling: images to select (0: half of the deduplicated pool)."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    max_samples: int = 10_000
+    max_bytes: int = 1_000_000_000
+    """Close a shard before it would pass this many bytes of images (~1 GB, sized for training)."""
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    examples: int = 8
+    """Duplicate groups and clusters shown as contact sheets."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def digest(self, sections: tuple[str, ...] | None = None) -> str:
+        """A short hash of the given sections (all by default): equal digests mean equal settings."""
+        data = self.to_dict()
+        chosen = {name: data[name] for name in (sections or tuple(data))}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("sample", "method"): ("auto", "retrieval", "balanced", "all"),
+    ("sample", "retrieval"): ("neighbours", "clusters"),
+    ("dedup", "index"): ("auto", "flat", "ivf", "hnsw"),
+    ("embed", "device"): ("auto", "cpu", "cuda"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
+    """Defaults, then the YAML file ``path``, then ``section.key=value`` overrides."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"no config file {str(path)!r}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(loaded).__name__}")
+        for section, values in loaded.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                data.setdefault(str(section), {})[str(key)] = value
+    for override in overrides:
+        name, sep, text = override.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot or not key:
+            raise ConfigError(f"override {override!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        data.setdefault(section, {})[key] = value
+    return _build(data)
+
+
+def _build(data: dict[str, dict[str, Any]]) -> PipelineConfig:
+    sections = {f.name: f for f in dataclasses.fields(PipelineConfig)}
+    built = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section {section!r} (known: {', '.join(sections)})")
+    for name, section_field in sections.items():
+        section_type = section_field.default_factory  # type: ignore[misc]
+        fields = {f.name: f for f in dataclasses.fields(section_type)}
+        hints = typing.get_type_hints(section_type)
+        values = {}
+        for key, value in data.get(name, {}).items():
+            if key not in fields:
+                raise ConfigError(f"unknown config key {name}.{key} (known: {', '.join(fields)})")
+            values[key] = _coerce(f"{name}.{key}", value, hints[key])
+            allowed = CHOICES.get((name, key))
+            if allowed and values[key] not in allowed:
+                raise ConfigError(f"{name}.{key}={values[key]!r}: choose one of {', '.join(allowed)}")
+        built[name] = section_type(**values)
+    return PipelineConfig(**built)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(key, item, typing.get_args(hint)[0]) for item in items)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    return value

@@ -1,0 +1,190 @@
+"""The run report: planted tables in, the same counts, an escaped HTML page and non-blank pictures out."""
+
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from curate.report import write_report
+from curate.tables import read_table, write_part
+from schemas.config import ReportConfig
+from schemas.tables import TABLES
+
+HOSTILE = "<b>x&y.png"
+STAGES = [
+    {"stage": "ingest", "images_in": 9, "images_out": 7, "seconds": 1.25, "tasks": 2},
+    {"stage": "dedup", "images_in": 6, "images_out": 4, "seconds": 0.5, "tasks": 1},
+]
+
+
+def _table(name, rows):
+    return pa.Table.from_pylist(rows, schema=TABLES[name].schema)
+
+
+def _image_file(path, seed, size=(48, 40)):
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def lake(tmp_path):
+    """Pool a..f (ok), a broken file, a too-small hostile-named file, and one eval image."""
+    folder = tmp_path / "lake"
+    folder.mkdir()
+    files = [(key, _image_file(folder / f"{key}.png", seed), "pool", "pool", "ok", None)
+             for seed, key in enumerate("abcdef")]
+    (folder / "broken.png").write_bytes(b"not an image")
+    files.append(("broken", str(folder / "broken.png"), "pool", "pool", "error", "cannot identify image file"))
+    files.append(("hostile", _image_file(folder / HOSTILE, 9, (10, 10)), "pool", "pool", "filtered",
+                  "image is 10x10, smaller than 32 px"))
+    files.append(("eval-q", _image_file(folder / "q.png", 7), "eval", "bench", "ok", None))
+    return files
+
+
+def _files_and_images(out, lake):
+    write_part(out, "files", 0, _table("files", [
+        {"key": k, "uri": u, "role": r, "set": s, "partition": 0} for k, u, r, s, _, _ in lake]))
+    write_part(out, "images", 0, _table("images", [
+        {"key": k, "uri": u, "role": r, "set": s, "partition": 0, "status": st, "error": e,
+         "bytes": 100, "width": 48, "height": 40, "format": "PNG"} for k, u, r, s, st, e in lake]))
+
+
+def _later_stages(out, lake):
+    uri = {k: u for k, u, *_ in lake}
+    ok = [(k, r, s) for k, _, r, s, st, _ in lake if st == "ok"]
+    write_part(out, "embeddings", 0, _table("embeddings", [
+        {"key": k, "role": r, "set": s, "row": i} for i, (k, r, s) in enumerate(ok)]))
+    duplicates = [
+        ("a", 0, True, None, None, None), ("b", 0, False, "exact", "a", 1.0), ("c", 0, False, "copy", "a", 0.97),
+        ("d", 1, True, None, None, None), ("e", 2, True, None, None, None), ("f", 3, True, None, None, None),
+    ]
+    write_part(out, "duplicates", 0, _table("duplicates", [
+        {"key": k, "uri": uri[k], "group": g, "kept": kept, "reason": reason, "kept_key": kk, "similarity": sim}
+        for k, g, kept, reason, kk, sim in duplicates]))
+    labels = {"a": [0, 0], "d": [0, 0], "e": [1, 0], "f": [2, 1]}
+    write_part(out, "clusters", 0, _table("clusters", [
+        {"key": k, "uri": uri[k], "cluster": lv[0], "levels": lv} for k, lv in labels.items()]))
+    methods = {"a": "balanced", "d": "balanced", "e": "retrieval"}
+    write_part(out, "selection", 0, _table("selection", [
+        {"key": k, "uri": uri[k], "method": m, "cluster": labels[k][0]} for k, m in methods.items()]))
+    (out / "shards").mkdir()
+    with tarfile.open(out / "shards" / "shard-000000.tar", "w") as tar:
+        for k in methods:
+            tar.add(uri[k], arcname=f"{k}.png")
+    (out / "shards" / "index.json").write_text(json.dumps({"shards": ["shard-000000.tar"]}))
+    write_part(out, "shards", 0, _table("shards", [
+        {"key": k, "shard": "shard-000000.tar", "member": f"{k}.png", "index": i} for i, k in enumerate(methods)]))
+
+
+@pytest.fixture
+def full_out(tmp_path, lake):
+    out = tmp_path / "out"
+    _files_and_images(out, lake)
+    _later_stages(out, lake)
+    return out
+
+
+def test_counts_equal_the_planted_tables(full_out):
+    report = write_report(full_out, ReportConfig(examples=4, seed=0), STAGES)
+    assert report == json.loads((full_out / "report" / "report.json").read_text())
+    assert report["stages"] == STAGES
+    assert report["sets"]["pool"] == {"role": "pool", "files": 8, "ok": 6, "error": 1, "filtered": 1, "embedded": 6}
+    assert report["sets"]["bench"] == {"role": "eval", "files": 1, "ok": 1, "error": 0, "filtered": 0, "embedded": 1}
+    assert report["images"]["by_status"] == {"ok": 7, "error": 1, "filtered": 1}
+    dup = report["duplicates"]
+    assert (dup["images"], dup["kept"], dup["removed"]) == (6, 4, 2)
+    assert dup["by_reason"] == {"copy": 1, "exact": 1}
+    assert dup["group_sizes"] == {"1": 3, "3": 1}
+    assert dup["duplicate_groups"] == 1
+    largest = dup["largest"]
+    assert len(largest) == 1
+    assert largest[0]["kept_key"] == "a" and largest[0]["size"] == 3
+    assert largest[0]["keys"] == ["a", "b", "c"] and largest[0]["reasons"] == [None, "exact", "copy"]
+    assert largest[0]["uris"][0].endswith("a.png")
+    assert report["clusters"]["per_level"] == [3, 2]
+    assert report["clusters"]["finest_sizes"] == {"min": 1, "median": 1.0, "max": 2}
+    assert report["selection"] == {"present": True, "selected": 3, "by_method": {"balanced": 2, "retrieval": 1}}
+    shards = report["shards"]
+    assert (shards["count"], shards["samples"]) == (1, 3)
+    assert shards["bytes"] == (full_out / "shards" / "shard-000000.tar").stat().st_size
+    rejected = report["unreadable"]
+    assert rejected["total"] == 2 and not rejected["truncated"]
+    assert {(r["key"], r["status"], r["reason"]) for r in rejected["listed"]} == {
+        ("broken", "error", "cannot identify image file"),
+        ("hostile", "filtered", "image is 10x10, smaller than 32 px"),
+    }
+    assert report["figures"] == ["cluster_sizes.png", "duplicate_groups.png", "cluster_members.png"]
+
+
+def test_html_escapes_names_and_shows_stages_and_pictures(full_out):
+    report = write_report(full_out, ReportConfig(examples=4), STAGES)
+    page = (full_out / "report" / "report.html").read_text()
+    assert "<td>ingest</td>" in page and "<td>dedup</td>" in page and '<td class="n">1.250</td>' in page
+    assert "&lt;b&gt;x&amp;y.png" in page and HOSTILE not in page
+    assert "cannot identify image file" in page
+    for name in report["figures"]:
+        assert f'src="{name}"' in page
+        assert (full_out / "report" / name).is_file()
+    assert not list((full_out / "report").glob(".*tmp"))
+
+
+def test_pictures_open_and_are_not_blank(full_out):
+    report = write_report(full_out, ReportConfig(examples=4), STAGES)
+    for name in report["figures"]:
+        with Image.open(full_out / "report" / name) as image:
+            assert np.asarray(image.convert("L")).std() > 0, name
+    with Image.open(full_out / "report" / "duplicate_groups.png") as sheet:
+        assert sheet.width > sheet.height  # one row: the kept image then its two copies
+
+
+def test_cluster_members_follow_the_seed(full_out):
+    config = ReportConfig(examples=2, seed=3)
+    write_report(full_out, config)
+    first = (full_out / "report" / "cluster_members.png").read_bytes()
+    write_report(full_out, config)
+    assert (full_out / "report" / "cluster_members.png").read_bytes() == first
+
+
+def test_partial_run_reports_later_stages_absent(tmp_path, lake):
+    out = tmp_path / "out"
+    _files_and_images(out, lake)
+    report = write_report(out, ReportConfig(), STAGES[:1])
+    for name in ("embeddings", "duplicates", "clusters", "selection", "shards"):
+        assert report[name] == {"present": False}
+        assert report["tables"][name] is False
+    assert report["sets"]["pool"]["embedded"] is None and report["sets"]["pool"]["error"] == 1
+    assert report["figures"] == []
+    page = (out / "report" / "report.html").read_text()
+    assert "absent" in page and "&lt;b&gt;x&amp;y.png" in page and ".png\"" not in page.split("<h2>Pictures")[1]
+
+
+def test_rerun_refreshes_the_folder(full_out):
+    write_report(full_out, ReportConfig(examples=2), STAGES)
+    for name in ("clusters", "duplicates"):
+        for part in (full_out / "tables" / name).iterdir():
+            part.unlink()
+    report = write_report(full_out, ReportConfig(examples=2), STAGES)
+    assert report["figures"] == []
+    assert not list((full_out / "report").glob("*.png"))
+    assert report["clusters"] == {"present": False}
+
+
+def test_leaked_image_names_the_eval_image_it_copies(full_out, lake):
+    uri = {k: u for k, u, *_ in lake}
+    rows = read_table(full_out, "duplicates").to_pylist()
+    for row in rows:
+        if row["key"] == "f":
+            row.update(kept=False, reason="leak:bench", kept_key="eval-q", similarity=0.9)
+    write_part(full_out, "duplicates", 0, _table("duplicates", rows))
+    report = write_report(full_out, ReportConfig(examples=4), STAGES)
+    dup = report["duplicates"]
+    assert dup["by_reason"] == {"copy": 1, "exact": 1, "leak:bench": 1}
+    assert dup["group_sizes"] == {"1": 3, "3": 1}
+    assert [g["kept_key"] for g in dup["largest"]] == ["a", "eval-q"]
+    assert dup["largest"][1]["uris"] == [uri["f"]]
+    with Image.open(full_out / "report" / "duplicate_groups.png") as sheet:
+        assert sheet.height == 2 * (128 + 28 + 2 * 4)  # two rows of contact_sheet cells
