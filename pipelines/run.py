@@ -52,12 +52,17 @@ def write_listing(out: Path, sets: list[ImageSet], config: PipelineConfig, listi
     return len(parts)
 
 
+def _load_stage_code() -> None:
+    import curate.stages  # noqa: F401  (torch, faiss and pyarrow come with it)
+
+
 class Pipeline:
     """The stages of one run over ``out``, submitted to ``client``."""
 
     def __init__(self, client: Client, out: Path, config: PipelineConfig, console: Console) -> None:
         self.client, self.out, self.config, self.console = client, out, config, console
         self.run_id = uuid.uuid4().hex[:8]
+        client.run(_load_stage_code)  # part of starting the workers, not of the first stage's time
 
     def run(self, sets: list[ImageSet], until: str = "report", report_file: Path | None = None,
             after_stage: Callable[[str], None] | None = None) -> list[dict]:

@@ -3,13 +3,17 @@
 import numpy as np
 import pytest
 
+import pyarrow as pa
+
 from curate.dedup import (
     DuplicatePairs,
     connected_components,
-    deduplicate,
+    duplicates_table,
     keep_one_per_component,
     near_duplicate_pairs,
 )
+from schemas.config import DedupConfig
+from schemas.tables import validate
 
 
 def _unit(angle_degrees: float, axis: int = 0, dim: int = 6) -> np.ndarray:
@@ -68,24 +72,52 @@ def test_keep_rule_first_name_and_highest_resolution():
     assert keep.tolist() == [0, 0, 1, 0, 1, 1]
 
 
-def test_deduplicate_keeps_first_name_and_removes_leaks(planted):
+def _pool(names, sizes=None, digests=None) -> pa.Table:
+    count = len(names)
+    sizes = sizes or [(10, 10)] * count
+    return pa.table({
+        "key": [n.replace(".png", "") for n in names], "uri": [f"/lake/{n}" for n in names],
+        "sha256": digests or [f"h{i}" for i in range(count)],
+        "width": [w for w, _ in sizes], "height": [h for _, h in sizes],
+    })
+
+
+def test_duplicates_table_groups_keeps_one_and_removes_leaking_groups_whole(planted):
     embeddings, names = planted
-    evaluation = np.stack([_unit(1, 4), _unit(45, 2)])  # first copies row 6; second matches nothing
-    result = deduplicate(
-        embeddings, names, threshold=0.99, k=4, kind="flat",
-        against={"eval": (evaluation, ["ev0.png", "ev1.png"])},
-    )
-    # Group {e, a, f}: a.png sorts first and stays; group {c, d}: c.png stays; g.png leaks into eval.
-    assert result.keep.tolist() == [False, True, True, True, False, False, False]
-    reasons = {(names[r.index], r.reason, r.matched) for r in result.removals}
-    assert reasons == {
-        ("e.png", "duplicate", "a.png"),
-        ("f.png", "duplicate", "a.png"),
-        ("d.png", "duplicate", "c.png"),
-        ("g.png", "leak:eval", "ev0.png"),
-    }
-    leak = next(r for r in result.removals if r.reason == "leak:eval")
-    assert leak.similarity == pytest.approx(np.cos(np.deg2rad(1)), abs=1e-5)
+    evaluation = np.stack([_unit(1, 4), _unit(45, 2)])  # first copies row 6 (g); second matches nothing
+    sizes = [(10, 10)] * 7
+    sizes[names.index("f.png")] = (20, 20)  # the largest image of {e, a, f} is kept, not the first key
+    table = duplicates_table(_pool(names, sizes), embeddings, {"eval": evaluation},
+                             DedupConfig(k=4, threshold=0.99, eval_threshold=0.99, index="flat"))
+    validate(table, "duplicates")
+    rows = {row["key"]: row for row in table.to_pylist()}
+    assert list(rows) == sorted(rows)  # key order
+    assert {k for k, r in rows.items() if r["kept"]} == {"b", "c", "f"}
+    assert rows["a"]["kept_key"] == rows["e"]["kept_key"] == "f" and rows["a"]["group"] == rows["f"]["group"]
+    assert rows["a"]["reason"] == rows["e"]["reason"] == "copy" and rows["d"]["reason"] == "copy"
+    assert rows["g"] == {**rows["g"], "kept": False, "reason": "leak:eval", "kept_key": "g"}
+    assert rows["b"]["group"] != rows["c"]["group"] and rows["b"]["reason"] is None
+    assert rows["a"]["similarity"] == pytest.approx(np.cos(np.deg2rad(2)), abs=1e-5)  # a at 3°, f at 5°
+
+
+def test_byte_identical_files_are_exact_duplicates_even_when_their_vectors_differ():
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((4, 8)).astype(np.float32)
+    names = ["a.png", "b.png", "c.png", "d.png"]
+    table = duplicates_table(_pool(names, digests=["x", "y", "x", "z"]), vectors, {},
+                             DedupConfig(k=3, threshold=0.999, index="flat"))
+    rows = {row["key"]: row for row in table.to_pylist()}
+    assert rows["c"]["reason"] == "exact" and rows["c"]["kept_key"] == "a" and not rows["c"]["kept"]
+    assert [r["kept"] for r in rows.values()] == [True, True, False, True]
+
+
+def test_a_leak_removes_the_whole_group_it_touches(planted):
+    embeddings, names = planted
+    evaluation = _unit(4, 0)[None]  # near f (5 degrees) only at the loose threshold, not e or a
+    table = duplicates_table(_pool(names), embeddings, {"test": evaluation},
+                             DedupConfig(k=4, threshold=0.99, eval_threshold=0.9995, index="flat"))
+    rows = {row["key"]: row for row in table.to_pylist()}
+    assert {k for k, r in rows.items() if r["reason"] == "leak:test"} == {"a", "e", "f"}
 
 
 def test_centering_separates_features_with_a_shared_offset():
@@ -94,8 +126,8 @@ def test_centering_separates_features_with_a_shared_offset():
     offset = np.full(8, 50.0, dtype=np.float32)  # every cosine is near 1 before centring
     embeddings = distinct + offset
     embeddings[19] = embeddings[3] + 0.01
-    names = [f"{i:02d}.png" for i in range(20)]
-    raw = deduplicate(embeddings, names, threshold=0.99, k=8, kind="flat")
-    centred = deduplicate(embeddings, names, threshold=0.99, k=8, kind="flat", center=True)
-    assert raw.keep.sum() < 5
-    assert np.flatnonzero(~centred.keep).tolist() == [19]
+    pool = _pool([f"{i:02d}.png" for i in range(20)])
+    raw = duplicates_table(pool, embeddings, {}, DedupConfig(k=8, threshold=0.99, index="flat"))
+    centred = duplicates_table(pool, embeddings, {}, DedupConfig(k=8, threshold=0.99, index="flat", center=True))
+    assert sum(raw.column("kept").to_pylist()) < 5
+    assert [row["key"] for row in centred.to_pylist() if not row["kept"]] == ["19"]

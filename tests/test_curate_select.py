@@ -54,3 +54,29 @@ def test_balanced_selection_records_clusters():
     selection = select_balanced(tree, 8, seed=0)
     assert np.bincount(selection.cluster, minlength=4).tolist() == [2, 2, 2, 2]
     np.testing.assert_array_equal(selection.cluster, labels[selection.pool_index])
+
+
+def test_selection_table_retrieves_for_curated_queries_or_samples_the_tree():
+    import pyarrow as pa  # noqa: F401
+
+    from schemas.config import SampleConfig
+    from schemas.tables import validate
+    from curate.sample import selection_table
+
+    rng = np.random.default_rng(3)
+    pool = rng.standard_normal((60, 8)).astype(np.float32)
+    keys = [f"p{i:03d}" for i in range(60)]
+    levels = np.stack([np.arange(60) % 6, np.arange(60) % 2], axis=1)
+    curated = pool[[5, 17]] + 0.01
+    table = selection_table(keys, keys, pool, levels, ["q0", "q1"], curated, SampleConfig(per_query=3))
+    validate(table, "selection")
+    rows = table.to_pylist()
+    assert {r["key"] for r in rows} >= {"p005", "p017"} and len(rows) <= 6
+    assert {r["query_key"] for r in rows} == {"q0", "q1"} and {r["method"] for r in rows} == {"retrieval:neighbours"}
+    assert next(r for r in rows if r["key"] == "p005")["query_key"] == "q0"
+    assert all(r["cluster"] == int(r["key"][1:]) % 6 for r in rows)
+    balanced = selection_table(keys, keys, pool, levels, [], np.zeros((0, 8), np.float32), SampleConfig(target=12))
+    assert len(balanced) == 12 and set(balanced.column("method").to_pylist()) == {"balanced"}
+    assert sorted(np.bincount(balanced.column("cluster").to_numpy(), minlength=6)) == [2] * 6  # even over clusters
+    everything = selection_table(keys, keys, pool, levels, [], np.zeros((0, 8), np.float32), SampleConfig(method="all"))
+    assert everything.column("key").to_pylist() == keys

@@ -1,0 +1,411 @@
+"""Curation pipeline throughput: the stage functions in a plain loop vs ``curate run`` on 1 and 2 Dask workers.
+
+One lake of real images is written once: ``--images`` pool images (Fashion-MNIST training images as PNG
+plus ``--photos`` JPEG crops of the scikit-image sample photos) and a curated set of ``--curated`` other
+Fashion-MNIST images. Then, each in a fresh output folder and in this order:
+
+(a) **loop**: the stage functions of :mod:`curate.stages` called in a plain loop in this process, in stage
+    order (the embedder built once with ``load_embedder``, then every partition);
+(b) **1 worker**: what ``curate run --workers 1`` does (``pipelines.cli.execute``): ``connect(workers=1)``,
+    ``prepare`` + ``write_listing``, ``Pipeline(...).run``; per-stage seconds are read from the
+    ``OUT/timings.json`` the pipeline writes (they exclude cluster start-up, reported separately);
+(c) **2 workers**: the same with ``connect(workers=2)``.
+
+(a) runs single-threaded, as one Dask worker does: ``torch.set_num_threads(1)`` and the thread variables
+Dask's nanny sets for its workers (``OMP/MKL/OPENBLAS_NUM_THREADS=1``, which also size faiss's and
+Arrow's pools) are set in this process, so (a) and one worker do the same work per process. The three
+outputs are checked to be identical (tables and byte-identical shards). Images/s of a stage = images into
+the stage (``curate.stages.counts``) / its seconds; ratios are images/s ratios, i.e. inverse time ratios.
+Targets: (b)/(a) >= 0.90 (1 worker within 10% of the loop) and (c)/(b) >= 1.70 (2 workers on 2 cores).
+The global stages (dedup, cluster, sample, report) are one task each, so their (c)/(b) is ~1 by design.
+
+    .venv/bin/python benchmarks/pipeline.py                    # 10,000 pool images
+    .venv/bin/python benchmarks/pipeline.py --images 3000 --json results.json
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy/torch/faiss/pyarrow are imported: the values Dask's nanny gives every worker process
+# (``distributed.nanny.pre-spawn-environ``; checked against Dask's config in ``check_thread_settings``).
+WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                  "MALLOC_TRIM_THRESHOLD_": "65536"}
+os.environ.update(WORKER_ENVIRON)
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from curate import stages, tables  # noqa: E402
+from curate.embed import load_embedder  # noqa: E402
+from curate.lake import ImageSet, files_table, name_sets  # noqa: E402
+from pipelines.cluster import connect  # noqa: E402
+from pipelines.run import TIMINGS_FILE, Pipeline, write_listing  # noqa: E402
+from pipelines.state import prepare  # noqa: E402
+from pretrain.data.fashion_mnist import load_fashion_mnist  # noqa: E402
+from schemas.config import PipelineConfig, load_config  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "moon", "page", "brick", "grass", "gravel",
+          "coins", "text", "clock", "immunohistochemistry", "hubble_deep_field", "motorcycle", "retina")
+PARALLEL = ("ingest", "embed", "shard")
+GLOBAL = ("dedup", "cluster", "sample", "report")
+MODES = {"a": "loop (1 process)", "b": "curate run, 1 worker", "c": "curate run, 2 workers"}
+TARGET_B_OVER_A = 0.90
+TARGET_C_OVER_B = 1.70
+COMPARED_TABLES = ("images", "embeddings", "duplicates", "clusters", "selection", "shards")
+
+
+# -- the lake ---------------------------------------------------------------------------------------------
+
+
+def photo_arrays() -> list[np.ndarray]:
+    import skimage.data
+
+    arrays = []
+    for name in PHOTOS:
+        array = skimage.data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(skimage.data, name)()
+        arrays.append(np.asarray(array))
+    return arrays
+
+
+def write_photo_crops(folder: Path, count: int, seed: int) -> None:
+    """``count`` JPEG crops (side 48..256, random place) of the scikit-image photos, some downscaled."""
+    rng = np.random.default_rng(seed)
+    photos = photo_arrays()
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        side = int(rng.integers(48, min(256, *photo.shape[:2]) + 1))
+        top = int(rng.integers(0, photo.shape[0] - side + 1))
+        left = int(rng.integers(0, photo.shape[1] - side + 1))
+        crop = Image.fromarray(photo[top : top + side, left : left + side])
+        if rng.random() < 0.3:
+            crop = crop.resize((max(32, side // 2),) * 2, Image.Resampling.BICUBIC)
+        crop.save(folder / f"photo_{i:05d}.jpg", quality=90)
+
+
+def write_lake(root: Path, images: int, photos: int, curated: int, seed: int = 0) -> dict[str, Path]:
+    """``root/pool`` (``images - photos`` Fashion-MNIST PNGs + ``photos`` JPEG crops), ``root/curated``."""
+    fashion = images - photos
+    if fashion < 0:
+        raise SystemExit("--photos must not exceed --images")
+    array, _ = load_fashion_mnist("train", limit=fashion + curated)
+    array = array.numpy()
+    if len(array) < fashion + curated:
+        raise SystemExit(f"Fashion-MNIST train has {len(array)} images; asked for {fashion + curated}")
+    folders = {"pool": root / "pool", "curated": root / "curated"}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for i in range(fashion):
+        Image.fromarray(array[i]).save(folders["pool"] / f"fm_{i:05d}.png")
+    for i in range(fashion, fashion + curated):
+        Image.fromarray(array[i]).save(folders["curated"] / f"query_{i:05d}.png")
+    write_photo_crops(folders["pool"], photos, seed)
+    return folders
+
+
+def image_sets(folders: dict[str, Path]) -> list[ImageSet]:
+    taken: set[str] = set()
+    return name_sets([str(folders["pool"])], "pool", taken) + name_sets([str(folders["curated"])], "curated", taken)
+
+
+# -- (a) the plain loop --------------------------------------------------------------------------------------
+
+
+def loop_shards(out: Path, config: PipelineConfig) -> int:
+    count = stages.plan(out, config)
+    infos = sorted((stages.shard(out, number) for number in range(count)), key=lambda info: info["name"])
+    stages.finish_shards(out, infos)
+    return count + 2
+
+
+def loop_stage(out: Path, name: str, config: PipelineConfig, timings: dict) -> int:
+    """Run stage ``name`` in this process; returns its unit count (tasks, in the pipeline's terms)."""
+    if name == "ingest":
+        todo = stages.pending(out, name)
+        for partition in todo:
+            stages.ingest(out, partition, config)
+        return len(todo)
+    if name == "embed":
+        embedder = load_embedder(config.embed)
+        todo = stages.pending(out, name)
+        for partition in todo:
+            stages.embed(out, partition, config, embedder)
+        return len(todo)
+    if name == "shard":
+        return loop_shards(out, config)
+    if name == "report":  # the same records Pipeline.records gives the report stage
+        records = [{"stage": stage, **stages.counts(out, stage), **timings[stage]} for stage in stages.ORDER[:-1]]
+        stages.report(out, config, records)
+        return 1
+    {"dedup": stages.dedup, "cluster": stages.cluster, "sample": stages.sample}[name](out, config)
+    return 1
+
+
+def run_loop(out: Path, sets: list[ImageSet], config: PipelineConfig) -> dict:
+    torch.set_num_threads(1)
+    begin = time.perf_counter()
+    write_listing(out, sets, config)
+    result = {"listing": time.perf_counter() - begin, "startup": 0.0, "stages": {}}
+    for name in stages.ORDER:
+        start = time.perf_counter()
+        tasks = loop_stage(out, name, config, result["stages"])
+        result["stages"][name] = {"seconds": round(time.perf_counter() - start, 3), "tasks": tasks}
+    result["end_to_end"] = time.perf_counter() - begin
+    return result
+
+
+# -- (b), (c) the Dask pipeline ------------------------------------------------------------------------------
+
+
+def run_dask(out: Path, sets: list[ImageSet], config: PipelineConfig, workers: int) -> dict:
+    """What ``curate run --workers N`` does (``pipelines.cli.execute``), timed piece by piece."""
+    begin = time.perf_counter()
+    listing = files_table(sets, config.ingest.partition_size)
+    listed = time.perf_counter() - begin
+    console = Console(file=io.StringIO(), highlight=False)  # progress lines off the benchmark's output
+    up = time.perf_counter()
+    with connect(workers=workers) as client:
+        pipeline = Pipeline(client, out, config, console)  # loads the stage code on the workers
+        startup = time.perf_counter() - up
+        start = time.perf_counter()
+        prepare(out, sets, config)
+        write_listing(out, sets, config, listing)
+        listed += time.perf_counter() - start
+        pipeline.run(sets, until="report")
+        shutdown_start = time.perf_counter()
+    shutdown = time.perf_counter() - shutdown_start
+    timings = json.loads((out / TIMINGS_FILE).read_text())
+    return {"listing": listed, "startup": startup, "shutdown": shutdown, "end_to_end": time.perf_counter() - begin,
+            "stages": {name: timings[name] for name in stages.ORDER}}
+
+
+# -- checks and numbers ---------------------------------------------------------------------------------------
+
+
+def fingerprint(out: Path) -> dict[str, str]:
+    """SHA-256 of every compared table (its rows) and of every file under ``shards/``."""
+    prints = {}
+    for name in COMPARED_TABLES:
+        table = tables.read_table(out, name)
+        sink = io.BytesIO()
+        pq.write_table(table, sink, compression="none")
+        prints[f"table {name}"] = hashlib.sha256(sink.getvalue()).hexdigest()
+    matrices = [tables.read_array(out, "embeddings", p) for p in sorted(tables.done_parts(out, "embeddings"))]
+    prints["embedding vectors"] = hashlib.sha256(b"".join(np.ascontiguousarray(m).tobytes() for m in matrices)).hexdigest()
+    for path in sorted((out / stages.SHARD_DIR).rglob("*")):
+        if path.is_file():
+            prints[f"file {path.relative_to(out)}"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return prints
+
+
+def compare_outputs(folders: dict[str, Path]) -> list[str]:
+    """Differences between the outputs (empty: identical)."""
+    reference_mode, reference = next(iter(folders.items()))
+    expected = fingerprint(reference)
+    problems = []
+    for mode, folder in list(folders.items())[1:]:
+        found = fingerprint(folder)
+        for key in sorted(set(expected) | set(found)):
+            if expected.get(key) != found.get(key):
+                problems.append(f"{mode} differs from {reference_mode}: {key}")
+    return problems
+
+
+def stage_images(out: Path, lake_files: int) -> dict[str, int]:
+    """Images into each stage (the report reads the whole run: counted as the lake's files)."""
+    counted = {name: stages.counts(out, name)["images_in"] for name in stages.ORDER}
+    return {name: lake_files if value is None else value for name, value in counted.items()}
+
+
+def median_result(results: list[dict]) -> dict:
+    """Per-stage and overall seconds: the median over repeats."""
+    merged = {key: statistics.median(r[key] for r in results) for key in ("listing", "startup", "end_to_end")}
+    merged["stages"] = {name: {"seconds": statistics.median(r["stages"][name]["seconds"] for r in results),
+                               "tasks": results[0]["stages"][name]["tasks"]} for name in stages.ORDER}
+    return merged
+
+
+def rows(results: dict[str, dict], images: dict[str, int], lake_files: int) -> list[dict]:
+    """Table rows: one per stage, then groups; seconds per mode."""
+    def seconds(mode: str, names) -> float:
+        return sum(results[mode]["stages"][name]["seconds"] for name in names)
+
+    table = [{"label": "listing (files table)", "images": lake_files,
+            **{m: r["listing"] for m, r in results.items()}}]
+    for name in stages.ORDER:
+        table.append({"label": name, "images": images[name], "tasks": results["c"]["stages"][name]["tasks"],
+                    **{m: seconds(m, [name]) for m in results}})
+    table.append({"label": "parallel stages (ingest+embed+shard)", "images": lake_files, "group": True,
+                **{m: seconds(m, PARALLEL) for m in results}})
+    table.append({"label": "global stages (dedup+cluster+sample+report)", "images": lake_files, "group": True,
+                **{m: seconds(m, GLOBAL) for m in results}})
+    table.append({"label": "whole pipeline (listing + stages)", "images": lake_files, "group": True,
+                **{m: r["listing"] + seconds(m, stages.ORDER) for m, r in results.items()}})
+    table.append({"label": "cluster start-up", "images": None, "group": True,
+                **{m: r["startup"] for m, r in results.items()}})
+    table.append({"label": "end to end (incl. start-up, shutdown)", "images": lake_files, "group": True,
+                **{m: r["end_to_end"] for m, r in results.items()}})
+    return table
+
+
+def ratio(numerator: float, denominator: float) -> float | None:
+    """Images/s ratio of two modes = inverse ratio of their seconds."""
+    return denominator / numerator if numerator > 0 and denominator > 0 else None
+
+
+def _fmt(value, spec: str) -> str:
+    """``value`` formatted by ``spec`` (whose leading digits are the width), or a dash as wide."""
+    width = int("".join(c for c in spec.split(".")[0] if c.isdigit()) or 0)
+    return ("-" if value is None else format(value, spec)).rjust(width)
+
+
+def print_table(table: list[dict]) -> None:
+    header = (f"{'stage':44} {'images':>7} {'tasks':>5} | " + " | ".join(f"{'(' + m + ') s':>8} {'img/s':>7}" for m in MODES)
+              + f" | {'(b)/(a)':>7} {'(c)/(b)':>7}")
+    print(header)
+    print("-" * len(header))
+    for row in table:
+        if row.get("group") and not table[table.index(row) - 1].get("group"):
+            print("-" * len(header))
+        cells = []
+        for mode in MODES:
+            rate = row["images"] / row[mode] if row["images"] and row[mode] > 0 else None
+            cells.append(f"{row[mode]:8.2f} {_fmt(rate, '7,.0f')}")
+        b_a = None if row["label"] == "cluster start-up" else ratio(row["b"], row["a"])
+        c_b = ratio(row["c"], row["b"])
+        note = "  <- one task: cannot scale" if row["label"] in GLOBAL else ""
+        print(f"{row['label']:44} {_fmt(row['images'], '7,')} {_fmt(row.get('tasks'), '5')} | " + " | ".join(cells)
+              + f" | {_fmt(b_a, '7.2f')} {_fmt(c_b, '7.2f')}{note}")
+
+
+def verdicts(table: list[dict]) -> list[str]:
+    """Targets met or not, on the groups they are about; the Amdahl bound of (c)/(b) for the whole pipeline."""
+    by_label = {row["label"]: row for row in table}
+    lines = []
+
+    def verdict(label: str, value: float | None, target: float, what: str) -> None:
+        met = value is not None and value >= target
+        lines.append(f"  {'MET    ' if met else 'NOT MET'} {what} >= {target:.2f} on {label}: {_fmt(value, '.2f')}")
+
+    for label in ("whole pipeline (listing + stages)", "parallel stages (ingest+embed+shard)",
+                  "end to end (incl. start-up, shutdown)"):
+        row = by_label[label]
+        verdict(label, ratio(row["b"], row["a"]), TARGET_B_OVER_A, "(b)/(a)")
+    for label in ("parallel stages (ingest+embed+shard)", "whole pipeline (listing + stages)",
+                  "end to end (incl. start-up, shutdown)"):
+        row = by_label[label]
+        verdict(label, ratio(row["c"], row["b"]), TARGET_C_OVER_B, "(c)/(b)")
+    serial = by_label["global stages (dedup+cluster+sample+report)"]["b"] + by_label["listing (files table)"]["b"]
+    parallel = by_label["parallel stages (ingest+embed+shard)"]["b"]
+    bound = (serial + parallel) / (serial + parallel / 2)
+    lines.append(f"  Amdahl: with (b)'s global stages + listing ({serial:.1f} s) on one task and the parallel stages "
+                 f"({parallel:.1f} s) halved, the whole pipeline's (c)/(b) is at most {bound:.2f}")
+    return lines
+
+
+# -- main -------------------------------------------------------------------------------------------------------
+
+
+def check_thread_settings() -> str:
+    import dask.config
+
+    spawn = {k: str(v) for k, v in (dask.config.get("distributed.nanny.pre-spawn-environ") or {}).items()}
+    differ = {k: (v, spawn.get(k)) for k, v in WORKER_ENVIRON.items() if spawn.get(k) != v}
+    return "" if not differ else f"WARNING: Dask's worker environment differs from (a)'s: {differ}"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=10_000, help="pool images (Fashion-MNIST PNGs + photo crops)")
+    parser.add_argument("--photos", type=int, default=1_000, help="of those, JPEG crops of scikit-image photos")
+    parser.add_argument("--curated", type=int, default=300, help="curated set: other Fashion-MNIST images")
+    parser.add_argument("--embedder", default="pixels", help="embed.embedder (pixels, an architecture, weights)")
+    parser.add_argument("--partition-size", type=int, default=500, help="ingest.partition_size: files per task")
+    parser.add_argument("--shard-samples", type=int, default=200, help="shard.max_samples: gives several shard tasks")
+    parser.add_argument("--repeats", type=int, default=1, help="run (a), (b), (c) this many times; report medians")
+    parser.add_argument("--out", type=Path, help="scratch folder (default: a temporary one, removed after)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("overrides", nargs="*", help="more config overrides section.key=value (after the above)")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    scratch = args.out or Path(tempfile.mkdtemp(prefix="dinolab-pipeline-bench-"))
+    scratch.mkdir(parents=True, exist_ok=True)
+    try:
+        run_benchmark(args, scratch.resolve())
+    finally:
+        if args.out is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_benchmark(args: argparse.Namespace, scratch: Path) -> None:
+    overrides = [f"ingest.partition_size={args.partition_size}", f"shard.max_samples={args.shard_samples}",
+                 f"embed.embedder={args.embedder}", "embed.device=cpu", *args.overrides]
+    config = load_config(CONFIG, overrides)
+    start = time.perf_counter()
+    folders = write_lake(scratch / "lake", args.images, args.photos, args.curated)
+    sets = image_sets(folders)
+    lake_files = args.images + args.curated
+    print(f"lake: {args.images - args.photos:,} Fashion-MNIST PNGs + {args.photos:,} scikit-image photo crops (JPEG) "
+          f"in the pool, {args.curated:,} curated; written in {time.perf_counter() - start:.1f} s")
+    print(f"config: {CONFIG.name} + {' '.join(overrides)}")
+    print(f"cores: {len(os.sched_getaffinity(0))}; (a) single-threaded like one Dask worker: torch.set_num_threads(1), "
+          f"{', '.join(f'{k}={v}' for k, v in WORKER_ENVIRON.items() if 'THREADS' in k)}")
+    if warning := check_thread_settings():
+        print(warning)
+    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    outputs: dict[str, Path] = {}
+    for repeat in range(args.repeats):
+        for mode, label in MODES.items():
+            out = scratch / f"out-{repeat}-{mode}"
+            load = os.getloadavg()[0]
+            result = run_loop(out, sets, config) if mode == "a" else run_dask(out, sets, config, 1 if mode == "b" else 2)
+            runs[mode].append(result)
+            outputs[f"({mode}) #{repeat}"] = out
+            print(f"  run {repeat + 1}/{args.repeats} ({mode}) {label}: {result['end_to_end']:.1f} s end to end "
+                  f"(load average before: {load:.2f})", flush=True)
+    problems = compare_outputs(outputs)
+    print(f"outputs: {'identical' if not problems else 'DIFFERENT'} across {len(outputs)} runs "
+          f"({', '.join(COMPARED_TABLES)} tables, embedding vectors, every file under shards/ byte for byte)")
+    for problem in problems:
+        print(f"  {problem}")
+    results = {mode: median_result(found) for mode, found in runs.items()}
+    images = stage_images(outputs["(a) #0"], lake_files)
+    table = rows(results, images, lake_files)
+    print()
+    print(f"per stage: images in, seconds{' (median of ' + str(args.repeats) + ')' if args.repeats > 1 else ''}, "
+          f"images/s; ratios are images/s ratios; tasks as the Dask pipeline runs them")
+    print_table(table)
+    print()
+    print("targets:")
+    for line in verdicts(table):
+        print(line)
+    print(f"  dedup, cluster, sample and report are one task each: with 2 workers one of them idles, so their "
+          f"(c)/(b) is ~1 and they bound the whole pipeline's speed-up.")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "overrides": overrides, "outputs_identical": not problems, "problems": problems,
+            "table": table, "runs": runs, "targets": verdicts(table),
+        }, indent=1))
+        print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""The import arrows of the layout: pipelines → curate → schemas; curate may use pretrain's backbones;
+pretrain knows nothing of curation; only the pipelines package imports Dask and pipelines itself."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FORBIDDEN = {
+    "schemas": {"curate", "pipelines", "pretrain", "features", "torch", "dask", "distributed"},
+    "curate": {"pipelines", "dask", "distributed"},
+    "pretrain": {"curate", "pipelines", "schemas", "dask", "distributed"},
+    "features": {"curate", "pipelines", "schemas", "dask", "distributed"},
+}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_package_imports_only_what_the_layout_allows(package):
+    assert modules(package), f"{package}/ holds no modules"
+    offending = {
+        str(path.relative_to(ROOT)): sorted(imported_roots(path) & FORBIDDEN[package]) for path in modules(package)
+    }
+    assert {path: names for path, names in offending.items() if names} == {}
+
+
+def test_no_src_layout_is_left():
+    assert not (ROOT / "src").exists()
