@@ -57,6 +57,8 @@ def test_every_stage_writes_its_validated_table(finished_run):
     assert all(row["method"] == "retrieval:neighbours" and row["query_key"].startswith("curated-") for row in selection)
     for line in ("ingest", "embed", "dedup", "cluster", "sample", "shard", "report"):
         assert line in result.stdout
+    assert "\r" not in result.stdout and "ingest (6 partitions): 6/6 tasks" in result.stdout  # log-friendly
+    assert len(result.stdout.splitlines()) < 80
 
 
 def test_shards_hold_the_original_bytes_for_webdataset_and_wids(finished_run, tmp_path):
@@ -105,9 +107,11 @@ def test_rerun_skips_every_stage_and_keeps_the_shards(finished_run):
 
 def test_a_changed_setting_redoes_its_stage_and_the_ones_after(finished_run, tmp_path):
     folders, out, _ = finished_run
-    result = curate("sample", "--out", out, *DEMO, "sample.per_query=2")
+    profile = tmp_path / "dask-report.html"
+    result = curate("sample", "--out", out, *DEMO, "sample.per_query=2", "--performance-report", profile)
     assert result.exit_code == 0, result.stderr
     assert "redoing sample, shard, report" in result.stdout
+    assert profile.read_text().lstrip().lower().startswith("<!doctype html")
     assert not (out / "tables" / "shards").exists() and not (out / "shards").exists()
     assert len(tables.read_table(out, "selection")) < 12 * 8
     assert curate("run", "--out", out, *DEMO).exit_code == 0  # back to the first settings for the other tests
