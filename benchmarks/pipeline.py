@@ -11,13 +11,21 @@ Fashion-MNIST images. Then, each in a fresh output folder and in this order:
     ``OUT/timings.json`` the pipeline writes (they exclude cluster start-up, reported separately);
 (c) **2 workers**: the same with ``connect(workers=2)``.
 
-(a) runs single-threaded, as one Dask worker does: ``torch.set_num_threads(1)`` and the thread variables
-Dask's nanny sets for its workers (``OMP/MKL/OPENBLAS_NUM_THREADS=1``, which also size faiss's and
-Arrow's pools) are set in this process, so (a) and one worker do the same work per process. The three
-outputs are checked to be identical (tables and byte-identical shards). Images/s of a stage = images into
-the stage (``curate.stages.counts``) / its seconds; ratios are images/s ratios, i.e. inverse time ratios.
-Targets: (b)/(a) >= 0.90 (1 worker within 10% of the loop) and (c)/(b) >= 1.70 (2 workers on 2 cores).
-The global stages (dedup, cluster, sample, report) are one task each, so their (c)/(b) is ~1 by design.
+(a) runs single-threaded, as one Dask worker does: ``torch.set_num_threads(1)`` and the environment
+Dask's nanny gives its workers (``OMP/MKL/OPENBLAS_NUM_THREADS=1``, which also size faiss's and Arrow's
+pools, and ``MALLOC_TRIM_THRESHOLD_``; the script re-executes itself once to have them from the start),
+so (a) and one worker do the same work per process. Every run gets an emptied output folder, and the
+outputs of all runs are checked to be identical (tables, embedding vectors, byte-identical shards).
+
+Printed: per stage images in, seconds and images/s of (a), (b), (c), and the images/s ratios (b)/(a) and
+(c)/(b) (inverse time ratios), per stage and for the parallel stages (ingest, embed, shard), the global
+ones, the whole pipeline (listing + stages) and end to end (with cluster start-up and shutdown); then,
+from Dask's task stream, how much of each stage's wall time the workers spent computing; then the targets,
+(b)/(a) >= 0.90 (1 worker within 10% of the loop) and (c)/(b) >= 1.70 (2 workers), met or not. The global
+stages (dedup, cluster, sample, report) are one task each, so their (c)/(b) is ~1 by design and bounds
+the whole pipeline's (Amdahl, printed). A probe before and after the runs says how much faster two
+processes of a CPU-bound loop run than one on this machine at that time (2.0 on two idle cores): on a
+shared machine that, not the pipeline, can be what caps (c)/(b).
 
     .venv/bin/python benchmarks/pipeline.py                    # 10,000 pool images
     .venv/bin/python benchmarks/pipeline.py --images 3000 --json results.json
@@ -26,12 +34,16 @@ The global stages (dedup, cluster, sample, report) are one task each, so their (
 from __future__ import annotations
 
 import os
+import sys
 
-# Before numpy/torch/faiss/pyarrow are imported: the values Dask's nanny gives every worker process
-# (``distributed.nanny.pre-spawn-environ``; checked against Dask's config in ``check_thread_settings``).
+# The environment Dask's nanny gives every worker process (``distributed.nanny.pre-spawn-environ``, checked
+# against Dask's config in ``check_thread_settings``). Thread pools read it when numpy/torch/faiss/pyarrow
+# load, glibc's malloc when the process starts: so the script re-executes itself once with it set.
 WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                   "MALLOC_TRIM_THRESHOLD_": "65536"}
-os.environ.update(WORKER_ENVIRON)
+if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in WORKER_ENVIRON.items()):
+    os.environ.update(WORKER_ENVIRON)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
@@ -41,12 +53,14 @@ import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from distributed import get_task_stream  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from curate import stages, tables  # noqa: E402
@@ -185,12 +199,26 @@ def run_dask(out: Path, sets: list[ImageSet], config: PipelineConfig, workers: i
         prepare(out, sets, config)
         write_listing(out, sets, config, listing)
         listed += time.perf_counter() - start
-        pipeline.run(sets, until="report")
+        with get_task_stream(client) as stream:
+            pipeline.run(sets, until="report")
         shutdown_start = time.perf_counter()
     shutdown = time.perf_counter() - shutdown_start
     timings = json.loads((out / TIMINGS_FILE).read_text())
     return {"listing": listed, "startup": startup, "shutdown": shutdown, "end_to_end": time.perf_counter() - begin,
-            "stages": {name: timings[name] for name in stages.ORDER}}
+            "stages": {name: timings[name] for name in stages.ORDER}, "work": task_work(stream.data)}
+
+
+def task_work(records: list[dict]) -> dict[str, dict]:
+    """Per stage, from Dask's task stream: seconds the workers spent computing its tasks, in all and per worker."""
+    work: dict[str, dict] = {name: {"compute": 0.0, "per_worker": {}} for name in stages.ORDER}
+    for record in records:
+        stage = str(record["key"]).split("-")[0]
+        seconds = sum(s["stop"] - s["start"] for s in record["startstops"] if s["action"] == "compute")
+        work[stage]["compute"] += seconds
+        per_worker = work[stage]["per_worker"]
+        per_worker[record["worker"]] = per_worker.get(record["worker"], 0.0) + seconds
+    return {name: {"compute": entry["compute"], "busiest": max(entry["per_worker"].values(), default=0.0),
+                   "workers": len(entry["per_worker"])} for name, entry in work.items()}
 
 
 # -- checks and numbers ---------------------------------------------------------------------------------------
@@ -205,7 +233,8 @@ def fingerprint(out: Path) -> dict[str, str]:
         pq.write_table(table, sink, compression="none")
         prints[f"table {name}"] = hashlib.sha256(sink.getvalue()).hexdigest()
     matrices = [tables.read_array(out, "embeddings", p) for p in sorted(tables.done_parts(out, "embeddings"))]
-    prints["embedding vectors"] = hashlib.sha256(b"".join(np.ascontiguousarray(m).tobytes() for m in matrices)).hexdigest()
+    vectors = b"".join(np.ascontiguousarray(matrix).tobytes() for matrix in matrices)
+    prints["embedding vectors"] = hashlib.sha256(vectors).hexdigest()
     for path in sorted((out / stages.SHARD_DIR).rglob("*")):
         if path.is_file():
             prints[f"file {path.relative_to(out)}"] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -231,34 +260,47 @@ def stage_images(out: Path, lake_files: int) -> dict[str, int]:
     return {name: lake_files if value is None else value for name, value in counted.items()}
 
 
-def median_result(results: list[dict]) -> dict:
-    """Per-stage and overall seconds: the median over repeats."""
-    merged = {key: statistics.median(r[key] for r in results) for key in ("listing", "startup", "end_to_end")}
-    merged["stages"] = {name: {"seconds": statistics.median(r["stages"][name]["seconds"] for r in results),
-                               "tasks": results[0]["stages"][name]["tasks"]} for name in stages.ORDER}
-    return merged
+def median(runs: list[dict], value) -> float:
+    """The median over repeated runs of ``value(run)`` (totals are summed per run, then the median taken)."""
+    return statistics.median(value(run) for run in runs)
 
 
-def rows(results: dict[str, dict], images: dict[str, int], lake_files: int) -> list[dict]:
-    """Table rows: one per stage, then groups; seconds per mode."""
-    def seconds(mode: str, names) -> float:
-        return sum(results[mode]["stages"][name]["seconds"] for name in names)
+def stage_seconds(names) -> Callable[[dict], float]:
+    return lambda run: sum(run["stages"][name]["seconds"] for name in names)
 
-    table = [{"label": "listing (files table)", "images": lake_files,
-            **{m: r["listing"] for m, r in results.items()}}]
+
+def print_work(runs: dict[str, list[dict]]) -> None:
+    """Where (b) and (c) spend a stage's wall time: computing in the workers, or around the tasks."""
+    header = (f"{'stage':8} {'(a) s':>6} | {'(b) wall':>8} {'tasks':>6} {'around':>6} | {'(c) wall':>8} {'tasks':>6} "
+              f"{'busiest':>7} {'workers':>7}")
+    print(header)
+    print("-" * len(header))
     for name in stages.ORDER:
-        table.append({"label": name, "images": images[name], "tasks": results["c"]["stages"][name]["tasks"],
-                    **{m: seconds(m, [name]) for m in results}})
-    table.append({"label": "parallel stages (ingest+embed+shard)", "images": lake_files, "group": True,
-                **{m: seconds(m, PARALLEL) for m in results}})
-    table.append({"label": "global stages (dedup+cluster+sample+report)", "images": lake_files, "group": True,
-                **{m: seconds(m, GLOBAL) for m in results}})
-    table.append({"label": "whole pipeline (listing + stages)", "images": lake_files, "group": True,
-                **{m: r["listing"] + seconds(m, stages.ORDER) for m, r in results.items()}})
-    table.append({"label": "cluster start-up", "images": None, "group": True,
-                **{m: r["startup"] for m, r in results.items()}})
-    table.append({"label": "end to end (incl. start-up, shutdown)", "images": lake_files, "group": True,
-                **{m: r["end_to_end"] for m, r in results.items()}})
+        a, b, c = (median(runs[mode], stage_seconds([name])) for mode in MODES)
+        work = {mode: {key: median(runs[mode], lambda run: run["work"][name][key])
+                       for key in ("compute", "busiest", "workers")} for mode in ("b", "c")}
+        wb, wc = work["b"], work["c"]
+        print(f"{name:8} {a:6.2f} | {b:8.2f} {wb['compute']:6.2f} {b - wb['compute']:6.2f} | {c:8.2f} "
+              f"{wc['compute']:6.2f} {wc['busiest']:7.2f} {wc['workers']:7.0f}")
+
+
+def rows(runs: dict[str, list[dict]], images: dict[str, int], lake_files: int) -> list[dict]:
+    """Table rows: one per stage, then groups; per mode the median seconds over the repeats."""
+    def row(label: str, count: int | None, value, **extra) -> dict:
+        seconds = {mode: median(found, value) for mode, found in runs.items()}
+        return {"label": label, "images": count, **extra, **seconds}
+
+    table = [row("listing (files table)", lake_files, lambda run: run["listing"])]
+    for name in stages.ORDER:
+        table.append(row(name, images[name], stage_seconds([name]), tasks=runs["c"][0]["stages"][name]["tasks"]))
+    table += [
+        row("parallel stages (ingest+embed+shard)", lake_files, stage_seconds(PARALLEL), group=True),
+        row("global stages (dedup+cluster+sample+report)", lake_files, stage_seconds(GLOBAL), group=True),
+        row("whole pipeline (listing + stages)", lake_files,
+            lambda run: run["listing"] + stage_seconds(stages.ORDER)(run), group=True),
+        row("cluster start-up", None, lambda run: run["startup"], group=True),
+        row("end to end (incl. start-up, shutdown)", lake_files, lambda run: run["end_to_end"], group=True),
+    ]
     return table
 
 
@@ -274,8 +316,8 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(table: list[dict]) -> None:
-    header = (f"{'stage':44} {'images':>7} {'tasks':>5} | " + " | ".join(f"{'(' + m + ') s':>8} {'img/s':>7}" for m in MODES)
-              + f" | {'(b)/(a)':>7} {'(c)/(b)':>7}")
+    modes = " | ".join(f"{'(' + mode + ') s':>8} {'img/s':>7}" for mode in MODES)
+    header = f"{'stage':44} {'images':>7} {'tasks':>5} | {modes} | {'(b)/(a)':>7} {'(c)/(b)':>7}"
     print(header)
     print("-" * len(header))
     for row in table:
@@ -317,6 +359,41 @@ def verdicts(table: list[dict]) -> list[str]:
     return lines
 
 
+# -- what the machine gives two processes right now ---------------------------------------------------------
+
+
+def _spin(ready, results, count: int) -> None:
+    """In a child process: wait until every child is ready, then time a fixed pure-Python loop."""
+    ready.wait()
+    begin = time.perf_counter()
+    total = 0
+    for i in range(count):
+        total += i * i
+    results.put(time.perf_counter() - begin)
+
+
+def _spin_together(processes: int, count: int) -> float:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")  # the children only run the loop: no imports to wait for
+    ready, results = context.Barrier(processes), context.Queue()
+    children = [context.Process(target=_spin, args=(ready, results, count)) for _ in range(processes)]
+    for child in children:
+        child.start()
+    times = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    return max(times)
+
+
+def parallel_capacity(count: int = 30_000_000) -> float:
+    """Throughput of 2 processes running the same CPU-bound loop at once, over 1 alone (2.0 on 2 idle cores)."""
+    alone = _spin_together(1, count)
+    together = _spin_together(2, count)
+    alone = (alone + _spin_together(1, count)) / 2
+    return 2 * alone / together
+
+
 # -- main -------------------------------------------------------------------------------------------------------
 
 
@@ -354,12 +431,18 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def fresh(folder: Path) -> Path:
+    """``folder``, emptied: a run must never resume (and time) what an earlier run left in a reused ``--out``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def run_benchmark(args: argparse.Namespace, scratch: Path) -> None:
     overrides = [f"ingest.partition_size={args.partition_size}", f"shard.max_samples={args.shard_samples}",
                  f"embed.embedder={args.embedder}", "embed.device=cpu", *args.overrides]
     config = load_config(CONFIG, overrides)
     start = time.perf_counter()
-    folders = write_lake(scratch / "lake", args.images, args.photos, args.curated)
+    folders = write_lake(fresh(scratch / "lake"), args.images, args.photos, args.curated)
     sets = image_sets(folders)
     lake_files = args.images + args.curated
     print(f"lake: {args.images - args.photos:,} Fashion-MNIST PNGs + {args.photos:,} scikit-image photo crops (JPEG) "
@@ -369,40 +452,54 @@ def run_benchmark(args: argparse.Namespace, scratch: Path) -> None:
           f"{', '.join(f'{k}={v}' for k, v in WORKER_ENVIRON.items() if 'THREADS' in k)}")
     if warning := check_thread_settings():
         print(warning)
+    capacity = [parallel_capacity()]
+    print(f"machine: 2 processes of a CPU-bound loop run {capacity[0]:.2f}x as fast as 1 (2.00 on 2 idle cores)")
     runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
     outputs: dict[str, Path] = {}
     for repeat in range(args.repeats):
         for mode, label in MODES.items():
-            out = scratch / f"out-{repeat}-{mode}"
+            out = fresh(scratch / f"out-{repeat}-{mode}")
             load = os.getloadavg()[0]
-            result = run_loop(out, sets, config) if mode == "a" else run_dask(out, sets, config, 1 if mode == "b" else 2)
+            if mode == "a":
+                result = run_loop(out, sets, config)
+            else:
+                result = run_dask(out, sets, config, workers=1 if mode == "b" else 2)
             runs[mode].append(result)
             outputs[f"({mode}) #{repeat}"] = out
             print(f"  run {repeat + 1}/{args.repeats} ({mode}) {label}: {result['end_to_end']:.1f} s end to end "
                   f"(load average before: {load:.2f})", flush=True)
+    capacity.append(parallel_capacity())
+    print(f"machine after the runs: 2 processes {capacity[1]:.2f}x as fast as 1; "
+          f"(c)/(b) cannot exceed what the machine gives")
     problems = compare_outputs(outputs)
     print(f"outputs: {'identical' if not problems else 'DIFFERENT'} across {len(outputs)} runs "
           f"({', '.join(COMPARED_TABLES)} tables, embedding vectors, every file under shards/ byte for byte)")
     for problem in problems:
         print(f"  {problem}")
-    results = {mode: median_result(found) for mode, found in runs.items()}
     images = stage_images(outputs["(a) #0"], lake_files)
-    table = rows(results, images, lake_files)
+    table = rows(runs, images, lake_files)
     print()
     print(f"per stage: images in, seconds{' (median of ' + str(args.repeats) + ')' if args.repeats > 1 else ''}, "
           f"images/s; ratios are images/s ratios; tasks as the Dask pipeline runs them")
     print_table(table)
     print()
+    print("where the time goes: 'tasks' = seconds the workers spent computing the stage's tasks (Dask's task stream),")
+    print("'around' = (b)'s wall minus that (submitting, scheduling, results, the pipeline's own reads of the tables),")
+    print("'busiest' = the most any one worker computed in (c) (the floor for (c)'s wall)")
+    print_work(runs)
+    print()
     print("targets:")
     for line in verdicts(table):
         print(line)
-    print(f"  dedup, cluster, sample and report are one task each: with 2 workers one of them idles, so their "
-          f"(c)/(b) is ~1 and they bound the whole pipeline's speed-up.")
+    print("  dedup, cluster, sample and report are one task each: with 2 workers one of them idles, so their "
+          "(c)/(b) is ~1 and they bound the whole pipeline's speed-up.")
+    print(f"  the machine gave 2 processes {min(capacity):.2f}-{max(capacity):.2f}x the speed of 1 (probes before and "
+          f"after): (c)/(b) can only reach 1.70 when that is near 2.00")
     if args.json:
         args.json.write_text(json.dumps({
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-            "overrides": overrides, "outputs_identical": not problems, "problems": problems,
-            "table": table, "runs": runs, "targets": verdicts(table),
+            "overrides": overrides, "parallel_capacity": capacity, "outputs_identical": not problems,
+            "problems": problems, "table": table, "runs": runs, "targets": verdicts(table),
         }, indent=1))
         print(f"results: {args.json}")
 

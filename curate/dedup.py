@@ -23,6 +23,7 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_components
 
+from curate.faiss_gpu import on_gpus
 from schemas.config import DedupConfig
 from schemas.tables import DUPLICATES
 
@@ -94,7 +95,9 @@ def nearest_neighbors(
     if database.shape[1] != queries.shape[1]:
         raise ValueError(f"database has dim {database.shape[1]}, queries dim {queries.shape[1]}")
     k = min(k, database.shape[0])
-    index = build_index(database, kind, nprobe=nprobe)
+    if kind == "auto":
+        kind = "flat" if database.shape[0] <= EXACT_SEARCH_LIMIT else "ivf"
+    index = on_gpus(build_index(database, kind, nprobe=nprobe), kind)
     similarities, indices = [], []
     for start in range(0, queries.shape[0], batch_size):
         sims, ids = index.search(queries[start : start + batch_size], k)

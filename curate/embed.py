@@ -11,8 +11,9 @@ whole (no crop, so copy detection sees the borders) to the embedder's square inp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from curate.ingest import read_bytes
+from curate.lakes import read_partition
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import EmbedConfig
 from schemas.tables import EMBEDDINGS
@@ -113,20 +114,30 @@ def embed_images(embedder: Embedder, images: Sequence[Image.Image], batch_size: 
 
 
 def embed_partition(
-    images: pa.Table, embedder: Embedder, max_pixels: int, batch_size: int = 64
+    images: pa.Table, embedder: Embedder, max_pixels: int, batch_size: int = 64,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """Embed the ``ok`` rows of one partition of ``images``: (``embeddings`` rows, ``[n, dim]`` matrix).
 
-    A file that no longer decodes (changed since ingest) is left out rather than failing the task.
+    Each container of the lake is opened once (:func:`curate.lakes.read_partition`). A file that no
+    longer reads or decodes (changed since ingest) is left out rather than failing the task.
     """
     decode_side = max(4 * embedder.image_size, 256)
-    keys, roles, sets, decoded = [], [], [], []
-    for row in images.filter(pc.equal(images["status"], "ok")).to_pylist():
+    rows = images.filter(pc.equal(images["status"], "ok")).to_pylist()
+    pictures: dict[str, Image.Image] = {}
+    for uri, data in read_partition([row["uri"] for row in rows], storage_options):
+        if isinstance(data, BaseException) and not isinstance(data, OSError):
+            raise data  # not a missing or changed file: let the task fail and be retried
         try:
-            data = read_bytes(row["uri"])
-            decoded.append(decode_image(data, row["uri"], max_side=decode_side, max_pixels=max_pixels, min_side=1).image)
-        except (OSError, ImageDecodeError):
+            if not isinstance(data, BaseException):
+                pictures[uri] = decode_image(data, uri, max_side=decode_side, max_pixels=max_pixels, min_side=1).image
+        except ImageDecodeError:
             continue
+    keys, roles, sets, decoded = [], [], [], []
+    for row in rows:
+        if row["uri"] not in pictures:
+            continue
+        decoded.append(pictures[row["uri"]])
         keys.append(row["key"])
         roles.append(row["role"])
         sets.append(row["set"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import imagehash
 import pyarrow as pa
 from PIL import ExifTags, Image
 
+from curate.lakes import RefusedMember, read_partition
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import IngestConfig
 from schemas.tables import FILES, IMAGES
@@ -50,20 +52,34 @@ class IngestResult:
 
 
 def read_bytes(uri: str) -> bytes:
-    """The raw content of ``uri`` (a local path for now; the one place to add fsspec URLs)."""
+    """The raw content of a local file (URLs, tar members and parquet rows: :func:`curate.lakes.read_partition`)."""
     return Path(uri).read_bytes()
 
 
 def ingest_file(uri: str, config: IngestConfig) -> IngestResult:
-    """Read, hash and decode one file; never raises."""
+    """Read, hash and decode one local file; never raises."""
     try:
-        data = read_bytes(uri)
-    except FileNotFoundError:
-        return IngestResult(error="no such file")
-    except IsADirectoryError:
-        return IngestResult(error="a directory, not a file")
-    except Exception as error:  # noqa: BLE001 - permission, I/O and fsspec errors alike
-        return IngestResult(error=f"unreadable file ({type(error).__name__}: {_one_line(error)})")
+        data: bytes | BaseException = read_bytes(uri)
+    except Exception as error:  # noqa: BLE001 - reported in the row
+        data = error
+    return ingest_data(uri, data, config)
+
+
+def read_error(error: BaseException) -> str:
+    """The ``error`` column of a file that could not be read."""
+    if isinstance(error, RefusedMember):
+        return f"refused tar member: {error}"
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, IsADirectoryError):
+        return "a directory, not a file"
+    return f"unreadable file ({type(error).__name__}: {_one_line(error)})"  # permission, I/O and fsspec errors
+
+
+def ingest_data(uri: str, data: bytes | BaseException, config: IngestConfig) -> IngestResult:
+    """Hash and decode the bytes of ``uri`` (or report why they could not be read); never raises."""
+    if isinstance(data, BaseException):
+        return IngestResult(error=read_error(data))
     result = IngestResult(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
     try:
         decoded = decode_image(data, uri, max_side=HASH_SIDE, max_pixels=config.max_pixels, min_side=config.min_side)
@@ -80,10 +96,18 @@ def ingest_file(uri: str, config: IngestConfig) -> IngestResult:
     return result
 
 
-def ingest_partition(files: pa.Table, config: IngestConfig) -> pa.Table:
-    """The ``images`` table of a ``files`` table (one row per file, in input order)."""
+def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Mapping[str, Any] | None = None
+                     ) -> pa.Table:
+    """The ``images`` table of a ``files`` table (one row per file, in input order).
+
+    Each container (tar, parquet file) and store is opened once (:func:`curate.lakes.read_partition`);
+    local files are read by :func:`read_bytes`.
+    """
     files = files.select(FILES.schema.names).cast(FILES.schema)
-    results = [ingest_file(uri, config) for uri in files.column("uri").to_pylist()]
+    uris = files.column("uri").to_pylist()
+    found = {uri: ingest_data(uri, data, config)
+             for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path))}
+    results = [found[uri] for uri in uris]
     columns: dict[str, Any] = {name: files.column(name) for name in FILES.schema.names}
     for name in _RESULT_COLUMNS:
         columns[name] = [getattr(result, name) for result in results]

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from curate.lakes.uris import LakeError, source_name
 from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
 from schemas.tables import FILES, ROLES
 
-
-class LakeError(ValueError):
-    """A set that cannot be listed: missing, empty, or holding no image files."""
+__all__ = ["ImageSet", "LakeError", "files_table", "list_set", "make_key", "name_sets"]
 
 
 @dataclass(frozen=True)
@@ -38,8 +37,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 def make_key(uri: str, prefix: str = "") -> str:
-    """Stable, dot-free sample key of ``uri`` (``prefix`` names non-pool sets so their keys never meet the pool's)."""
-    stem = _UNSAFE.sub("_", Path(uri).stem).strip("_")[:48] or "image"
+    """Stable, dot-free sample key of ``uri`` (``prefix`` names non-pool sets so their keys never meet the pool's).
+
+    The stem is that of the file, of the tar member, or ``TABLE_ROW`` for a parquet row (:func:`source_name`).
+    """
+    stem = _UNSAFE.sub("_", Path(source_name(uri)).stem).strip("_")[:48] or "image"
     digest = hashlib.sha1(uri.encode()).hexdigest()[:12]
     return f"{prefix}-{stem}-{digest}" if prefix else f"{stem}-{digest}"
 

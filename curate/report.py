@@ -20,7 +20,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageOps
 
+from curate.lakes import parse as parse_uri
+from curate.lakes import read_uri
 from curate.tables import done_parts, read_table
 from features.retrieval.contact_sheet import contact_sheet
-from pretrain.data.images import ImageDecodeError, load_image
+from pretrain.data.images import ImageDecodeError, decode_image, load_image
 from schemas.config import ReportConfig
 from schemas.tables import ROLES, TABLES
 
@@ -282,13 +284,15 @@ def collect(out: str | Path, config: ReportConfig, stages: Sequence[dict] = ()) 
 # ---------------------------------------------------------------------------------------------- pictures
 
 
-def _open(uri: str | None, side: int) -> Image.Image | None:
-    """The image at ``uri`` shrunk to at most ``side`` pixels, or ``None`` if it cannot be read."""
+def _open(uri: str | None, side: int, storage_options: Mapping[str, Any] | None = None) -> Image.Image | None:
+    """The image at ``uri`` (of any lake kind) shrunk to at most ``side`` pixels, or ``None`` if it cannot be read."""
     if uri is None:
         return None
     try:
-        return load_image(uri, max_side=side, min_side=1)
-    except ImageDecodeError:
+        if parse_uri(uri).kind == "local":
+            return load_image(uri, max_side=side, min_side=1)
+        return decode_image(read_uri(uri, storage_options), uri, max_side=side, min_side=1).image
+    except (ImageDecodeError, OSError, ValueError):
         return None
 
 
@@ -315,7 +319,8 @@ def cluster_size_plot(sizes: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def duplicate_sheet(groups: Sequence[dict[str, Any]], tables: Tables, examples: int) -> Image.Image:
+def duplicate_sheet(groups: Sequence[dict[str, Any]], tables: Tables, examples: int,
+                    storage_options: Mapping[str, Any] | None = None) -> Image.Image:
     """Contact sheet of ``examples`` listed groups: the kept image, then up to ``examples`` removed members."""
     groups = list(groups)[:examples]
     outside = [g["kept_key"] for g in groups if g["kept_key"] is not None and g["kept_key"] not in g["keys"]]
@@ -324,14 +329,15 @@ def duplicate_sheet(groups: Sequence[dict[str, Any]], tables: Tables, examples: 
     for group in groups:
         members = list(zip(group["keys"], group["uris"], group["reasons"], group["similarities"]))
         kept_uri = next((uri for key, uri, *_ in members if key == group["kept_key"]), uris.get(group["kept_key"]))
-        copies = [(_open(uri, SHEET_TILE), key, sim if sim is not None else 1.0 if reason == "exact" else float("nan"))
+        copies = [(_open(uri, SHEET_TILE, storage_options), key,
+                   sim if sim is not None else 1.0 if reason == "exact" else float("nan"))
                   for key, uri, reason, sim in members if key != group["kept_key"]][:examples]
-        rows.append((_open(kept_uri, SHEET_TILE), str(group["kept_key"]), copies))
+        rows.append((_open(kept_uri, SHEET_TILE, storage_options), str(group["kept_key"]), copies))
     return contact_sheet(rows, tile=SHEET_TILE)
 
 
-def _tile(uri: str) -> Image.Image:
-    image = _open(uri, THUMB)
+def _tile(uri: str, storage_options: Mapping[str, Any] | None = None) -> Image.Image:
+    image = _open(uri, THUMB, storage_options)
     if image is None:
         tile = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
         ImageDraw.Draw(tile).line((0, 0, THUMB, THUMB), fill="red", width=3)
@@ -339,7 +345,8 @@ def _tile(uri: str) -> Image.Image:
     return ImageOps.pad(image, (THUMB, THUMB), color="white")
 
 
-def cluster_sheet(table: pa.Table, examples: int, seed: int) -> Image.Image:
+def cluster_sheet(table: pa.Table, examples: int, seed: int, storage_options: Mapping[str, Any] | None = None
+                  ) -> Image.Image:
     """Up to ``examples`` random clusters, one row each: a label, then up to ``examples`` random members."""
     labels = table["cluster"].to_numpy()
     ids, sizes = np.unique(labels, return_counts=True)
@@ -356,16 +363,17 @@ def cluster_sheet(table: pa.Table, examples: int, seed: int) -> Image.Image:
         top = r * (THUMB + GAP)
         draw.text((GAP, top + THUMB // 2 - 6), label, fill="black")
         for c, uri in enumerate(uris):
-            sheet.paste(_tile(uri), (LABEL_WIDTH + c * (THUMB + GAP), top))
+            sheet.paste(_tile(uri, storage_options), (LABEL_WIDTH + c * (THUMB + GAP), top))
     return sheet
 
 
-def _picture(name: str, report: dict[str, Any], tables: Tables, config: ReportConfig) -> bytes:
+def _picture(name: str, report: dict[str, Any], tables: Tables, config: ReportConfig,
+             storage_options: Mapping[str, Any] | None = None) -> bytes:
     if name == "cluster_sizes.png":
         return cluster_size_plot(_finest_sizes(tables["clusters"]))
     if name == "duplicate_groups.png":
-        return _png(duplicate_sheet(report["duplicates"]["largest"], tables, config.examples))
-    return _png(cluster_sheet(tables["clusters"], config.examples, config.seed))
+        return _png(duplicate_sheet(report["duplicates"]["largest"], tables, config.examples, storage_options))
+    return _png(cluster_sheet(tables["clusters"], config.examples, config.seed, storage_options))
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -381,10 +389,12 @@ def _publish(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def write_report(out: str | Path, config: ReportConfig, stages: Sequence[dict] = ()) -> dict[str, Any]:
+def write_report(out: str | Path, config: ReportConfig, stages: Sequence[dict] = (),
+                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``OUT/report/`` (pictures, ``report.html``, then ``report.json``); returns the report as JSON reads it.
 
     Pictures of an earlier run whose table is gone are deleted; nothing else in the folder is touched.
+    ``storage_options`` reach the lake's remote images shown in the contact sheets.
     """
     out = Path(out)
     folder = out / REPORT_DIR
@@ -393,7 +403,7 @@ def write_report(out: str | Path, config: ReportConfig, stages: Sequence[dict] =
     report = _collect(out, tables, config, stages)
     for name in PICTURES:
         if name in report["figures"]:
-            _publish(folder / name, _picture(name, report, tables, config))
+            _publish(folder / name, _picture(name, report, tables, config, storage_options))
         else:
             (folder / name).unlink(missing_ok=True)
     text = json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False)

@@ -24,7 +24,8 @@ import pyarrow.compute as pc
 from curate import tables
 from curate.dedup import duplicates_table
 from curate.embed import Embedder, embed_partition
-from curate.ingest import ingest_partition, read_bytes
+from curate.ingest import ingest_partition
+from curate.lakes import read_partition
 from curate.kmeans import clusters_table
 from curate.sample import selection_table
 from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
@@ -82,14 +83,15 @@ def is_done(out: Path, stage: str) -> bool:
 
 def ingest(out: Path, partition: int, config: PipelineConfig) -> dict[str, int]:
     files = tables.read_part(out, "files", partition)
-    images = ingest_partition(files, config.ingest)
+    images = ingest_partition(files, config.ingest, config.lake.storage_options)
     tables.write_part(out, "images", partition, images)
     return {"in": len(files), "out": int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)}
 
 
 def embed(out: Path, partition: int, config: PipelineConfig, embedder: Embedder) -> dict[str, int]:
     images = tables.read_part(out, "images", partition)
-    rows, vectors = embed_partition(images, embedder, config.ingest.max_pixels, config.embed.batch_size)
+    rows, vectors = embed_partition(images, embedder, config.ingest.max_pixels, config.embed.batch_size,
+                                    config.lake.storage_options)
     tables.write_array(out, "embeddings", partition, vectors)  # the matrix first: the part marks it done
     tables.write_part(out, "embeddings", partition, rows)
     return {"in": len(images), "out": len(rows)}
@@ -137,6 +139,10 @@ def _lookup(table: pa.Table, keys: list[str], columns: list[str]) -> dict[str, l
 
 
 def dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
+    if config.dedup.descriptor != "embeddings":
+        from curate.copydetect.stage import copy_dedup
+
+        return copy_dedup(out, config)
     vectors = read_vectors(out)
     role = vectors.rows.column("role")
     pool = vectors.where(pc.equal(role, "pool"))
@@ -227,19 +233,25 @@ def read_plan(out: Path) -> list[list[dict]]:
     return json.loads((out / SHARD_DIR / PLAN_FILE).read_text())
 
 
-def shard(out: Path, number: int) -> dict:
+def shard(out: Path, number: int, config: PipelineConfig | None = None) -> dict:
     """Write shard ``number`` of the plan (original bytes, deterministic tar); returns its index entry.
 
-    A shard already published (by an earlier, interrupted run) is kept: shards are deterministic.
+    A shard already published (by an earlier, interrupted run) is kept: shards are deterministic. Each
+    container of the lake (tar, parquet file) is opened once per shard; ``config.lake`` gives the storage options.
     """
     path = out / SHARD_DIR / shard_name(number)
     if path.is_file():
         data = path.read_bytes()
         return {"name": path.name, "nsamples": len(read_plan(out)[number]), "filesize": len(data),
                 "md5sum": hashlib.md5(data).hexdigest()}
-    samples = [
-        ShardSample(s["key"], read_bytes(s["uri"]), s["ext"], s["meta"]) for s in read_plan(out)[number]
-    ]
+    planned = read_plan(out)[number]
+    options = config.lake.storage_options if config is not None else None
+    contents = {}
+    for uri, data in read_partition([s["uri"] for s in planned], options):
+        if isinstance(data, BaseException):
+            raise OSError(f"shard {number}: cannot read {uri} ({type(data).__name__}: {data})") from data
+        contents[uri] = data
+    samples = [ShardSample(s["key"], contents[s["uri"]], s["ext"], s["meta"]) for s in planned]
     info = write_shard(path, samples)
     return {"name": info.name, "nsamples": info.nsamples, "filesize": info.filesize, "md5sum": info.md5sum}
 
@@ -266,7 +278,7 @@ def finish_shards(out: Path, infos: list[dict]) -> dict[str, int]:
 def report(out: Path, config: PipelineConfig, stage_records: list[dict]) -> dict[str, int]:
     from curate.report import write_report
 
-    summary = write_report(out, config.report, stage_records)
+    summary = write_report(out, config.report, stage_records, config.lake.storage_options)
     return {"in": 0, "out": 0, "summary": summary}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,15 +13,18 @@ from rich.table import Table
 
 from curate import stages
 from curate.lake import ImageSet, LakeError, files_table, name_sets
+from curate.lakes import listing as lake_listing
+from pipelines import pretrain_stage
 from pipelines.cluster import ClusterError, connect
 from pipelines.run import Pipeline, write_listing
 from pipelines.state import RunError, check, prepare, recorded_sets, status
-from schemas.config import ConfigError, PipelineConfig, load_config
+from schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
+from schemas.storage import StorageOptionError, parse_storage_options
 from schemas.tables import SchemaError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "lvd"
-USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError)
+USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, StorageOptionError)
 
 app = typer.Typer(
     name="curate",
@@ -45,7 +49,7 @@ def resolve_config(name_or_path: str) -> Path:
     return path
 
 
-Lakes = Annotated[Optional[list[str]], typer.Option("--lake", help="pool to curate: a folder (recursive) or a glob; repeatable")]
+Lakes = Annotated[Optional[list[str]], typer.Option("--lake", help="pool to curate: a folder (recursive) or a glob, an fsspec URL prefix (s3://bucket/lake/), tar files (shards/*.tar) or parquet files; repeatable")]
 Curated = Annotated[Optional[list[str]], typer.Option("--curated", help="curated set: retrieval queries (ImageNet-22k's role); repeatable")]
 Evals = Annotated[Optional[list[str]], typer.Option("--eval", help="evaluation set whose near-copies leave the pool; repeatable")]
 Out = Annotated[Path, typer.Option("--out", help="output folder: tables/, shards/, report/ (a rerun resumes it)")]
@@ -56,6 +60,11 @@ ConfigOption = Annotated[str, typer.Option("--config", help=f"named config ({', 
 PerfReport = Annotated[Optional[Path], typer.Option("--performance-report", help="write Dask's HTML performance report here")]
 MemoryLimit = Annotated[Optional[str], typer.Option("--memory-limit", help="memory limit per local worker, e.g. 2GiB")]
 Overrides = Annotated[Optional[list[str]], typer.Argument(help="config overrides section.key=value, e.g. dedup.threshold=0.7")]
+StorageOptions = Annotated[Optional[list[str]], typer.Option("--storage-option", metavar="KEY=VALUE", help="fsspec option of the remote URLs (endpoint_url=..., anon=true, client_kwargs.region_name=...); credentials best from the environment; secrets are never written; repeatable")]
+ClusterKind = Annotated[str, typer.Option("--cluster", help="where workers run without --scheduler: 'local' processes or 'slurm' jobs (settings: slurm.* overrides)")]
+PretrainPreset = Annotated[Optional[str], typer.Option("--pretrain", metavar="PRESET", help="after the report, pretrain on OUT/shards with this preset (pretrain train --preset; e.g. fmnist-tiny) into OUT/pretrain, as its own process, resumed by a rerun")]
+PretrainArgs = Annotated[Optional[list[str]], typer.Option("--pretrain-arg", metavar="KEY=VALUE", help="pretraining override for --pretrain, e.g. optim.epochs=2 or run.num_workers=2; repeatable")]
+PretrainNproc = Annotated[int, typer.Option("--pretrain-nproc", min=1, help="with --pretrain: processes (>1 runs torchrun --standalone --nproc-per-node N)")]
 
 
 def _fail(command: str, error: Exception) -> None:
@@ -85,16 +94,27 @@ def _check_curated(out: Path, sets: list[ImageSet]) -> None:
             raise LakeError(f"curated set {image_set.uri}: none of its images could be read (see the images table)")
 
 
+def with_storage_options(config: PipelineConfig, pairs: list[str]) -> PipelineConfig:
+    """``config`` with ``--storage-option KEY=VALUE`` pairs over the ``lake.storage_options`` it has."""
+    if not pairs:
+        return config
+    return replace(config, lake=LakeConfig({**config.lake.storage_options, **parse_storage_options(pairs)}))
+
+
 def execute(command: str, until: str, lakes, curated, evals, out: Path, scheduler, workers, embedder, config_name,
-            performance_report, memory_limit, overrides) -> None:
+            performance_report, memory_limit, overrides, storage_options=None, cluster: str = "local") -> None:
     console = Console(highlight=False)
     try:
         extra = list(overrides or []) + ([f"embed.embedder={embedder}"] if embedder else [])
-        config: PipelineConfig = load_config(resolve_config(config_name), extra)
+        config: PipelineConfig = with_storage_options(load_config(resolve_config(config_name), extra),
+                                                      list(storage_options or []))
         out = out.expanduser().resolve()
+        for uri in [*(lakes or []), *(curated or []), *(evals or [])]:
+            lake_listing.check_uri(uri)
         sets = _sets(out, lakes or [], curated or [], evals or [])
-        listing = files_table(sets, config.ingest.partition_size) if check(out, sets) is None else None
-        with connect(scheduler, workers, memory_limit) as client:
+        here = all(lake_listing.listed_by_client(image_set) for image_set in sets)  # else listed by tasks
+        listing = files_table(sets, config.ingest.partition_size) if check(out, sets) is None and here else None
+        with connect(scheduler, workers, memory_limit, cluster=cluster, slurm=config.slurm) as client:
             if client.dashboard_link and "None" not in client.dashboard_link:
                 console.print(f"dask dashboard: {client.dashboard_link}")
             redo = prepare(out, sets, config)
@@ -132,9 +152,10 @@ def _stage_command(stage: str, help_text: str):
         out: Out, lake: Lakes = None, curated: Curated = None, eval_: Evals = None, scheduler: Scheduler = None,
         workers: Workers = None, embedder: Embedder = None, config: ConfigOption = DEFAULT_CONFIG,
         performance_report: PerfReport = None, memory_limit: MemoryLimit = None, overrides: Overrides = None,
+        storage_option: StorageOptions = None, cluster: ClusterKind = "local",
     ) -> None:
         execute(stage, stage, lake, curated, eval_, out, scheduler, workers, embedder, config, performance_report,
-                memory_limit, overrides)
+                memory_limit, overrides, storage_option, cluster)
 
     command.__doc__ = help_text
     return command
@@ -150,10 +171,61 @@ def run(
     out: Out, lake: Lakes = None, curated: Curated = None, eval_: Evals = None, scheduler: Scheduler = None,
     workers: Workers = None, embedder: Embedder = None, config: ConfigOption = DEFAULT_CONFIG,
     performance_report: PerfReport = None, memory_limit: MemoryLimit = None, overrides: Overrides = None,
+    pretrain: PretrainPreset = None, pretrain_arg: PretrainArgs = None, pretrain_nproc: PretrainNproc = 1,
+    storage_option: StorageOptions = None, cluster: ClusterKind = "local",
 ) -> None:
-    """The whole pipeline: ingest, embed, dedup, cluster, sample, shard, report. A rerun on the same --out resumes."""
+    """The whole pipeline: ingest, embed, dedup, cluster, sample, shard, report (then, with --pretrain, the
+    trainer on the new shards). A rerun on the same --out resumes."""
+    if pretrain is not None:  # a bad preset or override fails now, not after the curation
+        try:
+            pretrain_stage.check_request(pretrain, pretrain_arg or [], pretrain_nproc)
+        except pretrain_stage.PretrainStageError as error:
+            _fail("run", error)
     execute("run", "report", lake, curated, eval_, out, scheduler, workers, embedder, config, performance_report,
-            memory_limit, overrides)
+            memory_limit, overrides, storage_option, cluster)
+    if pretrain is not None:
+        out = out.expanduser().resolve()
+        command = pretrain_stage.pretrain_command(out, pretrain, pretrain_arg or [], pretrain_nproc)
+        try:
+            code = pretrain_stage.run_pretrain(out, command, print)
+        except pretrain_stage.PretrainStageError as error:
+            _fail("run", error)
+        if code != 0:
+            print(f"curate run: error: the pretraining stage exited with {code}", file=sys.stderr)
+            raise typer.Exit(code)
+
+
+@app.command("slurm-script")
+def slurm_script(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
+    """Print the batch script each SLURM worker job of --cluster slurm is submitted with (slurm.* overrides); submits nothing."""
+    from pipelines.slurm import job_script
+
+    try:
+        print(job_script(load_config(resolve_config(config), list(overrides or [])).slurm))
+    except USER_ERRORS as error:
+        _fail("slurm-script", error)
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option("--out", help="where the lake, the curation, the checkpoint and the report go")] = Path("outputs/demo"),
+    minutes: Annotated[float, typer.Option("--minutes", min=0.1, help="pretraining time budget")] = 9.0,
+    workers: Workers = None,
+    lake_scale: Annotated[float, typer.Option("--lake-scale", min=0.001, max=1.0, help="fraction of the full demo lake (1.0: 72,800 pool images)")] = 1.0,
+    overrides: Overrides = None,
+) -> None:
+    """The main job on the embedded default data: build the demo lake (Fashion-MNIST + images that do not
+    belong + planted copies and test-set leaks), curate it on a LocalCluster, pretrain DINOv2 on the shards,
+    and print per-stage counts and times, the curation's precision and k-NN against raw pixels."""
+    from pipelines.demo import run_demo
+    from pipelines.demo_lake import LakeSizes
+
+    console = Console(highlight=False)
+    try:
+        run_demo(out.expanduser().resolve(), minutes, workers, LakeSizes().scaled(lake_scale), console,
+                 list(overrides or []), progress=console.is_terminal)
+    except USER_ERRORS as error:
+        _fail("demo", error)
 
 
 @app.command("status")

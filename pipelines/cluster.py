@@ -1,4 +1,5 @@
-"""Connecting to Dask: an existing scheduler (``--scheduler tcp://HOST:PORT``) or a local cluster of processes."""
+"""Connecting to Dask: an existing scheduler (``--scheduler tcp://HOST:PORT``), a local cluster of processes, or
+SLURM jobs (``--cluster slurm``, :mod:`pipelines.slurm`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
+
+from schemas.config import SlurmConfig
 
 
 class ClusterError(RuntimeError):
@@ -26,10 +29,23 @@ def _dashboard_address() -> str | None:
     return "127.0.0.1:0"
 
 
+CLUSTERS = ("local", "slurm")
+
+
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, workers: int | None = None, memory_limit: str | None = None,
-            timeout: float = 10.0) -> Iterator[Client]:
-    """A :class:`~distributed.Client` of ``scheduler``, or of a fresh :class:`LocalCluster` closed on exit."""
+            timeout: float = 10.0, cluster: str = "local", slurm: SlurmConfig | None = None) -> Iterator[Client]:
+    """A :class:`~distributed.Client` of ``scheduler``, or of a fresh cluster (``local`` or ``slurm``) closed on exit."""
+    if cluster not in CLUSTERS:
+        raise ClusterError(f"--cluster {cluster}: choose one of {', '.join(CLUSTERS)}")
+    if scheduler and cluster != "local":
+        raise ClusterError("--scheduler and --cluster slurm exclude each other: a running scheduler has its workers")
+    if cluster == "slurm":
+        from pipelines.slurm import slurm_cluster
+
+        with slurm_cluster(slurm or SlurmConfig()) as jobs, Client(jobs) as client:
+            yield client
+        return
     if scheduler:
         try:
             client = Client(scheduler, timeout=timeout)

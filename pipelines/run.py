@@ -24,8 +24,10 @@ from rich.console import Console
 
 from curate import stages, tables
 from curate.lake import ImageSet, files_table
+from curate.lakes import listing as lake_listing
 from pipelines import tasks
 from pipelines.cluster import worker_has_gpu
+from pipelines.listing import list_lake
 from pipelines.plugins import PLUGIN_NAME, EmbedderPlugin
 from pipelines.progress import track
 from schemas.config import PipelineConfig
@@ -35,14 +37,20 @@ TASK_RETRIES = 1
 """Retries of a task that raised (a worker that died is rescheduled by the scheduler on its own)."""
 
 
-def write_listing(out: Path, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None) -> int:
+def write_listing(out: Path, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None,
+                  pipeline: Pipeline | None = None) -> int:
     """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists.
 
-    Returns the number of partitions.
+    Local folder sets are listed here; any other set (URLs, tar files, parquet files) is listed by tasks
+    of ``pipeline`` (:mod:`pipelines.listing`). Returns the number of partitions.
     """
     done = tables.done_parts(out, "files")
-    if done:
+    if done and not lake_listing.in_progress(out):
         return len(done)
+    if listing is None and not all(lake_listing.listed_by_client(image_set) for image_set in sets):
+        if pipeline is None:
+            raise ValueError("listing URLs, tar or parquet lakes needs a pipeline to run its tasks")
+        return list_lake(pipeline, sets)
     if listing is None:
         listing = files_table(sets, config.ingest.partition_size)
     partition = listing.column("partition").to_numpy()
@@ -75,7 +83,7 @@ class Pipeline:
             for name in stages.ORDER[: last + 1]:
                 start = time.perf_counter()
                 if name == "ingest":
-                    write_listing(self.out, sets, self.config)
+                    write_listing(self.out, sets, self.config, pipeline=self)
                 ran = self._run_stage(name)
                 if ran:
                     self._record_time(name, time.perf_counter() - start, ran)
@@ -122,7 +130,7 @@ class Pipeline:
 
     def _shards(self) -> int:
         [count] = self._gather([self._submit("shard-plan", stages.plan, self.out, self.config)], "shard plan")
-        futures = [self._submit(f"shard-{n:06d}", stages.shard, self.out, n) for n in range(count)]
+        futures = [self._submit(f"shard-{n:06d}", stages.shard, self.out, n, self.config) for n in range(count)]
         infos = sorted(self._gather(futures, f"shard ({count} shards)"), key=lambda info: info["name"])
         self._gather([self._submit("shard-index", stages.finish_shards, self.out, infos)], "shard index")
         return count + 2

@@ -21,6 +21,9 @@ from typing import Any
 
 import yaml
 
+from schemas.storage import redact
+
+
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the key."""
 
@@ -33,6 +36,12 @@ class IngestConfig:
     """Images whose shorter side is below this are filtered (status ``filtered``)."""
     max_pixels: int = 89_478_485
     """Larger images are refused as possible decompression bombs."""
+    image_column: str = "image"
+    """Parquet lakes: the column of image bytes (binary, or a struct with a ``bytes`` field, as Hugging Face exports)."""
+    path_column: str = ""
+    """Parquet lakes: read each row's image from this column of paths or URLs instead (relative paths: from the table's folder)."""
+    fetch_urls: bool = False
+    """Parquet lakes: fetch the URLs of ``path_column``; without it a column of URLs is refused, never downloaded."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,28 @@ class DedupConfig:
     """faiss index: ``auto``, ``flat``, ``ivf`` or ``hnsw``."""
     center: bool = False
     """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
+    descriptor: str = "embeddings"
+    """Copy detection (docs/copy-detection.md): ``embeddings`` (sha256 groups, then cosine on the embed stage's
+    vectors; fast, the default), ``local`` (sha256, pHash+dHash, RootSIFT votes, verified pairs; no weights,
+    ~0.3 s an image in one task, still imprecise on shared frames), or an SSCD copy-descriptor checkpoint
+    (torchvision state dict; its kNN adds candidates, verified like ``local``)."""
+    allow_torchscript: bool = False
+    """Accept a TorchScript copy-descriptor file (it runs code from the file; off unless you trust it)."""
+    hash_distance: int = 4
+    """Hamming distance (of 64 bits) within which both pHash and dHash must be for a ``near`` link."""
+    candidates: int = 16
+    """Candidates verified per image (local-descriptor votes)."""
+    min_votes: int = 3
+    """Local descriptors that must match for an image pair to be a candidate."""
+    min_agreement: float = 0.6
+    """Verified copy: share of the aligned overlap whose pixels agree."""
+    max_blob: float = 0.15
+    """Verified copy: largest contiguous disagreeing block (share of the overlap); rejects shared frames."""
+    eval_min_agreement: float = 0.45
+    """The looser agreement against evaluation sets."""
+    eval_max_blob: float = 0.3
+    score_norm: bool = True
+    """Copy descriptors: SSCD score normalisation against a background sample of the pool."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +132,48 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class LakeConfig:
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options of every remote URL (``--storage-option KEY=VALUE``); secrets are redacted in :meth:`PipelineConfig.to_dict`."""
+
+    def __repr__(self) -> str:  # task arguments are logged with their repr when a task fails
+        return f"LakeConfig(storage_options={redact(self.storage_options)!r})"
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """Dask workers as SLURM jobs (``curate run --cluster slurm``, through dask-jobqueue)."""
+
+    jobs: int = 1
+    """Worker jobs kept running (resubmitted when one leaves at the end of its lifetime)."""
+    cores: int = 8
+    """CPUs booked per job (``--cpus-per-task``)."""
+    processes: int = 0
+    """Worker processes per job, one thread each; 0: one per core, or one for a GPU job."""
+    memory: str = "32GB"
+    """Memory per job, shared by its worker processes (each gets its part as its Dask memory limit)."""
+    gpu: bool = False
+    """One GPU per job: ``--gres=gpu:1`` and a single worker process advertising ``--resources GPU=1``."""
+    walltime: str = "01:00:00"
+    lifetime: str = ""
+    """Workers leave cleanly after this (``--lifetime``); empty: the walltime less 5 minutes."""
+    lifetime_stagger: str = "4m"
+    """Spread of the workers' lifetimes, so they do not all leave at once."""
+    queue: str = ""
+    account: str = ""
+    job_extra: tuple[str, ...] = ()
+    """Extra ``#SBATCH`` directives, e.g. ``--constraint=a100``."""
+    prologue: tuple[str, ...] = ()
+    """Shell lines run before each worker starts (``module load ...``, ``source .venv/bin/activate``)."""
+    python: str = ""
+    """Python on the nodes (empty: the one running ``curate``)."""
+    local_directory: str = ""
+    """Worker scratch folder on the node (spilled data); empty: ``$TMPDIR``."""
+    interface: str = ""
+    """Network interface the workers and the scheduler listen on (e.g. ``ib0``); empty: the default."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -109,9 +182,14 @@ class PipelineConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as plain data, storage-option secrets redacted (what run.json and reports record)."""
+        data = dataclasses.asdict(self)
+        data["lake"]["storage_options"] = redact(data["lake"]["storage_options"])
+        return data
 
     def digest(self, sections: tuple[str, ...] | None = None) -> str:
         """A short hash of the given sections (all by default): equal digests mean equal settings."""
@@ -188,6 +266,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return tuple(_coerce(key, item, typing.get_args(hint)[0]) for item in items)
     if origin in (typing.Union, types.UnionType):
         return value
+    if origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{key}: expected a mapping")  # the value is not echoed: it may hold credentials
     if hint is bool:
         if isinstance(value, bool):
             return value

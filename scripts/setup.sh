@@ -17,6 +17,16 @@ if [ ! -f "$FMNIST_DIR/t10k-labels-idx1-ubyte.gz" ]; then
   fi
 fi
 
+# Fonts and emoji glyphs for copy detection's overlays (curate/copydetect/augment.py, benchmarks/copy_detection.py).
+if [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian packages fonts-dejavu-core fonts-noto-color-emoji"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core fonts-noto-color-emoji >/dev/null
+  else
+    echo "[setup] overlay fonts missing: run 'sudo apt-get install fonts-dejavu-core fonts-noto-color-emoji'" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   "$PYTHON" -m venv "$VENV"

@@ -1,6 +1,7 @@
 """``Trainer`` under 2 gloo processes equals one process with the same global batch (DDP and FSDP2),
 and its checkpoints resume across world sizes (2 → 1 from ``checkpoint.dcp/``, 1 → 2 from
-``checkpoint.pth``), each continuing like the uninterrupted run.
+``checkpoint.pth``), each continuing like the uninterrupted run. A DDP run fed from webdataset shards
+of the same images (uneven shards, PNG bytes decoded in each rank) trains like the in-memory one.
 
 All multi-process runs share one ``torch.multiprocessing.spawn`` launch (start-up dominates). The
 processes find each other through the torchrun environment variables, so ``Trainer`` joins the process
@@ -24,6 +25,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from pretrain_tiny import TINY_OVERRIDES
+from shard_sets import fashion_mnist_pngs, write_shards
 
 from pretrain.train.config import build_config
 from pretrain.train.data import fashion_mnist_eval_splits
@@ -59,8 +61,9 @@ def _copy_at_step(step: int, source: Path, target: Path):
     return hook
 
 
-def _train(out: Path, world: int, *extra: str, resume: bool = False, step_hook=None) -> dict:
-    trainer = Trainer(_config(world, *extra), "fashion-mnist", out, resume=resume, eval_data=_eval_data(),
+def _train(out: Path, world: int, *extra: str, resume: bool = False, step_hook=None,
+           data: str = "fashion-mnist") -> dict:
+    trainer = Trainer(_config(world, *extra), data, out, resume=resume, eval_data=_eval_data(),
                       data_limit=IMAGES, progress=False, step_hook=step_hook)
     result = trainer.run()
     exported = trainer.export_teacher()
@@ -83,6 +86,8 @@ def _worker(rank: int, port: int, tmp: str) -> None:
                        step_hook=_copy_at_step(RESUME_AT, tmp_path / "fsdp" / "checkpoint.dcp",
                                                tmp_path / "from_2" / "checkpoint.dcp")),
         "fsdp_from_1": _train(tmp_path / "from_1", WORLD, "run.parallel=fsdp", resume=True),
+        "ddp_shards": _train(tmp_path / "ddp_shards", WORLD, "run.parallel=ddp", "run.shard_cache_gb=0",
+                             data=str(tmp_path / "shards")),  # decoded batch by batch in each rank
     }
     if rank == 0:
         torch.save(results, tmp_path / "results.pt")
@@ -123,6 +128,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
                                             tmp_path / "from_1" / "checkpoint.pth"))
     assert torch.load(tmp_path / "from_1" / "checkpoint.pth", weights_only=True)["step"] == RESUME_AT
     shutil.copy2(tmp_path / "from_1" / "checkpoint.pth", tmp_path / "step3.pth")  # from_1 is overwritten
+    write_shards(tmp_path / "shards", fashion_mnist_pngs(IMAGES), [20, 3, 25])  # the same images, uneven shards
 
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     results = torch.load(tmp_path / "results.pt", weights_only=False)
@@ -136,9 +142,10 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
     reference = tmp_path / "single"
     _assert_same_run(tmp_path / "ddp", reference)
     _assert_same_run(tmp_path / "fsdp", reference)
+    _assert_same_run(tmp_path / "ddp_shards", reference)  # PNGs decoded in each rank train like the tensors
     _assert_same_run(tmp_path / "from_1", reference, first_step=RESUME_AT + 1)
     _assert_same_run(tmp_path / "from_2", reference, first_step=RESUME_AT + 1)
-    for name in ("ddp", "fsdp", "fsdp_from_1"):
+    for name in ("ddp", "fsdp", "fsdp_from_1", "ddp_shards"):
         assert results[name]["final_knn"] == single["final_knn"], name  # features gathered from both ranks
     assert resumed_result.final_knn == single["final_knn"]
 

@@ -15,6 +15,7 @@ overrides: section.key=value, sections recipe | model | crops | head | loss | op
 examples:
   pretrain train --data fashion-mnist --out runs/fmnist --minutes 10
   pretrain train --data photos/ --preset dinov2-vits14 --out runs/photos optim.batch_size=32
+  pretrain train --data runs/lake/shards --out runs/curated run.num_workers=2   # curate run's shards
   pretrain train --data fashion-mnist --out runs/fmnist --resume     # continue after a stop
   torchrun --standalone --nproc-per-node 4 -m pretrain pretrain --data photos/ --out runs/photos \
       --preset dinov2-vits14 run.parallel=fsdp     # data parallel; see docs/scale.md
@@ -31,7 +32,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data", required=True,
-                        help="'fashion-mnist', a folder of images (searched recursively) or a text file list")
+                        help="'fashion-mnist', a folder of images (searched recursively), a text file list, or "
+                             "webdataset shards: curate run's OUT/shards folder, its index.json, or a brace "
+                             "pattern such as 'shards/shard-{000000..000041}.tar'")
     parser.add_argument("--out", required=True, help="output folder (checkpoint, logs, exported backbone)")
     parser.add_argument("--preset", default="fmnist-tiny", help="starting configuration (default fmnist-tiny)")
     parser.add_argument("--recipe", choices=("dino", "dinov2"), help="shortcut for recipe=... (dino also sets "

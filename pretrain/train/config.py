@@ -127,6 +127,7 @@ class RunConfig:
     threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
     knn_feature: str = "cls"  # "cls" or "cls+avgpool" (CLS concatenated with the mean patch token)
     num_workers: int = 0
+    shard_cache_gb: float = 1.0  # shards: decode the whole set once at start-up when it fits in this many GB (0: per batch)
     compile: bool = False  # torch.compile the attention and MLP branches of every block (student and teacher)
     compile_backend: str = "inductor"  # torch.compile backend ("eager"/"aot_eager" only check the tracing)
     export_hf: bool = False
@@ -308,6 +309,7 @@ def validate(config: TrainConfig) -> None:
         (config.crops.num_local >= 0, "crops.num_local must be >= 0"),
         (config.run.minutes is None or config.run.minutes > 0, "run.minutes must be positive"),
         (config.run.log_every >= 1, "run.log_every must be >= 1"),
+        (config.run.shard_cache_gb >= 0, "run.shard_cache_gb must be >= 0"),
         (config.run.checkpoint_every_steps >= 1, "run.checkpoint_every_steps must be >= 1"),
         (0 <= config.loss.mask_probability <= 1, "loss.mask_probability must be in [0, 1]"),
         (0 < config.optim.teacher_momentum <= 1, "optim.teacher_momentum must be in (0, 1]"),

@@ -1,8 +1,10 @@
-"""Training images: Fashion-MNIST in memory, or a folder / file list decoded on the fly.
+"""Training images: Fashion-MNIST in memory, a folder / file list, or webdataset shards decoded on the fly.
 
-Both sources hand out uint8 batches ``[B, C, S, S]`` in an order fixed by ``(seed, epoch)``, so a
+Every source hands out uint8 batches ``[B, C, S, S]`` in an order fixed by ``(seed, epoch)``, so a
 resumed run sees exactly the batches it would have seen (``data_position`` = epoch and batch index).
-Unreadable files in a folder are skipped and counted, never fatal.
+Unreadable files or samples are skipped and counted, never fatal. Shards (a ``curate run`` output's
+``shards/`` folder, its ``index.json``, or a brace pattern of tars) are read by random access with a
+shard-windowed shuffle (:func:`pretrain.data.shards.windowed_order`); see docs/pretraining.md.
 
 Example::
 
@@ -15,18 +17,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 from pretrain import distributed
 from pretrain.data.errors import DatasetError
 from pretrain.data.fashion_mnist import load_fashion_mnist
 from pretrain.data.image_folder import ImageFolder
-from pretrain.data.samples import collate_samples
+from pretrain.data.images import ImageDecodeError, decode_image
+from pretrain.data.samples import Sample, SkippedImage, collate_samples
+from pretrain.data.shards import (
+    SHARDS_PER_WINDOW,
+    SampleReadError,
+    ShardReader,
+    is_shard_spec,
+    resolve_shards,
+    windowed_order,
+)
 
 FASHION_MNIST = "fashion-mnist"
 
@@ -36,6 +50,23 @@ def epoch_order(num_images: int, seed: int, epoch: int) -> Tensor:
     ``world_size``-th index from position ``rank`` (the whole permutation when single-process)."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_images, generator=generator)[distributed.rank() :: distributed.world_size()]
+
+
+def storage_tensor(image: Image.Image, size: int) -> Tensor:
+    """uint8 ``[3, size, size]`` of an RGB image: shorter side resized to ``size`` (bicubic, antialiased),
+    centre crop — exactly ``v2.Resize(size)``, ``v2.CenterCrop(size)``, ``v2.PILToTensor()``, at a fifth
+    of their per-call cost (an image already ``size``² is only converted)."""
+    if image.size != (size, size):
+        image = v2.functional.resize(image, [size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        image = v2.functional.center_crop(image, [size])
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
+def _loader_generator(seed: int) -> torch.Generator:
+    """A DataLoader's own generator: without one, every iterator it starts draws its workers' base seed
+    from the global RNG, which then moves with the number of epochs started (and differs after a
+    resume) — weight init and stochastic depth would see other draws."""
+    return torch.Generator().manual_seed(seed)
 
 
 @dataclass
@@ -87,12 +118,7 @@ class FolderImages:
 
     def __init__(self, source: str | Path, storage_size: int, batch_size: int, seed: int,
                  num_workers: int = 0) -> None:
-        transform = v2.Compose([
-            v2.Resize(storage_size, interpolation=InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(storage_size),
-            v2.PILToTensor(),
-        ])
-        self.dataset = ImageFolder(source, transform=transform)
+        self.dataset = ImageFolder(source, transform=partial(storage_tensor, size=storage_size))
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -114,25 +140,171 @@ class FolderImages:
             for index in range(start_batch, self.batches_per_epoch)
         ]
         loader = DataLoader(self.dataset, batch_sampler=index_batches, collate_fn=collate_samples,
-                            num_workers=self.num_workers)
+                            num_workers=self.num_workers, generator=_loader_generator(self.seed))
         for batch in loader:
             for skipped in batch.skipped:
                 self.skipped.add(skipped.name, skipped.reason)
             yield batch.images  # may hold fewer images when some were skipped (empty: shape [0])
 
 
-TrainingImages = TensorImages | FolderImages
+class ShardSamples(Dataset):
+    """Sample ``i`` of a shard set decoded from its original bytes (:func:`~pretrain.data.images.decode_image`,
+    as the ingest stage decodes) to a :func:`storage_tensor`, or a :class:`SkippedImage` marker."""
+
+    def __init__(self, reader: ShardReader, storage_size: int) -> None:
+        self.reader = reader
+        self.storage_size = storage_size
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> Sample | SkippedImage:
+        try:
+            name, data = self.reader.read(index)
+            image = decode_image(data, name).image
+        except SampleReadError as error:
+            return SkippedImage(error.name, error.reason)
+        except ImageDecodeError as error:
+            return SkippedImage(error.path, error.reason)
+        return Sample(image=storage_tensor(image, self.storage_size), label=-1, name=name)
+
+
+DECODE_ONCE_BYTES = 1 << 30
+"""Shard sets whose decoded storage tensors (N × 3 × S²) fit in this many bytes are decoded once."""
+
+
+def one_channel_if_gray(images: Tensor) -> Tensor:
+    """A uint8 batch ``[B, 3, S, S]`` whose every image is gray (R = G = B) as ``[B, 1, S, S]``.
+
+    The multi-crop augmentation then does a third of the work, with the same crops up to rounding
+    (grayscale, saturation and colour jitter of a gray image are gray); Fashion-MNIST in memory is
+    handed out the same way.
+    """
+    if images.ndim == 4 and images.shape[1] == 3 and images.shape[0] > 0 \
+            and torch.equal(images[:, 0], images[:, 1]) and torch.equal(images[:, 1], images[:, 2]):
+        return images[:, :1].contiguous()
+    return images
+
+
+class _Numbered(Dataset):
+    """``(index, item)`` of a dataset, so a DataLoader's workers can say which sample each result is."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[int, Sample | SkippedImage]:
+        return index, self.dataset[index]
+
+
+def _collate_numbered(items: list[tuple[int, Sample | SkippedImage]]) -> tuple[Tensor, Tensor, list[SkippedImage]]:
+    """Indices and stacked images of the readable items (one tensor per batch between processes)."""
+    good = [(index, item) for index, item in items if isinstance(item, Sample)]
+    indices = torch.tensor([index for index, _ in good], dtype=torch.long)
+    images = torch.stack([item.image for _, item in good]) if good else torch.empty(0, dtype=torch.uint8)
+    return indices, images, [item for _, item in items if isinstance(item, SkippedImage)]
+
+
+class ShardImages:
+    """Webdataset shards (``curate run``'s ``shards/``, an ``index.json`` or a brace pattern), read by
+    random access and decoded (optionally in DataLoader workers) to ``storage_size`` squares.
+
+    The epoch's order is a shard-windowed shuffle fixed by ``(seed, epoch)`` (every ``shards_per_window``
+    shards mixed together; one window when there are fewer shards), dealt to ranks like
+    :func:`epoch_order`: each rank takes every ``world``-th sample, so all ranks get
+    ``num_images // world // batch`` batches whatever the shard sizes, and the global batch does not
+    depend on the number of processes.
+
+    A set whose decoded storage fits in ``cache_bytes`` (Fashion-MNIST: 141 MB) is decoded once, at
+    construction, and batches are cut from memory like :class:`TensorImages`; a larger one is decoded
+    batch by batch. Both give the same batches; a batch of gray images comes as one channel
+    (:func:`one_channel_if_gray`).
+    """
+
+    def __init__(self, source: str, storage_size: int, batch_size: int, seed: int, num_workers: int = 0,
+                 shards_per_window: int = SHARDS_PER_WINDOW, cache_bytes: int = DECODE_ONCE_BYTES) -> None:
+        self.shards = resolve_shards(source)
+        self.dataset = ShardSamples(ShardReader(self.shards), storage_size)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.num_workers = num_workers
+        self.shards_per_window = shards_per_window
+        self.skipped = SkipCounter()
+        self.cached: Tensor | None = None
+        self.readable: Tensor | None = None
+        if self.num_images * 3 * storage_size**2 <= cache_bytes:
+            self.cached, self.readable = self._decode_all()
+        count = len(self.shards.shards)
+        how = "decoded once" if self.cached is not None else "decoded per batch"
+        self.description = f"{self.num_images} samples in {count} shard{'s' * (count != 1)} from {source} ({how})"
+
+    @property
+    def num_images(self) -> int:
+        return self.shards.num_samples
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_images // distributed.world_size() // self.batch_size
+
+    def order(self, epoch: int) -> Tensor:
+        """This process's sample numbers for ``epoch`` (rank-strided slice of the global order)."""
+        order = windowed_order(self.shards.counts, self.seed, epoch, self.shards_per_window)
+        return order[distributed.rank() :: distributed.world_size()]
+
+    def _decode_all(self) -> tuple[Tensor, Tensor]:
+        """Every sample in shard order, decoded (in ``num_workers`` processes): images ``[N, C, S, S]``
+        (C = 1 when all are gray) and which samples were readable."""
+        size = self.dataset.storage_size
+        images = torch.zeros(self.num_images, 3, size, size, dtype=torch.uint8)
+        readable = torch.zeros(self.num_images, dtype=torch.bool)
+        loader = DataLoader(_Numbered(self.dataset), batch_size=256, collate_fn=_collate_numbered,
+                            num_workers=self.num_workers, generator=_loader_generator(self.seed))
+        for indices, decoded, skipped in loader:
+            if len(indices):
+                images[indices] = decoded
+                readable[indices] = True
+            for item in skipped:
+                self.skipped.add(item.name, item.reason)
+        return one_channel_if_gray(images), readable
+
+    def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Tensor]:
+        order = self.order(epoch)
+        if self.cached is not None:
+            for index in range(start_batch, self.batches_per_epoch):
+                rows = order[index * self.batch_size : (index + 1) * self.batch_size]
+                yield one_channel_if_gray(self.cached[rows[self.readable[rows]]])
+            return
+        index_batches = [
+            order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
+            for index in range(start_batch, self.batches_per_epoch)
+        ]
+        loader = DataLoader(self.dataset, batch_sampler=index_batches, collate_fn=collate_samples,
+                            num_workers=self.num_workers, generator=_loader_generator(self.seed))
+        for batch in loader:
+            for skipped in batch.skipped:
+                self.skipped.add(skipped.name, skipped.reason)
+            yield one_channel_if_gray(batch.images)  # fewer images when some were skipped (none: shape [0])
+
+
+TrainingImages = TensorImages | FolderImages | ShardImages
 
 
 def open_training_data(source: str, storage_size: int, batch_size: int, seed: int,
-                       num_workers: int = 0, limit: int | None = None) -> TrainingImages:
-    """``fashion-mnist`` (train split, optionally its first ``limit`` images), a folder or a file list."""
+                       num_workers: int = 0, limit: int | None = None,
+                       cache_bytes: int = DECODE_ONCE_BYTES) -> TrainingImages:
+    """``fashion-mnist`` (train split, optionally its first ``limit`` images), shards (see
+    :func:`pretrain.data.shards.is_shard_spec`; decoded once when they fit in ``cache_bytes``), a
+    folder or a file list."""
     if source == FASHION_MNIST:
         images, _ = load_fashion_mnist("train", limit=limit)
         if storage_size != images.shape[-1]:
             images = v2.functional.resize(images.unsqueeze(1), [storage_size, storage_size],
                                           antialias=True).squeeze(1)
         data: TrainingImages = TensorImages(images, batch_size, seed, f"Fashion-MNIST train ({len(images)})")
+    elif is_shard_spec(source):
+        data = ShardImages(source, storage_size, batch_size, seed, num_workers, cache_bytes=cache_bytes)
     else:
         if not Path(source).exists():
             raise DatasetError(f"{source}: no such folder or file list (or use --data fashion-mnist)")

@@ -229,7 +229,8 @@ class Trainer:
         torch.manual_seed(config.run.seed)
         self.data: TrainingImages = open_training_data(
             data, config.crops.storage_size or round(config.crops.global_size * 1.15),
-            config.optim.batch_size, config.run.seed, config.run.num_workers, limit=data_limit)
+            config.optim.batch_size, config.run.seed, config.run.num_workers, limit=data_limit,
+            cache_bytes=int(config.run.shard_cache_gb * 2**30))
         self.augment = TensorMultiCrop(config.crops)
         self.model = SSLModel(config).to(self.device)
         self.steps_per_epoch = self.data.batches_per_epoch

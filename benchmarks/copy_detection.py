@@ -1,0 +1,225 @@
+"""Copy-detection benchmark on planted copies of real photos: the default pipeline vs the peers, in one run.
+
+Builds the planted set of :mod:`copy_planting` (real offline photos cut into non-overlapping pieces, 22
+strong transforms and pairs of them, shared emoji / captions / screenshot frame, distractors, an
+evaluation set with copies in the pool; random file names), then for each method reports pair
+precision and recall of its duplicate groups at its default threshold, recall per transform (copy in
+its original's group), µAP as ISC2021 defines it (all predictions pooled, sorted by score, ties
+non-matches first; µAP = Σ (R_i − R_{i−1}) P_i over all ground-truth pairs) and seconds per image.
+
+Methods: ``default`` (``dedup.descriptor=local``: sha256, pHash+dHash, RootSIFT votes, verified pairs);
+``sscd-arch`` (the SSCD architecture's kNN, k = 64, score-normalised, > 0.6, then verified: give the
+released weights with ``--sscd``; without them random ResNet-50 weights, which measures the path, not
+SSCD); ``phash@10`` (imagededup's pHash Hamming ≤ 10); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random
+weights unless ``--backbone``)::
+
+    python benchmarks/copy_detection.py --seed 0 [--sscd sscd_disc_mixup.torchvision.pt] [--methods default,phash]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from copy_planting import TRANSFORMS, Truth, plant  # noqa: E402
+
+from curate.copydetect import candidates as candidate_module  # noqa: E402
+from curate.copydetect.features import image_features  # noqa: E402
+from curate.copydetect.groups import UnionFind  # noqa: E402
+from curate.copydetect.hashes import hash_codes, radius_pairs  # noqa: E402
+from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table  # noqa: E402
+from schemas.config import DedupConfig  # noqa: E402
+
+
+def micro_ap(scores: np.ndarray, correct: np.ndarray, positives: int) -> float:
+    """ISC2021 µAP: predictions sorted by descending score (ties: non-matches first), over ``positives`` pairs."""
+    if positives == 0 or not len(scores):
+        return 0.0
+    order = np.lexsort((correct.astype(int), -scores))
+    hits = correct[order].astype(np.float64)
+    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float((precision * hits).sum() / positives)
+
+
+def group_pairs(groups: dict[str, int]) -> set[tuple[str, str]]:
+    by: dict[int, list[str]] = {}
+    for name, group in groups.items():
+        by.setdefault(group, []).append(name)
+    return {(a, b) for names in by.values() for i, a in enumerate(sorted(names)) for b in sorted(names)[i + 1:]}
+
+
+def evaluate(name: str, groups: dict[str, int], scored: dict[tuple[str, str], float], truth: Truth,
+             seconds: float, leaks: set[str] | None = None) -> dict:
+    true = truth.true_pairs()
+    predicted = group_pairs(groups)
+    hits = len(predicted & true)
+    originals = {}
+    for file, group in truth.pool_group.items():
+        if file not in truth.transform:
+            originals[group] = file
+    per_transform = {}
+    for transform in TRANSFORMS:
+        copies = [f for f, t in truth.transform.items() if t == transform and truth.pool_group[f] in originals]
+        per_transform[transform] = float(np.mean([groups[f] == groups[originals[truth.pool_group[f]]] for f in copies]))
+    keys = list(scored)
+    scores = np.array([scored[k] for k in keys], dtype=np.float64)
+    correct = np.array([tuple(sorted(k)) in true for k in keys], dtype=bool)
+    row = {"method": name, "precision": hits / max(1, len(predicted)), "recall": hits / len(true),
+           "uAP": micro_ap(scores, correct, len(true)), "s/img": seconds / len(truth.pool_group),
+           "largest_group": max(np.unique(list(groups.values()), return_counts=True)[1]),
+           "per_transform": per_transform}
+    if leaks is not None:
+        copies = set(truth.eval_copy)
+        row["decontamination"] = len(leaks & copies) / max(1, len(copies))
+        row["false_leaks"] = len(leaks - copies)
+    return row
+
+
+def components(names: list[str], first: np.ndarray, second: np.ndarray) -> dict[str, int]:
+    uf = UnionFind(len(names))
+    uf.union(first, second)
+    return dict(zip(names, uf.labels().tolist()))
+
+
+def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: DedupConfig,
+                 descriptor_model=None) -> dict:
+    """The dedup stage's own code (``copy_duplicates_table``), scores of every verified candidate recorded."""
+    from curate.copydetect import pipeline as pipeline_module
+    from curate.copydetect import verify as verify_module
+
+    start = time.perf_counter()
+    images = [Image.open(root / "pool" / n).convert("RGB") for n in names]
+    features = [image_features(im) for im in images]
+    eval_names = sorted(p.name for p in (root / "eval").iterdir())
+    eval_images = [Image.open(root / "eval" / n).convert("RGB") for n in eval_names]
+    reference = ReferenceSet([image_features(im) for im in eval_images],
+                             [hashlib.sha256((root / "eval" / n).read_bytes()).hexdigest() for n in eval_names])
+    descriptors = None
+    if descriptor_model is not None:
+        from curate.copydetect.descriptor import describe_images
+
+        descriptors = describe_images(descriptor_model, images)
+        reference.descriptors = describe_images(descriptor_model, eval_images)
+    table = pa.table({"key": [n.rsplit(".", 1)[0] for n in names], "uri": [str(root / "pool" / n) for n in names],
+                      "sha256": [hashlib.sha256((root / "pool" / n).read_bytes()).hexdigest() for n in names],
+                      "width": [im.width for im in images], "height": [im.height for im in images]})
+    scored: dict[tuple[str, str], float] = {}
+    original = verify_module.verify_pair
+
+    def recording(a, b, config_=verify_module.VerifyConfig()):
+        result = original(a, b, config_)
+        ids = (id(a), id(b))
+        if ids[0] in position and ids[1] in position:
+            pair = tuple(sorted((names[position[ids[0]]], names[position[ids[1]]])))
+            scored[pair] = max(scored.get(pair, -1.0), result.agreement if result.accepted else result.agreement - 1)
+        return result
+
+    position = {id(f.local): i for i, f in enumerate(features)}
+    pipeline_module.verify_pair = recording
+    try:
+        duplicates = copy_duplicates_table(table, features, {"eval": reference}, config, descriptors)
+    finally:
+        pipeline_module.verify_pair = original
+    seconds = time.perf_counter() - start
+    rows = duplicates.to_pylist()
+    groups = {row["key"] + ".jpg": row["group"] for row in rows}
+    leaks = {row["key"] + ".jpg" for row in rows if (row["reason"] or "").startswith("leak:")}
+    for row in rows:  # hash and exact links are predictions too
+        if row["reason"] in ("exact", "near"):
+            scored[tuple(sorted((row["key"] + ".jpg", row["kept_key"] + ".jpg")))] = 1.0 + row["similarity"]
+    return evaluate(name, groups, scored, truth, seconds, leaks)
+
+
+def run_phash(root: Path, names: list[str], truth: Truth, radius: int = 10) -> dict:
+    import imagehash
+
+    start = time.perf_counter()
+    codes = hash_codes([str(imagehash.phash(Image.open(root / "pool" / n))) for n in names])
+    first, second, distance = radius_pairs(codes, radius)
+    seconds = time.perf_counter() - start
+    scored = {tuple(sorted((names[a], names[b]))): 64.0 - d for a, b, d in zip(first, second, distance)}
+    return evaluate(f"phash@{radius}", components(names, first, second), scored, truth, seconds)
+
+
+def run_cls(root: Path, names: list[str], truth: Truth, backbone: str, threshold: float = 0.6, k: int = 64) -> dict:
+    from curate.embed import embed_images, load_embedder
+    from schemas.config import EmbedConfig
+
+    start = time.perf_counter()
+    embedder = load_embedder(EmbedConfig(embedder=backbone, device="cpu", image_size=224))
+    vectors = embed_images(embedder, [Image.open(root / "pool" / n).convert("RGB") for n in names], batch_size=32)
+    vectors = vectors - vectors.mean(axis=0, keepdims=True)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True) + 1e-12
+    first, second, score = candidate_module.knn_candidates(vectors, k, -1.0)
+    seconds = time.perf_counter() - start
+    linked = score >= threshold
+    scored = {tuple(sorted((names[a], names[b]))): float(s) for a, b, s in zip(first, second, score)}
+    return evaluate(f"cls@{threshold} ({backbone})", components(names, first[linked], second[linked]), scored, truth, seconds)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'method':34s} {'P':>6s} {'R':>6s} {'µAP':>6s} {'s/img':>7s} {'max grp':>7s} {'decont':>7s} {'falseleak':>9s}")
+    for r in rows:
+        print(f"{r['method']:34s} {r['precision']:6.3f} {r['recall']:6.3f} {r['uAP']:6.3f} {r['s/img']:7.3f} "
+              f"{r['largest_group']:7d} {r.get('decontamination', float('nan')):7.3f} {r.get('false_leaks', -1):9d}")
+    print("\nrecall per transform")
+    print(f"{'transform':22s} " + " ".join(f"{r['method'][:12]:>12s}" for r in rows))
+    for transform in TRANSFORMS:
+        print(f"{transform:22s} " + " ".join(f"{r['per_transform'][transform]:12.2f}" for r in rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--originals", type=int, default=20)
+    parser.add_argument("--methods", default="default,sscd-arch,phash,cls")
+    parser.add_argument("--sscd", help="an SSCD torchvision state dict (else random ResNet-50 weights)")
+    parser.add_argument("--backbone", default="vit_small", help="backbone for the CLS peer (weights or an architecture)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    methods = args.methods.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        truth = plant(root, seed=args.seed, originals=args.originals)
+        names = sorted(truth.pool_group)
+        print(f"planted set: {len(names)} pool images ({len(truth.transform)} copies, {len(truth.true_pairs())} true "
+              f"pairs), {len(list((root / 'eval').iterdir()))} evaluation images, seed {args.seed}", flush=True)
+        rows = []
+        if "default" in methods:
+            rows.append(run_pipeline("default (local+verify)", root, names, truth, DedupConfig()))
+            print(f"default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
+        if "sscd-arch" in methods:
+            from curate.copydetect.descriptor import SSCD, load_descriptor
+
+            if args.sscd:
+                model, label = load_descriptor(args.sscd), "sscd-arch (released weights)"
+            else:
+                torch.manual_seed(0)
+                model, label = SSCD("resnet50").eval(), "sscd-arch (random weights)"
+            rows.append(run_pipeline(label, root, names, truth, DedupConfig(descriptor="checkpoint"), model))
+            print(f"sscd-arch done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
+        if "phash" in methods:
+            rows.append(run_phash(root, names, truth))
+        if "cls" in methods:
+            rows.append(run_cls(root, names, truth, args.backbone))
+            print(f"cls done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
+        print_table(rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1, default=lambda value: value.item()))
+
+
+if __name__ == "__main__":
+    main()

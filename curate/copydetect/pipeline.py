@@ -1,0 +1,168 @@
+"""The ``duplicates`` table by copy detection: exact, hash, verified-copy links, union-find, keep rule, leaks.
+
+1. ``exact``: byte-identical files (sha256).
+2. ``near``: every perceptual hash within ``hash_distance`` bits (:mod:`.hashes`, faiss binary index).
+3. ``copy``: candidate pairs (:mod:`.candidates`: local-descriptor votes, plus a copy descriptor's kNN
+   when one is given) that pass :mod:`.verify` — so a chain of weak links cannot merge unrelated images.
+4. Union-find over all links, one image kept per group (largest resolution, then key).
+5. ``leak:<set>``: every group holding an image linked to an evaluation image (same three kinds of link,
+   verification at the looser ``eval_min_agreement``) is removed whole.
+
+    table = copy_duplicates_table(pool, pool_features, references, DedupConfig())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pyarrow as pa
+
+from curate.copydetect.candidates import knn_candidates, vote_candidates
+from curate.copydetect.features import ImageFeatures
+from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows
+from curate.copydetect.score_norm import background_bias, with_bias
+from curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
+from curate.copydetect.verify import VerifyConfig, verify_pair
+from schemas.config import DedupConfig
+from schemas.tables import DUPLICATES
+
+LINK_RANK = {"exact": 0, "near": 1, "copy": 2}
+
+
+@dataclass
+class ReferenceSet:
+    """An evaluation set: its images' features, sha256 digests and (optional) copy descriptors."""
+
+    features: list[ImageFeatures]
+    digests: list[str]
+    descriptors: np.ndarray | None = None
+
+
+def verify_config(config: DedupConfig, evaluation: bool = False) -> VerifyConfig:
+    base = VerifyConfig(min_agreement=config.min_agreement, max_blob=config.max_blob)
+    if evaluation:  # the paper's looser threshold against evaluation sets
+        return replace(base, min_agreement=config.eval_min_agreement, max_blob=config.eval_max_blob)
+    return base
+
+
+def normalised_scores(descriptors: np.ndarray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(database, queries) whose inner products are the score-normalised similarities (the pool is the
+    background; each image's own row skipped), or the descriptors twice when ``score_norm`` is off."""
+    if not config.score_norm or len(descriptors) < 5:
+        return descriptors, descriptors
+    bias = background_bias(descriptors, descriptors, exclude_self=True)
+    return with_bias(descriptors, None), with_bias(descriptors, bias)
+
+
+def _codes(features: Sequence[ImageFeatures]) -> dict[str, np.ndarray]:
+    return {name: hash_codes([f.hashes.get(name) for f in features]) for name in HASHES}
+
+
+def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config: DedupConfig,
+               descriptors: np.ndarray | None = None) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
+    """Union-find of the pool and, per row, its strongest link (kind, similarity)."""
+    count = len(features)
+    uf = UnionFind(count)
+    best: dict[int, tuple[str, float]] = {}
+
+    def link(a: int, b: int, kind: str, score: float) -> None:
+        uf.union(np.array([a]), np.array([b]))
+        for row in (a, b):
+            old = best.get(row)
+            if old is None or (LINK_RANK[kind], -score) < (LINK_RANK[old[0]], -old[1]):
+                best[row] = (kind, float(score))
+
+    first_of: dict[str, int] = {}
+    for row, digest in enumerate(digests):
+        head = first_of.setdefault(digest, row)
+        if head != row:
+            link(head, row, "exact", 1.0)
+    first, second, distance = hash_pairs(_codes(features), config.hash_distance)
+    for a, b, d in zip(first.tolist(), second.tolist(), distance.tolist()):
+        link(a, b, "near", 1.0 - d / 64)
+    local = [f.local for f in features]
+    first, second, _ = vote_candidates(local, local, True, max_candidates=config.candidates, min_votes=config.min_votes)
+    pairs = list(zip(first.tolist(), second.tolist()))
+    if descriptors is not None:
+        database, queries = normalised_scores(descriptors, config)
+        dfirst, dsecond, _ = knn_candidates(database, config.k, config.threshold, queries, same_set=True)
+        pairs = sorted(set(pairs) | set(zip(dfirst.tolist(), dsecond.tolist())))
+    verify = verify_config(config)
+    for a, b in pairs:
+        if uf.find(a) == uf.find(b):
+            continue  # already one group: a link adds nothing
+        result = verify_pair(local[a], local[b], verify)
+        if result.accepted:
+            link(a, b, "copy", result.score)
+    return uf, best
+
+
+def evaluation_links(pool: Sequence[ImageFeatures], digests: Sequence[str], reference: ReferenceSet,
+                     config: DedupConfig, descriptors: np.ndarray | None = None) -> np.ndarray:
+    """Pool rows linked to an image of ``reference`` (exact, hash or verified copy at the looser threshold)."""
+    linked = set()
+    ref_digests = set(reference.digests)
+    linked |= {row for row, digest in enumerate(digests) if digest in ref_digests}
+    rows, _ = cross_hash_pairs(_codes(pool), _codes(reference.features), config.hash_distance)
+    linked |= set(rows.tolist())
+    local = [f.local for f in pool]
+    ref_local = [f.local for f in reference.features]
+    query, other, _ = vote_candidates(local, ref_local, same_set=False, max_candidates=config.candidates,
+                                      min_votes=config.min_votes)
+    pairs = set(zip(query.tolist(), other.tolist()))
+    if descriptors is not None and reference.descriptors is not None and len(reference.descriptors):
+        _, queries = normalised_scores(descriptors, config)
+        q, o, _ = knn_candidates(with_bias(reference.descriptors, None) if config.score_norm else reference.descriptors,
+                                 config.k, config.eval_threshold, queries=queries, same_set=False)
+        pairs |= set(zip(q.tolist(), o.tolist()))
+    verify = verify_config(config, evaluation=True)
+    for a, b in sorted(pairs):
+        if a not in linked and verify_pair(ref_local[b], local[a], verify).accepted:
+            linked.add(a)
+    return np.array(sorted(linked), dtype=np.int64)
+
+
+def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], references: dict[str, ReferenceSet],
+                          config: DedupConfig, descriptors: np.ndarray | None = None) -> pa.Table:
+    """The ``duplicates`` table. ``pool`` rows (``key``, ``uri``, ``sha256``, ``width``, ``height``) match
+    ``features`` (and ``descriptors``) row for row; rows come out in key order."""
+    keys = pool.column("key").to_pylist()
+    order = np.argsort(np.array(keys, dtype=object), kind="stable").astype(np.int64)
+    keys = [keys[i] for i in order]
+    uris = [pool.column("uri")[int(i)].as_py() for i in order]
+    digests = [pool.column("sha256")[int(i)].as_py() for i in order]
+    pixels = (pool.column("width").to_numpy(zero_copy_only=False).astype(np.int64)
+              * pool.column("height").to_numpy(zero_copy_only=False).astype(np.int64))[order]
+    features = [features[i] for i in order]
+    descriptors = None if descriptors is None else np.asarray(descriptors, np.float32)[order]
+    uf, best = copy_links(features, digests, config, descriptors)
+    labels = uf.labels()
+    keep = keep_largest(labels, keys, pixels)
+    kept_row = np.zeros(len(keys), dtype=np.int64)
+    kept_row[labels[keep]] = np.flatnonzero(keep)
+    group = kept_row[labels]
+    reason: list[str | None] = []
+    similarity = np.ones(len(keys), dtype=np.float32)
+    for row in range(len(keys)):
+        if keep[row]:
+            reason.append(None)
+            continue
+        kind, score = best.get(row, ("copy", 0.0))
+        kind = "exact" if digests[row] == digests[group[row]] else ("near" if kind == "exact" else kind)
+        reason.append(kind)
+        similarity[row] = 1.0 if kind == "exact" else score
+    kept = keep.copy()
+    for set_name, reference in sorted(references.items()):
+        if not reference.features or not len(keys):
+            continue
+        linked = evaluation_links(features, digests, reference, config, descriptors)
+        if not len(linked):
+            continue
+        for row in np.flatnonzero(leaking_rows(labels, linked)):
+            if reason[row] is None or not str(reason[row]).startswith("leak:"):
+                reason[row] = f"leak:{set_name}"
+            kept[row] = False
+    return pa.table({"key": keys, "uri": uris, "group": group, "kept": kept, "reason": reason,
+                     "kept_key": [keys[g] for g in group], "similarity": similarity}, schema=DUPLICATES.schema)

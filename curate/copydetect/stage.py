@@ -1,0 +1,66 @@
+"""The dedup stage by copy detection: features per ``images`` partition (cached), then one global pass.
+
+``dedup.descriptor`` is ``local`` (no weights) or a copy-descriptor checkpoint whose kNN (k =
+``dedup.k``, score-normalised, ``>= dedup.threshold``; ``dedup.eval_threshold`` against evaluation sets)
+adds candidates; every candidate is verified (:mod:`.verify`) before it links two images.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curate import tables
+from curate.copydetect.features import ImageFeatures, partition_features
+from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
+from schemas.config import PipelineConfig
+
+
+def all_features(out: Path, config: PipelineConfig) -> dict[str, ImageFeatures]:
+    features: dict[str, ImageFeatures] = {}
+    for partition in sorted(tables.done_parts(out, "images")):
+        part = tables.read_part(out, "images", partition)
+        features |= partition_features(out, partition, part, config.ingest.max_pixels, config.lake.storage_options)
+    return features
+
+
+def descriptors_for(uris: list[str], config: PipelineConfig) -> np.ndarray:
+    """Copy descriptors of ``uris`` with the checkpoint ``dedup.descriptor``."""
+    from curate.copydetect.descriptor import describe_images, load_descriptor
+    from curate.copydetect.features import DECODE_SIDE
+    from curate.lakes import read_partition
+    from pretrain.data.images import decode_image
+
+    model = load_descriptor(config.dedup.descriptor, config.dedup.allow_torchscript)
+    contents = dict(read_partition(uris, config.lake.storage_options))
+    images = [decode_image(contents[uri], uri, max_side=DECODE_SIDE, max_pixels=config.ingest.max_pixels,
+                           min_side=1).image for uri in uris]
+    return describe_images(model, images)
+
+
+def copy_dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
+    features = all_features(out, config)
+    images = tables.read_table(out, "images")
+    ok = images.filter(pc.and_(pc.equal(images["status"], "ok"),
+                               pc.is_in(images["key"], pa.array(sorted(features), pa.string()))))
+    pool = ok.filter(pc.equal(ok["role"], "pool")).select(["key", "uri", "sha256", "width", "height"])
+    evals = ok.filter(pc.equal(ok["role"], "eval"))
+    pool_keys = pool.column("key").to_pylist()
+    descriptors = None
+    eval_descriptors: dict[str, np.ndarray] = {}
+    if config.dedup.descriptor != "local":
+        descriptors = descriptors_for(pool.column("uri").to_pylist(), config)
+        for name in sorted(set(evals.column("set").to_pylist())):
+            chosen = evals.filter(pc.equal(evals["set"], name))
+            eval_descriptors[name] = descriptors_for(chosen.column("uri").to_pylist(), config)
+    references = {}
+    for name in sorted(set(evals.column("set").to_pylist())):
+        chosen = evals.filter(pc.equal(evals["set"], name))
+        references[name] = ReferenceSet([features[k] for k in chosen.column("key").to_pylist()],
+                                        chosen.column("sha256").to_pylist(), eval_descriptors.get(name))
+    duplicates = copy_duplicates_table(pool, [features[k] for k in pool_keys], references, config.dedup, descriptors)
+    tables.write_part(out, "duplicates", 0, duplicates)
+    return {"in": len(pool_keys), "out": int(pc.sum(duplicates["kept"]).as_py() or 0)}

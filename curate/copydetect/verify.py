@@ -1,0 +1,162 @@
+"""Verification of a candidate pair: an affine map found by RANSAC on local matches, then checked on pixels.
+
+Geometric verification alone (SIFT + RANSAC, many inliers) is fooled by content that copies share but
+originals do not — the same emoji, caption font or screenshot frame pasted on two unrelated photos: the
+inliers are real, but they sit on the overlay. So the affine map is then checked photometrically: the
+source image is warped onto the other, both are blurred (JPEG, noise and pixelisation), and the overlap
+is cut into cells; a cell agrees when the zero-mean correlation of the two is high (so colour, contrast
+and grey-level changes do not matter). A copy agrees on most of the overlap (an overlay hides a part of
+it); two photos sharing only an overlay or a frame agree on the overlay's cells alone::
+
+    result = verify_pair(describe(a), describe(b))
+    result.accepted, result.inliers, result.agreement
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from curate.copydetect.local import LocalFeatures
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    ratio: float = 0.85
+    """Lowe's ratio test on the two nearest descriptors of the other image."""
+    min_matches: int = 8
+    min_inliers: int = 8
+    reprojection: float = 6.0
+    """RANSAC inlier threshold in pixels of the analysis image."""
+    max_scale: float = 8.0
+    """Largest zoom between the two images (and its inverse) an affine map may have."""
+    max_anisotropy: float = 3.0
+    """Largest ratio of the map's two singular values (aspect changes up to 3:1)."""
+    cell: int = 16
+    blur: float = 1.5
+    flat_std: float = 4.0
+    """A cell whose grey-level standard deviation is below this is flat (see ``one_sided_weight``)."""
+    one_sided_weight: float = 1.0
+    """Weight, as a disagreement, of a cell textured on one side and flat on the other."""
+    cell_correlation: float = 0.5
+    min_cells: int = 24
+    min_agreement: float = 0.6
+    """Fraction of the overlap's textured cells that must agree for the pair to be a copy."""
+    max_blob: float = 0.15
+    """Largest contiguous disagreeing block (share of the overlap) a copy may have: an overlay hides a part
+    of the photo, but two photos in one frame disagree on one big block, the photos themselves."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    accepted: bool
+    inliers: int = 0
+    agreement: float = 0.0
+    cells: int = 0
+    mirrored: bool = False
+    blob: float = 0.0
+
+    @property
+    def score(self) -> float:
+        """A similarity in [0, 1] for the ``duplicates`` table: the agreeing fraction of the overlap."""
+        return self.agreement
+
+
+REJECTED = Verification(False)
+
+
+def match(a: LocalFeatures, b: LocalFeatures, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ratio-test matches ``a -> b``: matched keypoint coordinates ``([n, 2] in a, [n, 2] in b)``."""
+    if len(a) < 2 or len(b) < 2:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+    pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a.descriptors, b.descriptors, k=2)
+    good = [m for m, n in (p for p in pairs if len(p) == 2) if m.distance < ratio * n.distance]
+    src = np.array([a.xy[m.queryIdx] for m in good], dtype=np.float32).reshape(-1, 2)
+    dst = np.array([b.xy[m.trainIdx] for m in good], dtype=np.float32).reshape(-1, 2)
+    return src, dst
+
+
+def plausible(affine: np.ndarray, config: VerifyConfig) -> bool:
+    singular = np.linalg.svd(affine[:, :2], compute_uv=False)
+    if singular[1] <= 1e-6:
+        return False
+    return (1 / config.max_scale <= singular[1] and singular[0] <= config.max_scale
+            and singular[0] / singular[1] <= config.max_anisotropy)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    fraction: float
+    """Agreeing share of the overlap's cells (one-sided cells weighted, see :class:`VerifyConfig`)."""
+    cells: int
+    blob: float
+    """The largest 4-connected block of disagreeing cells, as a share of the counted cells."""
+
+
+def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, config: VerifyConfig) -> Agreement:
+    """``source`` warped by ``affine`` onto ``target``: (fraction of textured overlap cells that agree, cells)."""
+    height, width = target.shape
+    warped = cv2.warpAffine(source.astype(np.float32), affine, (width, height), flags=cv2.INTER_LINEAR)
+    mask = cv2.warpAffine(np.ones_like(source, np.float32), affine, (width, height), flags=cv2.INTER_NEAREST)
+    sigma = config.blur
+    warped = cv2.GaussianBlur(warped, (0, 0), sigma)
+    target = cv2.GaussianBlur(target.astype(np.float32), (0, 0), sigma)
+    c = config.cell
+    rows, cols = height // c, width // c
+    if rows == 0 or cols == 0:
+        return Agreement(0.0, 0, 0.0)
+
+    def cells(array: np.ndarray) -> np.ndarray:
+        return array[: rows * c, : cols * c].reshape(rows, c, cols, c).transpose(0, 2, 1, 3).reshape(rows * cols, c * c)
+
+    a, b, m = cells(warped), cells(target), cells(mask)
+    covered = m.min(axis=1) > 0
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    std_a, std_b = a.std(axis=1), b.std(axis=1)
+    textured_a, textured_b = (std_a >= config.flat_std) & covered, (std_b >= config.flat_std) & covered
+    both, one = textured_a & textured_b, textured_a ^ textured_b
+    correlation = (a * b).mean(axis=1) / (std_a * std_b + 1e-6)
+    # Textured on both sides: agree or not. Textured on one side only (an occluding stripe or border, or a photo
+    # against a frame's flat background): half a disagreement. Flat on both: no evidence.
+    counted = float(both.sum() + config.one_sided_weight * one.sum())
+    if counted == 0:
+        return Agreement(0.0, 0, 0.0)
+    agree = (correlation >= config.cell_correlation) & both
+    disagree = ((both & (correlation < config.cell_correlation)) | one).reshape(rows, cols)
+    labels, found = ndimage.label(disagree)
+    blob = np.bincount(labels.ravel())[1:].max() if found else 0
+    cells_counted = int(both.sum() + one.sum())
+    return Agreement(float(agree.sum() / counted), cells_counted, float(blob / max(1, cells_counted)))
+
+
+def _verify_oriented(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig, mirrored: bool) -> Verification:
+    src, dst = match(a, b, config.ratio)
+    if len(src) < config.min_matches:
+        return REJECTED
+    affine, inliers = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=config.reprojection,
+                                           maxIters=2000, confidence=0.995)
+    if affine is None or inliers is None:
+        return REJECTED
+    count = int(inliers.sum())
+    if count < config.min_inliers or not plausible(affine, config):
+        return Verification(False, count, mirrored=mirrored)
+    forward = cell_agreement(a.gray, b.gray, affine, config)
+    backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(affine), config)
+    best = max(forward, backward, key=lambda result: result.cells)  # the side with more evidence
+    accepted = (best.cells >= config.min_cells and best.fraction >= config.min_agreement
+                and max(forward.blob, backward.blob) <= config.max_blob)
+    return Verification(accepted, count, best.fraction, best.cells, mirrored, max(forward.blob, backward.blob))
+
+
+def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig = VerifyConfig()) -> Verification:
+    """Whether ``b`` is a copy of ``a`` (either way round), trying ``b`` as is and mirrored."""
+    best = _verify_oriented(a, b, config, mirrored=False)
+    if not best.accepted and b.mirror is not None:
+        flipped = _verify_oriented(a, b.mirror, config, mirrored=True)
+        if flipped.accepted or flipped.agreement > best.agreement:
+            best = flipped
+    return best

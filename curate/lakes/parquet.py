@@ -1,0 +1,138 @@
+"""Parquet lakes: a column of image bytes (read in place), or a column of paths or URLs to read from.
+
+The bytes column is a binary column, or a struct with a ``bytes`` field (Hugging Face's ``image``
+feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Each row becomes
+``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row groups from the
+footer and reads only the row groups and the column asked for. A path column gives each row's file
+instead: relative paths are resolved against the table's folder, and URLs (any ``scheme://``) are
+only taken when the user asks (``ingest.fetch_urls=true``)::
+
+    uris = list_rows("train.parquet", column="image")        # parquet://image/0::file:///.../train.parquet, ...
+    uris = list_rows("index.parquet", path_column="url", fetch_urls=True)   # https://..., ...
+"""
+
+from __future__ import annotations
+
+import bisect
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.lakes.fsspec_lake import open_binary
+from curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+def is_parquet(uri: str) -> bool:
+    return uri.lower().rstrip("/").endswith(PARQUET_SUFFIXES)
+
+
+def _bytes_column(schema: pa.Schema, column: str) -> tuple[str, str | None]:
+    """``(top-level column, struct field or None)`` of ``column``; :class:`LakeError` if it holds no bytes."""
+    top, _, sub = column.partition(".")
+    if top not in schema.names:
+        raise LakeError(f"no column {top!r} (columns: {', '.join(schema.names)}); set ingest.image_column "
+                        "or ingest.path_column")
+    kind = schema.field(top).type
+    if pa.types.is_struct(kind):
+        sub = sub or ("bytes" if kind.get_field_index("bytes") >= 0 else "")
+        if not sub or kind.get_field_index(sub) < 0:
+            raise LakeError(f"struct column {top!r} has no field {sub or 'bytes'!r}")
+        kind = kind.field(sub).type
+    elif sub:
+        raise LakeError(f"column {top!r} is not a struct: no field {sub!r}")
+    if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)):
+        raise LakeError(f"column {column!r} holds {kind}, not image bytes")
+    return top, sub or None
+
+
+def list_rows(container: str, column: str = "image", path_column: str = "", fetch_urls: bool = False,
+              storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The ``files`` uris of one parquet file: one per row (bytes column) or per distinct path/URL."""
+    try:
+        with open_binary(as_url(container), storage_options) as stream:
+            parquet = pq.ParquetFile(stream)
+            schema = parquet.schema_arrow
+            if not path_column:
+                top, sub = _bytes_column(schema, column)
+                name = f"{top}.{sub}" if sub else top
+                return [parquet_row(name, row, container) for row in range(parquet.metadata.num_rows)]
+            if path_column not in schema.names:
+                raise LakeError(f"no column {path_column!r} (columns: {', '.join(schema.names)})")
+            values = parquet.read(columns=[path_column]).column(path_column).to_pylist()
+    except (OSError, pa.ArrowInvalid) as error:
+        raise LakeError(f"{container}: not a readable parquet file ({type(error).__name__}: {error})") from None
+    except LakeError as error:
+        raise LakeError(f"{container}: {error}") from None
+    return _resolve(container, values, path_column, fetch_urls)
+
+
+def _resolve(container: str, values: list, column: str, fetch_urls: bool) -> list[str]:
+    local_base = local_path(as_url(container))
+    uris: dict[str, None] = {}
+    for value in values:
+        if not value:
+            continue
+        value = str(value)
+        if is_url(value):
+            if not fetch_urls:
+                raise LakeError(f"{container}: column {column!r} holds URLs ({value.split('://')[0]}://...); they are "
+                                "fetched only when asked: pass ingest.fetch_urls=true")
+            if has_credentials(value):
+                raise LakeError(f"{container}: column {column!r} holds a URL with a user or password; give "
+                                "credentials through the environment or --storage-option instead")
+            uris[value] = None
+        elif local_base is not None:
+            uris[str((Path(local_base).parent / value).resolve())] = None
+        elif value.startswith("/"):
+            uris[value] = None  # a local path named by a remote table
+        else:
+            base = as_url(container)
+            uris[f"{posixpath.dirname(base)}/{value}"] = None
+    return list(uris)
+
+
+def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options: Mapping[str, Any] | None = None
+              ) -> Iterator[tuple[tuple[str, int], bytes | BaseException]]:
+    """``((column, row), bytes or exception)`` for each distinct cell, by row group (the file opened once)."""
+    cells = list(dict.fromkeys(cells))
+    try:
+        stream = open_binary(as_url(container), storage_options)
+    except Exception as error:  # noqa: BLE001
+        for cell in cells:
+            yield cell, error
+        return
+    with stream:
+        try:
+            parquet = pq.ParquetFile(stream)
+            starts = [0]
+            for group in range(parquet.metadata.num_row_groups):
+                starts.append(starts[-1] + parquet.metadata.row_group(group).num_rows)
+        except Exception as error:  # noqa: BLE001
+            for cell in cells:
+                yield cell, OSError(f"not a readable parquet file ({type(error).__name__}: {error})")
+            return
+        by_group: dict[tuple[int, str], list[tuple[str, int]]] = {}
+        for column, row in cells:
+            if not 0 <= row < starts[-1]:
+                yield (column, row), FileNotFoundError(f"no row {row} (the table has {starts[-1]})")
+                continue
+            by_group.setdefault((bisect.bisect_right(starts, row) - 1, column), []).append((column, row))
+        for (group, column), wanted in sorted(by_group.items()):
+            try:
+                top, sub = _bytes_column(parquet.schema_arrow, column)
+                values = parquet.read_row_group(group, columns=[top]).column(top).combine_chunks()
+                if sub:
+                    values = values.field(sub)
+            except Exception as error:  # noqa: BLE001
+                for cell in wanted:
+                    yield cell, OSError(f"column {column!r} unreadable ({type(error).__name__}: {error})")
+                continue
+            for cell in wanted:
+                value = values[cell[1] - starts[group]].as_py()
+                yield cell, value if value is not None else FileNotFoundError("no image bytes in this row")

@@ -1,0 +1,97 @@
+"""Tar lakes (plain tars, or existing webdataset shards): members listed and read in place, never extracted.
+
+A member is listed when its name has an image suffix; ``key.json``, ``key.cls`` and the like of a
+webdataset sample are not images and are skipped. Links (symbolic or hard), other non-regular members,
+absolute names and names climbing out with ``..`` are listed too, so that ingest reports them, but
+reading refuses them (:class:`~curate.lakes.uris.RefusedMember`): nothing is ever followed or written
+to disk. A container is opened once per call and read front to back, stopping after the last member
+asked for; a name that appears twice is read at its first appearance::
+
+    names = list_members("/data/shards/000000.tar")
+    for name, data in read_members("/data/shards/000000.tar", names[:10]):
+        ...
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from curate.lakes.fsspec_lake import open_binary
+from curate.lakes.uris import LakeError, RefusedMember, as_url, unsafe_member
+from pretrain.data.images import is_image_file
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def is_tar(uri: str) -> bool:
+    return uri.lower().rstrip("/").endswith(TAR_SUFFIXES)
+
+
+def refusal(info: tarfile.TarInfo) -> str | None:
+    """Why member ``info`` is never read (link, device, unsafe name), else ``None``."""
+    if info.issym():
+        return f"symbolic link to {info.linkname!r} (not followed)"
+    if info.islnk():
+        return f"hard link to {info.linkname!r} (not followed)"
+    if not info.isreg():
+        return "not a regular file"
+    return unsafe_member(info.name)
+
+
+def _open(container: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, tarfile.TarFile]:
+    stream = open_binary(as_url(container), storage_options)
+    try:
+        return stream, tarfile.open(fileobj=stream, mode="r:*")
+    except Exception:
+        stream.close()
+        raise
+
+
+def list_members(container: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Names of the image members of ``container`` in archive order (each name once), refused ones included."""
+    try:
+        stream, archive = _open(container, storage_options)
+    except (OSError, tarfile.TarError) as error:
+        raise LakeError(f"{container}: not a readable tar file ({type(error).__name__}: {error})") from None
+    names, seen = [], set()
+    with stream, archive:
+        for info in archive:
+            if info.isdir() or info.name in seen or not is_image_file(info.name):
+                continue
+            seen.add(info.name)
+            names.append(info.name)
+    return names
+
+
+def read_members(container: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None
+                 ) -> Iterator[tuple[str, bytes | BaseException]]:
+    """``(name, bytes or exception)`` for each distinct name, in archive order (missing names last)."""
+    wanted = set(names)
+    try:
+        stream, archive = _open(container, storage_options)
+    except Exception as error:  # noqa: BLE001 - every member of an unreadable container fails alike
+        for name in dict.fromkeys(names):
+            yield name, error
+        return
+    with stream, archive:
+        try:
+            for info in archive:
+                if info.name not in wanted:
+                    continue
+                wanted.discard(info.name)
+                reason = refusal(info)
+                if reason:
+                    yield info.name, RefusedMember(reason)
+                else:
+                    member = archive.extractfile(info)
+                    yield info.name, member.read() if member is not None else RefusedMember("not a regular file")
+                if not wanted:
+                    return
+        except (OSError, tarfile.TarError, EOFError) as error:
+            for name in [n for n in dict.fromkeys(names) if n in wanted]:
+                yield name, OSError(f"tar read failed ({type(error).__name__}: {error})")
+            return
+    for name in [n for n in dict.fromkeys(names) if n in wanted]:
+        yield name, FileNotFoundError(f"no member {name!r} in {container}")

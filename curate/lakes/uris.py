@@ -1,0 +1,131 @@
+"""What a ``uri`` of the ``files`` table names, and how its parts are spelled (no I/O here).
+
+Every row of the ``files`` table names its source as given, in one of four forms, told apart by their
+start alone (a local path is absolute, so it never starts with a scheme)::
+
+    /data/lake/cats/0001.jpg                         a local file (folder and glob lakes)
+    s3://bucket/lake/cats/0001.jpg                   a file behind an fsspec URL (s3, gs, http(s), file, ...)
+    tar://cats/0001.jpg::s3://bucket/shards/00.tar   member cats/0001.jpg of a tar file (fsspec's chained form:
+                                                     ``fsspec.open(uri)`` reads it too)
+    parquet://image.bytes/17::file:///data/t.parquet row 17 (0-based, over the whole file) of column image.bytes
+
+A container is always written as a URL (a local one as ``file:///abs/path``). A tar member name is kept
+exactly as the archive spells it, so a member named ``../x.png`` gives ``tar://../x.png::...``: the URI
+records it, the tar reader refuses it (:func:`unsafe_member`).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+
+class LakeError(ValueError):
+    """A set that cannot be listed: missing, empty, or holding no image files."""
+
+
+class RefusedMember(OSError):
+    """A tar member that is never read: a link, an absolute name or one that climbs out with ``..``."""
+
+
+TAR = "tar://"
+PARQUET = "parquet://"
+CHAIN = "::"
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One parsed ``uri``: its kind (``local``, ``url``, ``tar`` or ``parquet``) and the parts that locate it."""
+
+    kind: str
+    location: str
+    """The local path or URL of the file itself (``local``, ``url``) or of its container (``tar``, ``parquet``)."""
+    member: str = ""
+    """Tar member name, exactly as in the archive."""
+    column: str = ""
+    """Parquet column holding the bytes (``image.bytes``: field ``bytes`` of struct column ``image``)."""
+    row: int = -1
+
+
+def is_url(uri: str) -> bool:
+    """Whether ``uri`` starts with a scheme (``s3://``, ``file://``, ``tar://``, ...)."""
+    return bool(_SCHEME.match(uri))
+
+
+def protocol(url: str) -> str:
+    """The scheme of ``url`` (``s3``, ``gs``, ``https``...), ``file`` for a local path."""
+    return url.split("://", 1)[0].lower() if is_url(url) else "file"
+
+
+def as_url(path_or_url: str) -> str:
+    """A container's URL: URLs as they are, local paths as ``file:///absolute/path``."""
+    if is_url(path_or_url):
+        return path_or_url
+    return Path(path_or_url).expanduser().resolve().as_uri()
+
+
+def local_path(url: str) -> str | None:
+    """The local path of a ``file://`` URL or of a plain path, else ``None``."""
+    if not is_url(url):
+        return url
+    if protocol(url) == "file":
+        from urllib.request import url2pathname
+
+        return url2pathname(urlsplit(url).path)
+    return None
+
+
+def tar_member(member: str, container: str) -> str:
+    return f"{TAR}{member}{CHAIN}{as_url(container)}"
+
+
+def parquet_row(column: str, row: int, container: str) -> str:
+    return f"{PARQUET}{column}/{row}{CHAIN}{as_url(container)}"
+
+
+def parse(uri: str) -> Source:
+    """The :class:`Source` a ``files`` uri names; ``ValueError`` for a malformed container URI."""
+    if uri.startswith(TAR):
+        member, sep, container = uri[len(TAR):].partition(CHAIN)
+        if not sep or not container:
+            raise ValueError(f"{uri}: a tar member URI is tar://MEMBER::CONTAINER_URL")
+        return Source("tar", container, member=member)
+    if uri.startswith(PARQUET):
+        inner, sep, container = uri[len(PARQUET):].partition(CHAIN)
+        column, _, row = inner.rpartition("/")
+        if not sep or not container or not column or not row.isdigit():
+            raise ValueError(f"{uri}: a parquet row URI is parquet://COLUMN/ROW::CONTAINER_URL")
+        return Source("parquet", container, column=column, row=int(row))
+    return Source("url" if is_url(uri) else "local", uri)
+
+
+def source_name(uri: str) -> str:
+    """The name a key is made from: the path of a file, the member of a tar, ``TABLE_ROW`` of a parquet row."""
+    source = parse(uri) if uri.startswith((TAR, PARQUET)) else None
+    if source is None:
+        return urlsplit(uri).path if is_url(uri) else uri
+    if source.kind == "tar":
+        return source.member
+    return f"{PurePosixPath(urlsplit(source.location).path).stem}_{source.row}"
+
+
+def unsafe_member(name: str) -> str | None:
+    """Why a tar member name must not be read (absolute, climbs out with ``..``, or breaks the URI), else ``None``."""
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+        return "absolute member name"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "member name climbs out of the archive (..)"
+    if CHAIN in name:
+        return "member name holds '::'"
+    if posixpath.normpath(name) in ("", "."):
+        return "empty member name"
+    return None
+
+
+def has_credentials(url: str) -> bool:
+    """Whether a URL carries a user name or password (``https://user:pass@host/``): refused, never written."""
+    return is_url(url) and "@" in urlsplit(url).netloc

@@ -1,0 +1,68 @@
+"""fsspec storage options: parsed from ``--storage-option KEY=VALUE``, and the one rule that keeps secrets out of files.
+
+Options go to every fsspec filesystem of the run's remote URLs (``endpoint_url``, ``anon``,
+``client_kwargs.region_name`` ...). Credentials are best left to the usual environment (``AWS_*``,
+``GOOGLE_APPLICATION_CREDENTIALS``); given as options they travel to the workers in task arguments
+only, and :func:`redact` replaces them wherever a config is written (``run.json``, reports)::
+
+    options = parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false", "secret=abc"])
+    redact(options)   # {'endpoint_url': 'http://127.0.0.1:9000', 'anon': False, 'secret': '<redacted>'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+REDACTED = "<redacted>"
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth", "session", "signature",
+                "sas", "private", "cert")
+"""An option whose name holds one of these (any case, ``aws_secret_access_key``, ``account_key``...) is a secret."""
+PUBLIC_OPTIONS = frozenset({"endpoint_url", "anon", "region_name", "requester_pays", "use_ssl", "version_aware",
+                            "default_block_size", "default_cache_type", "project", "cache_type", "block_size",
+                            "client_kwargs", "config_kwargs", "s3_additional_kwargs", "skip_instance_cache"})
+"""Names known to hold no secret, kept when a config is written (needed to resume against the same store)."""
+
+
+class StorageOptionError(ValueError):
+    """A ``--storage-option`` that is not ``KEY=VALUE``."""
+
+
+def is_secret(name: str) -> bool:
+    """Whether option ``name`` may hold a credential (unknown names holding a secret word are)."""
+    lowered = name.lower()
+    return lowered not in PUBLIC_OPTIONS and any(word in lowered for word in SECRET_WORDS)
+
+
+def redact(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with every secret value (at any depth of nested mappings) replaced by :data:`REDACTED`."""
+    public: dict[str, Any] = {}
+    for name, value in options.items():
+        if is_secret(str(name)):
+            public[name] = REDACTED
+        elif isinstance(value, Mapping):
+            public[name] = redact(value)
+        else:
+            public[name] = value
+    return public
+
+
+def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` pairs as a dict: ``true``/``false`` become booleans, every other value stays a string
+    (a numeric-looking token is still a token); ``a.b=v`` nests (``client_kwargs.region_name=eu-west-1``)."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:  # the text is not echoed: it may be a credential typed without its key
+            raise StorageOptionError("--storage-option: expected KEY=VALUE (one was given without '=' or a key)")
+        value: Any = {"true": True, "false": False}.get(text.strip().lower(), text)
+        *parents, leaf = name.split(".")
+        target = options
+        for parent in parents:
+            nested = target.setdefault(parent, {})
+            if not isinstance(nested, dict):
+                raise StorageOptionError(f"--storage-option {name}: {parent} is already set to a value")
+            target = nested
+        target[leaf] = value
+    return options

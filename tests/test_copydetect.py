@@ -1,0 +1,207 @@
+"""Copy detection building blocks: hashes, SSCD layout, GeM, score normalisation, verification, groups, leaks."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageOps
+
+from curate.copydetect import hashes
+from curate.copydetect.augment import draw_text, paste_emoji
+from curate.copydetect.descriptor import SSCD, CheckpointError, GeM, load_descriptor
+from curate.copydetect.features import image_features
+from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows
+from curate.copydetect.local import describe
+from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
+from curate.copydetect.score_norm import background_bias, with_bias
+from curate.copydetect.verify import verify_pair
+from schemas.config import DedupConfig
+from schemas.tables import validate
+
+
+def _photo(name: str, size: int = 256) -> Image.Image:
+    import skimage.data
+
+    return ImageOps.fit(Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB"), (size, size))
+
+
+# -- hashes -----------------------------------------------------------------------------------------
+
+
+def test_hash_pairs_need_every_hash_within_the_radius():
+    rng = np.random.default_rng(0)
+    codes = {name: rng.integers(0, 256, (6, 8), dtype=np.uint8) for name in ("phash", "dhash")}
+    codes["phash"][3] = codes["phash"][1] ^ np.array([1, 0, 0, 0, 0, 0, 0, 3], np.uint8)  # 3 bits
+    codes["dhash"][3] = codes["dhash"][1] ^ np.array([7, 0, 0, 0, 0, 0, 0, 0], np.uint8)  # 3 bits
+    codes["phash"][5] = codes["phash"][0]  # pHash equal, dHash unrelated: not a pair
+    first, second, distance = hashes.hash_pairs(codes, max_distance=3)
+    assert list(zip(first.tolist(), second.tolist(), distance.tolist())) == [(1, 3, 3)]
+    assert len(hashes.hash_pairs(codes, max_distance=2)[0]) == 0
+
+
+def test_multi_index_hashing_finds_the_same_pairs_as_the_flat_binary_index(monkeypatch):
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, (400, 8), dtype=np.uint8)
+    flips = rng.integers(0, 64, (100, 3))
+    for row, bits in enumerate(flips):  # rows 300.. are rows 0..99 with 3 bits flipped
+        code = np.unpackbits(codes[row]).copy()
+        code[bits] ^= 1
+        codes[300 + row] = np.packbits(code)
+    flat = hashes.radius_pairs(codes, 3)
+    monkeypatch.setattr(hashes, "MULTI_HASH_ABOVE", 10)
+    assert isinstance(hashes.binary_index(codes), __import__("faiss").IndexBinaryMultiHash)
+    multi = hashes.radius_pairs(codes, 3)
+    assert sorted(zip(*map(np.ndarray.tolist, flat[:2]))) == sorted(zip(*map(np.ndarray.tolist, multi[:2])))
+    assert {(r, 300 + r) for r in range(100)} <= set(zip(*map(np.ndarray.tolist, flat[:2])))
+
+
+# -- descriptor -------------------------------------------------------------------------------------
+
+
+def test_gem_with_p3_is_the_cube_root_of_the_mean_cube():
+    x = torch.rand(2, 5, 3, 4)
+    expected = (x.pow(3).mean(dim=(2, 3))).pow(1 / 3)
+    torch.testing.assert_close(GeM(3.0)(x), expected)
+    assert not torch.allclose(GeM(3.0)(x), x.mean(dim=(2, 3)))
+
+
+def test_sscd_loads_a_torchvision_layout_state_dict_with_random_weights(tmp_path):
+    torch.manual_seed(0)
+    released = torchvision.models.resnet50(num_classes=512)  # the released files' layout: fc is the projection
+    path = tmp_path / "sscd_disc_mixup.torchvision.pt"
+    torch.save(released.state_dict(), path)
+    model = load_descriptor(path)
+    assert isinstance(model, SSCD) and isinstance(model.backbone.avgpool, GeM) and model.dim == 512
+    torch.testing.assert_close(model.backbone.fc.weight, released.fc.weight)
+    prefixed = tmp_path / "prefixed.pt"
+    torch.save({f"backbone.{k}": v for k, v in released.state_dict().items()}, prefixed)
+    torch.testing.assert_close(load_descriptor(prefixed).backbone.layer4[2].conv3.weight, released.layer4[2].conv3.weight)
+    with torch.inference_mode():
+        out = model(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 512)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    broken = tmp_path / "broken.pt"
+    state = released.state_dict()
+    state.pop("layer1.0.conv1.weight")
+    torch.save(state, broken)
+    with pytest.raises(CheckpointError, match="missing"):
+        load_descriptor(broken)
+
+
+def test_torchscript_is_refused_unless_accepted(tmp_path):
+    model = SSCD("resnet18", dim=32).eval()
+    path = tmp_path / "model.torchscript.pt"
+    torch.jit.trace(model, torch.rand(1, 3, 32, 32)).save(str(path))
+    with pytest.raises(CheckpointError, match="allow_torchscript"):
+        load_descriptor(path)
+    loaded = load_descriptor(path, allow_torchscript=True)
+    x = torch.rand(1, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+# -- score normalisation ----------------------------------------------------------------------------
+
+
+def test_score_normalisation_as_an_extra_dimension_matches_numpy():
+    rng = np.random.default_rng(0)
+    unit = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)).astype(np.float32)  # noqa: E731
+    queries, references, background = unit(rng.normal(size=(7, 16))), unit(rng.normal(size=(9, 16))), unit(rng.normal(size=(50, 16)))
+    bias = background_bias(queries, background, first=1, last=3, beta=1.0)
+    similarities = queries @ background.T
+    expected_bias = np.sort(similarities, axis=1)[:, ::-1][:, 0:3].mean(axis=1)
+    np.testing.assert_allclose(bias, expected_bias, atol=1e-5)
+    scores = with_bias(queries, bias) @ with_bias(references, None).T
+    np.testing.assert_allclose(scores, queries @ references.T - expected_bias[:, None], atol=1e-5)
+    second_to_fourth = background_bias(queries, background, first=2, last=4, beta=0.5)
+    np.testing.assert_allclose(second_to_fourth, 0.5 * np.sort(similarities, axis=1)[:, ::-1][:, 1:4].mean(axis=1), atol=1e-5)
+    own = background_bias(background[:5], background, exclude_self=True)
+    np.testing.assert_allclose(own, np.sort(background[:5] @ background.T, axis=1)[:, ::-1][:, 1:4].mean(axis=1), atol=1e-5)
+
+
+# -- verification -----------------------------------------------------------------------------------
+
+
+def _frame(photo: Image.Image) -> Image.Image:
+    """A textured 'screenshot' frame (the same for every photo) with ``photo`` inside."""
+    frame = _photo("page", 320).resize((320, 320))
+    frame.paste(photo.resize((200, 200)), (100, 60))
+    return frame
+
+
+def test_verification_accepts_a_copy_and_rejects_photos_sharing_only_an_overlay_or_a_frame():
+    astronaut, coffee = _photo("astronaut"), _photo("coffee")
+    crop = astronaut.crop((40, 30, 230, 220)).rotate(12, resample=Image.Resampling.BICUBIC)
+    copy = verify_pair(describe(astronaut), describe(ImageOps.mirror(crop)))
+    assert copy.accepted and copy.agreement > 0.7  # a full affine map may include the reflection
+    emoji = [paste_emoji(p, "\U0001F600", 0.4, 1.0, (0.5, 0.5)) for p in (astronaut, coffee)]
+    assert not verify_pair(describe(emoji[0]), describe(emoji[1])).accepted
+    texts = [draw_text(p, "so true", 0.2, 1.0, (0.5, 0.9), (255, 255, 255)) for p in (astronaut, coffee)]
+    assert not verify_pair(describe(texts[0]), describe(texts[1])).accepted
+    framed = describe(_frame(astronaut)), describe(_frame(coffee))
+    shared_frame = verify_pair(*framed)
+    assert shared_frame.inliers >= 8 and not shared_frame.accepted  # matched, but only on the frame
+    assert verify_pair(describe(astronaut), framed[0]).accepted
+
+
+# -- groups -----------------------------------------------------------------------------------------
+
+
+def test_union_find_joins_chains_and_labels_by_smallest_row():
+    uf = UnionFind(7)
+    uf.union(np.array([5, 1, 3]), np.array([6, 4, 6]))
+    assert uf.labels().tolist() == [0, 1, 2, 3, 1, 3, 3]
+    uf.union(np.array([4]), np.array([5]))
+    assert uf.labels().tolist() == [0, 1, 2, 1, 1, 1, 1]
+
+
+def test_keep_rule_is_largest_resolution_then_key():
+    labels = np.array([0, 0, 0, 3, 3])
+    keys = ["c", "a", "b", "e", "d"]
+    assert keep_largest(labels, keys, np.array([10, 5, 10, 1, 1])).tolist() == [False, False, True, False, True]
+    assert leaking_rows(labels, np.array([4])).tolist() == [False, False, False, True, True]
+
+
+def _table(images: dict[str, Image.Image]) -> tuple[pa.Table, list]:
+    digests = [hashlib.sha256(np.asarray(im).tobytes()).hexdigest() for im in images.values()]
+    table = pa.table({"key": list(images), "uri": [f"/lake/{k}.jpg" for k in images], "sha256": digests,
+                      "width": [im.width for im in images.values()], "height": [im.height for im in images.values()]})
+    return table, [image_features(im) for im in images.values()]
+
+
+def test_groups_keep_the_largest_copy_and_leaks_remove_the_whole_group_at_the_looser_threshold():
+    astronaut, coffee, chelsea, rocket = (_photo(n) for n in ("astronaut", "coffee", "chelsea", "rocket"))
+    pool = {
+        "a1": astronaut, "a2": astronaut.resize((128, 128)),  # resized copy: a hash link, not kept (smaller)
+        "a3": ImageOps.mirror(astronaut.crop((0, 0, 200, 200))),  # flipped crop: a verified copy
+        "c1": coffee,
+        "k1": chelsea.crop((20, 20, 236, 236)), "k2": ImageOps.grayscale(chelsea.crop((20, 20, 236, 236))).convert("RGB"),
+        "r1": rocket,
+    }
+    table, features = _table(pool)
+    evaluation = ReferenceSet([image_features(chelsea)], ["not-in-pool"])
+    result = copy_duplicates_table(table, features, {"test": evaluation}, DedupConfig())
+    validate(result, "duplicates")
+    rows = {row["key"]: row for row in result.to_pylist()}
+    assert rows["a1"]["kept"] and rows["a2"]["reason"] == "near" and rows["a3"]["reason"] == "copy"
+    assert rows["a2"]["kept_key"] == rows["a3"]["kept_key"] == "a1"
+    assert rows["k1"]["reason"] == rows["k2"]["reason"] == "leak:test"  # the whole group, not only k1
+    assert rows["c1"]["kept"] and rows["r1"]["kept"] and rows["c1"]["group"] != rows["r1"]["group"]
+    strict = copy_duplicates_table(table, features, {"test": evaluation},
+                                   DedupConfig(eval_min_agreement=1.01))  # no verified leak can pass
+    assert not any((r["reason"] or "").startswith("leak") for r in strict.to_pylist())
+
+
+def test_knn_candidates_drop_self_pairs_and_keep_each_pair_once():
+    from curate.copydetect.candidates import knn_candidates
+
+    vectors = np.eye(4, dtype=np.float32)
+    vectors[3] = vectors[1] * 0.8 + vectors[2] * 0.6
+    first, second, score = knn_candidates(vectors, k=3, threshold=0.5)
+    assert list(zip(first.tolist(), second.tolist())) == [(1, 3), (2, 3)]
+    np.testing.assert_allclose(score, [0.8, 0.6], atol=1e-6)

@@ -1,0 +1,170 @@
+"""Lakes in a real S3 endpoint (moto's server on 127.0.0.1, dummy keys): ``curate run`` on LocalCluster workers
+that reach the bucket through storage options given as task arguments, and secrets that never reach a file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import moto.server as moto_server
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import s3fs
+from typer.testing import CliRunner
+
+from curate import tables
+from curate.lakes import parse
+from lakes import write_lake
+from pipelines.cli import app
+
+
+runner = CliRunner()
+DEMO = ["--config", "demo", "ingest.partition_size=40", "shard.max_samples=30"]
+BUCKET = "dinolab-lake"
+SECRET = "dummy-secret-never-written-9f8e7d"
+ACCESS_KEY = "AKIADUMMYNEVERWRITTEN"
+
+
+def curate(*args):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A moto S3 server with the test lake in a bucket; yields (endpoint URL, filesystem, local copy)."""
+    patch = pytest.MonkeyPatch()
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        patch.setenv(name, value)  # the usual environment: LocalCluster workers inherit it
+    patch.delenv("AWS_PROFILE", raising=False)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
+    fs.mkdir(BUCKET)
+    root = tmp_path_factory.mktemp("s3lake")
+    folders = write_lake(root)
+    for role, folder in folders.items():
+        for path in sorted(folder.iterdir()):
+            sub = "" if path.name.startswith(("astronaut", "chelsea", "coffee", "rocket")) else (
+                "fm/" if path.name.startswith("fm_") else "other/")
+            fs.pipe(f"{BUCKET}/{role}/{sub if role == 'pool' else ''}{path.name}", path.read_bytes())
+    yield endpoint, fs, folders
+    server.stop()
+    patch.undo()
+
+
+def every_byte_under(folder: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in folder.rglob("*") if path.is_file())
+
+
+def test_curate_run_on_a_bucket_writes_tables_and_shards_and_no_secret(s3, tmp_path):
+    endpoint, fs, folders = s3
+    out = tmp_path / "out"
+    result = curate("run", "--lake", f"s3://{BUCKET}/pool/", "--curated", f"s3://{BUCKET}/curated/",
+                    "--eval", f"s3://{BUCKET}/eval/", "--out", out, "--workers", 2,
+                    "--storage-option", f"endpoint_url={endpoint}", "--storage-option", f"key={ACCESS_KEY}",
+                    "--storage-option", f"secret={SECRET}", *DEMO)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "listing:" in result.stdout  # listed by tasks, not by the client
+    files = tables.read_table(out, "files").to_pylist()
+    local = {path.name: path for folder in folders.values() for path in folder.iterdir()}
+    assert len(files) == len(local)
+    assert all(row["uri"].startswith(f"s3://{BUCKET}/") for row in files)
+    pool = [row for row in files if row["role"] == "pool"]
+    by_unit: dict[str, set[int]] = {}
+    for row in pool:  # one unit per sub-prefix (fm/, other/) and one for the top level: no partition spans two
+        unit = row["uri"].split("/pool/")[1].split("/")[0] if row["uri"].count("/") > 4 else "top"
+        by_unit.setdefault(unit, set()).add(row["partition"])
+    assert sorted(by_unit) == ["fm", "other", "top"]
+    assert all(not (a & b) for a in by_unit.values() for b in by_unit.values() if a is not b)
+
+    images = {Path(row["uri"]).name: row for row in tables.read_table(out, "images").to_pylist()}
+    assert images["broken.jpg"]["status"] == "error" and images["empty.png"]["error"] == "empty file"
+    assert images["astronaut.jpg"]["status"] == "ok" and images["astronaut.jpg"]["width"] == 512
+    duplicates = {Path(row["uri"]).name: row for row in tables.read_table(out, "duplicates").to_pylist()}
+    assert {duplicates["fm_0001.png"]["group"]} == {duplicates["mirror_of_fm_0001.png"]["group"]}
+    assert all(not row["kept"] for name, row in duplicates.items() if name.startswith("web_"))
+
+    import webdataset as wds
+
+    index = json.loads((out / "shards" / "index.json").read_text())
+    urls = [str(out / "shards" / shard["url"]) for shard in index["shardlist"]]
+    selection = {row["key"]: row for row in tables.read_table(out, "selection").to_pylist()}
+    seen = 0
+    for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+        uri = selection[sample["__key__"]]["uri"]
+        ext = next(k for k in sample if k not in ("__key__", "__url__", "__local_path__", "json"))
+        assert sample[ext] == fs.cat(uri) == local[Path(uri).name].read_bytes()
+        seen += 1
+    assert seen == len(selection) > 0
+
+    from curate.report import _open
+
+    shown = _open(next(iter(selection.values()))["uri"], 64, {"endpoint_url": endpoint})  # contact sheets reach S3
+    assert shown is not None and max(shown.size) <= 64
+
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["lake"]["storage_options"] == {"endpoint_url": endpoint, "key": "<redacted>",
+                                                        "secret": "<redacted>"}
+    written = every_byte_under(out)
+    assert SECRET.encode() not in written and ACCESS_KEY.encode() not in written
+    assert SECRET not in result.stdout + result.stderr and ACCESS_KEY not in result.stdout + result.stderr
+
+    rerun = curate("run", "--out", out, "--workers", 1, "--storage-option", f"endpoint_url={endpoint}", *DEMO)
+    assert rerun.exit_code == 0, rerun.stderr  # resumes with the credentials of the environment
+    assert rerun.stdout.count("done already") == 6
+
+
+def test_a_webdataset_shard_lake_and_a_parquet_lake_in_the_bucket(s3, tmp_path):
+    endpoint, fs, folders = s3
+    pool = sorted(folders["pool"].glob("fm_*.png"))[:30]
+    for shard in range(2):
+        path = tmp_path / f"{shard:06d}.tar"
+        with tarfile.open(path, "w") as archive:
+            for image in pool[shard * 15 : (shard + 1) * 15]:
+                archive.add(image, arcname=f"{image.stem}.png")
+                meta = tmp_path / "meta.json"
+                meta.write_text("{}")
+                archive.add(meta, arcname=f"{image.stem}.json")
+            link = tarfile.TarInfo("escape.png")
+            link.type, link.linkname = tarfile.SYMTYPE, "../../etc/passwd"
+            archive.addfile(link)
+        fs.put_file(str(path), f"{BUCKET}/shards/{path.name}")
+    out = tmp_path / "tar-out"
+    result = curate("ingest", "--lake", f"s3://{BUCKET}/shards/*.tar", "--out", out, "--workers", 1,
+                    "--storage-option", f"endpoint_url={endpoint}", *DEMO)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    images = tables.read_table(out, "images").to_pylist()
+    assert len(images) == 32 and {parse(row["uri"]).location for row in images} == {
+        f"s3://{BUCKET}/shards/000000.tar", f"s3://{BUCKET}/shards/000001.tar"}
+    refused = [row for row in images if parse(row["uri"]).member == "escape.png"]
+    assert len(refused) == 2 and all(r["error"].startswith("refused tar member: symbolic link") for r in refused)
+    ok = {parse(row["uri"]).member: row for row in images if row["status"] == "ok"}
+    assert len(ok) == 30 and ok[pool[0].stem + ".png"]["bytes"] == pool[0].stat().st_size
+
+    blobs = [path.read_bytes() for path in pool[:10]]
+    pq.write_table(pa.table({"image": [{"bytes": b, "path": p.name} for b, p in zip(blobs, pool)]}),
+                   tmp_path / "export.parquet", row_group_size=4)
+    fs.put_file(str(tmp_path / "export.parquet"), f"{BUCKET}/export/train.parquet")
+    out = tmp_path / "parquet-out"
+    result = curate("ingest", "--lake", f"s3://{BUCKET}/export/train.parquet", "--out", out, "--workers", 1,
+                    "--storage-option", f"endpoint_url={endpoint}", *DEMO)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    images = tables.read_table(out, "images").to_pylist()
+    assert [row["status"] for row in images] == ["ok"] * 10
+    assert [row["bytes"] for row in images] == [len(b) for b in blobs]
+    assert images[3]["uri"] == f"parquet://image.bytes/3::s3://{BUCKET}/export/train.parquet"
+
+
+def test_a_missing_prefix_is_one_line_and_exit_code_2(s3, tmp_path):
+    endpoint, _, _ = s3
+    result = curate("run", "--lake", f"s3://{BUCKET}/nothing-here/", "--out", tmp_path / "out", "--workers", 1,
+                    "--storage-option", f"endpoint_url={endpoint}", *DEMO)
+    assert result.exit_code == 2
+    assert "no such folder or prefix" in result.stderr and result.stderr.count("\n") == 1, result.stderr
