@@ -1,5 +1,5 @@
 # Two entry points, each creating or refreshing its own environment first:
-#   make demo   — the main job on the embedded default data (Fashion-MNIST)
+#   make demo   — the main job: the embedded demo lake → curate run → DINOv2 on the shards
 #   make test   — the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ setup:
 	@bash scripts/setup.sh
 
 demo: setup
-	$(VENV)/bin/pretrain demo
+	$(VENV)/bin/curate demo
 
 test: setup
 	$(PY) -m pytest tests
