@@ -113,6 +113,19 @@ class TensorImages:
             yield self.images[order[index * self.batch_size : (index + 1) * self.batch_size]]
 
 
+def decoded_batches(dataset: Dataset, order: list[int], batch_numbers: range, batch_size: int, num_workers: int,
+                    seed: int, skipped: SkipCounter) -> Iterator[Tensor]:
+    """Batches ``batch_numbers`` of ``order`` decoded by ``dataset`` (in DataLoader workers when asked);
+    unreadable items are counted in ``skipped``, so a batch may hold fewer images (none: shape ``[0]``)."""
+    index_batches = [order[index * batch_size : (index + 1) * batch_size] for index in batch_numbers]
+    loader = DataLoader(dataset, batch_sampler=index_batches, collate_fn=collate_samples,
+                        num_workers=num_workers, generator=_loader_generator(seed))
+    for batch in loader:
+        for item in batch.skipped:
+            skipped.add(item.name, item.reason)
+        yield batch.images
+
+
 class FolderImages:
     """A folder or file list, decoded per batch (optionally in workers) to ``storage_size`` squares."""
 
@@ -135,16 +148,8 @@ class FolderImages:
 
     def batches(self, epoch: int, start_batch: int = 0) -> Iterator[Tensor]:
         order = epoch_order(self.num_images, self.seed, epoch).tolist()
-        index_batches = [
-            order[index * self.batch_size : (index + 1) * self.batch_size]
-            for index in range(start_batch, self.batches_per_epoch)
-        ]
-        loader = DataLoader(self.dataset, batch_sampler=index_batches, collate_fn=collate_samples,
-                            num_workers=self.num_workers, generator=_loader_generator(self.seed))
-        for batch in loader:
-            for skipped in batch.skipped:
-                self.skipped.add(skipped.name, skipped.reason)
-            yield batch.images  # may hold fewer images when some were skipped (empty: shape [0])
+        yield from decoded_batches(self.dataset, order, range(start_batch, self.batches_per_epoch), self.batch_size,
+                                   self.num_workers, self.seed, self.skipped)
 
 
 class ShardSamples(Dataset):
@@ -276,16 +281,9 @@ class ShardImages:
                 rows = order[index * self.batch_size : (index + 1) * self.batch_size]
                 yield one_channel_if_gray(self.cached[rows[self.readable[rows]]])
             return
-        index_batches = [
-            order[index * self.batch_size : (index + 1) * self.batch_size].tolist()
-            for index in range(start_batch, self.batches_per_epoch)
-        ]
-        loader = DataLoader(self.dataset, batch_sampler=index_batches, collate_fn=collate_samples,
-                            num_workers=self.num_workers, generator=_loader_generator(self.seed))
-        for batch in loader:
-            for skipped in batch.skipped:
-                self.skipped.add(skipped.name, skipped.reason)
-            yield one_channel_if_gray(batch.images)  # fewer images when some were skipped (none: shape [0])
+        for images in decoded_batches(self.dataset, order.tolist(), range(start_batch, self.batches_per_epoch),
+                                      self.batch_size, self.num_workers, self.seed, self.skipped):
+            yield one_channel_if_gray(images)
 
 
 TrainingImages = TensorImages | FolderImages | ShardImages
