@@ -18,8 +18,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageOps
 
+from curate import output
 from curate.lakes import parse as parse_uri
 from curate.lakes import read_uri
+from curate.output import Location, RemotePath
 from curate.tables import done_parts, read_table
 from features.retrieval.contact_sheet import contact_sheet
 from pretrain.data.images import ImageDecodeError, decode_image, load_image
@@ -59,7 +59,7 @@ Tables = dict[str, pa.Table | None]
 # ----------------------------------------------------------------------------------------------- tables
 
 
-def _load(out: Path) -> Tables:
+def _load(out: Location) -> Tables:
     """Every table that has parts, validated; ``None`` for the absent ones."""
     return {name: read_table(out, name) if done_parts(out, name) else None for name in TABLES}
 
@@ -225,14 +225,15 @@ def _selection(table: pa.Table | None) -> dict[str, Any]:
     return {"present": True, "selected": len(table), "by_method": _value_counts(table["method"])}
 
 
-def _shards(table: pa.Table | None, out: Path) -> dict[str, Any]:
+def _shards(table: pa.Table | None, out: Location) -> dict[str, Any]:
     if table is None:
         return {"present": False}
     folder = out / SHARD_DIR
     paths = [folder / Path(name).name for name in pc.unique(table["shard"]).to_pylist()]
-    on_disk = [path.stat().st_size for path in paths if path.is_file()]
+    sizes = [output.size(path) for path in paths]
+    on_disk = [size for size in sizes if size is not None]
     return {"present": True, "count": len(paths), "samples": len(table), "bytes": int(sum(on_disk)),
-            "missing": len(paths) - len(on_disk), "index": (folder / "index.json").is_file()}
+            "missing": len(paths) - len(on_disk), "index": output.is_file(folder / "index.json")}
 
 
 def _unreadable(table: pa.Table | None) -> dict[str, Any]:
@@ -256,7 +257,7 @@ def _figures(report: dict[str, Any], config: ReportConfig) -> list[str]:
     return [name for name in PICTURES if wanted[name]]
 
 
-def _collect(out: Path, tables: Tables, config: ReportConfig, stages: Sequence[dict]) -> dict[str, Any]:
+def _collect(out: Location, tables: Tables, config: ReportConfig, stages: Sequence[dict]) -> dict[str, Any]:
     sets = _sets(tables)
     report = {
         "tables": {name: table is not None for name, table in tables.items()},
@@ -275,9 +276,9 @@ def _collect(out: Path, tables: Tables, config: ReportConfig, stages: Sequence[d
     return report | {"figures": _figures(report, config)}
 
 
-def collect(out: str | Path, config: ReportConfig, stages: Sequence[dict] = ()) -> dict[str, Any]:
+def collect(out: str | Path | RemotePath, config: ReportConfig, stages: Sequence[dict] = ()) -> dict[str, Any]:
     """The report of ``out`` as a dict (what ``report.json`` holds), writing nothing."""
-    out = Path(out)
+    out = output.location(out)
     return _collect(out, _load(out), config, stages)
 
 
@@ -379,37 +380,27 @@ def _picture(name: str, report: dict[str, Any], tables: Tables, config: ReportCo
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _publish(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, then rename it into place."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_report(out: str | Path, config: ReportConfig, stages: Sequence[dict] = (),
+def write_report(out: str | Path | RemotePath, config: ReportConfig, stages: Sequence[dict] = (),
                  storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``OUT/report/`` (pictures, ``report.html``, then ``report.json``); returns the report as JSON reads it.
 
     Pictures of an earlier run whose table is gone are deleted; nothing else in the folder is touched.
     ``storage_options`` reach the lake's remote images shown in the contact sheets.
     """
-    out = Path(out)
+    out = output.location(out, storage_options)
     folder = out / REPORT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
+    output.makedirs(folder)
     tables = _load(out)
     report = _collect(out, tables, config, stages)
     for name in PICTURES:
         if name in report["figures"]:
-            _publish(folder / name, _picture(name, report, tables, config, storage_options))
+            output.write_bytes(folder / name, _picture(name, report, tables, config, storage_options))
         else:
-            (folder / name).unlink(missing_ok=True)
+            output.remove(folder / name)
     text = json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False)
     report = json.loads(text)
-    _publish(folder / "report.html", render_html(report).encode())
-    _publish(folder / "report.json", (text + "\n").encode())
+    output.write_bytes(folder / "report.html", render_html(report).encode())
+    output.write_bytes(folder / "report.json", (text + "\n").encode())
     return report
 
 

@@ -2,8 +2,9 @@
 
 Each sample becomes two contiguous tar members, ``<key>.<ext>`` (the source file's bytes, never
 re-encoded) then ``<key>.json`` (its metadata). Shards are written byte-identically on every run (fixed
-mtime, owner and mode) and atomically (temporary file + ``os.replace``), and are described by a wids
-``index.json`` beside them whose shard urls are relative to it::
+mtime, owner and mode) and atomically (temporary file + ``os.replace``; on an object store one put of
+the whole tar, see :mod:`curate.output`), and are described by a wids ``index.json`` beside them whose
+shard urls are relative to it::
 
     plan = plan_shards(keys, sizes, max_samples=1000, max_bytes=1 << 30)
     infos = [write_shard(out / shard_name(i), [samples[r] for r in rows]) for i, rows in enumerate(plan)]
@@ -18,15 +19,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import secrets
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import BinaryIO
 from urllib.parse import urlparse
+
+from curate import output
+from curate.output import Location
 
 SHARD_MTIME = 0
 """mtime of every tar member (the epoch), so that a rerun writes the same bytes."""
@@ -162,31 +164,16 @@ def _write_tar(stream: BinaryIO, samples: Sequence[ShardSample]) -> None:
             tar.addfile(_member(f"{sample.key}.json", len(meta)), io.BytesIO(meta))
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Run ``write`` on a hidden temporary file beside ``path``, then rename it over ``path``.
-
-    A reader sees either the old file or the complete new one; on error the temporary file is removed.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def tar_bytes(samples: Sequence[ShardSample]) -> bytes:
+    """The shard of ``samples`` as bytes (the samples' data is in memory already: a shard is at most twice)."""
+    buffer = io.BytesIO()
+    _write_tar(buffer, samples)
+    return buffer.getvalue()
 
 
-def _md5(path: Path) -> str:
-    with open(path, "rb") as stream:
-        return hashlib.file_digest(stream, "md5").hexdigest()
-
-
-def write_shard(path: Path, samples: Sequence[ShardSample]) -> ShardInfo:
-    """Write one shard atomically and byte-identically on every run; its :class:`ShardInfo`.
+def write_shard(path: Location, samples: Sequence[ShardSample]) -> ShardInfo:
+    """Write one shard atomically (a local path or a :class:`~curate.output.RemotePath`) and byte-identically
+    on every run; its :class:`ShardInfo`.
 
     Uses Python's ``tarfile`` with explicit ``TarInfo`` rather than webdataset's ``TarWriter``, which
     (1.0.2) writes each sample's members in sorted-extension order (``json`` before ``png``), ignores its
@@ -197,9 +184,10 @@ def write_shard(path: Path, samples: Sequence[ShardSample]) -> ShardInfo:
     keys = [sample.key for sample in samples]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{path}: duplicate sample keys")
-    path = Path(path)
-    _atomic_write(path, lambda stream: _write_tar(stream, samples))
-    return ShardInfo(name=path.name, nsamples=len(samples), filesize=path.stat().st_size, md5sum=_md5(path))
+    path = output.location(path)
+    data = tar_bytes(samples)
+    output.write_bytes(path, data, fsync=True)
+    return ShardInfo(name=path.name, nsamples=len(samples), filesize=len(data), md5sum=hashlib.md5(data).hexdigest())
 
 
 def shard_index(infos: Sequence[ShardInfo], name: str, base: str | None = None) -> dict:
@@ -227,10 +215,9 @@ def index_bytes(index: dict) -> bytes:
     return (json.dumps(index, sort_keys=True, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
-def write_index(path: Path, index: dict) -> None:
+def write_index(path: Location, index: dict) -> None:
     """Write ``index`` (see :func:`index_bytes`) atomically to ``path``."""
-    data = index_bytes(index)
-    _atomic_write(Path(path), lambda stream: stream.write(data))
+    output.write_bytes(output.location(path), index_bytes(index), fsync=True)
 
 
 def shard_rows(shard: str, samples: Sequence[ShardSample]) -> list[dict]:

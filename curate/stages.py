@@ -1,5 +1,8 @@
 """The pipeline's stages as plain functions over an output folder: what each reads, writes and counts.
 
+``out`` is a local :class:`~pathlib.Path` or a :class:`curate.output.RemotePath` (an object-store
+prefix carrying its storage options); every read and write goes through :mod:`curate.output`.
+
 Each stage declares its unit of work (:class:`Stage`): per-partition stages (ingest, embed) run once per
 partition of the lake listing, global stages (dedup, cluster, sample, report) once, and the shard stage
 once per shard after a planning step. Every unit reads validated tables, writes its outputs atomically
@@ -15,18 +18,18 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import tables
+from curate import output, tables
 from curate.dedup import duplicates_table
 from curate.embed import Embedder, embed_partition
 from curate.ingest import ingest_partition
 from curate.lakes import read_partition
 from curate.kmeans import clusters_table
+from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
 from schemas.config import PipelineConfig
@@ -58,21 +61,21 @@ STAGES: dict[str, Stage] = {
 ORDER: tuple[str, ...] = tuple(STAGES)
 
 
-def partitions(out: Path) -> list[int]:
+def partitions(out: Location) -> list[int]:
     """Partition numbers of the lake listing (``files`` table parts)."""
     return sorted(tables.done_parts(out, "files"))
 
 
-def pending(out: Path, stage: str) -> list[int]:
+def pending(out: Location, stage: str) -> list[int]:
     """Partitions of a per-partition stage whose output part does not exist yet."""
     done = tables.done_parts(out, STAGES[stage].writes)
     return [p for p in partitions(out) if p not in done]
 
 
-def is_done(out: Path, stage: str) -> bool:
+def is_done(out: Location, stage: str) -> bool:
     """Whether a stage's whole output exists (every partition, or the single global part / the report)."""
     if stage == "report":
-        return (out / "report" / "report.json").is_file()
+        return output.is_file(out / "report" / "report.json")
     if STAGES[stage].per_partition:
         return bool(partitions(out)) and not pending(out, stage)
     return 0 in tables.done_parts(out, STAGES[stage].writes)
@@ -81,14 +84,14 @@ def is_done(out: Path, stage: str) -> bool:
 # -- per-partition stages ---------------------------------------------------------------------------
 
 
-def ingest(out: Path, partition: int, config: PipelineConfig) -> dict[str, int]:
+def ingest(out: Location, partition: int, config: PipelineConfig) -> dict[str, int]:
     files = tables.read_part(out, "files", partition)
     images = ingest_partition(files, config.ingest, config.lake.storage_options)
     tables.write_part(out, "images", partition, images)
     return {"in": len(files), "out": int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)}
 
 
-def embed(out: Path, partition: int, config: PipelineConfig, embedder: Embedder) -> dict[str, int]:
+def embed(out: Location, partition: int, config: PipelineConfig, embedder: Embedder) -> dict[str, int]:
     images = tables.read_part(out, "images", partition)
     rows, vectors = embed_partition(images, embedder, config.ingest.max_pixels, config.embed.batch_size,
                                     config.lake.storage_options)
@@ -115,7 +118,7 @@ class Vectors:
         return self.rows.column("key").to_pylist()
 
 
-def read_vectors(out: Path) -> Vectors:
+def read_vectors(out: Location) -> Vectors:
     """Every embedding of every set, sorted by key."""
     parts, matrices = [], []
     for partition in sorted(tables.done_parts(out, "embeddings")):
@@ -138,7 +141,7 @@ def _lookup(table: pa.Table, keys: list[str], columns: list[str]) -> dict[str, l
     return {name: taken.column(name).to_pylist() for name in columns}
 
 
-def dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
+def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
     if config.dedup.descriptor != "embeddings":
         from curate.copydetect.stage import copy_dedup
 
@@ -158,13 +161,13 @@ def dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
     return {"in": len(pool.keys()), "out": int(pc.sum(duplicates["kept"]).as_py() or 0)}
 
 
-def _kept_pool(out: Path, vectors: Vectors) -> Vectors:
+def _kept_pool(out: Location, vectors: Vectors) -> Vectors:
     duplicates = tables.read_table(out, "duplicates")
     kept = set(duplicates.filter(duplicates["kept"]).column("key").to_pylist())
     return vectors.where(np.array([key in kept for key in vectors.keys()], dtype=bool))
 
 
-def cluster(out: Path, config: PipelineConfig) -> dict[str, int]:
+def cluster(out: Location, config: PipelineConfig) -> dict[str, int]:
     pool = _kept_pool(out, read_vectors(out))
     images = tables.read_table(out, "images")
     uris = _lookup(images, pool.keys(), ["uri"])["uri"]
@@ -173,7 +176,7 @@ def cluster(out: Path, config: PipelineConfig) -> dict[str, int]:
     return {"in": len(pool.keys()), "out": len(pool.keys())}
 
 
-def sample(out: Path, config: PipelineConfig) -> dict[str, int]:
+def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
     vectors = read_vectors(out)
     clusters = tables.read_table(out, "clusters")
     in_pool = set(clusters.column("key").to_pylist())
@@ -194,7 +197,7 @@ INDEX_NAME = "dinolab-curated"
 """The dataset name in ``shards/index.json`` (not the output folder's, so a moved run reads the same)."""
 
 
-def plan(out: Path, config: PipelineConfig) -> int:
+def plan(out: Location, config: PipelineConfig) -> int:
     """Split the selection (key order) into shards by ``shard.max_samples`` and ``shard.max_bytes``.
 
     Each sample is ``{key, uri, ext, meta}``; the plan is written to ``shards/.plan.json`` so every shard
@@ -221,27 +224,23 @@ def plan(out: Path, config: PipelineConfig) -> int:
     ]
     groups = plan_shards(keys, images["bytes"], config.shard.max_samples, config.shard.max_bytes)
     shards = [[samples[i] for i in group] for group in groups]
-    directory = out / SHARD_DIR
-    directory.mkdir(parents=True, exist_ok=True)
-    temporary = directory / f"{PLAN_FILE}.tmp"
-    temporary.write_text(json.dumps(shards, sort_keys=True))
-    temporary.replace(directory / PLAN_FILE)
+    output.write_bytes(out / SHARD_DIR / PLAN_FILE, json.dumps(shards, sort_keys=True).encode())
     return len(shards)
 
 
-def read_plan(out: Path) -> list[list[dict]]:
-    return json.loads((out / SHARD_DIR / PLAN_FILE).read_text())
+def read_plan(out: Location) -> list[list[dict]]:
+    return json.loads(output.read_bytes(out / SHARD_DIR / PLAN_FILE))
 
 
-def shard(out: Path, number: int, config: PipelineConfig | None = None) -> dict:
+def shard(out: Location, number: int, config: PipelineConfig | None = None) -> dict:
     """Write shard ``number`` of the plan (original bytes, deterministic tar); returns its index entry.
 
     A shard already published (by an earlier, interrupted run) is kept: shards are deterministic. Each
     container of the lake (tar, parquet file) is opened once per shard; ``config.lake`` gives the storage options.
     """
     path = out / SHARD_DIR / shard_name(number)
-    if path.is_file():
-        data = path.read_bytes()
+    if output.is_file(path):
+        data = output.read_bytes(path)
         return {"name": path.name, "nsamples": len(read_plan(out)[number]), "filesize": len(data),
                 "md5sum": hashlib.md5(data).hexdigest()}
     planned = read_plan(out)[number]
@@ -256,7 +255,7 @@ def shard(out: Path, number: int, config: PipelineConfig | None = None) -> dict:
     return {"name": info.name, "nsamples": info.nsamples, "filesize": info.filesize, "md5sum": info.md5sum}
 
 
-def finish_shards(out: Path, infos: list[dict]) -> dict[str, int]:
+def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
     """``shards/index.json`` (wids) and the ``shards`` table, from the plan and the written shards."""
     from curate.shards import ShardInfo
 
@@ -271,18 +270,18 @@ def finish_shards(out: Path, infos: list[dict]) -> dict[str, int]:
             rows["member"].append(f"{sample['key']}.{sample['ext']}")
             rows["index"].append(position)
     tables.write_part(out, "shards", 0, pa.table(rows))
-    (out / SHARD_DIR / PLAN_FILE).unlink(missing_ok=True)
+    output.remove(out / SHARD_DIR / PLAN_FILE)
     return {"in": sum(len(s) for s in shards), "out": sum(info["nsamples"] for info in infos)}
 
 
-def report(out: Path, config: PipelineConfig, stage_records: list[dict]) -> dict[str, int]:
+def report(out: Location, config: PipelineConfig, stage_records: list[dict]) -> dict[str, int]:
     from curate.report import write_report
 
     summary = write_report(out, config.report, stage_records, config.lake.storage_options)
     return {"in": 0, "out": 0, "summary": summary}
 
 
-def counts(out: Path, stage: str) -> dict[str, int | None]:
+def counts(out: Location, stage: str) -> dict[str, int | None]:
     """Images into and out of ``stage``, read from its tables (``None`` where a table is missing)."""
 
     def rows(name: str, where: tuple[str, object] | None = None) -> int | None:

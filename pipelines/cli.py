@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate import stages
+from curate import output, stages
 from curate.lake import ImageSet, LakeError, files_table, name_sets
 from curate.lakes import listing as lake_listing
+from curate.output import Location
 from pipelines import pretrain_stage
 from pipelines.cluster import ClusterError, connect
 from pipelines.run import Pipeline, write_listing
@@ -52,7 +53,7 @@ def resolve_config(name_or_path: str) -> Path:
 Lakes = Annotated[Optional[list[str]], typer.Option("--lake", help="pool to curate: a folder (recursive) or a glob, an fsspec URL prefix (s3://bucket/lake/), tar files (shards/*.tar) or parquet files; repeatable")]
 Curated = Annotated[Optional[list[str]], typer.Option("--curated", help="curated set: retrieval queries (ImageNet-22k's role); repeatable")]
 Evals = Annotated[Optional[list[str]], typer.Option("--eval", help="evaluation set whose near-copies leave the pool; repeatable")]
-Out = Annotated[Path, typer.Option("--out", help="output folder: tables/, shards/, report/ (a rerun resumes it)")]
+Out = Annotated[str, typer.Option("--out", help="output folder, or an fsspec URL prefix (s3://bucket/run; reached with the --storage-option settings): tables/, shards/, report/ (a rerun resumes it)")]
 Scheduler = Annotated[Optional[str], typer.Option("--scheduler", help="address of a running Dask scheduler, tcp://HOST:PORT")]
 Workers = Annotated[Optional[int], typer.Option("--workers", min=1, help="local worker processes (default: one per core)")]
 Embedder = Annotated[Optional[str], typer.Option("--embedder", help="'pixels', an architecture name, or backbone weights (shortcut for embed.embedder=...)")]
@@ -64,6 +65,7 @@ StorageOptions = Annotated[Optional[list[str]], typer.Option("--storage-option",
 ClusterKind = Annotated[str, typer.Option("--cluster", help="where workers run without --scheduler: 'local' processes or 'slurm' jobs (settings: slurm.* overrides)")]
 PretrainPreset = Annotated[Optional[str], typer.Option("--pretrain", metavar="PRESET", help="after the report, pretrain on OUT/shards with this preset (pretrain train --preset; e.g. fmnist-tiny) into OUT/pretrain, as its own process, resumed by a rerun")]
 PretrainArgs = Annotated[Optional[list[str]], typer.Option("--pretrain-arg", metavar="KEY=VALUE", help="pretraining override for --pretrain, e.g. optim.epochs=2 or run.num_workers=2; repeatable")]
+PretrainOut = Annotated[Optional[Path], typer.Option("--pretrain-out", help="with --pretrain: the trainer's local output folder (default OUT/pretrain; needed when --out is a URL)")]
 PretrainNproc = Annotated[int, typer.Option("--pretrain-nproc", min=1, help="with --pretrain: processes (>1 runs torchrun --standalone --nproc-per-node N)")]
 
 
@@ -73,7 +75,7 @@ def _fail(command: str, error: Exception) -> None:
     raise typer.Exit(2)
 
 
-def _sets(out: Path, lakes: list[str], curated: list[str], evals: list[str]) -> list[ImageSet]:
+def _sets(out: Location, lakes: list[str], curated: list[str], evals: list[str]) -> list[ImageSet]:
     if not lakes:
         if curated or evals:
             raise LakeError("--curated and --eval need a --lake to curate")
@@ -82,7 +84,7 @@ def _sets(out: Path, lakes: list[str], curated: list[str], evals: list[str]) -> 
     return name_sets(lakes, "pool", taken) + name_sets(curated, "curated", taken) + name_sets(evals, "eval", taken)
 
 
-def _check_curated(out: Path, sets: list[ImageSet]) -> None:
+def _check_curated(out: Location, sets: list[ImageSet]) -> None:
     """Refuse a curated set none of whose images could be read (it would retrieve nothing)."""
     from curate import tables
 
@@ -101,14 +103,21 @@ def with_storage_options(config: PipelineConfig, pairs: list[str]) -> PipelineCo
     return replace(config, lake=LakeConfig({**config.lake.storage_options, **parse_storage_options(pairs)}))
 
 
-def execute(command: str, until: str, lakes, curated, evals, out: Path, scheduler, workers, embedder, config_name,
-            performance_report, memory_limit, overrides, storage_options=None, cluster: str = "local") -> None:
+def output_location(out: str, storage_options: dict) -> Location:
+    """``--out`` as a resolved local folder, or a :class:`~curate.output.RemotePath` with the storage options."""
+    found = output.location(out, storage_options)
+    return found if isinstance(found, output.RemotePath) else found.expanduser().resolve()
+
+
+def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler, workers, embedder, config_name,
+            performance_report, memory_limit, overrides, storage_options=None, cluster: str = "local") -> Location:
+    """Run the stages up to ``until``; returns where the run's output is."""
     console = Console(highlight=False)
     try:
         extra = list(overrides or []) + ([f"embed.embedder={embedder}"] if embedder else [])
         config: PipelineConfig = with_storage_options(load_config(resolve_config(config_name), extra),
                                                       list(storage_options or []))
-        out = out.expanduser().resolve()
+        out = output_location(out, config.lake.storage_options)
         for uri in [*(lakes or []), *(curated or []), *(evals or [])]:
             lake_listing.check_uri(uri)
         sets = _sets(out, lakes or [], curated or [], evals or [])
@@ -130,6 +139,7 @@ def execute(command: str, until: str, lakes, curated, evals, out: Path, schedule
     _print_records(console, records)
     if until == "report":
         console.print(f"report: {out / 'report' / 'report.html'}")
+    return out
 
 
 def _print_records(console: Console, records: list[dict]) -> None:
@@ -172,22 +182,24 @@ def run(
     workers: Workers = None, embedder: Embedder = None, config: ConfigOption = DEFAULT_CONFIG,
     performance_report: PerfReport = None, memory_limit: MemoryLimit = None, overrides: Overrides = None,
     pretrain: PretrainPreset = None, pretrain_arg: PretrainArgs = None, pretrain_nproc: PretrainNproc = 1,
-    storage_option: StorageOptions = None, cluster: ClusterKind = "local",
+    storage_option: StorageOptions = None, cluster: ClusterKind = "local", pretrain_out: PretrainOut = None,
 ) -> None:
     """The whole pipeline: ingest, embed, dedup, cluster, sample, shard, report (then, with --pretrain, the
     trainer on the new shards). A rerun on the same --out resumes."""
     if pretrain is not None:  # a bad preset or override fails now, not after the curation
         try:
             pretrain_stage.check_request(pretrain, pretrain_arg or [], pretrain_nproc)
+            pretrain_stage.trainer_dir(output.location(out), pretrain_out)
         except pretrain_stage.PretrainStageError as error:
             _fail("run", error)
-    execute("run", "report", lake, curated, eval_, out, scheduler, workers, embedder, config, performance_report,
-            memory_limit, overrides, storage_option, cluster)
+    where = execute("run", "report", lake, curated, eval_, out, scheduler, workers, embedder, config,
+                    performance_report, memory_limit, overrides, storage_option, cluster)
     if pretrain is not None:
-        out = out.expanduser().resolve()
-        command = pretrain_stage.pretrain_command(out, pretrain, pretrain_arg or [], pretrain_nproc)
+        trainer_out = pretrain_out.expanduser().resolve() if pretrain_out is not None else None
+        command = pretrain_stage.pretrain_command(where, pretrain, pretrain_arg or [], pretrain_nproc,
+                                                  pretrain_out=trainer_out)
         try:
-            code = pretrain_stage.run_pretrain(out, command, print)
+            code = pretrain_stage.run_pretrain(where, command, print, trainer_out)
         except pretrain_stage.PretrainStageError as error:
             _fail("run", error)
         if code != 0:
@@ -229,10 +241,12 @@ def demo_command(
 
 
 @app.command("status")
-def status_command(out: Annotated[Path, typer.Argument(help="the output folder of a run")]) -> None:
+def status_command(out: Annotated[str, typer.Argument(help="the output folder (or URL prefix) of a run")],
+                   storage_option: StorageOptions = None) -> None:
     """What is done and what is left in a run's output folder."""
     console = Console(highlight=False)
     try:
+        out = output.location(out, parse_storage_options(storage_option or []))
         sets = recorded_sets(out)
         rows = status(out)
     except USER_ERRORS as error:
@@ -245,6 +259,7 @@ def status_command(out: Annotated[Path, typer.Argument(help="the output folder o
     for row in rows:
         table.add_row(row["stage"], row["state"], row["detail"])
     console.print(table)
+
 
 
 def main() -> None:

@@ -12,6 +12,11 @@ instead of resuming on other data::
 
     command = pretrain_command(out, "fmnist-tiny", ["optim.epochs=2"], nproc=1)
     exit_code = run_pretrain(out, command, print)
+
+With ``OUT`` in an object store (:class:`curate.output.RemotePath`) the trainer reads the shards from
+their URL and writes to a local ``pretrain_out`` folder (``curate run --pretrain-out``). Its storage
+options travel as ``--storage-option`` flags, but for the secret ones, which reach the process only
+through its environment (:data:`STORAGE_OPTIONS_ENV`, JSON), never its command line or output.
 """
 
 from __future__ import annotations
@@ -22,8 +27,14 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+from curate import output
+from curate.output import Location, RemotePath
+from pretrain.data.remote import STORAGE_OPTIONS_ENV
+from schemas.storage import is_secret
 
 PRETRAIN_DIR = "pretrain"
 SHARDS_DIR = "shards"  # curate.stages.SHARD_DIR
@@ -46,42 +57,67 @@ def check_request(preset: str, overrides: Sequence[str], nproc: int) -> None:
         raise PretrainStageError(f"--pretrain {preset}: {error}") from None
 
 
-def pretrain_command(out: Path, preset: str, overrides: Sequence[str], nproc: int = 1,
-                     python: str = sys.executable) -> list[str]:
+def trainer_dir(out: Location, pretrain_out: Path | None = None) -> Path:
+    """Where the trainer writes: ``pretrain_out``, else ``OUT/pretrain`` (which a remote ``OUT`` cannot be)."""
+    if pretrain_out is not None:
+        return Path(pretrain_out)
+    if isinstance(out, RemotePath):
+        raise PretrainStageError(f"--out {out} is in an object store: give the trainer a local folder "
+                                 "with --pretrain-out")
+    return out / PRETRAIN_DIR
+
+
+def option_flags(options: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``--storage-option KEY=VALUE`` flags of the options that are not secret (nested ones as ``a.b=v``)."""
+    flags = []
+    for name, value in options.items():
+        if is_secret(str(name)):
+            continue
+        if isinstance(value, Mapping):
+            flags += option_flags(value, f"{prefix}{name}.")
+        else:
+            flags += ["--storage-option", f"{prefix}{name}={str(value).lower() if isinstance(value, bool) else value}"]
+    return flags
+
+
+def pretrain_command(out: Location, preset: str, overrides: Sequence[str], nproc: int = 1,
+                     python: str = sys.executable, pretrain_out: Path | None = None) -> list[str]:
     """The command line of the stage (one process, or torchrun with ``nproc`` processes)."""
-    train = ["-m", "pretrain", "train", "--data", str(out / SHARDS_DIR), "--out", str(out / PRETRAIN_DIR),
-             "--preset", preset, "--resume", "--no-progress", *overrides]
+    options = option_flags(out.storage_options) if isinstance(out, RemotePath) else []
+    train = ["-m", "pretrain", "train", "--data", str(out / SHARDS_DIR), "--out", str(trainer_dir(out, pretrain_out)),
+             *options, "--preset", preset, "--resume", "--no-progress", *overrides]
     if nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *train]
     return [python, *train]
 
 
-def _index_digest(out: Path) -> str:
-    return hashlib.sha256((out / SHARDS_DIR / "index.json").read_bytes()).hexdigest()
-
-
-def check_same_shards(out: Path) -> None:
-    """Record which shards ``OUT/pretrain`` trains on; refuse to resume it on different ones."""
-    record = out / PRETRAIN_DIR / DATA_RECORD
-    if not (out / SHARDS_DIR / "index.json").is_file():
+def check_same_shards(out: Location, pretrain_out: Path | None = None) -> None:
+    """Record which shards the trainer's folder trains on; refuse to resume it on different ones."""
+    folder = trainer_dir(out, pretrain_out)
+    record = folder / DATA_RECORD
+    index = out / SHARDS_DIR / "index.json"
+    if not output.is_file(index):
         raise PretrainStageError(f"{out / SHARDS_DIR}: no index.json, the shard stage wrote no shards")
-    digest = _index_digest(out)
+    digest = hashlib.sha256(output.read_bytes(index)).hexdigest()
     if record.is_file():
         recorded = json.loads(record.read_text()).get("index_sha256")
         if recorded != digest:
             raise PretrainStageError(
-                f"{out / PRETRAIN_DIR} trained on other shards (shards/index.json changed since); "
+                f"{folder} trained on other shards (shards/index.json changed since); "
                 f"remove that folder to pretrain afresh on the new shards")
         return
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"index_sha256": digest}) + "\n")
 
 
-def run_pretrain(out: Path, command: Sequence[str], say: Callable[[str], None]) -> int:
+def run_pretrain(out: Location, command: Sequence[str], say: Callable[[str], None],
+                 pretrain_out: Path | None = None) -> int:
     """Run ``command``, passing each line of its output (stdout and stderr) to ``say``; its exit code."""
-    check_same_shards(out)
+    check_same_shards(out, pretrain_out)
     say("pretrain stage: " + shlex.join(command))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if isinstance(out, RemotePath) and out.storage_options:
+        env[STORAGE_OPTIONS_ENV] = json.dumps(dict(out.storage_options))
     with subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           bufsize=1, env=env) as process:
         assert process.stdout is not None

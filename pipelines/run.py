@@ -2,8 +2,10 @@
 
 Per-partition stages submit one task per pending partition; global stages one task; the shard stage a
 planning task, one task per shard, then the index. Every task writes its outputs under deterministic
-names (temporary name, then rename), so a task rescheduled after a worker died, or a rerun after the
-client was killed, produces the same files as an uninterrupted run::
+names (temporary name, then rename; one put on an object store), so a task rescheduled after a worker
+died, or a rerun after the client was killed, produces the same files as an uninterrupted run. The
+output folder may be an object-store prefix (:class:`curate.output.RemotePath`): it travels in every
+task's arguments with its storage options::
 
     with connect(workers=2) as client:
         Pipeline(client, out, config, console).run(until="report")
@@ -22,9 +24,10 @@ import pyarrow as pa
 from distributed import Client, performance_report
 from rich.console import Console
 
-from curate import stages, tables
+from curate import output, stages, tables
 from curate.lake import ImageSet, files_table
 from curate.lakes import listing as lake_listing
+from curate.output import Location
 from pipelines import tasks
 from pipelines.cluster import worker_has_gpu
 from pipelines.listing import list_lake
@@ -37,7 +40,7 @@ TASK_RETRIES = 1
 """Retries of a task that raised (a worker that died is rescheduled by the scheduler on its own)."""
 
 
-def write_listing(out: Path, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None,
+def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None,
                   pipeline: Pipeline | None = None) -> int:
     """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists.
 
@@ -67,7 +70,7 @@ def _load_stage_code() -> None:
 class Pipeline:
     """The stages of one run over ``out``, submitted to ``client``."""
 
-    def __init__(self, client: Client, out: Path, config: PipelineConfig, console: Console) -> None:
+    def __init__(self, client: Client, out: Location, config: PipelineConfig, console: Console) -> None:
         self.client, self.out, self.config, self.console = client, out, config, console
         self.run_id = uuid.uuid4().hex[:8]
         client.run(_load_stage_code)  # part of starting the workers, not of the first stage's time
@@ -138,13 +141,11 @@ class Pipeline:
     def _record_time(self, name: str, seconds: float, task_count: int) -> None:
         timings = self._timings()
         timings[name] = {"seconds": round(seconds, 3), "tasks": task_count}
-        path = self.out / TIMINGS_FILE
-        path.with_suffix(".tmp").write_text(json.dumps(timings, indent=1, sort_keys=True))
-        path.with_suffix(".tmp").replace(path)
+        output.write_bytes(self.out / TIMINGS_FILE, json.dumps(timings, indent=1, sort_keys=True).encode())
 
     def _timings(self) -> dict:
         path = self.out / TIMINGS_FILE
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return json.loads(output.read_bytes(path)) if output.is_file(path) else {}
 
     def records(self, names) -> list[dict]:
         """Per stage: images in and out (from the tables) and the seconds its tasks took when it ran."""

@@ -2,17 +2,18 @@
 
 A rerun with the same sets resumes; a changed config section redoes its stage and every stage after
 it; other sets, or an ``OUT`` holding tables of no recorded run, are refused so nothing is written over.
+``OUT`` is a local folder or an object-store prefix (:mod:`curate.output`); ``run.json`` records the
+config with storage-option secrets redacted.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
-from pathlib import Path
 
-from curate import stages, tables
+from curate import output, stages, tables
 from curate.lake import ImageSet
+from curate.output import Location
 from schemas.config import PipelineConfig
 
 RUN_FILE = "run.json"
@@ -23,7 +24,7 @@ class RunError(ValueError):
     """An output folder that this run must not use or resume."""
 
 
-def stage_paths(out: Path, stage: str) -> list[Path]:
+def stage_paths(out: Location, stage: str) -> list[Location]:
     """Everything a stage writes (the ingest stage also owns the lake listing)."""
     if stage == "report":
         return [out / "report"]
@@ -35,12 +36,12 @@ def stage_paths(out: Path, stage: str) -> list[Path]:
     return paths
 
 
-def read_run(out: Path) -> dict | None:
+def read_run(out: Location) -> dict | None:
     path = out / RUN_FILE
-    if not path.is_file():
+    if not output.is_file(path):
         return None
     try:
-        run = json.loads(path.read_text())
+        run = json.loads(output.read_bytes(path))
     except json.JSONDecodeError:
         raise RunError(f"{path}: not a readable run record") from None
     if run.get("format") != RUN_FORMAT:
@@ -48,13 +49,13 @@ def read_run(out: Path) -> dict | None:
     return run
 
 
-def check(out: Path, sets: list[ImageSet]) -> dict | None:
+def check(out: Location, sets: list[ImageSet]) -> dict | None:
     """The run recorded in ``OUT`` if it has these sets (``None`` if none); :class:`RunError` otherwise."""
-    if out.exists() and not out.is_dir():
+    if output.is_file(out):
         raise RunError(f"{out} is a file, not an output folder")
     run = read_run(out)
     if run is None:
-        if (out / "tables").exists():
+        if output.exists(out / "tables"):
             raise RunError(f"{out} holds tables of another run (no {RUN_FILE}); choose a new --out")
         return None
     if run["sets"] != [asdict(s) for s in sets]:
@@ -63,12 +64,12 @@ def check(out: Path, sets: list[ImageSet]) -> dict | None:
     return run
 
 
-def prepare(out: Path, sets: list[ImageSet], config: PipelineConfig) -> list[str]:
+def prepare(out: Location, sets: list[ImageSet], config: PipelineConfig) -> list[str]:
     """Record the run in ``OUT`` (after :func:`check`); returns the stages a changed config makes it redo."""
     run = check(out, sets)
     wanted = [asdict(s) for s in sets]
     if run is None:
-        out.mkdir(parents=True, exist_ok=True)
+        output.makedirs(out)
         _write(out, wanted, config)
         return []
     old = run["config"]
@@ -77,26 +78,24 @@ def prepare(out: Path, sets: list[ImageSet], config: PipelineConfig) -> list[str
     redo = list(stages.ORDER[stages.ORDER.index(changed[0]):]) if changed else []
     for stage in redo:
         for path in stage_paths(out, stage):
-            shutil.rmtree(path, ignore_errors=True)
+            output.remove_tree(path)
     _write(out, wanted, config)
     return redo
 
 
-def _write(out: Path, sets: list[dict], config: PipelineConfig) -> None:
+def _write(out: Location, sets: list[dict], config: PipelineConfig) -> None:
     record = {"format": RUN_FORMAT, "version": 1, "sets": sets, "config": config.to_dict()}
-    temporary = out / f".{RUN_FILE}.tmp"
-    temporary.write_text(json.dumps(record, indent=1, sort_keys=True))
-    temporary.replace(out / RUN_FILE)
+    output.write_bytes(out / RUN_FILE, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
-def recorded_sets(out: Path) -> list[ImageSet]:
+def recorded_sets(out: Location) -> list[ImageSet]:
     run = read_run(out)
     if run is None:
         raise RunError(f"{out} holds no curate run ({RUN_FILE} missing): give --lake to start one")
     return [ImageSet(**s) for s in run["sets"]]
 
 
-def status(out: Path) -> list[dict]:
+def status(out: Location) -> list[dict]:
     """Per stage: ``done``, ``partial`` (with partitions done / total) or ``pending``."""
     rows = []
     total = len(stages.partitions(out))

@@ -13,12 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
+from pretrain_tiny import TINY_OVERRIDES
+from shard_sets import fashion_mnist_pngs, write_shards
 from typer.testing import CliRunner
 
-from curate import tables
+from curate import output, tables
 from curate.lakes import parse
 from lakes import write_lake
 from pipelines.cli import app
+from pretrain.cli import main as pretrain_main
+from pretrain.data.shards import ShardReader, resolve_shards
 
 
 runner = CliRunner()
@@ -168,3 +172,100 @@ def test_a_missing_prefix_is_one_line_and_exit_code_2(s3, tmp_path):
                     "--storage-option", f"endpoint_url={endpoint}", *DEMO)
     assert result.exit_code == 2
     assert "no such folder or prefix" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+OUT_BUCKET = "dinolab-out"
+
+
+def out_bucket(fs) -> str:
+    if not fs.exists(OUT_BUCKET):
+        fs.mkdir(OUT_BUCKET)
+    return OUT_BUCKET
+
+
+def every_object_under(fs, prefix: str) -> dict[str, bytes]:
+    return {path: fs.cat(path) for path in fs.find(prefix)}
+
+
+@pytest.mark.slow
+def test_curate_run_into_a_bucket_resumes_and_pretrains_from_it(s3, tmp_path):
+    endpoint, fs, _ = s3
+    out_bucket(fs)
+    out = f"s3://{OUT_BUCKET}/runs/one"
+    secrets = ["--storage-option", f"key={ACCESS_KEY}", "--storage-option", f"secret={SECRET}"]
+    endpoint_option = ["--storage-option", f"endpoint_url={endpoint}"]
+    result = curate("run", "--lake", f"s3://{BUCKET}/pool/", "--curated", f"s3://{BUCKET}/curated/",
+                    "--eval", f"s3://{BUCKET}/eval/", "--out", out, "--workers", 2, *endpoint_option, *secrets, *DEMO)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert f"report: {out}/report/report.html" in result.stdout
+    fs.invalidate_cache()
+    objects = every_object_under(fs, f"{OUT_BUCKET}/runs/one")
+    names = {path.split("/runs/one/", 1)[1] for path in objects}
+    assert {"run.json", "timings.json", "shards/index.json", "report/report.json", "report/report.html",
+            "tables/shards/part-00000.parquet", "tables/embeddings/part-00000.npy"} <= names
+    assert not [name for name in names if any(part.startswith(".") for part in name.split("/"))]  # no plan, no staging
+    written = b"".join(objects.values())
+    assert SECRET.encode() not in written and ACCESS_KEY.encode() not in written
+
+    import webdataset as wds
+
+    index = json.loads(objects[f"{OUT_BUCKET}/runs/one/shards/index.json"])
+    local = []
+    for shard in index["shardlist"]:  # downloaded, then read as any webdataset shard
+        data = objects[f"{OUT_BUCKET}/runs/one/shards/{shard['url']}"]
+        assert len(data) == shard["filesize"]
+        (tmp_path / shard["url"]).write_bytes(data)
+        local.append(str(tmp_path / shard["url"]))
+    store = output.location(out, {"endpoint_url": endpoint})
+    selection = {row["key"]: row for row in tables.read_table(store, "selection").to_pylist()}
+    seen = 0
+    for sample in wds.WebDataset(local, shardshuffle=False, empty_check=False):
+        ext = next(k for k in sample if k not in ("__key__", "__url__", "__local_path__", "json"))
+        assert sample[ext] == fs.cat(selection[sample["__key__"]]["uri"])  # the source object's bytes
+        seen += 1
+    assert seen == len(selection) > 0
+
+    status = curate("status", out, *endpoint_option)
+    assert status.exit_code == 0, status.stdout + status.stderr
+    assert status.stdout.count(" done ") == 7 and f"s3://{BUCKET}/pool/" in status.stdout
+
+    args = ["run", "--out", out, "--workers", 1, *endpoint_option, *secrets, *DEMO, "--pretrain", "fmnist-tiny",
+            "--pretrain-out", tmp_path / "train"]
+    for override in [*TINY_OVERRIDES, "optim.batch_size=8"]:
+        args += ["--pretrain-arg", override]
+    rerun = curate(*args)
+    assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
+    assert rerun.stdout.count("done already") == 6  # every stage but the report (always rewritten) skipped
+    samples = sum(shard["nsamples"] for shard in index["shardlist"])
+    assert f"--data {out}/shards" in rerun.stdout and f"endpoint_url={endpoint}" in rerun.stdout
+    assert f"{samples} samples in {len(index['shardlist'])} shard" in rerun.stdout and "trained " in rerun.stdout
+    assert "skipped" not in rerun.stdout.split("pretrain stage:")[1]
+    assert SECRET not in rerun.stdout + rerun.stderr and ACCESS_KEY not in rerun.stdout + rerun.stderr
+    assert (tmp_path / "train" / "teacher_backbone.safetensors").is_file()
+    fs.invalidate_cache()
+    assert SECRET.encode() not in b"".join(every_object_under(fs, f"{OUT_BUCKET}/runs/one").values())
+
+
+def test_pretrain_train_reads_shards_in_a_bucket(s3, tmp_path, capsys):
+    endpoint, fs, _ = s3
+    out_bucket(fs)
+    pngs = fashion_mnist_pngs(40)
+    write_shards(tmp_path / "shards", pngs, [24, 16])
+    for path in sorted((tmp_path / "shards").iterdir()):
+        fs.put_file(str(path), f"{OUT_BUCKET}/loose/shards/{path.name}")
+    fs.invalidate_cache()
+    specs = [f"s3://{OUT_BUCKET}/loose/shards", f"s3://{OUT_BUCKET}/loose/shards/index.json",
+             f"s3://{OUT_BUCKET}/loose/shards/shard-{{000000..000001}}.tar"]
+    local = resolve_shards(str(tmp_path / "shards"))
+    for spec in specs:
+        shards = resolve_shards(spec, {"endpoint_url": endpoint})
+        assert shards.counts == local.counts == [24, 16]
+        reader = ShardReader(shards, storage_options={"endpoint_url": endpoint})
+        assert [reader.read(i) for i in (0, 30, 1)] == [ShardReader(local).read(i) for i in (0, 30, 1)]
+    code = pretrain_main(["train", "--data", specs[0], "--storage-option", f"endpoint_url={endpoint}",
+                          "--out", str(tmp_path / "run"), "--no-eval", "--no-progress", *TINY_OVERRIDES,
+                          "optim.batch_size=8", "run.num_workers=1"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "40 samples in 2 shards" in printed.out and "trained 5 steps" in printed.out
+    assert "skipped" not in printed.out

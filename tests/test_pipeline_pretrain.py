@@ -31,6 +31,24 @@ def test_command_line_of_the_stage(tmp_path):
     assert four[6:10] == ["-m", "pretrain", "train", "--data"]
 
 
+def test_command_line_for_shards_in_a_bucket_carries_no_secret(tmp_path):
+    from curate import output
+    from pretrain.data.remote import STORAGE_OPTIONS_ENV, parse_storage_options
+
+    options = {"endpoint_url": "http://127.0.0.1:9", "secret": "s3cr3t", "anon": False,
+               "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "t0ken"}}
+    out = output.location("s3://bucket/run", options)
+    command = pretrain_stage.pretrain_command(out, "fmnist-tiny", [], pretrain_out=tmp_path / "train")
+    assert command[command.index("--data") + 1] == "s3://bucket/run/shards"
+    assert command[command.index("--out") + 1] == str(tmp_path / "train")
+    pairs = [command[i + 1] for i, word in enumerate(command) if word == "--storage-option"]
+    assert pairs == ["endpoint_url=http://127.0.0.1:9", "anon=false", "client_kwargs.region_name=eu-west-1"]
+    assert "s3cr3t" not in " ".join(command) and "t0ken" not in " ".join(command)
+    assert parse_storage_options(pairs, {STORAGE_OPTIONS_ENV: json.dumps(options)}) == options  # what the trainer gets
+    with pytest.raises(pretrain_stage.PretrainStageError, match="--pretrain-out"):
+        pretrain_stage.pretrain_command(out, "fmnist-tiny", [])
+
+
 def test_bad_requests_fail_before_any_curation(tmp_path):
     for flags, message in ((["--pretrain", "nope"], "unknown preset 'nope'"),
                            (["--pretrain", "fmnist-tiny", "--pretrain-arg", "optim.epochz=2"], "epochz"),

@@ -26,6 +26,9 @@ def test_pretrain_fashion_mnist_subset(tmp_path, capsys, recipe):
     assert _pretrain(tmp_path, "--recipe", recipe) == 0
     out = capsys.readouterr().out
     assert f"{recipe} recipe" in out and "k-NN on the test split: k=10 top-1" in out
+    # no terminal: one plain line per report (8 steps, a report every 2), no carriage-return bar
+    steps = [line.split(":")[0] for line in out.splitlines() if line.startswith("pretrain step")]
+    assert steps == [f"pretrain step {s}/8" for s in (2, 4, 6, 8)] and "\r" not in out
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     train = [r for r in records if r["kind"] == "train"]

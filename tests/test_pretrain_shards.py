@@ -259,7 +259,8 @@ def test_missing_empty_and_corrupt_indexes_are_one_line_exit_2_errors(image_set,
                            "the shards hold no samples"),
              "gone.json": ({"shardlist": [{"url": "shard-000009.tar", "nsamples": 3}]},
                            "lists shard-000009.tar, which does not exist"),
-             "s3://bucket/shards/index.json": (None, "fsspec URLs are not read yet"),
+             "memory://nowhere/shards/index.json": (None, "no such shard index"),
+             "memory://nowhere/shards": (None, "no index.json under this prefix"),
              str(good.parent / "shard-{000000..000007}.tar"): (None, "no such shard"),
              }
     for name, (content, message) in cases.items():

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from curate import output
 from curate.copydetect.hashes import image_hashes
 from curate.copydetect.local import LocalFeatures, describe
 from curate.lakes import read_partition
+from curate.output import Location
 from pretrain.data.images import ImageDecodeError, decode_image
 
 DECODE_SIDE = 1024
@@ -48,16 +49,16 @@ def decoded_features(uri: str, data: bytes | BaseException, max_pixels: int) -> 
     return image_features(decoded.image)
 
 
-def part_path(out: Path, partition: int) -> Path:
+def part_path(out: Location, partition: int) -> Location:
     return out / FEATURE_DIR / f"part-{partition:05d}.pkl"
 
 
-def partition_features(out: Path, partition: int, images: pa.Table, max_pixels: int,
+def partition_features(out: Location, partition: int, images: pa.Table, max_pixels: int,
                        storage_options: dict | None = None) -> dict[str, ImageFeatures]:
     """Features of the ``ok`` pool and evaluation rows of one ``images`` partition, by key (cached on disk)."""
     path = part_path(out, partition)
-    if path.is_file():
-        return pickle.loads(path.read_bytes())
+    if output.is_file(path):
+        return pickle.loads(output.read_bytes(path))
     rows = images.filter(pc.and_(pc.equal(images["status"], "ok"), pc.is_in(images["role"], pa.array(["pool", "eval"]))))
     keys, uris = rows.column("key").to_pylist(), rows.column("uri").to_pylist()
     contents = dict(read_partition(uris, storage_options))
@@ -66,8 +67,5 @@ def partition_features(out: Path, partition: int, images: pa.Table, max_pixels: 
         found = decoded_features(uri, contents.get(uri, KeyError(uri)), max_pixels)
         if found is not None:
             features[key] = found
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_bytes(pickle.dumps(features, protocol=pickle.HIGHEST_PROTOCOL))
-    temporary.replace(path)
+    output.write_bytes(path, pickle.dumps(features, protocol=pickle.HIGHEST_PROTOCOL))
     return features

@@ -27,19 +27,17 @@ folder is removed when every part is published (:func:`finish`)::
 from __future__ import annotations
 
 import glob
-import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import tables
+from curate import output, tables
 from curate.lake import ImageSet, list_set, make_key
 from curate.lakes import fsspec_lake, parquet, tar
 from curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
+from curate.output import Location, RemotePath
 from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
 from schemas.config import PipelineConfig
 from schemas.tables import FILES
@@ -132,34 +130,28 @@ def list_uris(unit: Unit, config: PipelineConfig) -> list[str]:
 # -- the listing's files on disk ----------------------------------------------------------------------
 
 
-def staging_dir(out: str | Path) -> Path:
+def staging_dir(out: str | Path | RemotePath) -> Location:
     return tables.table_dir(out, "files") / STAGING
 
 
-def in_progress(out: str | Path) -> bool:
+def in_progress(out: str | Path | RemotePath) -> bool:
     """Whether a split listing was started and not finished (its staging folder is still there)."""
-    return staging_dir(out).is_dir()
+    return output.exists(staging_dir(out))
 
 
-def _unit_path(out: str | Path, number: int) -> Path:
+def _unit_path(out: str | Path | RemotePath, number: int) -> Location:
     return staging_dir(out) / f"unit-{number:06d}.parquet"
 
 
-def list_unit(out: str | Path, number: int, unit: Unit, config: PipelineConfig) -> int:
+def list_unit(out: str | Path | RemotePath, number: int, unit: Unit, config: PipelineConfig) -> int:
     """List unit ``number`` into the staging folder (unless done); returns how many files it holds."""
     path = _unit_path(out, number)
-    if path.is_file():
-        return pq.ParquetFile(path).metadata.num_rows
+    if output.is_file(path):
+        return pq.ParquetFile(output.readable(path)).metadata.num_rows
     uris = list(dict.fromkeys(list_uris(unit, config)))
     prefix = "" if unit.image_set.role == "pool" else unit.image_set.name
     table = pa.table({"key": [make_key(uri, prefix) for uri in uris], "uri": uris})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    output.publish(path, lambda stream: pq.write_table(table, stream))
     return len(uris)
 
 
@@ -182,9 +174,9 @@ def check_counts(sets: list[ImageSet], set_of_unit: list[int], counts: list[int]
                             f"{', in tar members' if set_kind(image_set.uri) == 'tar' else ''})")
 
 
-def publish_unit(out: str | Path, number: int, unit: Unit, first: int, partition_size: int) -> int:
+def publish_unit(out: str | Path | RemotePath, number: int, unit: Unit, first: int, partition_size: int) -> int:
     """Cut staged unit ``number`` into ``files`` parts ``first, first + 1, ...``; returns how many."""
-    staged = pq.read_table(_unit_path(out, number))
+    staged = pq.read_table(output.readable(_unit_path(out, number)))
     count = 0
     for start in range(0, staged.num_rows, partition_size):
         chunk = staged.slice(start, partition_size)
@@ -198,6 +190,6 @@ def publish_unit(out: str | Path, number: int, unit: Unit, first: int, partition
     return count
 
 
-def finish(out: str | Path) -> None:
+def finish(out: str | Path | RemotePath) -> None:
     """Mark the listing complete: the staging folder goes (every part is published by now)."""
-    shutil.rmtree(staging_dir(out), ignore_errors=True)
+    output.remove_tree(staging_dir(out))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pretrain.cli import UserError
@@ -16,6 +17,8 @@ examples:
   pretrain train --data fashion-mnist --out runs/fmnist --minutes 10
   pretrain train --data photos/ --preset dinov2-vits14 --out runs/photos optim.batch_size=32
   pretrain train --data runs/lake/shards --out runs/curated run.num_workers=2   # curate run's shards
+  pretrain train --data s3://bucket/lake/shards --storage-option endpoint_url=http://127.0.0.1:9000 \
+      --out runs/curated                        # shards in an object store (credentials: the environment)
   pretrain train --data fashion-mnist --out runs/fmnist --resume     # continue after a stop
   torchrun --standalone --nproc-per-node 4 -m pretrain pretrain --data photos/ --out runs/photos \
       --preset dinov2-vits14 run.parallel=fsdp     # data parallel; see docs/scale.md
@@ -34,7 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True,
                         help="'fashion-mnist', a folder of images (searched recursively), a text file list, or "
                              "webdataset shards: curate run's OUT/shards folder, its index.json, or a brace "
-                             "pattern such as 'shards/shard-{000000..000041}.tar'")
+                             "pattern such as 'shards/shard-{000000..000041}.tar'; each may be an fsspec URL "
+                             "(s3://bucket/run/shards)")
+    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="fsspec option of --data URLs (endpoint_url=..., anon=true, "
+                             "client_kwargs.region_name=...), laid over the JSON object in "
+                             "$PRETRAIN_STORAGE_OPTIONS; credentials best from the environment; repeatable")
     parser.add_argument("--out", required=True, help="output folder (checkpoint, logs, exported backbone)")
     parser.add_argument("--preset", default="fmnist-tiny", help="starting configuration (default fmnist-tiny)")
     parser.add_argument("--recipe", choices=("dino", "dinov2"), help="shortcut for recipe=... (dino also sets "
@@ -56,7 +64,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="with --high-res: this global crop size instead")
     parser.add_argument("--no-eval", action="store_true", help="skip k-NN evaluation on Fashion-MNIST test")
     parser.add_argument("--export-hf", action="store_true", help="also export the teacher in Hugging Face layout")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar, a line per twentieth of the run instead (also when stderr is not a terminal)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     parser.set_defaults(func=run)
 
@@ -74,15 +82,19 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     from pretrain import distributed
     from pretrain.data.errors import DatasetError
+    from pretrain.data.remote import parse_storage_options
     from pretrain.train.checkpoint import TrainingCheckpointError
     from pretrain.train.config import ConfigError, build_config
     from pretrain.train.loop import Trainer, TrainingDiverged
 
     try:
         config = build_config(args.preset, shortcut_overrides(args))
-    except ConfigError as error:
+        storage_options = parse_storage_options(args.storage_option, os.environ)
+    except (ConfigError, ValueError) as error:
         raise UserError(str(error)) from None
     if args.high_res_size is not None and (not args.high_res or args.high_res_size < 1):
         raise UserError("--high-res-size needs --high-res and a positive size")
@@ -105,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--limit needs a positive count and --data fashion-mnist")
     try:
         trainer = Trainer(config, args.data, args.out, resume=args.resume, data_limit=args.limit,
-                          progress=not args.no_progress, evaluate=not args.no_eval,
-                          init_from=args.init_from)
+                          progress=not args.no_progress and sys.stderr.isatty(), evaluate=not args.no_eval,
+                          init_from=args.init_from, storage_options=storage_options)
         say = print if distributed.is_main_process() else (lambda *_: None)
         say(f"pretrain: {config.recipe} recipe, {trainer.data.description}, "
             f"{trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps in all"

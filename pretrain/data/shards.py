@@ -21,10 +21,15 @@ is its first member with an image extension::
     reader = ShardReader(shards)
     name, data = reader.read(12)     # ("shard-000000.tar/fm_0012-3f2a....png", b"\\x89PNG...")
 
+Each of these may be an fsspec URL (``s3://bucket/run/shards``, ``s3://.../index.json``, a brace pattern
+of URLs), reached with ``storage_options``. A remote shard is not memory-mapped: it is fetched whole
+once per process when first touched, indexed from memory and kept while reads stay on it; a sample of
+a shard let go is one ranged read (see :mod:`pretrain.data.remote`). Local shards keep the mmap + pread
+path.
+
 Reading problems of one sample (a truncated tar, a sample without an image) raise
 :class:`SampleReadError` so callers skip and count it; problems of the spec itself (no index, a corrupt
 index, a listed shard missing or of another size) raise :class:`~pretrain.data.errors.DatasetError`.
-fsspec URLs (``s3://...``) are not read yet.
 """
 
 from __future__ import annotations
@@ -35,13 +40,16 @@ import mmap
 import os
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import accumulate
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from pretrain.data import remote
 from pretrain.data.errors import DatasetError
 
 INDEX_NAME = "index.json"
@@ -73,11 +81,19 @@ class SampleReadError(Exception):
 
 @dataclass(frozen=True)
 class Shard:
-    """One tar: its path, sample count and (from an index) expected size in bytes."""
+    """One tar: its path (a URL string for a remote shard), sample count and (from an index) expected size."""
 
-    path: Path
+    path: Path | str
     nsamples: int
     filesize: int | None = None
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(str(self.path)).name
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.path, str)
 
 
 @dataclass(frozen=True)
@@ -127,11 +143,15 @@ def is_shard_spec(spec: str) -> bool:
     return bool(entries) and all(entry.suffix == ".tar" for entry in entries)
 
 
-def resolve_shards(spec: str) -> ShardList:
+def resolve_shards(spec: str, storage_options: Mapping[str, Any] | None = None) -> ShardList:
     """The shards named by ``spec`` (see the module docstring); :class:`DatasetError` when unusable."""
-    if "://" in spec and not spec.startswith("file://"):
-        raise DatasetError(f"{spec}: fsspec URLs are not read yet; copy the shards to a local folder "
-                           "and give that folder (or its index.json)")
+    if remote.is_url(spec):
+        try:
+            return _resolve_remote(spec, storage_options)
+        except DatasetError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the store's errors (no backend, refused, unreachable)
+            raise DatasetError(f"{spec}: cannot read ({type(error).__name__}: {_first_line(error)})") from None
     spec = spec.removeprefix("file://")
     path = Path(spec)
     if path.is_dir() and not (path / INDEX_NAME).is_file() and (path / "shards" / INDEX_NAME).is_file():
@@ -142,9 +162,9 @@ def resolve_shards(spec: str) -> ShardList:
             hint = (f"; or read the tars without one: --data '{_as_pattern(tars)}'" if tars else "")
             raise DatasetError(f"{spec}: no {INDEX_NAME} in this folder (curate run's shard stage writes "
                                f"one beside the shards){hint}")
-        return read_index(path / INDEX_NAME)
+        return read_index(path / INDEX_NAME, storage_options)
     if spec.endswith(".json"):
-        return read_index(path)
+        return read_index(path, storage_options)
     paths = [Path(name) for name in expand_braces(spec)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
@@ -154,13 +174,50 @@ def resolve_shards(spec: str) -> ShardList:
     return _checked(ShardList(shards, spec))
 
 
-def read_index(path: Path) -> ShardList:
-    """The shards of a wids index file; refuses a missing, empty or corrupt index and missing shards."""
-    path = Path(path)
-    if not path.is_file():
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _resolve_remote(spec: str, options: Mapping[str, Any] | None) -> ShardList:
+    """:func:`resolve_shards` of a URL: a folder (or run folder) with an index, an index, tars."""
+    if spec.endswith(".json"):
+        return read_index(spec, options)
+    if spec.endswith(".tar") or "{" in spec:
+        urls = expand_braces(spec)
+        found = remote.sizes(urls, options)
+        missing = [url for url in urls if url not in found]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise DatasetError(f"{spec}: no such shard {missing[0]}{more}")
+        shards = tuple(Shard(url, len(group_samples(read_tar_members(remote.read_bytes(url, options))[0])),
+                             found[url]) for url in urls)
+        return _checked(ShardList(shards, spec))
+    folder = spec.rstrip("/")
+    for candidate in (remote.join(folder, INDEX_NAME), remote.join(folder, f"shards/{INDEX_NAME}")):
+        if remote.is_file(candidate, options):
+            return read_index(candidate, options)
+    raise DatasetError(f"{spec}: no {INDEX_NAME} under this prefix (curate run's shard stage writes one "
+                       "beside the shards); or give a brace pattern of the tars")
+
+
+def read_index(path: Path | str, storage_options: Mapping[str, Any] | None = None) -> ShardList:
+    """The shards of a wids index file (a path or URL); refuses a missing, empty or corrupt index and
+    missing shards."""
+    if isinstance(path, str) and remote.is_url(path):
+        return _read_index(path, storage_options)
+    return _read_index(Path(path), storage_options)
+
+
+def _read_index(path: Path | str, options: Mapping[str, Any] | None) -> ShardList:
+    is_remote = isinstance(path, str)
+    try:
+        text = remote.read_bytes(path, options) if is_remote else (path.read_bytes() if path.is_file() else None)
+    except FileNotFoundError:
+        text = None
+    if text is None:
         raise DatasetError(f"{path}: no such shard index")
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(text.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DatasetError(f"{path}: corrupt shard index, not JSON ({first})") from None
@@ -181,19 +238,28 @@ def read_index(path: Path) -> ShardList:
                                "'nsamples' count >= 0")
         if filesize is not None and (type(filesize) is not int or filesize < 0):
             raise DatasetError(f"{path}: corrupt shard index, entry {number} has filesize {filesize!r}")
-        if "://" in url and not url.startswith("file://"):
-            raise DatasetError(f"{path}: shard {url} is a URL; fsspec URLs are not read yet")
-        shard_path = Path(url.removeprefix("file://"))
-        shards.append(Shard(shard_path if shard_path.is_absolute() else path.parent / shard_path, nsamples, filesize))
+        shards.append(Shard(_shard_location(path, url), nsamples, filesize))
     result = ShardList(tuple(shards), str(path))
+    found = remote.sizes([s.path for s in result.shards if s.remote], options) if any(
+        s.remote for s in result.shards) else {}
     for shard in result.shards:
-        if not shard.path.is_file():
-            raise DatasetError(f"{path}: lists {shard.path.name}, which does not exist ({shard.path})")
-        size = shard.path.stat().st_size
+        size = found.get(shard.path) if shard.remote else (shard.path.stat().st_size if shard.path.is_file() else None)
+        if size is None:
+            raise DatasetError(f"{path}: lists {shard.name}, which does not exist ({shard.path})")
         if shard.filesize is not None and size != shard.filesize:
-            raise DatasetError(f"{path}: {shard.path.name} holds {size} bytes but the index says "
+            raise DatasetError(f"{path}: {shard.name} holds {size} bytes but the index says "
                                f"{shard.filesize}: the shard changed after the index was written")
     return _checked(result)
+
+
+def _shard_location(index: Path | str, url: str) -> Path | str:
+    """Where an index entry's shard is: its URL, or a path taken from the index's folder when relative."""
+    if remote.is_url(url):
+        return url
+    if isinstance(index, str):  # a remote index: relative urls are keys beside it
+        return remote.join(remote.parent(index), url.removeprefix("file://"))
+    shard_path = Path(url.removeprefix("file://"))
+    return shard_path if shard_path.is_absolute() else index.parent / shard_path
 
 
 def _checked(shards: ShardList) -> ShardList:
@@ -358,22 +424,27 @@ class ShardReader:
 
     Headers are indexed through a memory map that is closed straight after; sample bytes are read with
     ``os.pread``, so an I/O error or a file cut short under a running job is a skipped sample, not a
-    SIGBUS.
+    SIGBUS. A remote shard (reached with ``storage_options``) is fetched whole when first touched and
+    indexed from memory; its bytes stay while reads stay on it, and a later read of it once they are let
+    go is one ranged read (:mod:`pretrain.data.remote`).
     """
 
-    def __init__(self, shards: ShardList, open_shards: int = 32) -> None:
+    def __init__(self, shards: ShardList, open_shards: int = 32,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
         self.shards = shards
         self.open_shards = open_shards
+        self.storage_options = dict(storage_options or {})
         self._open: OrderedDict[int, tuple[int | None, list[TarSample], str | None]] = OrderedDict()
+        self._held: tuple[int, bytes] | None = None  # the remote shard whose bytes are in memory
 
     def __len__(self) -> int:
         return self.shards.num_samples
 
     def __getstate__(self) -> dict:
-        return {"shards": self.shards, "open_shards": self.open_shards}
+        return {"shards": self.shards, "open_shards": self.open_shards, "storage_options": self.storage_options}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["shards"], state["open_shards"])
+        self.__init__(state["shards"], state["open_shards"], state.get("storage_options"))
 
     def __del__(self) -> None:
         self.close()
@@ -390,9 +461,12 @@ class ShardReader:
             return self._open[number]
         path = self.shards.shards[number].path
         try:
-            fd = os.open(path, os.O_RDONLY)
-            samples, problem = index_tar(path)
-        except (OSError, ValueError) as error:
+            if isinstance(path, str):
+                fd, (samples, problem) = None, self._fetch(number, path)
+            else:
+                fd = os.open(path, os.O_RDONLY)
+                samples, problem = index_tar(path)
+        except Exception as error:  # noqa: BLE001 - OSError, ValueError, or the store's own errors
             entry: tuple[int | None, list[TarSample], str | None] = (
                 None, [], f"unreadable shard ({getattr(error, 'strerror', None) or error})")
         else:
@@ -404,6 +478,20 @@ class ShardReader:
                 os.close(old_fd)
         return entry
 
+    def _fetch(self, number: int, url: str) -> tuple[list[TarSample], str | None]:
+        """Fetch remote shard ``number`` whole, hold its bytes and index them."""
+        self._held = None
+        data = remote.read_bytes(url, self.storage_options)
+        self._held = (number, data)
+        members, problem = read_tar_members(data)
+        return group_samples(members), problem
+
+    def _remote_bytes(self, number: int, sample: TarSample) -> bytes:
+        if self._held is not None and self._held[0] == number:
+            return self._held[1][sample.offset : sample.offset + sample.size]
+        url = self.shards.shards[number].path
+        return remote.read_bytes(str(url), self.storage_options, sample.offset, sample.offset + sample.size)
+
     def read(self, index: int) -> tuple[str, bytes]:
         """``(name, image bytes)`` of sample ``index``; :class:`SampleReadError` when they cannot be read."""
         number, position = self.shards.locate(index)
@@ -411,15 +499,20 @@ class ShardReader:
         shard = self.shards.shards[number]
         if position >= len(samples):
             reason = problem or f"the shard holds {len(samples)} samples, its index says {shard.nsamples}"
-            raise SampleReadError(f"{shard.path.name}#{position}", reason)
+            raise SampleReadError(f"{shard.name}#{position}", reason)
         sample = samples[position]
         if sample.member is None:
-            raise SampleReadError(f"{shard.path.name}/{sample.key}", "sample has no image member")
-        name = f"{shard.path.name}/{sample.member}"
+            raise SampleReadError(f"{shard.name}/{sample.key}", "sample has no image member")
+        name = f"{shard.name}/{sample.member}"
         try:
-            data = os.pread(fd, sample.size, sample.offset)  # type: ignore[arg-type]
+            if shard.remote:
+                data = self._remote_bytes(number, sample)
+            else:
+                data = os.pread(fd, sample.size, sample.offset)  # type: ignore[arg-type]
         except OSError as error:
-            raise SampleReadError(name, f"unreadable ({error.strerror})") from None
+            raise SampleReadError(name, f"unreadable ({error.strerror or error})") from None
+        except Exception as error:  # noqa: BLE001 - a store's own errors (refused, throttled)
+            raise SampleReadError(name, f"unreadable ({type(error).__name__}: {_first_line(error)})") from None
         if len(data) != sample.size:
             raise SampleReadError(name, f"short read ({len(data)} of {sample.size} bytes)")
         return name, data

@@ -15,10 +15,11 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -229,9 +230,10 @@ class ShardImages:
     """
 
     def __init__(self, source: str, storage_size: int, batch_size: int, seed: int, num_workers: int = 0,
-                 shards_per_window: int = SHARDS_PER_WINDOW, cache_bytes: int = DECODE_ONCE_BYTES) -> None:
-        self.shards = resolve_shards(source)
-        self.dataset = ShardSamples(ShardReader(self.shards), storage_size)
+                 shards_per_window: int = SHARDS_PER_WINDOW, cache_bytes: int = DECODE_ONCE_BYTES,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        self.shards = resolve_shards(source, storage_options)
+        self.dataset = ShardSamples(ShardReader(self.shards, storage_options=storage_options), storage_size)
         self.batch_size = batch_size
         self.seed = seed
         self.num_workers = num_workers
@@ -291,10 +293,11 @@ TrainingImages = TensorImages | FolderImages | ShardImages
 
 def open_training_data(source: str, storage_size: int, batch_size: int, seed: int,
                        num_workers: int = 0, limit: int | None = None,
-                       cache_bytes: int = DECODE_ONCE_BYTES) -> TrainingImages:
+                       cache_bytes: int = DECODE_ONCE_BYTES,
+                       storage_options: Mapping[str, Any] | None = None) -> TrainingImages:
     """``fashion-mnist`` (train split, optionally its first ``limit`` images), shards (see
-    :func:`pretrain.data.shards.is_shard_spec`; decoded once when they fit in ``cache_bytes``), a
-    folder or a file list."""
+    :func:`pretrain.data.shards.is_shard_spec`, local or behind fsspec URLs reached with
+    ``storage_options``; decoded once when they fit in ``cache_bytes``), a folder or a file list."""
     if source == FASHION_MNIST:
         images, _ = load_fashion_mnist("train", limit=limit)
         if storage_size != images.shape[-1]:
@@ -302,7 +305,8 @@ def open_training_data(source: str, storage_size: int, batch_size: int, seed: in
                                           antialias=True).squeeze(1)
         data: TrainingImages = TensorImages(images, batch_size, seed, f"Fashion-MNIST train ({len(images)})")
     elif is_shard_spec(source):
-        data = ShardImages(source, storage_size, batch_size, seed, num_workers, cache_bytes=cache_bytes)
+        data = ShardImages(source, storage_size, batch_size, seed, num_workers, cache_bytes=cache_bytes,
+                           storage_options=storage_options)
     else:
         if not Path(source).exists():
             raise DatasetError(f"{source}: no such folder or file list (or use --data fashion-mnist)")

@@ -29,7 +29,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,13 +206,18 @@ def build_schedules(config: TrainConfig, total_steps: int, steps_per_epoch: int,
     )
 
 
+LOG_LINES = 20
+"""Without a progress bar (``progress=False``: no terminal), about this many one-line reports per run."""
+
+
 class Trainer:
     """One pretraining run: owns the model, optimiser, data and logs; :meth:`run` trains to the end."""
 
     def __init__(self, config: TrainConfig, data: str, out_dir: str | Path, *, resume: bool = False,
                  evaluate: bool = True, eval_data: EvalData | None = None, data_limit: int | None = None,
                  progress: bool = True, step_hook: StepHook | None = None,
-                 init_from: str | Path | None = None) -> None:
+                 init_from: str | Path | None = None, storage_options: Mapping[str, Any] | None = None) -> None:
+        """``storage_options`` reach shards behind fsspec URLs (kept out of the config and checkpoints)."""
         distributed.init_from_env()
         self.config = config
         self.out_dir = Path(out_dir)
@@ -230,7 +235,7 @@ class Trainer:
         self.data: TrainingImages = open_training_data(
             data, config.crops.storage_size or round(config.crops.global_size * 1.15),
             config.optim.batch_size, config.run.seed, config.run.num_workers, limit=data_limit,
-            cache_bytes=int(config.run.shard_cache_gb * 2**30))
+            cache_bytes=int(config.run.shard_cache_gb * 2**30), storage_options=storage_options)
         self.augment = TensorMultiCrop(config.crops)
         self.model = SSLModel(config).to(self.device)
         self.steps_per_epoch = self.data.batches_per_epoch
@@ -373,8 +378,12 @@ class Trainer:
                                    teacher_momentum=values["teacher_momentum"],
                                    teacher_temp=values["teacher_temp"], images_per_second=rate,
                                    epoch=self.step / self.steps_per_epoch)
-                    bar.set_postfix({k: f"{scalars[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in scalars}
-                                    | {"lr": f"{values['lr']:.2e}", "img/s": f"{rate:.0f}"})
+                    shown = ({k: f"{scalars[k]:.3f}" for k in ("total", "dino", "ibot", "koleo") if k in scalars}
+                             | {"lr": f"{values['lr']:.2e}", "img/s": f"{rate:.0f}"})
+                    bar.set_postfix(shown)
+                    if not self.progress and self.step % max(1, self.total_steps // LOG_LINES) < config.run.log_every:
+                        self._say(f"pretrain step {self.step}/{self.total_steps}: "
+                                  + ", ".join(f"{k} {v}" for k, v in shown.items()))
                     if log is not None:
                         log.log(self.step, scalars)
                     warning = monitor.check(scalars)
