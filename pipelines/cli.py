@@ -17,6 +17,7 @@ from curate.lakes import listing as lake_listing
 from curate.output import Location
 from pipelines import pretrain_stage
 from pipelines.cluster import ClusterError, connect
+from pipelines.copy_detector_cli import train_copy_detector
 from pipelines.run import Pipeline, write_listing
 from pipelines.state import RunError, check, prepare, recorded_sets, status
 from schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
@@ -260,6 +261,9 @@ def status_command(out: Annotated[str, typer.Argument(help="the output folder (o
         table.add_row(row["stage"], row["state"], row["detail"])
     console.print(table)
 
+
+
+app.command("train-copy-detector")(train_copy_detector)
 
 
 def main() -> None:
