@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 
 def synthetic(count: int, dim: int, seed: int = 0):
@@ -41,8 +43,26 @@ def peak_memory_gib() -> float:
 def cpu_seconds() -> float:
     import resource
 
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime  # children: waited-for workers
+
+
+def timed(job: dict, work: Callable[[], dict]) -> dict:
+    """``job`` with the wall time, CPU time and peak memory of ``work()`` added to what it returns."""
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    extra = work()
+    return {**job, "seconds": round(time.perf_counter() - start, 3), "cpu_seconds": round(cpu_seconds() - cpu_start, 3),
+            "peak_gib": round(peak_memory_gib(), 2), **extra}
+
+
+def run_job(script: str, job: dict, env: dict[str, str] | None = None) -> dict | None:
+    """Run ``script --job JOB`` in a fresh process; its last stdout line parsed, or None (stderr shown) if it failed."""
+    result = subprocess.run([sys.executable, script, "--job", json.dumps(job)], capture_output=True, text=True, check=False,
+                            env=None if env is None else {**os.environ, **env})
+    if result.returncode:
+        print(f"failed: {job}\n{result.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def measure(job: dict) -> dict:
@@ -52,21 +72,21 @@ def measure(job: dict) -> dict:
 
     faiss.omp_set_num_threads(job["threads"])
     data, sources, targets = synthetic(job["count"], job["dim"])
-    start, cpu_start = time.perf_counter(), cpu_seconds()
     if job["op"] == "dedup":
         from curate.dedup import near_duplicate_pairs
 
-        pairs = near_duplicate_pairs(data, threshold=0.95, k=job["k"], kind=job["index"], nprobe=job["nprobe"])
-        found = set(zip(pairs.first.tolist(), pairs.second.tolist()))
-        recall = np.mean([(int(s), int(t)) in found for s, t in zip(sources, targets)])
-        extra = {"pairs": len(pairs), "planted_recall": round(float(recall), 4)}
+        def work() -> dict:
+            pairs = near_duplicate_pairs(data, threshold=0.95, k=job["k"], kind=job["index"], nprobe=job["nprobe"])
+            found = set(zip(pairs.first.tolist(), pairs.second.tolist()))
+            recall = np.mean([(int(s), int(t)) in found for s, t in zip(sources, targets)])
+            return {"pairs": len(pairs), "planted_recall": round(float(recall), 4)}
     else:
         from curate.kmeans import hierarchical_kmeans
 
-        tree = hierarchical_kmeans(data, job["ks"], niter=job["niter"])
-        extra = {"k": [len(c) for c in tree.centroids], "largest_cluster": int(tree.sizes(1).max())}
-    return {**job, "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(cpu_seconds() - cpu_start, 1),
-            "peak_gib": round(peak_memory_gib(), 2), **extra}
+        def work() -> dict:
+            tree = hierarchical_kmeans(data, job["ks"], niter=job["niter"])
+            return {"k": [len(c) for c in tree.centroids], "largest_cluster": int(tree.sizes(1).max())}
+    return timed(job, work)
 
 
 def main() -> None:
@@ -96,13 +116,10 @@ def main() -> None:
             jobs.append({**base, "op": "dedup", "index": index, "k": args.k, "nprobe": args.nprobe})
         jobs.append({**base, "op": "kmeans", "ks": [int(k) for k in args.ks.split(",")], "niter": args.niter})
     for job in jobs:
-        result = subprocess.run(
-            [sys.executable, __file__, "--job", json.dumps(job)], capture_output=True, text=True
-        )
-        if result.returncode:
-            print(f"failed: {job}\n{result.stderr[-2000:]}", file=sys.stderr)
+        result = run_job(__file__, job)
+        if result is None:
             continue
-        line = result.stdout.strip().splitlines()[-1]
+        line = json.dumps(result)
         print(line, flush=True)
         if args.json:
             with open(args.json, "a") as handle:

@@ -236,7 +236,8 @@ def duplicates_table(
         mean = embeddings.mean(axis=0, keepdims=True)
         embeddings = embeddings - mean
         references = {name: ref - mean for name, ref in references.items()}
-    copies = near_duplicate_pairs(embeddings, config.threshold, min(config.k, max(count - 1, 1)), config.index)
+    copies = near_duplicate_pairs(embeddings, config.threshold, min(config.k, max(count - 1, 1)), config.index,
+                                  config.nprobe)
     components = connected_components(count, _merge(exact_pairs(digests), copies))
     keep = keep_one_per_component(components, keys, "resolution", pixels)
     kept_row = np.zeros(count, dtype=np.int64)
@@ -251,7 +252,7 @@ def duplicates_table(
     for set_name, reference in sorted(references.items()):
         if len(reference) == 0 or count == 0:
             continue
-        best, _ = best_matches(embeddings, reference, config.index)
+        best, _ = best_matches(embeddings, reference, config.index, config.nprobe)
         leaking = np.unique(components[best >= config.eval_threshold])
         for row in np.flatnonzero(np.isin(components, leaking)):
             if reason[row] is None or not reason[row].startswith("leak:"):

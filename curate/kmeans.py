@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -175,6 +174,13 @@ def allocate_evenly(capacities: np.ndarray, total: int, rng: np.random.Generator
     return allocation
 
 
+def members(labels: np.ndarray, count: int) -> list[np.ndarray]:
+    """Ascending indices of each label ``0..count-1``: one stable sort, not one scan of ``labels`` per label."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(count + 1))
+    return [order[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 def balanced_sample(tree: ClusterTree, count: int, seed: int = 0) -> np.ndarray:
     """Indices of ``count`` points spread evenly over the cluster tree, top level down (sorted)."""
     rng = np.random.default_rng(seed)
@@ -184,15 +190,13 @@ def balanced_sample(tree: ClusterTree, count: int, seed: int = 0) -> np.ndarray:
     for level in range(top - 1, 0, -1):  # give each level-(level+1) cluster's budget to its children
         parent = tree.parents[level]
         child_budget = np.zeros(len(parent), dtype=np.int64)
+        children_of = members(parent, len(budget))
         for cluster in np.flatnonzero(budget):
-            children = np.flatnonzero(parent == cluster)
+            children = children_of[cluster]
             child_budget[children] = allocate_evenly(capacities[level - 1][children], budget[cluster], rng)
         budget = child_budget
-    labels = tree.parents[0]
-    chosen = [
-        rng.choice(np.flatnonzero(labels == cluster), size=budget[cluster], replace=False)
-        for cluster in np.flatnonzero(budget)
-    ]
+    points_of = members(tree.parents[0], len(budget))
+    chosen = [rng.choice(points_of[cluster], size=budget[cluster], replace=False) for cluster in np.flatnonzero(budget)]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
 
 

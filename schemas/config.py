@@ -66,7 +66,9 @@ class DedupConfig:
     eval_threshold: float = 0.45
     """Looser threshold against evaluation sets (the paper's 0.45)."""
     index: str = "auto"
-    """faiss index: ``auto``, ``flat``, ``ivf`` or ``hnsw``."""
+    """faiss index: ``auto`` (exact up to 10^5 vectors, IVF above), ``flat``, ``ivf`` or ``hnsw``."""
+    nprobe: int = 16
+    """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
     """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
     descriptor: str = "embeddings"

@@ -1,7 +1,6 @@
 """Hierarchical k-means shapes and label composition, water-filling allocation, balanced sampling."""
 
 import numpy as np
-import pytest
 
 from curate.kmeans import (
     ClusterTree,
@@ -10,6 +9,7 @@ from curate.kmeans import (
     clusters_table,
     default_ks,
     hierarchical_kmeans,
+    members,
     tree_from_levels,
 )
 from schemas.config import ClusterConfig
@@ -101,3 +101,8 @@ def test_clusters_table_describes_the_tree_and_rebuilds_it():
         np.testing.assert_array_equal(rebuilt.labels(level), tree.labels(level))
         np.testing.assert_array_equal(rebuilt.sizes(level), tree.sizes(level))
     np.testing.assert_array_equal(balanced_sample(rebuilt, 30, seed=1), balanced_sample(tree, 30, seed=1))
+
+
+def test_members_lists_each_label_in_ascending_order():
+    found = members(np.array([2, 0, 2, 1, 0]), 4)
+    assert [m.tolist() for m in found] == [[1, 4], [3], [0, 2], []]

@@ -1,7 +1,6 @@
 """A run killed with SIGKILL after a checkpoint and resumed ends with the same teacher as an
 uninterrupted run (bit-exact: every random draw of a step is seeded by (seed, step))."""
 
-import os
 import signal
 import subprocess
 import sys

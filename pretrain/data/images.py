@@ -116,7 +116,8 @@ def decode_image(
             file_format = image.format or "unknown"
             _check_size(source, width, height, max_pixels, min_side)
             if max_side is not None and file_format in _DRAFT_FORMATS:
-                image.draft("RGB", (max_side, max_side))
+                scale = max_side / max(width, height)  # the final size, so the DCT scale is as small as it can be
+                image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
             image.load()
             orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
             if orientation in _SWAPPING_ORIENTATIONS:
