@@ -23,7 +23,7 @@ from rich.table import Table
 from curate.lake import name_sets
 from pipelines.cli import resolve_config
 from pipelines.cluster import connect
-from pipelines.demo_lake import LakeSizes, build_demo_lake, curation_quality
+from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake, curation_quality
 from pipelines.run import Pipeline, write_listing
 from pipelines.state import prepare
 from schemas.config import load_config
@@ -45,15 +45,7 @@ def run_demo(out: Path, minutes: float, workers: int | None, sizes: LakeSizes, c
     console.print(f"demo lake: {lake.root} ({lake_seconds:.0f} s)")
 
     curation_out = out / "curation"
-    config = load_config(resolve_config("demo"), CURATION + list(overrides))
-    taken: set[str] = set()
-    sets = (name_sets([str(lake.pool)], "pool", taken) + name_sets([str(lake.seeds)], "curated", taken)
-            + name_sets([str(lake.evaluation)], "eval", taken))
-    with connect(workers=workers) as client:
-        prepare(curation_out, sets, config)
-        write_listing(curation_out, sets, config)
-        records = Pipeline(client, curation_out, config, console).run(sets)
-    quality = curation_quality(lake, curation_out)
+    records, quality = curate_demo_lake(lake, curation_out, workers, console, overrides)
 
     pretrain_started = time.perf_counter()
     knn, raw, pretrain_summary = pretrain_on_shards(curation_out / "shards", out / "pretrain", minutes, progress)
@@ -65,6 +57,20 @@ def run_demo(out: Path, minutes: float, workers: int | None, sizes: LakeSizes, c
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     print_summary(console, summary)
     return summary
+
+
+def curate_demo_lake(lake: DemoLake, out: Path, workers: int | None, console: Console,
+                     overrides: list[str] = ()) -> tuple[list[dict], dict]:
+    """``curate run`` over the demo lake into ``out`` on a LocalCluster; per-stage records and the quality."""
+    config = load_config(resolve_config("demo"), CURATION + list(overrides))
+    taken: set[str] = set()
+    sets = (name_sets([str(lake.pool)], "pool", taken) + name_sets([str(lake.seeds)], "curated", taken)
+            + name_sets([str(lake.evaluation)], "eval", taken))
+    with connect(workers=workers) as client:
+        prepare(out, sets, config)
+        write_listing(out, sets, config)
+        records = Pipeline(client, out, config, console).run(sets)
+    return records, curation_quality(lake, out)
 
 
 def pretrain_on_shards(shards: Path, out: Path, minutes: float, progress: bool) -> tuple[dict, dict, dict]:
