@@ -1,0 +1,196 @@
+"""What curation buys: DINOv2 pretrained at equal steps on the curated shards, the whole lake, a random subset.
+
+The DINOv2 paper's data ablation in small (ViT-g, ImageNet-1k linear: curated LVD-142M 85.8 vs the
+uncurated pool 83.3). On the embedded demo lake (:mod:`pipelines.demo_lake`: Fashion-MNIST, off-domain
+digits / photo tiles / noise, planted copies and test-set leaks), in one run:
+
+1. ``curate run`` with the main job's configuration (:func:`pipelines.demo.curate_demo_lake`) → (a) the
+   curated shards;
+2. (b) every pool image and (c) a random subset of the pool as large as (a) (drawn per seed) written
+   as shards by the same shard writer (original bytes);
+3. the ``fmnist-tiny`` DINOv2 preset trained on each for the **same number of steps** and batch (the
+   steps of ``--epochs`` epochs of (a); every epoch-based schedule length is rescaled to those steps so
+   warm-ups and cosine decays are identical), once per ``--seeds`` seed, no time budget;
+4. Fashion-MNIST test k-NN (k = 10, 20; the 60,000 training images as memory bank) of each teacher.
+
+Printed: per set, its size, the fraction of Fashion-MNIST images in it (training images or copies of
+them: the selection's precision for (a)), planted copies that reached it together with their original,
+test-set leaks in it, and k-NN top-1 mean ± standard deviation over seeds; then the targets
+(a) ≥ (b) + 2 points and (a) > (c). Timings are not the point (steps are fixed), so a busy machine
+changes how long it takes, not the numbers.
+
+    .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff           # 3 seeds, 2 epochs of (a)
+    .venv/bin/python benchmarks/curation_payoff.py --out /tmp/p --lake-scale 0.1 --seeds 0 --epochs 0.5
+    .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 20000 --tiles 60000 --noise 10000 \
+        --epochs 5        # a pool that is mostly off-domain, like a web crawl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from rich.console import Console
+from rich.table import Table
+
+from curate import tables
+from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
+from pipelines.demo import curate_demo_lake
+from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake
+
+SHARD_SAMPLES = 5000
+
+
+def write_set(files: list[Path], out: Path) -> Path:
+    """``files`` (original bytes) as shards + ``index.json`` under ``out``, unless written already."""
+    index = out / "index.json"
+    if index.is_file():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    samples = [ShardSample(path.stem, path.read_bytes(), image_extension(path.name, None), {"uri": path.name})
+               for path in files]
+    plan = plan_shards([s.key for s in samples], [len(s.data) for s in samples], SHARD_SAMPLES, 1 << 30)
+    infos = [write_shard(out / shard_name(n), [samples[i] for i in rows]) for n, rows in enumerate(plan)]
+    write_index(index, shard_index(infos, name=out.name))
+    return out
+
+
+def composition(names: set[str], truth: dict[str, dict]) -> dict[str, float | int]:
+    """Fashion-MNIST fraction, surviving planted copies (with their original) and leaks of a set of stems."""
+    rows = [truth[name] for name in names if name in truth]
+    fashion = sum(row["source"] == "fashion" or row["source"].startswith("copy:") for row in rows)
+    copies = [row for row in truth.values() if row["source"].startswith("copy:")]
+    return {
+        "images": len(names),
+        "fashion_fraction": fashion / max(len(names), 1),
+        "copies_surviving": sum(row["stem"] in names and Path(row["copy_of"]).stem in names for row in copies),
+        "leaks": sum(row["source"] == "leak" for row in rows),
+    }
+
+
+def equal_step_overrides(base, images: int, reference_images: int, steps: int) -> list[str]:
+    """Overrides that make a run on ``images`` images last ``steps`` steps, with every warm-up as long in
+    steps as the preset's warm-ups on the reference (curated) set: epoch lengths scaled by batches ratio."""
+    batch = base.optim.batch_size
+    scale = (reference_images // batch) / (images // batch)
+    warmups = {"optim.warmup_epochs": base.optim.warmup_epochs,
+               "optim.freeze_last_layer_epochs": base.optim.freeze_last_layer_epochs,
+               "loss.warmup_teacher_temp_epochs": base.loss.warmup_teacher_temp_epochs}
+    epochs = (steps - 0.5) / (images // batch)  # the trainer runs ceil(epochs * batches) == steps
+    return [f"optim.epochs={epochs!r}", *(f"{name}={value * scale!r}" for name, value in warmups.items())]
+
+
+def train(shards: Path, out: Path, seed: int, images: int, reference_images: int, steps: int, eval_data) -> dict:
+    """``fmnist-tiny`` for ``steps`` steps on ``shards`` (no time budget); the final k-NN of its teacher."""
+    from pretrain.train.config import build_config
+    from pretrain.train.loop import Trainer
+
+    base = build_config("fmnist-tiny")
+    config = build_config("fmnist-tiny", ["run.minutes=null", f"run.seed={seed}", "run.checkpoint_every_steps=1000000",
+                                          "run.checkpoint_every_minutes=100000",
+                                          *equal_step_overrides(base, images, reference_images, steps)])
+    started = time.perf_counter()
+    result = Trainer(config, str(shards), out, eval_data=eval_data, progress=False).run()
+    if result.steps != steps:
+        raise RuntimeError(f"{shards}: ran {result.steps} steps, not {steps}")
+    return {"steps": result.steps, "seconds": time.perf_counter() - started, "skipped": result.skipped_images,
+            **{f"knn{k}": v["top1"] for k, v in (result.final_knn or {}).items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("outputs/curation-payoff"))
+    parser.add_argument("--lake", type=Path, default=None, help="an existing demo lake (default: OUT/lake)")
+    parser.add_argument("--lake-scale", type=float, default=1.0)
+    parser.add_argument("--fashion", type=int, help="Fashion-MNIST images in the pool (default: the demo lake's 50,000)")
+    parser.add_argument("--tiles", type=int, help="photo tiles in the pool (default: the demo lake's 15,000)")
+    parser.add_argument("--noise", type=int, help="noise images in the pool (default: the demo lake's 3,000)")
+    parser.add_argument("--epochs", type=float, default=2.0, help="training length, in epochs of the curated set")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=None, help="curation workers (default: one per core)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    console = Console(width=120)
+    out = args.out.resolve()
+    sizes = LakeSizes().scaled(args.lake_scale)
+    sizes = replace(sizes, **{name: value for name in ("fashion", "tiles", "noise")
+                              if (value := getattr(args, name)) is not None})
+    lake = build_demo_lake(args.lake or out / "lake", sizes)
+    console.print(f"lake: {sizes}")
+    _, quality = curate_demo_lake(lake, out / "curation", args.workers, console)
+    truth = _truth(lake)
+    pool = sorted(path for path in lake.pool.iterdir() if path.is_file())
+    selection = tables.read_table(out / "curation", "selection").column("uri").to_pylist()
+    selected = len(selection)
+    sets: dict[str, dict[int, tuple[Path, list[Path]]]] = {"curated": {}, "whole lake": {}, "random subset": {}}
+    for seed in args.seeds:
+        subset = sorted(np.random.default_rng(1000 + seed).choice(len(pool), size=selected, replace=False).tolist())
+        sets["curated"][seed] = (out / "curation" / "shards", [Path(uri) for uri in selection])
+        sets["whole lake"][seed] = (write_set(pool, out / "sets" / "whole"), pool)
+        sets["random subset"][seed] = (write_set([pool[i] for i in subset], out / "sets" / f"random-{seed}"),
+                                       [pool[i] for i in subset])
+
+    from pretrain.train.config import build_config
+    from pretrain.train.loop import fashion_mnist_eval
+
+    base = build_config("fmnist-tiny")
+    eval_data = fashion_mnist_eval(base)
+    steps = max(1, round(args.epochs * (selected // base.optim.batch_size)))
+    console.print(f"curated set: {selected:,} images; every run: {steps} steps of batch {base.optim.batch_size}")
+    results: dict[str, dict] = {}
+    for name, by_seed in sets.items():
+        runs = []
+        for seed, (shards, files) in by_seed.items():
+            run = train(shards, out / "runs" / f"{name.replace(' ', '-')}-{seed}", seed, len(files), selected, steps,
+                        eval_data)
+            runs.append({"seed": seed, **composition({path.stem for path in files}, truth), **run})
+            console.print(f"{name}, seed {seed}: k-NN {run.get('knn10', float('nan')):.2f} / "
+                          f"{run.get('knn20', float('nan')):.2f} ({run['seconds']:.0f} s)", highlight=False)
+        results[name] = {"runs": runs}
+    summary = {"steps": steps, "batch": base.optim.batch_size, "epochs_of_curated": args.epochs,
+               "curation": quality, "sets": results}
+    print_table(console, summary)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str))
+
+
+def _truth(lake: DemoLake) -> dict[str, dict]:
+    rows = pq.read_table(lake.truth).to_pylist()
+    return {Path(row["file"]).stem: {**row, "stem": Path(row["file"]).stem} for row in rows}
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def print_table(console: Console, summary: dict) -> None:
+    table = Table(title=f"Fashion-MNIST test k-NN after {summary['steps']} steps of batch {summary['batch']}")
+    for column in ("set", "images", "Fashion-MNIST", "copies kept", "leaks", "k=10 top-1", "k=20 top-1"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    means = {}
+    for name, result in summary["sets"].items():
+        runs = result["runs"]
+        k10, k20 = _mean_sd([r["knn10"] for r in runs]), _mean_sd([r["knn20"] for r in runs])
+        means[name] = (k10[0], k20[0])
+        first = runs[0]
+        table.add_row(name, f"{first['images']:,}", f"{100 * statistics.fmean(r['fashion_fraction'] for r in runs):.1f}%",
+                      f"{statistics.fmean(r['copies_surviving'] for r in runs):.0f}",
+                      f"{statistics.fmean(r['leaks'] for r in runs):.0f}",
+                      f"{k10[0]:.2f} ± {k10[1]:.2f}", f"{k20[0]:.2f} ± {k20[1]:.2f}")
+    console.print(table)
+    curated, whole, random = means["curated"], means["whole lake"], means["random subset"]
+    for k, i in ((10, 0), (20, 1)):
+        console.print(f"k={k}: curated − whole lake {curated[i] - whole[i]:+.2f} points (target ≥ +2: "
+                      f"{'met' if curated[i] - whole[i] >= 2 else 'not met'}); curated − random subset "
+                      f"{curated[i] - random[i]:+.2f} (target > 0: {'met' if curated[i] > random[i] else 'not met'})",
+                      highlight=False)
+
+
+if __name__ == "__main__":
+    main()
