@@ -35,14 +35,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.table import Table
 
 from curate import tables
 from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
 from pipelines.demo import curate_demo_lake
-from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake
+from pipelines.demo_lake import LakeSizes, build_demo_lake, read_truth, set_quality
 
 SHARD_SAMPLES = 5000
 
@@ -59,19 +58,6 @@ def write_set(files: list[Path], out: Path) -> Path:
     infos = [write_shard(out / shard_name(n), [samples[i] for i in rows]) for n, rows in enumerate(plan)]
     write_index(index, shard_index(infos, name=out.name))
     return out
-
-
-def composition(names: set[str], truth: dict[str, dict]) -> dict[str, float | int]:
-    """Fashion-MNIST fraction, surviving planted copies (with their original) and leaks of a set of stems."""
-    rows = [truth[name] for name in names if name in truth]
-    fashion = sum(row["source"] == "fashion" or row["source"].startswith("copy:") for row in rows)
-    copies = [row for row in truth.values() if row["source"].startswith("copy:")]
-    return {
-        "images": len(names),
-        "fashion_fraction": fashion / max(len(names), 1),
-        "copies_surviving": sum(row["stem"] in names and Path(row["copy_of"]).stem in names for row in copies),
-        "leaks": sum(row["source"] == "leak" for row in rows),
-    }
 
 
 def equal_step_overrides(base, images: int, reference_images: int, steps: int) -> list[str]:
@@ -124,7 +110,7 @@ def main() -> None:
     lake = build_demo_lake(args.lake or out / "lake", sizes)
     console.print(f"lake: {sizes}")
     _, quality = curate_demo_lake(lake, out / "curation", args.workers, console)
-    truth = _truth(lake)
+    truth = read_truth(lake)
     pool = sorted(path for path in lake.pool.iterdir() if path.is_file())
     selection = tables.read_table(out / "curation", "selection").column("uri").to_pylist()
     selected = len(selection)
@@ -149,7 +135,7 @@ def main() -> None:
         for seed, (shards, files) in by_seed.items():
             run = train(shards, out / "runs" / f"{name.replace(' ', '-')}-{seed}", seed, len(files), selected, steps,
                         eval_data)
-            runs.append({"seed": seed, **composition({path.stem for path in files}, truth), **run})
+            runs.append({"seed": seed, **set_quality({path.name for path in files}, truth), **run})
             console.print(f"{name}, seed {seed}: k-NN {run.get('knn10', float('nan')):.2f} / "
                           f"{run.get('knn20', float('nan')):.2f} ({run['seconds']:.0f} s)", highlight=False)
         results[name] = {"runs": runs}
@@ -158,11 +144,6 @@ def main() -> None:
     print_table(console, summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=str))
-
-
-def _truth(lake: DemoLake) -> dict[str, dict]:
-    rows = pq.read_table(lake.truth).to_pylist()
-    return {Path(row["file"]).stem: {**row, "stem": Path(row["file"]).stem} for row in rows}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -179,9 +160,9 @@ def print_table(console: Console, summary: dict) -> None:
         k10, k20 = _mean_sd([r["knn10"] for r in runs]), _mean_sd([r["knn20"] for r in runs])
         means[name] = (k10[0], k20[0])
         first = runs[0]
-        table.add_row(name, f"{first['images']:,}", f"{100 * statistics.fmean(r['fashion_fraction'] for r in runs):.1f}%",
+        table.add_row(name, f"{first['selected']:,}", f"{100 * statistics.fmean(r['precision'] for r in runs):.1f}%",
                       f"{statistics.fmean(r['copies_surviving'] for r in runs):.0f}",
-                      f"{statistics.fmean(r['leaks'] for r in runs):.0f}",
+                      f"{statistics.fmean(r['leaks_surviving'] for r in runs):.0f}",
                       f"{k10[0]:.2f} ± {k10[1]:.2f}", f"{k20[0]:.2f} ± {k20[1]:.2f}")
     console.print(table)
     curated, whole, random = means["curated"], means["whole lake"], means["random subset"]

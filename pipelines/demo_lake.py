@@ -157,25 +157,34 @@ def build_demo_lake(root: Path, sizes: LakeSizes = LakeSizes(), seed: int = 0) -
 
 
 def curation_quality(lake: DemoLake, out: Path) -> dict[str, float | int]:
-    """How the curation of the demo lake went, against ``truth.parquet``.
-
-    ``precision``: fraction of the selected (sharded) images that are Fashion-MNIST training images or
-    copies of them; ``copies_surviving``: planted copies whose original is selected too (both reached the
-    shards); ``leaks_surviving``: Fashion-MNIST test images planted in the pool that were selected.
-    """
+    """How the curation of the demo lake went: :func:`set_quality` of the selected (sharded) images."""
     from curate import tables
 
-    truth = {row["file"]: row for row in pq.read_table(lake.truth).to_pylist()}
     selected = {Path(uri).name for uri in tables.read_table(out, "selection").column("uri").to_pylist()}
-    sources = [truth[name]["source"] for name in selected if name in truth]
+    return set_quality(selected, read_truth(lake))
+
+
+def read_truth(lake: DemoLake) -> dict[str, dict]:
+    """``truth.parquet`` rows by file name."""
+    return {row["file"]: row for row in pq.read_table(lake.truth).to_pylist()}
+
+
+def set_quality(names: set[str], truth: dict[str, dict]) -> dict[str, float | int]:
+    """What a set of pool file ``names`` holds, against the lake's ``truth`` (:func:`read_truth`).
+
+    ``precision``: fraction that are Fashion-MNIST training images or copies of them; ``copies_surviving``:
+    planted copies whose original is in the set too; ``leaks_surviving``: Fashion-MNIST test images planted
+    in the pool that are in the set.
+    """
+    sources = [truth[name]["source"] for name in names if name in truth]
     fashion = sum(source == "fashion" or source.startswith("copy:") for source in sources)
     copies = [row for row in truth.values() if row["source"].startswith("copy:")]
     return {
-        "selected": len(selected),
-        "precision": fashion / max(len(selected), 1),
+        "selected": len(names),
+        "precision": fashion / max(len(names), 1),
         "off_domain_selected": sum(source in ("digits", "tiles", "noise") for source in sources),
         "copies_planted": len(copies),
-        "copies_surviving": sum(row["file"] in selected and row["copy_of"] in selected for row in copies),
-        "leaks_planted": sum(source == "leak" for source in (row["source"] for row in truth.values())),
+        "copies_surviving": sum(row["file"] in names and row["copy_of"] in names for row in copies),
+        "leaks_planted": sum(row["source"] == "leak" for row in truth.values()),
         "leaks_surviving": sum(source == "leak" for source in sources),
     }
