@@ -7,7 +7,8 @@ precision and recall of its duplicate groups at its default threshold, recall pe
 its original's group), µAP as ISC2021 defines it (all predictions pooled, sorted by score, ties
 non-matches first; µAP = Σ (R_i − R_{i−1}) P_i over all ground-truth pairs) and seconds per image.
 
-Methods: ``default`` (``dedup.descriptor=local``: sha256, pHash+dHash, RootSIFT votes, verified pairs);
+Methods: ``default`` (``dedup.descriptor=local``: sha256, pHash+dHash, RootSIFT votes, verified pairs,
+structural filter);
 ``sscd-arch`` (the SSCD architecture's kNN, k = 64, score-normalised, > 0.6, then verified: give the
 released weights with ``--sscd``; without them random ResNet-50 weights, which measures the path, not
 SSCD); ``phash@10`` (imagededup's pHash Hamming ≤ 10); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random
@@ -115,22 +116,26 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
                       "sha256": [hashlib.sha256((root / "pool" / n).read_bytes()).hexdigest() for n in names],
                       "width": [im.width for im in images], "height": [im.height for im in images]})
     scored: dict[tuple[str, str], float] = {}
-    original = verify_module.verify_pair
-
-    def recording(a, b, config_=verify_module.VerifyConfig()):
-        result = original(a, b, config_)
-        ids = (id(a), id(b))
-        if ids[0] in position and ids[1] in position:
-            pair = tuple(sorted((names[position[ids[0]]], names[position[ids[1]]])))
-            scored[pair] = max(scored.get(pair, -1.0), result.agreement if result.accepted else result.agreement - 1)
-        return result
-
     position = {id(f.local): i for i, f in enumerate(features)}
-    pipeline_module.verify_pair = recording
+
+    def recording(verify):
+        def recorded(a, b, config_=verify_module.VerifyConfig()):
+            result = verify(a, b, config_)
+            ids = (id(a), id(b))
+            if ids[0] in position and ids[1] in position:
+                pair = tuple(sorted((names[position[ids[0]]], names[position[ids[1]]])))
+                scored[pair] = max(scored.get(pair, -1.0), result.agreement if result.accepted else result.agreement - 1)
+            return result
+        return recorded
+
+    originals = {name: getattr(pipeline_module, name) for name in ("verify_pair", "verify_aligned")}
+    for name, verify in originals.items():
+        setattr(pipeline_module, name, recording(verify))
     try:
         duplicates = copy_duplicates_table(table, features, {"eval": reference}, config, descriptors)
     finally:
-        pipeline_module.verify_pair = original
+        for name, verify in originals.items():
+            setattr(pipeline_module, name, verify)
     seconds = time.perf_counter() - start
     rows = duplicates.to_pylist()
     groups = {row["key"] + ".jpg": row["group"] for row in rows}
@@ -199,7 +204,7 @@ def main() -> None:
               f"pairs), {len(list((root / 'eval').iterdir()))} evaluation images, seed {args.seed}", flush=True)
         rows = []
         if "default" in methods:
-            rows.append(run_pipeline("default (local+verify)", root, names, truth, DedupConfig()))
+            rows.append(run_pipeline("default (local+verify+structural)", root, names, truth, DedupConfig()))
             print(f"default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         if "sscd-arch" in methods:
             from curate.copydetect.descriptor import SSCD, load_descriptor

@@ -133,8 +133,8 @@ def main() -> None:
     for name, by_seed in sets.items():
         runs = []
         for seed, (shards, files) in by_seed.items():
-            run = train(shards, out / "runs" / f"{name.replace(' ', '-')}-{seed}", seed, len(files), selected, steps,
-                        eval_data)
+            run = train(shards, out / "runs" / f"{steps}-steps" / f"{name.replace(' ', '-')}-{seed}", seed, len(files),
+                        selected, steps, eval_data)
             runs.append({"seed": seed, **set_quality({path.name for path in files}, truth), **run})
             console.print(f"{name}, seed {seed}: k-NN {run.get('knn10', float('nan')):.2f} / "
                           f"{run.get('knn20', float('nan')):.2f} ({run['seconds']:.0f} s)", highlight=False)

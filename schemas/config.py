@@ -71,11 +71,11 @@ class DedupConfig:
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
     """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
-    descriptor: str = "embeddings"
-    """Copy detection (docs/copy-detection.md): ``embeddings`` (sha256 groups, then cosine on the embed stage's
-    vectors; fast, the default), ``local`` (sha256, pHash+dHash, RootSIFT votes, verified pairs; no weights,
-    ~0.3 s an image in one task, still imprecise on shared frames), or an SSCD copy-descriptor checkpoint
-    (torchvision state dict; its kNN adds candidates, verified like ``local``)."""
+    descriptor: str = "local"
+    """Copy detection (docs/copy-detection.md): ``local`` (the default: sha256, pHash+dHash, RootSIFT votes,
+    verified pairs, structural filter; no weights, ~0.2 s an image), an SSCD copy-descriptor checkpoint
+    (torchvision state dict; its kNN adds candidates, verified like ``local``), or ``embeddings`` (sha256
+    groups, then cosine on the embed stage's vectors: fast, for tiny images such as the demo's 28-px ones)."""
     allow_torchscript: bool = False
     """Accept a TorchScript copy-descriptor file (it runs code from the file; off unless you trust it)."""
     hash_distance: int = 4
@@ -84,15 +84,21 @@ class DedupConfig:
     """Candidates verified per image (local-descriptor votes)."""
     min_votes: int = 3
     """Local descriptors that must match for an image pair to be a candidate."""
-    min_agreement: float = 0.6
+    min_agreement: float = 0.5
     """Verified copy: share of the aligned overlap whose pixels agree."""
     max_blob: float = 0.15
     """Verified copy: largest contiguous disagreeing block (share of the overlap); rejects shared frames."""
     eval_min_agreement: float = 0.45
     """The looser agreement against evaluation sets."""
     eval_max_blob: float = 0.3
+    min_structural: float = 0.3
+    """Verified links whose two images share fewer neighbours than this (structural similarity, 0-1) are
+    dropped before the groups are formed (0: keep every link); docs/copy-detection.md."""
     score_norm: bool = True
     """Copy descriptors: SSCD score normalisation against a background sample of the pool."""
+    whitening: int = 0
+    """Copy descriptors: PCA-whitening learned on this many pool descriptors (a seeded sample), applied to
+    pool and evaluation descriptors before the kNN (0: off)."""
 
 
 @dataclass(frozen=True)

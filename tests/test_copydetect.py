@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -12,14 +13,14 @@ import torchvision
 from PIL import Image, ImageOps
 
 from curate.copydetect import hashes
-from curate.copydetect.augment import draw_text, paste_emoji
+from curate.copydetect.augment import draw_text, jpeg, paste_emoji
 from curate.copydetect.descriptor import SSCD, CheckpointError, GeM, load_descriptor
 from curate.copydetect.features import image_features
-from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows
+from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links, structural_similarity
 from curate.copydetect.local import describe
 from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
 from curate.copydetect.score_norm import background_bias, with_bias
-from curate.copydetect.verify import verify_pair
+from curate.copydetect.verify import verify_aligned, verify_pair
 from schemas.config import DedupConfig
 from schemas.tables import validate
 
@@ -149,7 +150,35 @@ def test_verification_accepts_a_copy_and_rejects_photos_sharing_only_an_overlay_
     assert verify_pair(describe(astronaut), framed[0]).accepted
 
 
+def test_aligned_verification_accepts_a_flat_photo_recoloured_and_rejects_another_photo_in_the_same_frame():
+    import skimage.data
+
+    flat = Image.fromarray(skimage.data.moon()).convert("RGB").resize((256, 256))
+    reencoded = jpeg(flat.resize((180, 180)), 20)  # resized + re-encoded: the same framing
+    assert verify_aligned(describe(flat), describe(reencoded)).accepted
+    framed = describe(_frame(_photo("astronaut"))), describe(_frame(_photo("coffee")))
+    assert not verify_aligned(*framed).accepted  # the frame agrees, the photos are one big disagreeing block
+
+
 # -- groups -----------------------------------------------------------------------------------------
+
+
+def test_structural_similarity_is_the_shared_closed_neighbourhood_over_the_geometric_mean():
+    # two 4-cliques {0,1,2,3} and {4,5,6,7} joined by the one link 3-4, and a leaf 8 on row 0
+    clique = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    edges = np.array(clique + [(a + 4, b + 4) for a, b in clique] + [(3, 4), (0, 8)])
+    similarity = structural_similarity(edges[:, 0], edges[:, 1], 9)
+    by_edge = dict(zip(map(tuple, edges.tolist()), similarity.tolist()))
+    assert by_edge[(1, 2)] == pytest.approx(1.0)  # N[1] = N[2] = {0, 1, 2, 3}
+    assert by_edge[(3, 4)] == pytest.approx(2 / 5)  # N[3] = {0..4}, N[4] = {3..7}: only 3 and 4 shared
+    assert by_edge[(0, 8)] == pytest.approx(2 / np.sqrt(5 * 2))  # N[0] = {0, 1, 2, 3, 8}, N[8] = {0, 8}
+    assert by_edge[(0, 1)] == pytest.approx(4 / np.sqrt(5 * 4))
+    keep = structural_links(edges[:, 0], edges[:, 1], 9, min_similarity=0.5)
+    dropped = {tuple(e) for e, k in zip(edges.tolist(), keep) if not k}
+    assert dropped == {(3, 4)}  # the bridge goes; the leaf (one link only) stays
+    assert structural_links(edges[:, 0], edges[:, 1], 9, min_similarity=0).all()
+
+
 
 
 def test_union_find_joins_chains_and_labels_by_smallest_row():
@@ -205,3 +234,75 @@ def test_knn_candidates_drop_self_pairs_and_keep_each_pair_once():
     first, second, score = knn_candidates(vectors, k=3, threshold=0.5)
     assert list(zip(first.tolist(), second.tolist())) == [(1, 3), (2, 3)]
     np.testing.assert_allclose(score, [0.8, 0.6], atol=1e-6)
+
+
+def test_one_false_verified_link_does_not_merge_two_groups_of_copies(monkeypatch):
+    """Two groups of 7 copies and one fooled verification between them: the bridge's structural
+    similarity is 2 / 8 (only its own two ends shared), under the default 0.3, so it is dropped."""
+    from curate.copydetect import pipeline
+    from curate.copydetect.verify import Verification
+
+    pool = {}
+    for name in ("astronaut", "coffee"):
+        photo = _photo(name)
+        pool |= {f"{name}-0": photo, f"{name}-1": ImageOps.mirror(photo.crop((10, 10, 240, 240))),
+                 f"{name}-2": photo.rotate(8, resample=Image.Resampling.BICUBIC), f"{name}-3": jpeg(photo, 15),
+                 f"{name}-4": photo.resize((200, 200)), f"{name}-5": ImageOps.grayscale(photo).convert("RGB"),
+                 f"{name}-6": photo.crop((0, 30, 256, 226))}
+    table, features = _table(pool)
+    keys = list(pool)
+    bridge = {id(features[keys.index("astronaut-3")].local), id(features[keys.index("coffee-3")].local)}
+    real = pipeline.verify_pair
+
+    def fooled(a, b, config):  # a verification fooled once, as a shared frame fools it
+        return Verification(True, 50, 0.9, 100) if {id(a), id(b)} == bridge else real(a, b, config)
+
+    monkeypatch.setattr(pipeline, "verify_pair", fooled)
+    count = len(keys)
+    every = np.array([(a, b) for a in range(count) for b in range(a + 1, count)])
+    monkeypatch.setattr(pipeline, "vote_candidates", lambda *args, **kwargs: (every[:, 0], every[:, 1], every[:, 0]))
+    for min_structural, groups in ((0.3, 2), (0.0, 1)):
+        rows = copy_duplicates_table(table, features, {}, DedupConfig(min_structural=min_structural)).to_pylist()
+        assert len({row["group"] for row in rows}) == groups
+
+
+def test_whitening_learned_on_a_sample_decorrelates_it():
+    from curate.copydetect.descriptor import Whitening
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 3.0
+    whiten = Whitening.fit_sample(vectors, 300, seed=1)
+    projected = (vectors - whiten.mean) @ whiten.projection
+    np.testing.assert_allclose(np.cov(projected, rowvar=False), np.eye(6), atol=0.25)
+    np.testing.assert_allclose(np.linalg.norm(whiten(vectors), axis=1), 1.0, atol=1e-5)
+    assert Whitening.fit_sample(vectors, 4).projection.shape == (6, 3)  # a 4-row sample supports 3 dimensions
+
+
+def test_curate_run_with_a_descriptor_checkpoint_and_whitening_groups_the_copies(tmp_path):
+    from typer.testing import CliRunner
+
+    from curate import tables
+    from pipelines.cli import app
+
+    photos = {name: _photo(name) for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")}
+    pool, evaluation = tmp_path / "pool", tmp_path / "eval"
+    pool.mkdir(), evaluation.mkdir()
+    for name, photo in photos.items():
+        photo.save(pool / f"{name}.jpg", quality=95)
+    ImageOps.mirror(photos["astronaut"].crop((20, 20, 236, 236))).save(pool / "a-copy.jpg")
+    photos["coffee"].rotate(180).save(pool / "c-copy.jpg")  # a 90°-multiple rotation: candidates, then verified
+    photos["chelsea"].save(evaluation / "chelsea.png")
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "sscd.pt"
+    torch.save({"model": SSCD("resnet18", dim=32).backbone.state_dict(), "arch": "resnet18"}, checkpoint)
+    result = CliRunner().invoke(app, ["run", "--lake", str(pool), "--eval", str(evaluation), "--out", str(tmp_path / "out"),
+                                      "--workers", "1", "ingest.min_side=32", f"dedup.descriptor={checkpoint}",
+                                      "dedup.whitening=6", "dedup.threshold=0.3", "sample.method=all"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stdout
+    rows = {Path(row["uri"]).stem: row for row in tables.read_table(tmp_path / "out", "duplicates").to_pylist()}
+    assert rows["a-copy"]["reason"] == "copy" and rows["a-copy"]["group"] == rows["astronaut"]["group"]
+    assert rows["astronaut"]["kept"]  # the larger image of the group
+    assert rows["c-copy"]["group"] == rows["coffee"]["group"] and rows["c-copy"]["kept"] != rows["coffee"]["kept"]
+    assert rows["chelsea"]["reason"] == "leak:eval"
+    assert all(rows[name]["kept"] for name in ("camera", "rocket", "immunohistochemistry"))

@@ -136,6 +136,14 @@ class Whitening:
         order = np.argsort(values)[::-1][: dim or sample.shape[1]]
         return cls(mean.astype(np.float32), (vectors[:, order] / np.sqrt(values[order] + eps)).astype(np.float32))
 
+    @classmethod
+    def fit_sample(cls, vectors: np.ndarray, size: int, seed: int = 0) -> "Whitening":
+        """Learned on ``size`` rows of ``vectors`` drawn with ``seed`` (all of them when fewer); at most
+        ``rows - 1`` output dimensions, the rank a sample can support."""
+        rng = np.random.default_rng(seed)
+        rows = np.sort(rng.permutation(len(vectors))[:size])
+        return cls.fit(np.asarray(vectors[rows], np.float64), dim=min(vectors.shape[1], max(1, len(rows) - 1)))
+
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         out = (vectors - self.mean) @ self.projection
         return (out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-12)).astype(np.float32)

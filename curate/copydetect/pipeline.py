@@ -1,12 +1,15 @@
 """The ``duplicates`` table by copy detection: exact, hash, verified-copy links, union-find, keep rule, leaks.
 
 1. ``exact``: byte-identical files (sha256).
-2. ``near``: every perceptual hash within ``hash_distance`` bits (:mod:`.hashes`, faiss binary index).
+2. ``near``: every perceptual hash within ``hash_distance`` bits (:mod:`.hashes`, faiss binary index)
+   that passes :mod:`.verify`.
 3. ``copy``: candidate pairs (:mod:`.candidates`: local-descriptor votes, plus a copy descriptor's kNN
-   when one is given) that pass :mod:`.verify` — so a chain of weak links cannot merge unrelated images.
-4. Union-find over all links, one image kept per group (largest resolution, then key).
-5. ``leak:<set>``: every group holding an image linked to an evaluation image (same three kinds of link,
-   verification at the looser ``eval_min_agreement``) is removed whole.
+   when one is given) that pass :mod:`.verify`.
+4. The structural filter (:func:`.groups.structural_links`: a verified link whose two images share few
+   neighbours is dropped) — so neither a chain of weak links nor one false verification merges two groups.
+5. Union-find over the links left, one image kept per group (largest resolution, then key).
+6. ``leak:<set>``: every group holding an image linked to an evaluation image (exact, or a hash or vote
+   candidate verified at the looser ``eval_min_agreement``) is removed whole.
 
     table = copy_duplicates_table(pool, pool_features, references, DedupConfig())
 """
@@ -21,10 +24,10 @@ import pyarrow as pa
 
 from curate.copydetect.candidates import knn_candidates, vote_candidates
 from curate.copydetect.features import ImageFeatures
-from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows
+from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links
 from curate.copydetect.score_norm import background_bias, with_bias
 from curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
-from curate.copydetect.verify import VerifyConfig, verify_pair
+from curate.copydetect.verify import VerifyConfig, verify_aligned, verify_pair
 from schemas.config import DedupConfig
 from schemas.tables import DUPLICATES
 
@@ -62,40 +65,46 @@ def _codes(features: Sequence[ImageFeatures]) -> dict[str, np.ndarray]:
 
 def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config: DedupConfig,
                descriptors: np.ndarray | None = None) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
-    """Union-find of the pool and, per row, its strongest link (kind, similarity)."""
+    """Union-find of the pool and, per row, its strongest link (kind, similarity).
+
+    Exact links are taken as they are; hash pairs and vote / kNN candidates are all verified, and the
+    verified links pass the structural filter (:func:`.groups.structural_links`) before the union."""
     count = len(features)
-    uf = UnionFind(count)
-    best: dict[int, tuple[str, float]] = {}
-
-    def link(a: int, b: int, kind: str, score: float) -> None:
-        uf.union(np.array([a]), np.array([b]))
-        for row in (a, b):
-            old = best.get(row)
-            if old is None or (LINK_RANK[kind], -score) < (LINK_RANK[old[0]], -old[1]):
-                best[row] = (kind, float(score))
-
+    links: dict[tuple[int, int], tuple[str, float]] = {}
     first_of: dict[str, int] = {}
     for row, digest in enumerate(digests):
         head = first_of.setdefault(digest, row)
         if head != row:
-            link(head, row, "exact", 1.0)
+            links[(head, row)] = ("exact", 1.0)
     first, second, distance = hash_pairs(_codes(features), config.hash_distance)
-    for a, b, d in zip(first.tolist(), second.tolist(), distance.tolist()):
-        link(a, b, "near", 1.0 - d / 64)
+    hashed = {(a, b): 1.0 - d / 64 for a, b, d in zip(first.tolist(), second.tolist(), distance.tolist())}
     local = [f.local for f in features]
     first, second, _ = vote_candidates(local, local, True, max_candidates=config.candidates, min_votes=config.min_votes)
-    pairs = list(zip(first.tolist(), second.tolist()))
+    pairs = set(zip(first.tolist(), second.tolist())) | set(hashed)
     if descriptors is not None:
         database, queries = normalised_scores(descriptors, config)
         dfirst, dsecond, _ = knn_candidates(database, config.k, config.threshold, queries, same_set=True)
-        pairs = sorted(set(pairs) | set(zip(dfirst.tolist(), dsecond.tolist())))
+        pairs |= set(zip(dfirst.tolist(), dsecond.tolist()))
     verify = verify_config(config)
-    for a, b in pairs:
-        if uf.find(a) == uf.find(b):
-            continue  # already one group: a link adds nothing
+    for a, b in sorted(pairs - set(links)):
+        # a hash match is verified too: a shared frame dominates the hashes of two screenshots
         result = verify_pair(local[a], local[b], verify)
+        if not result.accepted and (a, b) in hashed:
+            result = verify_aligned(local[a], local[b], verify)
         if result.accepted:
-            link(a, b, "copy", result.score)
+            links[(a, b)] = ("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score)
+    pairs_ = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
+    exact = np.array([links[(a, b)][0] == "exact" for a, b in pairs_.tolist()], dtype=bool)
+    keep = exact | structural_links(pairs_[:, 0], pairs_[:, 1], count, config.min_structural)
+    uf = UnionFind(count)
+    uf.union(pairs_[keep, 0], pairs_[keep, 1])
+    best: dict[int, tuple[str, float]] = {}
+    for a, b in pairs_[keep].tolist():
+        kind, score = links[(a, b)]
+        for row in (a, b):
+            old = best.get(row)
+            if old is None or (LINK_RANK[kind], -score) < (LINK_RANK[old[0]], -old[1]):
+                best[row] = (kind, float(score))
     return uf, best
 
 

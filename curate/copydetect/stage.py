@@ -56,6 +56,12 @@ def copy_dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
         for name in sorted(set(evals.column("set").to_pylist())):
             chosen = evals.filter(pc.equal(evals["set"], name))
             eval_descriptors[name] = descriptors_for(chosen.column("uri").to_pylist(), config)
+        if config.dedup.whitening and len(descriptors) > 1:
+            from curate.copydetect.descriptor import Whitening
+
+            whiten = Whitening.fit_sample(descriptors, config.dedup.whitening)
+            descriptors = whiten(descriptors)
+            eval_descriptors = {name: whiten(vectors) for name, vectors in eval_descriptors.items()}
     references = {}
     for name in sorted(set(evals.column("set").to_pylist())):
         chosen = evals.filter(pc.equal(evals["set"], name))

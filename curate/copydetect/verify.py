@@ -152,6 +152,22 @@ def _verify_oriented(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig, m
     return Verification(accepted, count, best.fraction, best.cells, mirrored, max(forward.blob, backward.blob))
 
 
+def verify_aligned(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig = VerifyConfig()) -> Verification:
+    """Whether ``b`` is a copy of ``a`` framed the same way (a perceptual-hash match: re-encoded, resized,
+    blurred, recoloured), checked on pixels alone: ``a`` stretched onto ``b``'s frame, then the same cell
+    test as :func:`verify_pair`. For flat images, where too few keypoints match for a RANSAC map."""
+    (height_a, width_a), (height_b, width_b) = a.gray.shape, b.gray.shape
+    stretch = np.array([[width_b / width_a, 0.0, 0.0], [0.0, height_b / height_a, 0.0]])
+    if not plausible(stretch, config):
+        return REJECTED
+    forward = cell_agreement(a.gray, b.gray, stretch, config)
+    backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(stretch), config)
+    best = max(forward, backward, key=lambda result: result.cells)
+    blob = max(forward.blob, backward.blob)
+    accepted = best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
+    return Verification(accepted, 0, best.fraction, best.cells, False, blob)
+
+
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig = VerifyConfig()) -> Verification:
     """Whether ``b`` is a copy of ``a`` (either way round), trying ``b`` as is and mirrored."""
     best = _verify_oriented(a, b, config, mirrored=False)
