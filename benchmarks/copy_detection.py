@@ -128,14 +128,14 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
             return result
         return recorded
 
-    originals = {name: getattr(pipeline_module, name) for name in ("verify_pair", "verify_aligned")}
-    for name, verify in originals.items():
-        setattr(pipeline_module, name, recording(verify))
+    originals = {function: getattr(pipeline_module, function) for function in ("verify_pair", "verify_aligned")}
+    for function, verify in originals.items():
+        setattr(pipeline_module, function, recording(verify))
     try:
         duplicates = copy_duplicates_table(table, features, {"eval": reference}, config, descriptors)
     finally:
-        for name, verify in originals.items():
-            setattr(pipeline_module, name, verify)
+        for function, verify in originals.items():
+            setattr(pipeline_module, function, verify)
     seconds = time.perf_counter() - start
     rows = duplicates.to_pylist()
     groups = {row["key"] + ".jpg": row["group"] for row in rows}

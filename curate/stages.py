@@ -141,8 +141,21 @@ def _lookup(table: pa.Table, keys: list[str], columns: list[str]) -> dict[str, l
     return {name: taken.column(name).to_pylist() for name in columns}
 
 
+def pool_size(out: Location) -> int:
+    """Readable pool images of the ``images`` table."""
+    images = tables.read_table(out, "images")
+    return int(pc.sum(pc.and_(pc.equal(images["status"], "ok"), pc.equal(images["role"], "pool"))).as_py() or 0)
+
+
+def dedup_rule(config: PipelineConfig, pool_images: int) -> str:
+    """``local``, ``embeddings`` or a checkpoint path: ``dedup.descriptor`` with ``auto`` resolved by pool size."""
+    if config.dedup.descriptor == "auto":
+        return "local" if pool_images <= config.dedup.local_max_images else "embeddings"
+    return config.dedup.descriptor
+
+
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
-    if config.dedup.descriptor != "embeddings":
+    if dedup_rule(config, pool_size(out)) != "embeddings":
         from curate.copydetect.stage import copy_dedup
 
         return copy_dedup(out, config)

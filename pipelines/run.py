@@ -111,9 +111,19 @@ class Pipeline:
             records = self.records(stages.ORDER[:-1])
             self._gather([self._submit("report", stages.report, self.out, self.config, records)], "report")
             return 1
+        if name == "dedup":
+            self._say_dedup_rule()
         function = {"dedup": stages.dedup, "cluster": stages.cluster, "sample": stages.sample}[name]
         self._gather([self._submit(name, function, self.out, self.config)], name)
         return 1
+
+    def _say_dedup_rule(self) -> None:
+        pool = stages.pool_size(self.out)
+        rule = stages.dedup_rule(self.config, pool)
+        why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
+               f"{self.config.dedup.local_max_images:,})") if self.config.dedup.descriptor == "auto" else ""
+        described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
+        self.console.print(f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}", highlight=False)
 
     def _submit(self, label: str, function, *args, resources: dict | None = None):
         return self.client.submit(function, *args, key=f"{label}-{self.run_id}-{uuid.uuid4().hex[:6]}",

@@ -71,11 +71,15 @@ class DedupConfig:
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
     """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
-    descriptor: str = "local"
-    """Copy detection (docs/copy-detection.md): ``local`` (the default: sha256, pHash+dHash, RootSIFT votes,
-    verified pairs, structural filter; no weights, ~0.2 s an image), an SSCD copy-descriptor checkpoint
-    (torchvision state dict; its kNN adds candidates, verified like ``local``), or ``embeddings`` (sha256
-    groups, then cosine on the embed stage's vectors: fast, for tiny images such as the demo's 28-px ones)."""
+    descriptor: str = "auto"
+    """Copy detection (docs/copy-detection.md): ``local`` (sha256, pHash+dHash, RootSIFT votes, verified
+    pairs, structural filter; no weights, ~0.12 s and ~0.5 MB of memory an image in one task), an SSCD
+    copy-descriptor checkpoint (torchvision state dict; its kNN adds candidates, verified like ``local``),
+    ``embeddings`` (sha256 groups, then cosine on the embed stage's vectors: fast at any size, and for tiny
+    images such as the demo's 28-px ones), or ``auto`` (the default): ``local`` up to ``local_max_images``
+    pool images, ``embeddings`` above."""
+    local_max_images: int = 20_000
+    """``descriptor=auto``: the largest pool copy-detected with local features (their memory grows with the pool)."""
     allow_torchscript: bool = False
     """Accept a TorchScript copy-descriptor file (it runs code from the file; off unless you trust it)."""
     hash_distance: int = 4

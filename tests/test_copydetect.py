@@ -300,9 +300,21 @@ def test_curate_run_with_a_descriptor_checkpoint_and_whitening_groups_the_copies
                                       "dedup.whitening=6", "dedup.threshold=0.3", "sample.method=all"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.stdout
+    assert "dedup: copy descriptor" in result.stdout  # the rule is said (the path may wrap)
     rows = {Path(row["uri"]).stem: row for row in tables.read_table(tmp_path / "out", "duplicates").to_pylist()}
     assert rows["a-copy"]["reason"] == "copy" and rows["a-copy"]["group"] == rows["astronaut"]["group"]
     assert rows["astronaut"]["kept"]  # the larger image of the group
     assert rows["c-copy"]["group"] == rows["coffee"]["group"] and rows["c-copy"]["kept"] != rows["coffee"]["kept"]
     assert rows["chelsea"]["reason"] == "leak:eval"
     assert all(rows[name]["kept"] for name in ("camera", "rocket", "immunohistochemistry"))
+
+
+def test_auto_copy_detection_uses_local_features_up_to_local_max_images():
+    from curate.stages import dedup_rule
+    from schemas.config import PipelineConfig
+
+    auto = PipelineConfig(dedup=DedupConfig(local_max_images=100))
+    assert DedupConfig().descriptor == "auto"
+    assert dedup_rule(auto, 100) == "local" and dedup_rule(auto, 101) == "embeddings"
+    assert dedup_rule(PipelineConfig(dedup=DedupConfig(descriptor="local")), 10**9) == "local"
+    assert dedup_rule(PipelineConfig(dedup=DedupConfig(descriptor="/w/sscd.pt")), 5) == "/w/sscd.pt"

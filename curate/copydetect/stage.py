@@ -1,6 +1,6 @@
 """The dedup stage by copy detection: features per ``images`` partition (cached), then one global pass.
 
-``dedup.descriptor`` is ``local`` (no weights) or a copy-descriptor checkpoint whose kNN (k =
+``dedup.descriptor`` is ``local`` (no weights; also ``auto`` on a pool small enough) or a copy-descriptor checkpoint whose kNN (k =
 ``dedup.k``, score-normalised, ``>= dedup.threshold``; ``dedup.eval_threshold`` against evaluation sets)
 adds candidates; every candidate is verified (:mod:`.verify`) before it links two images.
 """
@@ -51,7 +51,7 @@ def copy_dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
     pool_keys = pool.column("key").to_pylist()
     descriptors = None
     eval_descriptors: dict[str, np.ndarray] = {}
-    if config.dedup.descriptor != "local":
+    if config.dedup.descriptor not in ("local", "auto"):  # auto reaches here as local
         descriptors = descriptors_for(pool.column("uri").to_pylist(), config)
         for name in sorted(set(evals.column("set").to_pylist())):
             chosen = evals.filter(pc.equal(evals["set"], name))
