@@ -4,7 +4,7 @@ Before the union, :func:`structural_similarity` scores every link by how many ne
 share (SCAN's structural similarity, Xu et al. 2007): inside a group of copies most images verify
 against most others, while a false link between two groups (two screenshots of different photos in one
 frame) joins images whose other neighbours differ. Links below a threshold are dropped, so one false
-verification cannot merge two groups.
+verification does not merge two groups of six or more (a bridge between two k-cliques scores 2 / (k + 1)).
 
 The union-find is array-based (path halving over numpy arrays), linear in links, so 10^8 images are
 memory-bound (two int64 arrays), not time-bound. Keep rule: the largest resolution, then the smallest

@@ -6,10 +6,10 @@
 3. ``copy``: candidate pairs (:mod:`.candidates`: local-descriptor votes, plus a copy descriptor's kNN
    when one is given) that pass :mod:`.verify`.
 4. The structural filter (:func:`.groups.structural_links`: a verified link whose two images share few
-   neighbours is dropped) — so neither a chain of weak links nor one false verification merges two groups.
+   neighbours is dropped) — so one false verification does not merge two groups of six or more copies.
 5. Union-find over the links left, one image kept per group (largest resolution, then key).
-6. ``leak:<set>``: every group holding an image linked to an evaluation image (exact, or a hash or vote
-   candidate verified at the looser ``eval_min_agreement``) is removed whole.
+6. ``leak:<set>``: every group holding an image linked to an evaluation image (exact, a hash match, or a
+   vote / kNN candidate verified at the looser ``eval_min_agreement``) is removed whole.
 
     table = copy_duplicates_table(pool, pool_features, references, DedupConfig())
 """
