@@ -155,10 +155,11 @@ def dedup_rule(config: PipelineConfig, pool_images: int) -> str:
 
 
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
-    if dedup_rule(config, pool_size(out)) != "embeddings":
+    rule = dedup_rule(config, pool_size(out))
+    if rule != "embeddings":
         from curate.copydetect.stage import copy_dedup
 
-        return copy_dedup(out, config)
+        return copy_dedup(out, config, rule)
     vectors = read_vectors(out)
     role = vectors.rows.column("role")
     pool = vectors.where(pc.equal(role, "pool"))

@@ -179,8 +179,6 @@ def test_structural_similarity_is_the_shared_closed_neighbourhood_over_the_geome
     assert structural_links(edges[:, 0], edges[:, 1], 9, min_similarity=0).all()
 
 
-
-
 def test_union_find_joins_chains_and_labels_by_smallest_row():
     uf = UnionFind(7)
     uf.union(np.array([5, 1, 3]), np.array([6, 4, 6]))

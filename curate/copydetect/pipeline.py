@@ -93,13 +93,13 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
             result = verify_aligned(local[a], local[b], verify)
         if result.accepted:
             links[(a, b)] = ("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score)
-    pairs_ = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
-    exact = np.array([links[(a, b)][0] == "exact" for a, b in pairs_.tolist()], dtype=bool)
-    keep = exact | structural_links(pairs_[:, 0], pairs_[:, 1], count, config.min_structural)
+    linked = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
+    exact = np.array([links[(a, b)][0] == "exact" for a, b in linked.tolist()], dtype=bool)
+    keep = exact | structural_links(linked[:, 0], linked[:, 1], count, config.min_structural)
     uf = UnionFind(count)
-    uf.union(pairs_[keep, 0], pairs_[keep, 1])
+    uf.union(linked[keep, 0], linked[keep, 1])
     best: dict[int, tuple[str, float]] = {}
-    for a, b in pairs_[keep].tolist():
+    for a, b in linked[keep].tolist():
         kind, score = links[(a, b)]
         for row in (a, b):
             old = best.get(row)

@@ -1,13 +1,14 @@
 """The dedup stage by copy detection: features per ``images`` partition (cached), then one global pass.
 
-``dedup.descriptor`` is ``local`` (no weights; also ``auto`` on a pool small enough) or a copy-descriptor checkpoint whose kNN (k =
-``dedup.k``, score-normalised, ``>= dedup.threshold``; ``dedup.eval_threshold`` against evaluation sets)
-adds candidates; every candidate is verified (:mod:`.verify`) before it links two images.
+The rule (:func:`curate.stages.dedup_rule`) is ``local`` (no weights) or a copy-descriptor checkpoint
+whose kNN (k = ``dedup.k``, score-normalised, ``>= dedup.threshold``; ``dedup.eval_threshold`` against
+evaluation sets) adds candidates; every candidate is verified (:mod:`.verify`) before it links two images.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,9 @@ from curate.copydetect.features import ImageFeatures, partition_features
 from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
 from schemas.config import PipelineConfig
 
+if TYPE_CHECKING:
+    from torch import nn
+
 
 def all_features(out: Path, config: PipelineConfig) -> dict[str, ImageFeatures]:
     features: dict[str, ImageFeatures] = {}
@@ -27,21 +31,21 @@ def all_features(out: Path, config: PipelineConfig) -> dict[str, ImageFeatures]:
     return features
 
 
-def descriptors_for(uris: list[str], config: PipelineConfig) -> np.ndarray:
-    """Copy descriptors of ``uris`` with the checkpoint ``dedup.descriptor``."""
-    from curate.copydetect.descriptor import describe_images, load_descriptor
+def descriptors_for(uris: list[str], config: PipelineConfig, model: nn.Module) -> np.ndarray:
+    """Copy descriptors of ``uris`` with ``model`` (a loaded copy-descriptor checkpoint)."""
+    from curate.copydetect.descriptor import describe_images
     from curate.copydetect.features import DECODE_SIDE
     from curate.lakes import read_partition
     from pretrain.data.images import decode_image
 
-    model = load_descriptor(config.dedup.descriptor, config.dedup.allow_torchscript)
     contents = dict(read_partition(uris, config.lake.storage_options))
     images = [decode_image(contents[uri], uri, max_side=DECODE_SIDE, max_pixels=config.ingest.max_pixels,
                            min_side=1).image for uri in uris]
     return describe_images(model, images)
 
 
-def copy_dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
+def copy_dedup(out: Path, config: PipelineConfig, rule: str) -> dict[str, int]:
+    """The ``duplicates`` table by ``rule``: ``local``, or the path of a copy-descriptor checkpoint."""
     features = all_features(out, config)
     images = tables.read_table(out, "images")
     ok = images.filter(pc.and_(pc.equal(images["status"], "ok"),
@@ -51,13 +55,15 @@ def copy_dedup(out: Path, config: PipelineConfig) -> dict[str, int]:
     pool_keys = pool.column("key").to_pylist()
     descriptors = None
     eval_descriptors: dict[str, np.ndarray] = {}
-    if config.dedup.descriptor not in ("local", "auto"):  # auto reaches here as local
-        descriptors = descriptors_for(pool.column("uri").to_pylist(), config)
+    if rule != "local":
+        from curate.copydetect.descriptor import Whitening, load_descriptor
+
+        model = load_descriptor(rule, config.dedup.allow_torchscript)
+        descriptors = descriptors_for(pool.column("uri").to_pylist(), config, model)
         for name in sorted(set(evals.column("set").to_pylist())):
             chosen = evals.filter(pc.equal(evals["set"], name))
-            eval_descriptors[name] = descriptors_for(chosen.column("uri").to_pylist(), config)
+            eval_descriptors[name] = descriptors_for(chosen.column("uri").to_pylist(), config, model)
         if config.dedup.whitening and len(descriptors) > 1:
-            from curate.copydetect.descriptor import Whitening
 
             whiten = Whitening.fit_sample(descriptors, config.dedup.whitening)
             descriptors = whiten(descriptors)

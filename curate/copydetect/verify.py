@@ -144,12 +144,19 @@ def _verify_oriented(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig, m
     count = int(inliers.sum())
     if count < config.min_inliers or not plausible(affine, config):
         return Verification(False, count, mirrored=mirrored)
+    return pixel_check(a, b, affine, config, count, mirrored)
+
+
+def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: VerifyConfig, inliers: int = 0,
+                mirrored: bool = False) -> Verification:
+    """The photometric half: :func:`cell_agreement` both ways under ``affine`` (``a`` → ``b``), judged on the
+    side with more evidence; accepted on enough cells, enough agreement and no large disagreeing block."""
     forward = cell_agreement(a.gray, b.gray, affine, config)
     backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(affine), config)
     best = max(forward, backward, key=lambda result: result.cells)  # the side with more evidence
-    accepted = (best.cells >= config.min_cells and best.fraction >= config.min_agreement
-                and max(forward.blob, backward.blob) <= config.max_blob)
-    return Verification(accepted, count, best.fraction, best.cells, mirrored, max(forward.blob, backward.blob))
+    blob = max(forward.blob, backward.blob)
+    accepted = best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
+    return Verification(accepted, inliers, best.fraction, best.cells, mirrored, blob)
 
 
 def verify_aligned(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig = VerifyConfig()) -> Verification:
@@ -158,14 +165,7 @@ def verify_aligned(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig = Ve
     test as :func:`verify_pair`. For flat images, where too few keypoints match for a RANSAC map."""
     (height_a, width_a), (height_b, width_b) = a.gray.shape, b.gray.shape
     stretch = np.array([[width_b / width_a, 0.0, 0.0], [0.0, height_b / height_a, 0.0]])
-    if not plausible(stretch, config):
-        return REJECTED
-    forward = cell_agreement(a.gray, b.gray, stretch, config)
-    backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(stretch), config)
-    best = max(forward, backward, key=lambda result: result.cells)
-    blob = max(forward.blob, backward.blob)
-    accepted = best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
-    return Verification(accepted, 0, best.fraction, best.cells, False, blob)
+    return pixel_check(a, b, stretch, config) if plausible(stretch, config) else REJECTED
 
 
 def verify_pair(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig = VerifyConfig()) -> Verification:
