@@ -2,8 +2,9 @@
 
 Two retrieval modes from the paper: *sample-based* for a large curated set — every curated image
 retrieves its ``n`` nearest pool images — and *cluster-based* for a small one — the pool is clustered
-with k-means and ``m`` images are sampled from the cluster nearest to each curated image. Pool images
-less similar than ``min_similarity`` to the curated image that retrieved them are dropped.
+with k-means and ``m`` images are sampled from each cluster nearest to at least ``min_hits`` curated
+images (the paper: more than 3). Pool images less similar than ``min_similarity`` to the curated image
+that retrieved them are dropped.
 
 Example::
 
@@ -74,17 +75,21 @@ def retrieve_from_clusters(
     per_cluster: int = 100,
     min_similarity: float = -1.0,
     seed: int = 0,
+    min_hits: int = 1,
 ) -> Selection:
-    """Cluster-based retrieval: ``per_cluster`` random pool images from each cluster nearest a curated image.
+    """Cluster-based retrieval: ``per_cluster`` random pool images from each cluster that is the nearest
+    cluster of at least ``min_hits`` curated images.
 
     A cluster hit by several curated images is sampled once; each sampled image records the curated
-    image among those hitting its cluster that is most similar to it.
+    image among those hitting its cluster that is most similar to it. ``min_hits`` > 1 leaves out
+    clusters that only a stray curated image lands in: mixed clusters at the edge of the curated domain.
     """
     rng = np.random.default_rng(seed)
     curated_unit, pool_unit = normalized(curated), normalized(pool)
     nearest_cluster = np.argmax(curated_unit @ normalized(centroids).T, axis=1)
+    hit_clusters, hit_counts = np.unique(nearest_cluster, return_counts=True)
     rows, queries, clusters, similarities = [], [], [], []
-    for cluster in np.unique(nearest_cluster):
+    for cluster in hit_clusters[hit_counts >= min_hits]:
         hitting = np.flatnonzero(nearest_cluster == cluster)
         members = np.flatnonzero(pool_labels == cluster)
         if len(members) == 0:
@@ -151,7 +156,8 @@ def selection_table(
     elif config.retrieval == "clusters":
         centroids = _centroids(pool_vectors, labels)
         selection = retrieve_from_clusters(
-            curated_vectors, pool_vectors, labels, centroids, config.per_cluster, config.min_similarity, config.seed
+            curated_vectors, pool_vectors, labels, centroids, config.per_cluster, config.min_similarity, config.seed,
+            config.min_cluster_hits,
         )
     else:
         selection = retrieve_nearest(curated_vectors, pool_vectors, config.per_query, config.min_similarity)

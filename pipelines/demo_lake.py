@@ -123,7 +123,11 @@ def build_demo_lake(root: Path, sizes: LakeSizes = LakeSizes(), seed: int = 0) -
     for folder in (lake.pool, lake.seeds, lake.evaluation):
         folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    names = iter(f"{value:012x}" for value in rng.choice(2**48, size=sizes.fashion * 2 + 200_000, replace=False))
+    digits = 1797  # every scikit-learn digit
+    needed = (sizes.seeds + sizes.fashion + digits + sizes.tiles + sizes.noise
+              + sizes.copies_per_kind * len(COPY_KINDS) + sizes.leaks)
+    # (the first term keeps the default lake's names, and so its random tiles, as they were)
+    names = iter(f"{value:012x}" for value in rng.choice(2**48, size=max(sizes.fashion * 2 + 200_000, needed), replace=False))
     train, _ = load_fashion_mnist("train", limit=sizes.seeds + sizes.fashion)
     test, _ = load_fashion_mnist("test", limit=max(sizes.evaluation, sizes.leaks))
     train, test = train.numpy(), test.numpy()

@@ -123,7 +123,11 @@ class SampleConfig:
     """``neighbours``: each curated image takes its ``per_query`` nearest; ``clusters``: ``per_cluster`` from each hit cluster."""
     per_query: int = 4
     per_cluster: int = 100
+    min_cluster_hits: int = 1
+    """``clusters``: sample only clusters that are the nearest cluster of at least this many curated images
+    (the paper: more than 3, with 100,000 clusters of a 744M pool)."""
     min_similarity: float = -1.0
+    """Drop retrieved pool images less similar (cosine) than this to the curated image that retrieved them."""
     target: int = 0
     """Balanced sampling: images to select (0: half of the deduplicated pool)."""
     seed: int = 0

@@ -48,6 +48,20 @@ def test_cluster_retrieval_samples_only_hit_clusters():
     assert everything.pool_index.tolist() == list(range(20))
 
 
+def test_cluster_retrieval_min_hits_skips_clusters_few_curated_images_land_in():
+    # Cluster 0 is the nearest cluster of two curated images, cluster 1 of one: min_hits=2 samples cluster 0 only.
+    rng = np.random.default_rng(2)
+    directions = np.array([[1, 0, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float32)
+    labels = np.repeat(np.arange(3), 10)
+    pool = directions[labels] + 0.05 * rng.standard_normal((30, 3)).astype(np.float32)
+    curated = np.array([[1, 0.1, 0], [0.9, -0.1, 0], [0, 1, 0.05]], dtype=np.float32)
+    by_hits = {hits: retrieve_from_clusters(curated, pool, labels, directions, per_cluster=100, min_hits=hits)
+               for hits in (1, 2, 3)}
+    assert np.unique(by_hits[1].cluster).tolist() == [0, 1]
+    assert by_hits[2].pool_index.tolist() == list(range(10)) and set(by_hits[2].query_index.tolist()) <= {0, 1}
+    assert len(by_hits[3]) == 0
+
+
 def test_balanced_selection_records_clusters():
     labels = np.repeat(np.arange(4), [5, 5, 5, 5])
     tree = ClusterTree([np.zeros((4, 2), np.float32)], [labels])
@@ -78,5 +92,13 @@ def test_selection_table_retrieves_for_curated_queries_or_samples_the_tree():
     balanced = selection_table(keys, keys, pool, levels, [], np.zeros((0, 8), np.float32), SampleConfig(target=12))
     assert len(balanced) == 12 and set(balanced.column("method").to_pylist()) == {"balanced"}
     assert sorted(np.bincount(balanced.column("cluster").to_numpy(), minlength=6)) == [2] * 6  # even over clusters
+    # sample.min_cluster_hits reaches cluster-based retrieval: two queries land in cluster 5, one in cluster 0.
+    queries = pool[[5, 5, 0]] + np.array([[0.0], [0.01], [0.0]], dtype=np.float32)
+    config = SampleConfig(retrieval="clusters", per_cluster=100)
+    hit_once = selection_table(keys, keys, pool, levels, ["q0", "q1", "q2"], queries, config)
+    hit_twice = selection_table(keys, keys, pool, levels, ["q0", "q1", "q2"], queries,
+                                SampleConfig(retrieval="clusters", per_cluster=100, min_cluster_hits=2))
+    assert set(hit_once.column("cluster").to_pylist()) == {0, 5}
+    assert set(hit_twice.column("cluster").to_pylist()) == {5} and len(hit_twice) == 10
     everything = selection_table(keys, keys, pool, levels, [], np.zeros((0, 8), np.float32), SampleConfig(method="all"))
     assert everything.column("key").to_pylist() == keys
