@@ -4,8 +4,8 @@ The DINOv2 paper's data ablation in small (ViT-g, ImageNet-1k linear: curated LV
 uncurated pool 83.3). On the embedded demo lake (:mod:`pipelines.demo_lake`: Fashion-MNIST, off-domain
 digits / photo tiles / noise, planted copies and test-set leaks), in one run:
 
-1. ``curate run`` with the main job's configuration (:func:`pipelines.demo.curate_demo_lake`) → (a) the
-   curated shards;
+1. ``curate run`` with the main job's configuration (:func:`pipelines.demo.curate_demo_lake`) plus any
+   ``--curation`` settings → (a) the curated shards;
 2. (b) every pool image and (c) a random subset of the pool as large as (a) (drawn per seed) written
    as shards by the same shard writer (original bytes);
 3. the ``fmnist-tiny`` DINOv2 preset trained on each for the **same number of steps** and batch (the
@@ -24,7 +24,8 @@ changes how long it takes, not the numbers.
     .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 20000 --tiles 60000 --noise 10000 \
         --epochs 5        # a pool that is mostly off-domain, like a web crawl
     .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 12000 --tiles 70000 --noise 15000 \
-        --steps 3776      # 14.3 % in-domain, about LVD-142M's share of its pool
+        --steps 3776 --curation sample.min_cluster_hits=2 sample.min_similarity=0.6
+                          # 14.3 % in-domain, about LVD-142M's share of its pool
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=2.0, help="training length, in epochs of the curated set")
     parser.add_argument("--steps", type=int, default=None, help="training length in steps (instead of --epochs)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--curation", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
+                        help="settings added to the main job's curation (e.g. sample.min_cluster_hits=2)")
     parser.add_argument("--workers", type=int, default=None, help="curation workers (default: one per core)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -112,7 +115,7 @@ def main() -> None:
                               if (value := getattr(args, name)) is not None})
     lake = build_demo_lake(args.lake or out / "lake", sizes)
     console.print(f"lake: {sizes}")
-    _, quality = curate_demo_lake(lake, out / "curation", args.workers, console)
+    _, quality = curate_demo_lake(lake, out / "curation", args.workers, console, args.curation)
     truth = read_truth(lake)
     pool = sorted(path for path in lake.pool.iterdir() if path.is_file())
     selection = tables.read_table(out / "curation", "selection").column("uri").to_pylist()

@@ -31,8 +31,6 @@ from schemas.config import load_config
 CURATION = [
     "sample.retrieval=clusters",  # a small curated set: the paper's cluster-based retrieval
     "sample.per_cluster=1000",
-    "sample.min_cluster_hits=2",  # not clusters only one seed lands in: mixed ones at the edge of the domain
-    "sample.min_similarity=0.6",  # nor, in a hit cluster, images unlike every seed that hit it
     "cluster.ks=[1000, 100]",
     "embed.pixel_grid=14",
 ]
