@@ -58,6 +58,7 @@ def test_parts_are_published_whole_and_checked_when_read(tmp_path):
 def test_named_configs_load_and_overrides_are_typed():
     lvd = load_config(CONFIGS / "lvd.yaml")
     assert (lvd.dedup.k, lvd.dedup.threshold, lvd.dedup.eval_threshold, lvd.sample.per_query) == (64, 0.6, 0.45, 4)
+    assert (lvd.sample.per_cluster, lvd.sample.min_cluster_hits) == (10_000, 4)
     demo = load_config(CONFIGS / "demo.yaml", ["dedup.threshold=0.5", "cluster.ks=[8, 2]", "dedup.center=false"])
     assert demo.dedup.threshold == 0.5 and demo.cluster.ks == (8, 2) and demo.dedup.center is False
     assert demo.digest() != load_config(CONFIGS / "demo.yaml").digest()
