@@ -31,13 +31,19 @@ def test_min_similarity_drops_far_neighbours():
     assert selection.pool_index.tolist() == [0, 1]
 
 
-def test_cluster_retrieval_samples_only_hit_clusters():
-    # Pool: cluster 0 near +x (rows 0-9), cluster 1 near +y (rows 10-19), cluster 2 near -x (rows 20-29).
+def _three_clusters():
+    """Pool: cluster 0 near +x (rows 0-9), cluster 1 near +y (rows 10-19), cluster 2 near -x (rows 20-29);
+    curated images 0 and 1 near +x, 2 near +y. Returns (directions, labels, pool, curated)."""
     rng = np.random.default_rng(1)
     directions = np.array([[1, 0, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float32)
     labels = np.repeat(np.arange(3), 10)
     pool = directions[labels] + 0.05 * rng.standard_normal((30, 3)).astype(np.float32)
     curated = np.array([[1, 0.1, 0], [0.9, -0.1, 0], [0, 1, 0.05]], dtype=np.float32)
+    return directions, labels, pool, curated
+
+
+def test_cluster_retrieval_samples_only_hit_clusters():
+    directions, labels, pool, curated = _three_clusters()
     selection = retrieve_from_clusters(curated, pool, labels, directions, per_cluster=4, seed=0)
     # Cluster 0 is hit twice but sampled once: 4 images from cluster 0, 4 from cluster 1, none from 2.
     assert np.bincount(selection.cluster, minlength=3).tolist() == [4, 4, 0]
@@ -50,11 +56,7 @@ def test_cluster_retrieval_samples_only_hit_clusters():
 
 def test_cluster_retrieval_min_hits_skips_clusters_few_curated_images_land_in():
     # Cluster 0 is the nearest cluster of two curated images, cluster 1 of one: min_hits=2 samples cluster 0 only.
-    rng = np.random.default_rng(2)
-    directions = np.array([[1, 0, 0], [0, 1, 0], [-1, 0, 0]], dtype=np.float32)
-    labels = np.repeat(np.arange(3), 10)
-    pool = directions[labels] + 0.05 * rng.standard_normal((30, 3)).astype(np.float32)
-    curated = np.array([[1, 0.1, 0], [0.9, -0.1, 0], [0, 1, 0.05]], dtype=np.float32)
+    directions, labels, pool, curated = _three_clusters()
     by_hits = {hits: retrieve_from_clusters(curated, pool, labels, directions, per_cluster=100, min_hits=hits)
                for hits in (1, 2, 3)}
     assert np.unique(by_hits[1].cluster).tolist() == [0, 1]
