@@ -25,7 +25,9 @@ changes how long it takes, not the numbers.
         --epochs 5        # a pool that is mostly off-domain, like a web crawl
     .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 12000 --tiles 70000 --noise 15000 \
         --steps 3776 --curation sample.min_cluster_hits=2 sample.min_similarity=0.6
-                          # 14.3 % in-domain, about LVD-142M's share of its pool
+                          # 14.3 % in-domain, about LVD-142M's share of its pool (add --batch 128 for twice the images)
+
+A finished run's result is kept in its run folder and reused, so the same command resumes a stopped script.
 """
 
 from __future__ import annotations
@@ -63,33 +65,41 @@ def write_set(files: list[Path], out: Path) -> Path:
     return out
 
 
-def equal_step_overrides(base, images: int, reference_images: int, steps: int) -> list[str]:
-    """Overrides that make a run on ``images`` images last ``steps`` steps, with every warm-up as long in
-    steps as the preset's warm-ups on the reference (curated) set: epoch lengths scaled by batches ratio."""
-    batch = base.optim.batch_size
+def equal_step_overrides(base, images: int, reference_images: int, steps: int, batch: int) -> list[str]:
+    """Overrides that make a run on ``images`` images last ``steps`` steps of ``batch``, with every warm-up as
+    long in steps as the preset's warm-ups on the reference (curated) set: epoch lengths scaled by batches ratio."""
     scale = (reference_images // batch) / (images // batch)
     warmups = {"optim.warmup_epochs": base.optim.warmup_epochs,
                "optim.freeze_last_layer_epochs": base.optim.freeze_last_layer_epochs,
                "loss.warmup_teacher_temp_epochs": base.loss.warmup_teacher_temp_epochs}
     epochs = (steps - 0.5) / (images // batch)  # the trainer runs ceil(epochs * batches) == steps
-    return [f"optim.epochs={epochs!r}", *(f"{name}={value * scale!r}" for name, value in warmups.items())]
+    return [f"optim.batch_size={batch}", f"optim.epochs={epochs!r}",
+            *(f"{name}={value * scale!r}" for name, value in warmups.items())]
 
 
-def train(shards: Path, out: Path, seed: int, images: int, reference_images: int, steps: int, eval_data) -> dict:
-    """``fmnist-tiny`` for ``steps`` steps on ``shards`` (no time budget); the final k-NN of its teacher."""
+def train(shards: Path, out: Path, seed: int, images: int, reference_images: int, steps: int, batch: int,
+          eval_data) -> dict:
+    """``fmnist-tiny`` for ``steps`` steps of ``batch`` on ``shards`` (no time budget); the final k-NN of its
+    teacher. A finished run's result is kept in ``out/result.json`` and reused while the set's size is the same,
+    so a stopped script resumes (a changed curation gives a new size and a fresh run)."""
     from pretrain.train.config import build_config
     from pretrain.train.loop import Trainer
 
+    saved = out / "result.json"
+    if saved.is_file() and (previous := json.loads(saved.read_text())).get("images") == images:
+        return previous
     base = build_config("fmnist-tiny")
     config = build_config("fmnist-tiny", ["run.minutes=null", f"run.seed={seed}", "run.checkpoint_every_steps=1000000",
                                           "run.checkpoint_every_minutes=100000",
-                                          *equal_step_overrides(base, images, reference_images, steps)])
+                                          *equal_step_overrides(base, images, reference_images, steps, batch)])
     started = time.perf_counter()
     result = Trainer(config, str(shards), out, eval_data=eval_data, progress=False).run()
     if result.steps != steps:
         raise RuntimeError(f"{shards}: ran {result.steps} steps, not {steps}")
-    return {"steps": result.steps, "seconds": time.perf_counter() - started, "skipped": result.skipped_images,
-            **{f"knn{k}": v["top1"] for k, v in (result.final_knn or {}).items()}}
+    run = {"images": images, "steps": result.steps, "seconds": time.perf_counter() - started, "skipped": result.skipped_images,
+           **{f"knn{k}": v["top1"] for k, v in (result.final_knn or {}).items()}}
+    saved.write_text(json.dumps(run))
+    return run
 
 
 def main() -> None:
@@ -102,6 +112,7 @@ def main() -> None:
     parser.add_argument("--noise", type=int, help="noise images in the pool (default: the demo lake's 3,000)")
     parser.add_argument("--epochs", type=float, default=2.0, help="training length, in epochs of the curated set")
     parser.add_argument("--steps", type=int, default=None, help="training length in steps (instead of --epochs)")
+    parser.add_argument("--batch", type=int, default=None, help="batch of every run (default: the preset's 64)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--curation", nargs="*", default=[], metavar="SECTION.KEY=VALUE",
                         help="settings added to the main job's curation (e.g. sample.min_cluster_hits=2)")
@@ -133,19 +144,22 @@ def main() -> None:
 
     base = build_config("fmnist-tiny")
     eval_data = fashion_mnist_eval(base)
-    steps = args.steps or max(1, round(args.epochs * (selected // base.optim.batch_size)))
-    console.print(f"curated set: {selected:,} images; every run: {steps} steps of batch {base.optim.batch_size}")
+    batch = args.batch or base.optim.batch_size
+    if selected < batch:
+        parser.error(f"the curated set has {selected} images, fewer than one batch of {batch}: use a bigger lake or --batch")
+    steps = args.steps or max(1, round(args.epochs * (selected // batch)))
+    console.print(f"curated set: {selected:,} images; every run: {steps} steps of batch {batch}")
     results: dict[str, dict] = {}
     for name, by_seed in sets.items():
         runs = []
         for seed, (shards, files) in by_seed.items():
-            run = train(shards, out / "runs" / f"{steps}-steps" / f"{name.replace(' ', '-')}-{seed}", seed, len(files),
-                        selected, steps, eval_data)
+            run = train(shards, out / "runs" / f"{steps}-steps-{batch}" / f"{name.replace(' ', '-')}-{seed}", seed,
+                        len(files), selected, steps, batch, eval_data)
             runs.append({"seed": seed, **set_quality({path.name for path in files}, truth), **run})
             console.print(f"{name}, seed {seed}: k-NN {run.get('knn10', float('nan')):.2f} / "
                           f"{run.get('knn20', float('nan')):.2f} ({run['seconds']:.0f} s)", highlight=False)
         results[name] = {"runs": runs}
-    summary = {"steps": steps, "batch": base.optim.batch_size, "epochs_of_curated": steps / (selected // base.optim.batch_size),
+    summary = {"steps": steps, "batch": batch, "epochs_of_curated": steps / (selected // batch),
                "curation": quality, "sets": results}
     print_table(console, summary)
     if args.json:
