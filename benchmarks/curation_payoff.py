@@ -33,6 +33,7 @@ A finished run's result is kept in its run folder and reused, so the same comman
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -77,16 +78,21 @@ def equal_step_overrides(base, images: int, reference_images: int, steps: int, b
             *(f"{name}={value * scale!r}" for name, value in warmups.items())]
 
 
+def set_fingerprint(files: list[Path]) -> str:
+    """A short hash of a set's file names: a cached run is reused only for the very same set."""
+    return hashlib.sha1("\n".join(sorted(path.name for path in files)).encode()).hexdigest()[:16]
+
+
 def train(shards: Path, out: Path, seed: int, images: int, reference_images: int, steps: int, batch: int,
-          eval_data) -> dict:
+          eval_data, fingerprint: str = "") -> dict:
     """``fmnist-tiny`` for ``steps`` steps of ``batch`` on ``shards`` (no time budget); the final k-NN of its
-    teacher. A finished run's result is kept in ``out/result.json`` and reused while the set's size is the same,
-    so a stopped script resumes (a changed curation gives a new size and a fresh run)."""
+    teacher. A finished run's result is kept in ``out/result.json`` and reused for the same set (``fingerprint``),
+    so a stopped script resumes; a changed curation gives a fresh run."""
     from pretrain.train.config import build_config
     from pretrain.train.loop import Trainer
 
     saved = out / "result.json"
-    if saved.is_file() and (previous := json.loads(saved.read_text())).get("images") == images:
+    if saved.is_file() and (previous := json.loads(saved.read_text())).get("set") == fingerprint:
         return previous
     base = build_config("fmnist-tiny")
     config = build_config("fmnist-tiny", ["run.minutes=null", f"run.seed={seed}", "run.checkpoint_every_steps=1000000",
@@ -96,7 +102,7 @@ def train(shards: Path, out: Path, seed: int, images: int, reference_images: int
     result = Trainer(config, str(shards), out, eval_data=eval_data, progress=False).run()
     if result.steps != steps:
         raise RuntimeError(f"{shards}: ran {result.steps} steps, not {steps}")
-    run = {"images": images, "steps": result.steps, "seconds": time.perf_counter() - started, "skipped": result.skipped_images,
+    run = {"set": fingerprint, "steps": result.steps, "seconds": time.perf_counter() - started, "skipped": result.skipped_images,
            **{f"knn{k}": v["top1"] for k, v in (result.final_knn or {}).items()}}
     saved.write_text(json.dumps(run))
     return run
@@ -154,7 +160,7 @@ def main() -> None:
         runs = []
         for seed, (shards, files) in by_seed.items():
             run = train(shards, out / "runs" / f"{steps}-steps-{batch}" / f"{name.replace(' ', '-')}-{seed}", seed,
-                        len(files), selected, steps, batch, eval_data)
+                        len(files), selected, steps, batch, eval_data, set_fingerprint(files))
             runs.append({"seed": seed, **set_quality({path.name for path in files}, truth), **run})
             console.print(f"{name}, seed {seed}: k-NN {run.get('knn10', float('nan')):.2f} / "
                           f"{run.get('knn20', float('nan')):.2f} ({run['seconds']:.0f} s)", highlight=False)
