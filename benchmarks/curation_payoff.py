@@ -25,7 +25,7 @@ changes how long it takes, not the numbers.
         --epochs 5        # a pool that is mostly off-domain, like a web crawl
     .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 12000 --tiles 70000 --noise 15000 \
         --steps 3776 --curation sample.min_cluster_hits=2 sample.min_similarity=0.6
-                          # 14.3 % in-domain, about LVD-142M's share of its pool (add --batch 128 for twice the images)
+                          # 14.3 % in-domain, about LVD-142M's share of its pool (--batch 128: twice the images per step)
 
 A finished run's result is kept in its run folder and reused, so the same command resumes a stopped script.
 """
@@ -84,7 +84,7 @@ def set_fingerprint(files: list[Path]) -> str:
 
 
 def train(shards: Path, out: Path, seed: int, images: int, reference_images: int, steps: int, batch: int,
-          eval_data, fingerprint: str = "") -> dict:
+          eval_data, fingerprint: str) -> dict:
     """``fmnist-tiny`` for ``steps`` steps of ``batch`` on ``shards`` (no time budget); the final k-NN of its
     teacher. A finished run's result is kept in ``out/result.json`` and reused for the same set (``fingerprint``),
     so a stopped script resumes; a changed curation gives a fresh run."""
