@@ -13,6 +13,7 @@ import argparse
 import tempfile
 import time
 
+from curation_payoff import FIXED_LENGTH, equal_step_overrides
 from pretrain.train.config import build_config
 from pretrain.train.loop import Trainer
 
@@ -20,10 +21,9 @@ TRAIN_IMAGES = 60000
 
 
 def steps_per_second(batch: int, steps: int, out: str) -> float:
-    """Steps per second of ``steps`` training steps at ``batch`` (epochs set so the trainer stops there)."""
-    epochs = (steps - 0.5) / (TRAIN_IMAGES // batch)
-    config = build_config("fmnist-tiny", ["run.minutes=null", f"optim.batch_size={batch}", f"optim.epochs={epochs!r}",
-                                          "run.checkpoint_every_steps=1000000", "run.checkpoint_every_minutes=100000"])
+    """Steps per second of ``steps`` training steps at ``batch`` (the payoff runs' step-count overrides)."""
+    overrides = equal_step_overrides(build_config("fmnist-tiny"), TRAIN_IMAGES, TRAIN_IMAGES, steps, batch)
+    config = build_config("fmnist-tiny", [*FIXED_LENGTH, *overrides])
     started = time.perf_counter()
     result = Trainer(config, "fashion-mnist", out, evaluate=False, progress=False).run()
     return result.steps / (time.perf_counter() - started)

@@ -50,6 +50,8 @@ from pipelines.demo import curate_demo_lake
 from pipelines.demo_lake import LakeSizes, build_demo_lake, read_truth, set_quality
 
 SHARD_SAMPLES = 5000
+FIXED_LENGTH = ["run.minutes=null", "run.checkpoint_every_steps=1000000", "run.checkpoint_every_minutes=100000"]
+"""Overrides for a run whose length is its step count alone: no time budget, no checkpoints on the way."""
 
 
 def write_set(files: list[Path], out: Path) -> Path:
@@ -95,8 +97,7 @@ def train(shards: Path, out: Path, seed: int, images: int, reference_images: int
     if saved.is_file() and (previous := json.loads(saved.read_text())).get("set") == fingerprint:
         return previous
     base = build_config("fmnist-tiny")
-    config = build_config("fmnist-tiny", ["run.minutes=null", f"run.seed={seed}", "run.checkpoint_every_steps=1000000",
-                                          "run.checkpoint_every_minutes=100000",
+    config = build_config("fmnist-tiny", [*FIXED_LENGTH, f"run.seed={seed}",
                                           *equal_step_overrides(base, images, reference_images, steps, batch)])
     started = time.perf_counter()
     result = Trainer(config, str(shards), out, eval_data=eval_data, progress=False).run()
