@@ -1,8 +1,9 @@
 """The pipeline configuration: typed sections with defaults, loaded from YAML plus ``KEY=VALUE`` overrides.
 
 A YAML file (the named ones, ``lvd`` and ``demo``, live in ``pipelines/configs/``) gives the starting values; ``section.key=value``
-overrides follow (values parsed as YAML, so ``dedup.threshold=0.5`` is a float). Unknown sections or keys
-and values of the wrong type raise :class:`ConfigError` with the key's name::
+overrides follow (values parsed as YAML, so ``dedup.threshold=0.5`` is a float). Unknown sections or keys,
+values of the wrong type and numbers outside the range declared with their field (:func:`ranged`) raise
+:class:`ConfigError` with the key's name::
 
     config = load_config("my_lake.yaml", ["dedup.threshold=0.9", "shard.max_samples=500"])
     config.dedup.threshold   # 0.9
@@ -29,12 +30,53 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a number (or each number of a tuple) of the config may take: ``low``/``high`` inclusive,
+    unless ``open_low`` (then ``low`` itself is excluded); NaN is never in range."""
+
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    def holds(self, value: float) -> bool:
+        if value != value:  # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        return self.high is None or value <= self.high
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.open_low else '>='} {self.low:g}"
+        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+
+
+def ranged(default: Any, low: float | None = None, high: float | None = None, open_low: bool = False) -> Any:
+    """A dataclass field whose value is checked against :class:`Range` ``(low, high)`` when a config is loaded."""
+    return field(default=default, metadata={"range": Range(low, high, open_low)})
+
+
+def at_least(default: Any, low: float) -> Any:
+    return ranged(default, low)
+
+
+def ranged_tuple(low: float) -> Any:
+    """A tuple field (default empty) each of whose items must be at least ``low``."""
+    return field(default=(), metadata={"range": Range(low)})
+
+
+def fraction(default: float, open_low: bool = False) -> Any:
+    """A field in ``[0, 1]`` (``(0, 1]`` with ``open_low``)."""
+    return ranged(default, 0.0, 1.0, open_low)
+
+
+@dataclass(frozen=True)
 class IngestConfig:
-    partition_size: int = 512
+    partition_size: int = at_least(512, 1)
     """Files per ingest task (and per embed task): batches of files, never one task per image."""
-    min_side: int = 32
+    min_side: int = at_least(32, 0)
     """Images whose shorter side is below this are filtered (status ``filtered``)."""
-    max_pixels: int = 89_478_485
+    max_pixels: int = at_least(89_478_485, 1)
     """Larger images are refused as possible decompression bombs."""
     image_column: str = "image"
     """Parquet lakes: the column of image bytes (binary, or a struct with a ``bytes`` field, as Hugging Face exports)."""
@@ -48,26 +90,26 @@ class IngestConfig:
 class EmbedConfig:
     embedder: str = "pixels"
     """``pixels`` (grey thumbnails, no weights), an architecture name, or weights ``load_backbone`` reads."""
-    image_size: int = 224
+    image_size: int = at_least(224, 1)
     """Side of the square the backbone sees (resize short side, centre crop)."""
-    pixel_grid: int = 16
+    pixel_grid: int = at_least(16, 1)
     """Side of the thumbnail the ``pixels`` embedder flattens."""
-    batch_size: int = 64
+    batch_size: int = at_least(64, 1)
     device: str = "auto"
     """``auto`` (CUDA when the worker has a GPU), ``cpu`` or ``cuda``."""
 
 
 @dataclass(frozen=True)
 class DedupConfig:
-    k: int = 64
+    k: int = at_least(64, 1)
     """Neighbours per image in the kNN graph (the paper's 64)."""
-    threshold: float = 0.6
+    threshold: float = fraction(0.6, open_low=True)
     """Cosine similarity above which two pool images are copies (the paper's 0.6 on SSCD descriptors)."""
-    eval_threshold: float = 0.45
+    eval_threshold: float = fraction(0.45, open_low=True)
     """Looser threshold against evaluation sets (the paper's 0.45)."""
     index: str = "auto"
     """faiss index: ``auto`` (exact up to 10^5 vectors, IVF above), ``flat``, ``ivf`` or ``hnsw``."""
-    nprobe: int = 16
+    nprobe: int = at_least(16, 1)
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
     """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
@@ -78,41 +120,41 @@ class DedupConfig:
     ``embeddings`` (sha256 groups, then cosine on the embed stage's vectors: fast at any size, and for tiny
     images such as the demo's 28-px ones), or ``auto`` (the default): ``local`` up to ``local_max_images``
     pool images, ``embeddings`` above."""
-    local_max_images: int = 20_000
+    local_max_images: int = at_least(20_000, 0)
     """``descriptor=auto``: the largest pool copy-detected with local features (their memory grows with the pool)."""
     allow_torchscript: bool = False
     """Accept a TorchScript copy-descriptor file (it runs code from the file; off unless you trust it)."""
-    hash_distance: int = 4
+    hash_distance: int = ranged(4, 0, 64)
     """Hamming distance (of 64 bits) within which both pHash and dHash must be for a ``near`` link."""
-    candidates: int = 16
+    candidates: int = at_least(16, 1)
     """Candidates verified per image (local-descriptor votes)."""
-    min_votes: int = 3
+    min_votes: int = at_least(3, 1)
     """Local descriptors that must match for an image pair to be a candidate."""
-    min_agreement: float = 0.5
+    min_agreement: float = fraction(0.5)
     """Verified copy: share of the aligned overlap whose pixels agree."""
-    max_blob: float = 0.15
+    max_blob: float = fraction(0.15)
     """Verified copy: largest contiguous disagreeing block (share of the overlap); rejects shared frames."""
-    eval_min_agreement: float = 0.45
+    eval_min_agreement: float = fraction(0.45)
     """The looser agreement against evaluation sets."""
-    eval_max_blob: float = 0.3
-    min_structural: float = 0.3
+    eval_max_blob: float = fraction(0.3)
+    min_structural: float = fraction(0.3)
     """Verified links whose two images share fewer neighbours than this (structural similarity, 0-1) are
     dropped before the groups are formed (0: keep every link); docs/copy-detection.md."""
     score_norm: bool = True
     """Copy descriptors: SSCD score normalisation against a background sample of the pool."""
-    whitening: int = 0
+    whitening: int = at_least(0, 0)
     """Copy descriptors: PCA-whitening learned on this many pool descriptors (a seeded sample), applied to
     pool and evaluation descriptors before the kNN (0: off)."""
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    levels: int = 2
-    ks: tuple[int, ...] = ()
+    levels: int = at_least(2, 1)
+    ks: tuple[int, ...] = ranged_tuple(1)
     """Clusters per level, finest first; empty: chosen from the pool size."""
-    niter: int = 20
-    resampling_steps: int = 0
-    seed: int = 0
+    niter: int = at_least(20, 1)
+    resampling_steps: int = at_least(0, 0)
+    seed: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)
@@ -121,30 +163,30 @@ class SampleConfig:
     """``auto`` (retrieval when curated sets are given, else balanced), ``retrieval``, ``balanced`` or ``all``."""
     retrieval: str = "neighbours"
     """``neighbours``: each curated image takes its ``per_query`` nearest; ``clusters``: ``per_cluster`` from each hit cluster."""
-    per_query: int = 4
-    per_cluster: int = 100
-    min_cluster_hits: int = 1
+    per_query: int = at_least(4, 1)
+    per_cluster: int = at_least(100, 1)
+    min_cluster_hits: int = at_least(1, 1)
     """``clusters``: sample only clusters that are the nearest cluster of at least this many curated images
     (the paper: more than 3, with 100,000 clusters of a 744M pool)."""
-    min_similarity: float = -1.0
+    min_similarity: float = ranged(-1.0, -1.0, 1.0)
     """Drop retrieved pool images less similar (cosine) than this to the curated image that retrieved them."""
-    target: int = 0
+    target: int = at_least(0, 0)
     """Balanced sampling: images to select (0: half of the deduplicated pool)."""
-    seed: int = 0
+    seed: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)
 class ShardConfig:
-    max_samples: int = 10_000
-    max_bytes: int = 1_000_000_000
+    max_samples: int = at_least(10_000, 1)
+    max_bytes: int = at_least(1_000_000_000, 1)
     """Close a shard before it would pass this many bytes of images (~1 GB, sized for training)."""
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    examples: int = 8
+    examples: int = at_least(8, 0)
     """Duplicate groups and clusters shown as contact sheets."""
-    seed: int = 0
+    seed: int = at_least(0, 0)
 
 
 @dataclass(frozen=True)
@@ -160,11 +202,11 @@ class LakeConfig:
 class SlurmConfig:
     """Dask workers as SLURM jobs (``curate run --cluster slurm``, through dask-jobqueue)."""
 
-    jobs: int = 1
+    jobs: int = at_least(1, 1)
     """Worker jobs kept running (resubmitted when one leaves at the end of its lifetime)."""
-    cores: int = 8
+    cores: int = at_least(8, 1)
     """CPUs booked per job (``--cpus-per-task``)."""
-    processes: int = 0
+    processes: int = at_least(0, 0)
     """Worker processes per job, one thread each; 0: one per core, or one for a GPU job."""
     memory: str = "32GB"
     """Memory per job, shared by its worker processes (each gets its part as its Dask memory limit)."""
@@ -271,8 +313,19 @@ def _build(data: dict[str, dict[str, Any]]) -> PipelineConfig:
             allowed = CHOICES.get((name, key))
             if allowed and values[key] not in allowed:
                 raise ConfigError(f"{name}.{key}={values[key]!r}: choose one of {', '.join(allowed)}")
+            _check_range(f"{name}.{key}", values[key], fields[key].metadata.get("range"))
         built[name] = section_type(**values)
     return PipelineConfig(**built)
+
+
+def _check_range(key: str, value: Any, allowed: Range | None) -> None:
+    """:class:`ConfigError` naming ``key`` and its range when ``value`` (or an item of it) is out of range."""
+    if allowed is None:
+        return
+    for item in value if isinstance(value, tuple) else (value,):
+        if not allowed.holds(item):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"{key}={shown!r}: must be {allowed}{' (each item)' if isinstance(value, tuple) else ''}")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

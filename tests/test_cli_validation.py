@@ -1,0 +1,60 @@
+"""``curate run`` refuses bad input in one line with exit code 2, before any stage runs and writing nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from schemas.config import PipelineConfig
+
+runner = CliRunner()
+
+
+def curate(*args) -> typing.Any:
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def lake(tmp_path):
+    folder = tmp_path / "lake"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((80, 80, 3), 40 * i, np.uint8)).save(folder / f"im_{i}.png")
+    return folder
+
+
+def assert_refused(result, out, *words: str) -> None:
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("override, allowed", [
+    ("dedup.threshold=-1", "(0, 1]"), ("dedup.threshold=1.5", "(0, 1]"), ("dedup.threshold=.nan", "(0, 1]"),
+    ("dedup.k=0", ">= 1"), ("sample.target=-5", ">= 0"), ("ingest.partition_size=0", ">= 1"),
+    ("shard.max_samples=0", ">= 1"), ("cluster.levels=0", ">= 1"), ("cluster.ks=[0]", ">= 1"),
+    ("embed.batch_size=0", ">= 1"), ("ingest.max_pixels=0", ">= 1"), ("sample.per_query=-1", ">= 1"),
+])
+def test_an_out_of_range_value_is_refused_before_any_stage(lake, tmp_path, override, allowed):
+    out = tmp_path / "out"
+    result = curate("run", "--lake", lake, "--out", out, "--workers", 1, override)
+    assert_refused(result, out, override.split("=")[0], allowed)
+
+
+def test_every_number_of_the_config_declares_its_range():
+    for section in dataclasses.fields(PipelineConfig):
+        section_type = section.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(section_type)
+        for item in dataclasses.fields(section_type):
+            hint = hints[item.name]
+            numeric = hint in (int, float) or (typing.get_origin(hint) is tuple and typing.get_args(hint)[0] in (int, float))
+            if numeric:
+                assert "range" in item.metadata, f"{section.name}.{item.name} has no declared range"
