@@ -3,7 +3,8 @@
 Options go to every fsspec filesystem of the run's remote URLs (``endpoint_url``, ``anon``,
 ``client_kwargs.region_name`` ...). Credentials are best left to the usual environment (``AWS_*``,
 ``GOOGLE_APPLICATION_CREDENTIALS``); given as options they travel to the workers in task arguments
-only, and :func:`redact` replaces them wherever a config is written (``run.json``, reports)::
+only, and :func:`redact` replaces them, and the user-info of any URL value (``http://user:pw@proxy``), wherever
+a config is written or printed (``run.json``, reports, logged task arguments)::
 
     options = parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false", "secret=abc"])
     redact(options)   # {'endpoint_url': 'http://127.0.0.1:9000', 'anon': False, 'secret': '<redacted>'}
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "<redacted>"
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth", "session", "signature",
@@ -35,16 +37,30 @@ def is_secret(name: str) -> bool:
 
 
 def redact(options: Mapping[str, Any]) -> dict[str, Any]:
-    """``options`` with every secret value (at any depth of nested mappings) replaced by :data:`REDACTED`."""
-    public: dict[str, Any] = {}
-    for name, value in options.items():
-        if is_secret(str(name)):
-            public[name] = REDACTED
-        elif isinstance(value, Mapping):
-            public[name] = redact(value)
-        else:
-            public[name] = value
-    return public
+    """``options`` with every secret value replaced by :data:`REDACTED` and the user-info of every URL value
+    (``http://user:pw@host`` -> ``http://<redacted>@host``) removed, at any depth of nested mappings and lists."""
+    return {name: REDACTED if is_secret(str(name)) else _redact_value(value) for name, value in options.items()}
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_redact_value(item) for item in value)
+    if isinstance(value, str):
+        return redact_url(value)
+    return value
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the user-info of a URL (``scheme://user:password@host...``) replaced by :data:`REDACTED`."""
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if not parts.scheme or "@" not in parts.netloc:
+        return text
+    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{parts.netloc.rpartition('@')[2]}"))
 
 
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:

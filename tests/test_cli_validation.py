@@ -58,3 +58,25 @@ def test_every_number_of_the_config_declares_its_range():
             numeric = hint in (int, float) or (typing.get_origin(hint) is tuple and typing.get_args(hint)[0] in (int, float))
             if numeric:
                 assert "range" in item.metadata, f"{section.name}.{item.name} has no declared range"
+
+
+def test_user_info_in_url_options_never_reaches_run_json_or_the_output(lake, tmp_path):
+    out = tmp_path / "out"
+    result = curate("ingest", "--lake", lake, "--out", out, "--workers", 1,
+                    "--storage-option", "endpoint_url=http://alice:pw-one@127.0.0.1:9",
+                    "--storage-option", "config_kwargs.proxies.https=http://bob:pw-two@proxy.invalid:3128/")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    run = (out / "run.json").read_text()
+    assert "pw-one" not in run and "pw-two" not in run and "alice" not in run and "bob" not in run
+    options = __import__("json").loads(run)["config"]["lake"]["storage_options"]
+    assert options == {"endpoint_url": "http://<redacted>@127.0.0.1:9",
+                       "config_kwargs": {"proxies": {"https": "http://<redacted>@proxy.invalid:3128/"}}}
+    assert "pw-" not in result.stdout + result.stderr
+
+
+def test_the_config_repr_hides_url_user_info():
+    from schemas.config import load_config
+
+    config = load_config(None, ["lake.storage_options={client_kwargs: {endpoint_url: 'https://u:hunter2@h/'}}"])
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config.to_dict())
+    assert config.lake.storage_options["client_kwargs"]["endpoint_url"] == "https://u:hunter2@h/"  # workers get it
