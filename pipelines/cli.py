@@ -85,16 +85,22 @@ def _sets(out: Location, lakes: list[str], curated: list[str], evals: list[str])
     return name_sets(lakes, "pool", taken) + name_sets(curated, "curated", taken) + name_sets(evals, "eval", taken)
 
 
-def _check_curated(out: Location, sets: list[ImageSet]) -> None:
-    """Refuse a curated set none of whose images could be read (it would retrieve nothing)."""
+def _check_curated(out: Location, sets: list[ImageSet], min_side: int) -> None:
+    """Refuse a curated set none of whose images could be read (it would retrieve nothing), saying why."""
     from curate import tables
 
-    images = tables.read_table(out, "images").select(["set", "role", "status"]).to_pylist()
+    images = tables.read_table(out, "images").select(["set", "role", "status", "width", "height"]).to_pylist()
     for image_set in sets:
-        if image_set.role == "curated" and not any(
-            row["set"] == image_set.name and row["status"] == "ok" for row in images
-        ):
-            raise LakeError(f"curated set {image_set.uri}: none of its images could be read (see the images table)")
+        rows = [row for row in images if row["set"] == image_set.name and row["role"] == "curated"]
+        if image_set.role != "curated" or any(row["status"] == "ok" for row in rows):
+            continue
+        sides = [min(row["width"], row["height"]) for row in rows
+                 if row["status"] == "filtered" and row["width"] and row["height"]]
+        if sides:
+            raise LakeError(f"curated set {image_set.uri}: none of its images could be used: {len(sides)} of "
+                            f"{len(rows)} were filtered as smaller than ingest.min_side={min_side} px; lower it "
+                            f"(ingest.min_side={min(sides)} keeps them) or use --config demo for tiny images")
+        raise LakeError(f"curated set {image_set.uri}: none of its images could be read (see the images table)")
 
 
 def with_storage_options(config: PipelineConfig, pairs: list[str]) -> PipelineConfig:
@@ -134,7 +140,8 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
                 write_listing(out, sets, config, listing)
             pipeline = Pipeline(client, out, config, console)
             records = pipeline.run(sets, until=until, report_file=performance_report,
-                                   after_stage=lambda name: _check_curated(out, sets) if name == "ingest" else None)
+                                   after_stage=lambda name: _check_curated(out, sets, config.ingest.min_side)
+                                   if name == "ingest" else None)
     except USER_ERRORS as error:
         _fail(command, error)
     _print_records(console, records)

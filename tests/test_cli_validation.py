@@ -80,3 +80,16 @@ def test_the_config_repr_hides_url_user_info():
     config = load_config(None, ["lake.storage_options={client_kwargs: {endpoint_url: 'https://u:hunter2@h/'}}"])
     assert "hunter2" not in repr(config) and "hunter2" not in str(config.to_dict())
     assert config.lake.storage_options["client_kwargs"]["endpoint_url"] == "https://u:hunter2@h/"  # workers get it
+
+
+def test_a_curated_set_filtered_by_min_side_says_so_and_how_to_change_it(lake, tmp_path):
+    curated = tmp_path / "curated"
+    curated.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((28, 30, 3), 50 * i, np.uint8)).save(curated / f"tiny_{i}.png")
+    out = tmp_path / "out"
+    result = curate("run", "--lake", lake, "--curated", curated, "--out", out, "--workers", 1)  # lvd: min_side 64
+    assert result.exit_code == 2, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "4 of 4 were filtered as smaller than ingest.min_side=64" in result.stderr
+    assert "ingest.min_side=28 keeps them" in result.stderr
