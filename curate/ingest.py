@@ -23,7 +23,7 @@ import imagehash
 import pyarrow as pa
 from PIL import ExifTags, Image
 
-from curate.lakes import RefusedMember, read_partition
+from curate.lakes import RefusedFile, RefusedMember, read_partition
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import IngestConfig
 from schemas.tables import FILES, IMAGES
@@ -69,6 +69,8 @@ def read_error(error: BaseException) -> str:
     """The ``error`` column of a file that could not be read."""
     if isinstance(error, RefusedMember):
         return f"refused tar member: {error}"
+    if isinstance(error, RefusedFile):
+        return f"skipped: {error}"
     if isinstance(error, FileNotFoundError):
         return "no such file"
     if isinstance(error, IsADirectoryError):

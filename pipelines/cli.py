@@ -129,7 +129,8 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
             lake_listing.check_uri(uri)
         sets = _sets(out, lakes or [], curated or [], evals or [])
         here = all(lake_listing.listed_by_client(image_set) for image_set in sets)  # else listed by tasks
-        listing = files_table(sets, config.ingest.partition_size) if check(out, sets) is None and here else None
+        listing = (files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
+                   if check(out, sets) is None and here else None)
         with connect(scheduler, workers, memory_limit, cluster=cluster, slurm=config.slurm) as client:
             if client.dashboard_link and "None" not in client.dashboard_link:
                 console.print(f"dask dashboard: {client.dashboard_link}")

@@ -55,7 +55,7 @@ def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, l
             raise ValueError("listing URLs, tar or parquet lakes needs a pipeline to run its tasks")
         return list_lake(pipeline, sets)
     if listing is None:
-        listing = files_table(sets, config.ingest.partition_size)
+        listing = files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
     partition = listing.column("partition").to_numpy()
     parts = sorted(set(partition.tolist()))
     for number in parts:

@@ -84,6 +84,11 @@ class IngestConfig:
     """Parquet lakes: read each row's image from this column of paths or URLs instead (relative paths: from the table's folder)."""
     fetch_urls: bool = False
     """Parquet lakes: fetch the URLs of ``path_column``; without it a column of URLs is refused, never downloaded."""
+    allow_outside_paths: bool = False
+    """Parquet lakes: read paths of ``path_column`` that are absolute, climb out of the table's folder with
+    ``..`` or name local files from a remote table; without it each is a skipped file, named in the images table."""
+    follow_links: bool = False
+    """Folder and glob lakes: follow symbolic links (loops are detected); without it each link is a skipped file."""
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def list_uris(unit: Unit, config: PipelineConfig) -> list[str]:
     """The uris of one unit: sorted for files, archive order for a tar, table order for a parquet file."""
     options, ingest = config.lake.storage_options, config.ingest
     if unit.kind == "folder":
-        return list_set(unit.target)
+        return list_set(unit.target, ingest.follow_links)
     if unit.kind == "tar":
         return [tar_member(name, unit.target) for name in tar.list_members(unit.target, options)]
     if unit.kind == "parquet":

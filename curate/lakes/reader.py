@@ -1,7 +1,8 @@
 """Read one partition's files: every container (tar, parquet file) and every store opened once, not once per image.
 
 The uris of a partition are grouped by what holds them — local files, one fsspec protocol, one tar,
-one parquet file — and each group is read in one go. Results come as ``(uri, bytes or exception)``,
+one parquet file — and each group is read in one go; an entry the listing refused (``skip://``) is
+never read, it comes back as :class:`~curate.lakes.uris.RefusedFile`. Results come as ``(uri, bytes or exception)``,
 each distinct uri once, group by group (input order within a group); a failure is a value, never
 raised, so one bad file or container never loses the others::
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.lakes import fsspec_lake, parquet, tar
-from curate.lakes.uris import Source, parse
+from curate.lakes.uris import RefusedFile, Source, parse, skip_reason
 
 Result = tuple[str, "bytes | BaseException"]
 
@@ -38,6 +39,9 @@ def read_partition(uris: Iterable[str], storage_options: Mapping[str, Any] | Non
             source = parse(uri)
         except ValueError as error:
             yield uri, error
+            continue
+        if source.kind == "skip":
+            yield uri, RefusedFile(skip_reason(source))
             continue
         group = "" if source.kind in ("local", "url") else source.location
         if source.kind == "url":
