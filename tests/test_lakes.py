@@ -214,6 +214,33 @@ def test_a_parquet_path_column_resolves_paths_and_fetches_urls_only_when_asked(t
         listing.parquet.list_rows(str(tmp_path / "creds.parquet"), path_column="url", fetch_urls=True)
 
 
+def test_a_local_parquet_path_column_stays_in_the_tables_folder_unless_allowed(tmp_path):
+    from curate.lakes.uris import parse as parse_uri
+
+    table_dir = tmp_path / "lake" / "tables"
+    (table_dir / "img").mkdir(parents=True)
+    (table_dir / "img" / "a.png").write_bytes(png(1))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.png").write_bytes(png(2))
+    (table_dir / "img" / "link.png").symlink_to(tmp_path / "outside" / "x.png")
+    paths = ["img/a.png", str(table_dir / "img" / "a.png"), "../../outside/x.png", "/etc/shadow", "img/link.png",
+             "file:///etc/passwd", "img/\0a.png"]
+    pq.write_table(pa.table({"file": paths}), table_dir / "paths.parquet")
+    uris = listing.parquet.list_rows(str(table_dir / "paths.parquet"), path_column="file")
+    assert uris[0] == str(table_dir / "img" / "a.png") and len(uris) == 6
+    skips = {parse_uri(uri).location: parse_uri(uri).reason for uri in uris[1:]}
+    assert skips == {"../../outside/x.png": "outside", "/etc/shadow": "outside", "img/link.png": "outside",
+                     "/etc/passwd": "outside", "img/\\x00a.png": "nul"}
+    files = pa.table({"key": [make_key(u) for u in uris], "uri": uris, "role": ["pool"] * 6, "set": ["t"] * 6,
+                      "partition": pa.array([0] * 6, pa.int32())})
+    rows = ingest_partition(files, CONFIG).to_pylist()
+    assert [row["status"] for row in rows] == ["ok"] + ["error"] * 5 and all(r["sha256"] is None for r in rows[1:])
+    assert rows[1]["error"] == ("skipped: a path outside the table's folder (ingest.allow_outside_paths=true "
+                                "reads it)")
+    allowed = listing.parquet.list_rows(str(table_dir / "paths.parquet"), path_column="file", allow_outside=True)
+    assert str(tmp_path / "outside" / "x.png") in allowed and "/etc/shadow" in allowed
+
+
 # -- fsspec URLs and the split listing ----------------------------------------------------------------
 
 

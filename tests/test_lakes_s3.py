@@ -166,6 +166,28 @@ def test_a_webdataset_shard_lake_and_a_parquet_lake_in_the_bucket(s3, tmp_path):
     assert images[3]["uri"] == f"parquet://image.bytes/3::s3://{BUCKET}/export/train.parquet"
 
 
+def test_a_parquet_table_in_the_bucket_never_reads_local_files(s3, tmp_path):
+    endpoint, fs, folders = s3
+    local_image = sorted(folders["pool"].glob("fm_*.png"))[0]
+    fs.put_file(str(local_image), f"{BUCKET}/index/img/a.png")
+    paths = ["img/a.png", str(local_image), "/etc/shadow", "../pool/fm/" + local_image.name, f"file://{local_image}"]
+    pq.write_table(pa.table({"file": paths}), tmp_path / "index.parquet")
+    fs.put_file(str(tmp_path / "index.parquet"), f"{BUCKET}/index/index.parquet")
+    out = tmp_path / "out"
+    result = curate("ingest", "--lake", f"s3://{BUCKET}/index/index.parquet", "--out", out, "--workers", 1,
+                    "--storage-option", f"endpoint_url={endpoint}", "ingest.path_column=file", *DEMO)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    images = {parse(row["uri"]).location: row for row in tables.read_table(out, "images").to_pylist()}
+    assert images[f"s3://{BUCKET}/index/img/a.png"]["status"] == "ok"
+    for path in (str(local_image), "/etc/shadow", f"file://{local_image}"):
+        assert images[path]["status"] == "error" and images[path]["sha256"] is None
+        assert images[path]["error"] == ("skipped: a local path named by a remote table "
+                                         "(ingest.allow_outside_paths=true reads it)")
+    climbing = images["../pool/fm/" + local_image.name]
+    assert climbing["sha256"] is None and "outside the table's folder" in climbing["error"]
+    assert len(images) == 5
+
+
 def test_a_missing_prefix_is_one_line_and_exit_code_2(s3, tmp_path):
     endpoint, _, _ = s3
     result = curate("run", "--lake", f"s3://{BUCKET}/nothing-here/", "--out", tmp_path / "out", "--workers", 1,

@@ -120,7 +120,8 @@ def list_uris(unit: Unit, config: PipelineConfig) -> list[str]:
     if unit.kind == "tar":
         return [tar_member(name, unit.target) for name in tar.list_members(unit.target, options)]
     if unit.kind == "parquet":
-        return parquet.list_rows(unit.target, ingest.image_column, ingest.path_column, ingest.fetch_urls, options)
+        return parquet.list_rows(unit.target, ingest.image_column, ingest.path_column, ingest.fetch_urls, options,
+                                 ingest.allow_outside_paths)
     root = unit.image_set.uri.rstrip("/")
     found = fsspec_lake.list_files(unit.target, options, recursive=unit.kind != "top")
     return [url for url in found if is_image_file(PurePosixPath(url.split("://", 1)[-1]).name)

@@ -4,8 +4,10 @@ The bytes column is a binary column, or a struct with a ``bytes`` field (Hugging
 feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Each row becomes
 ``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row groups from the
 footer and reads only the row groups and the column asked for. A path column gives each row's file
-instead: relative paths are resolved against the table's folder, and URLs (any ``scheme://``) are
-only taken when the user asks (``ingest.fetch_urls=true``)::
+instead: paths are resolved against the table's own folder and filesystem, one leaving it (absolute
+elsewhere, ``..``, a local path in a remote table) is a ``skip://`` entry unless the user allows it
+(``ingest.allow_outside_paths=true``), and URLs (any ``scheme://``) are only taken when the user asks
+(``ingest.fetch_urls=true``)::
 
     uris = list_rows("train.parquet", column="image")        # parquet://image/0::file:///.../train.parquet, ...
     uris = list_rows("index.parquet", path_column="url", fetch_urls=True)   # https://..., ...
@@ -16,14 +18,14 @@ from __future__ import annotations
 import bisect
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.lakes.fsspec_lake import open_binary
-from curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row
+from curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row, protocol, skipped
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -52,7 +54,7 @@ def _bytes_column(schema: pa.Schema, column: str) -> tuple[str, str | None]:
 
 
 def list_rows(container: str, column: str = "image", path_column: str = "", fetch_urls: bool = False,
-              storage_options: Mapping[str, Any] | None = None) -> list[str]:
+              storage_options: Mapping[str, Any] | None = None, allow_outside: bool = False) -> list[str]:
     """The ``files`` uris of one parquet file: one per row (bytes column) or per distinct path/URL."""
     try:
         with open_binary(as_url(container), storage_options) as stream:
@@ -69,17 +71,26 @@ def list_rows(container: str, column: str = "image", path_column: str = "", fetc
         raise LakeError(f"{container}: not a readable parquet file ({type(error).__name__}: {error})") from None
     except LakeError as error:
         raise LakeError(f"{container}: {error}") from None
-    return _resolve(container, values, path_column, fetch_urls)
+    return _resolve(container, values, path_column, fetch_urls, allow_outside)
 
 
-def _resolve(container: str, values: list, column: str, fetch_urls: bool) -> list[str]:
-    local_base = local_path(as_url(container))
+def _resolve(container: str, values: list, column: str, fetch_urls: bool, allow_outside: bool) -> list[str]:
+    """The uris of a column of paths: each resolved against the table's own folder and filesystem.
+
+    A path that leaves the folder (absolute elsewhere, ``..``, a link out of it), a local path named by a
+    remote table or a ``file://`` URL is a ``skip://`` entry unless ``allow_outside``; so is a path holding NUL.
+    """
+    base = as_url(container)
+    local_base = local_path(base)
     uris: dict[str, None] = {}
     for value in values:
         if not value:
             continue
         value = str(value)
-        if is_url(value):
+        if "\0" in value:
+            uris[skipped("nul", value)] = None
+            continue
+        if is_url(value) and protocol(value) not in ("file", "local"):
             if not fetch_urls:
                 raise LakeError(f"{container}: column {column!r} holds URLs ({value.split('://')[0]}://...); they are "
                                 "fetched only when asked: pass ingest.fetch_urls=true")
@@ -87,14 +98,31 @@ def _resolve(container: str, values: list, column: str, fetch_urls: bool) -> lis
                 raise LakeError(f"{container}: column {column!r} holds a URL with a user or password; give "
                                 "credentials through the environment or --storage-option instead")
             uris[value] = None
-        elif local_base is not None:
-            uris[str((Path(local_base).parent / value).resolve())] = None
-        elif value.startswith("/"):
-            uris[value] = None  # a local path named by a remote table
+            continue
+        path = local_path(value) or value
+        if local_base is not None:
+            uris[_local(Path(local_base).parent, path, allow_outside)] = None
+        elif is_url(value) or PurePosixPath(path).is_absolute() or PureWindowsPath(path).drive:
+            uris[path if allow_outside else skipped("filesystem", value)] = None
         else:
-            base = as_url(container)
-            uris[f"{posixpath.dirname(base)}/{value}"] = None
+            uris[_remote(base, path, allow_outside)] = None
     return list(uris)
+
+
+def _local(folder: Path, path: str, allow_outside: bool) -> str:
+    """A local table's path, resolved (links too) from its folder; ``skip://outside`` if it leaves it."""
+    folder = folder.resolve()
+    target = (folder / path).resolve()
+    return str(target) if allow_outside or target.is_relative_to(folder) else skipped("outside", path)
+
+
+def _remote(base: str, path: str, allow_outside: bool) -> str:
+    """A remote table's relative path as a URL beside it; ``skip://outside`` if ``..`` climbs out of its prefix."""
+    scheme, _, rest = base.partition("://")
+    relative = posixpath.normpath(path)
+    if (relative == ".." or relative.startswith("../")) and not allow_outside:
+        return skipped("outside", path)
+    return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), relative))}"
 
 
 def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options: Mapping[str, Any] | None = None
