@@ -93,3 +93,18 @@ def test_a_curated_set_filtered_by_min_side_says_so_and_how_to_change_it(lake, t
     assert result.stderr.count("\n") == 1, result.stderr
     assert "4 of 4 were filtered as smaller than ingest.min_side=64" in result.stderr
     assert "ingest.min_side=28 keeps them" in result.stderr
+
+
+def test_a_parquet_lake_without_the_column_is_one_line_and_no_worker_traceback(tmp_path, capfd):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"img": [b"x", b"y"]}), tmp_path / "t.parquet")
+    out = tmp_path / "out"
+    result = curate("ingest", "--lake", tmp_path / "t.parquet", "--out", out, "--workers", 1)
+    captured = capfd.readouterr()
+    everything = result.stdout + result.stderr + captured.out + captured.err
+    assert result.exit_code == 2, everything
+    assert "Compute Failed" not in everything and "Traceback" not in everything, everything
+    assert result.stderr.count("\n") == 1 and "no column 'image' (columns: img)" in result.stderr
+    assert not (out / "tables").exists()
