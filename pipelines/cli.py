@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +21,14 @@ from pipelines.cluster import ClusterError, connect
 from pipelines.copy_detector_cli import train_copy_detector
 from pipelines.run import Pipeline, write_listing
 from pipelines.state import RunError, check, prepare, recorded_sets, status
+from pretrain.checkpoints.safe_io import CheckpointError
 from schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
 from schemas.storage import StorageOptionError, parse_storage_options
 from schemas.tables import SchemaError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = "lvd"
-USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, StorageOptionError)
+USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, StorageOptionError, CheckpointError)
 
 app = typer.Typer(
     name="curate",
@@ -111,9 +113,27 @@ def with_storage_options(config: PipelineConfig, pairs: list[str]) -> PipelineCo
 
 
 def output_location(out: str, storage_options: dict) -> Location:
-    """``--out`` as a resolved local folder, or a :class:`~curate.output.RemotePath` with the storage options."""
+    """``--out`` as a resolved local folder, or a :class:`~curate.output.RemotePath` with the storage options;
+    :class:`RunError` for a local path that is not (and cannot become) a writable folder."""
     found = output.location(out, storage_options)
-    return found if isinstance(found, output.RemotePath) else found.expanduser().resolve()
+    if isinstance(found, output.RemotePath):
+        return found
+    found = found.expanduser().resolve()
+    existing = next(path for path in (found, *found.parents) if path.exists())
+    if not existing.is_dir():
+        raise RunError(f"--out {out}: {existing} is not a folder; give a folder (new or an earlier run's)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"--out {out}: {existing} is not writable")
+    return found
+
+
+def check_embedder(config: PipelineConfig) -> None:
+    """Refuse an ``embed.embedder`` that is neither ``pixels``, an architecture name nor readable weights,
+    before any stage runs (the weights are read with ``weights_only``; their model is not built here)."""
+    if config.embed.embedder != "pixels":
+        from pretrain.checkpoints import read_backbone
+
+        read_backbone(config.embed.embedder)
 
 
 def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler, workers, embedder, config_name,
@@ -124,6 +144,8 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
         extra = list(overrides or []) + ([f"embed.embedder={embedder}"] if embedder else [])
         config: PipelineConfig = with_storage_options(load_config(resolve_config(config_name), extra),
                                                       list(storage_options or []))
+        if until != "ingest":
+            check_embedder(config)
         out = output_location(out, config.lake.storage_options)
         for uri in [*(lakes or []), *(curated or []), *(evals or [])]:
             lake_listing.check_uri(uri)

@@ -108,3 +108,28 @@ def test_a_parquet_lake_without_the_column_is_one_line_and_no_worker_traceback(t
     assert "Compute Failed" not in everything and "Traceback" not in everything, everything
     assert result.stderr.count("\n") == 1 and "no column 'image' (columns: img)" in result.stderr
     assert not (out / "tables").exists()
+
+
+def test_an_out_that_is_not_a_folder_is_one_line(lake, tmp_path):
+    for out in ("/dev/null", "/dev/null/run", str(tmp_path / "lake" / "im_0.png")):
+        result = curate("run", "--lake", lake, "--out", out, "--workers", 1)
+        assert result.exit_code == 2, result.stdout + result.stderr
+        assert result.stderr.count("\n") == 1 and "is not a folder" in result.stderr, result.stderr
+
+
+def test_a_wrong_embedder_is_refused_before_ingest(lake, tmp_path):
+    out = tmp_path / "out"
+    result = curate("run", "--lake", lake, "--out", out, "--workers", 1, "--embedder", "vit_nonsense")
+    assert_refused(result, out, "vit_nonsense", "not an architecture name")
+
+
+def test_weights_that_need_code_are_refused_without_the_unsafe_hint(lake, tmp_path):
+    import argparse
+
+    import torch
+
+    torch.save({"model": {"w": torch.zeros(2)}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "weights.pth")
+    out = tmp_path / "out"
+    result = curate("run", "--lake", lake, "--out", out, "--workers", 1, "--embedder", tmp_path / "weights.pth")
+    assert_refused(result, out, "refusing to load", "argparse.Namespace")
+    assert "weights_only" not in result.stderr and "trusted source" not in result.stderr
