@@ -121,6 +121,23 @@ def test_tar_members_are_read_in_place_and_unsafe_ones_refused_not_followed(host
         read_uri(tar_member("sym.png", str(hostile_tar)))
 
 
+def test_a_repeated_tar_member_name_is_listed_and_named_never_dropped(tmp_path):
+    path = tmp_path / "twice.tar"
+    with tarfile.open(path, "w") as archive:
+        add(archive, "a.png", png(1))
+        add(archive, "b.png", png(2))
+        add(archive, "a.png", png(3))
+        add(archive, "a.png", png(4))
+    uris = tar_lake.member_uris(str(path))
+    assert len(uris) == 4 and len(set(uris)) == 4
+    images = ingest_partition(files_of(uris), CONFIG).to_pylist()
+    assert [row["status"] for row in images] == ["ok", "ok", "error", "error"]
+    assert images[0]["bytes"] == len(png(1))
+    assert images[2]["error"] == ("skipped: a tar member of the same name as an earlier one (only the first is "
+                                  "read) (occurrence 2)")
+    assert "(occurrence 3)" in images[3]["error"] and source_name(uris[3]) == "a.png"
+
+
 def test_a_tar_member_uri_is_fsspec_s_own_chained_url(hostile_tar):
     uri = tar_member("cats/0001.png", str(hostile_tar))
     with fsspec.open(uri, "rb") as stream:

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from curate import output, tables
 from curate.lake import ImageSet, list_set, make_key
 from curate.lakes import fsspec_lake, parquet, tar
-from curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
+from curate.lakes.uris import LakeError, has_credentials, is_url
 from curate.output import Location, RemotePath
 from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
 from schemas.config import PipelineConfig
@@ -118,7 +118,7 @@ def list_uris(unit: Unit, config: PipelineConfig) -> list[str]:
     if unit.kind == "folder":
         return list_set(unit.target, ingest.follow_links)
     if unit.kind == "tar":
-        return [tar_member(name, unit.target) for name in tar.list_members(unit.target, options)]
+        return tar.member_uris(unit.target, options)
     if unit.kind == "parquet":
         return parquet.list_rows(unit.target, ingest.image_column, ingest.path_column, ingest.fetch_urls, options,
                                  ingest.allow_outside_paths)

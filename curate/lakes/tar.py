@@ -5,7 +5,8 @@ webdataset sample are not images and are skipped. Links (symbolic or hard), othe
 absolute names and names climbing out with ``..`` are listed too, so that ingest reports them, but
 reading refuses them (:class:`~curate.lakes.uris.RefusedMember`): nothing is ever followed or written
 to disk. A container is opened once per call and read front to back, stopping after the last member
-asked for; a name that appears twice is read at its first appearance::
+asked for; a name that appears twice is read at its first appearance, and :func:`member_uris` lists each
+later one as a ``skip://duplicate-N`` entry that ingest names::
 
     names = list_members("/data/shards/000000.tar")
     for name, data in read_members("/data/shards/000000.tar", names[:10]):
@@ -15,11 +16,12 @@ asked for; a name that appears twice is read at its first appearance::
 from __future__ import annotations
 
 import tarfile
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from curate.lakes.fsspec_lake import open_binary
-from curate.lakes.uris import LakeError, RefusedMember, as_url, unsafe_member
+from curate.lakes.uris import LakeError, RefusedMember, as_url, skipped, tar_member, unsafe_member
 from pretrain.data.images import is_image_file
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -50,19 +52,25 @@ def _open(container: str, storage_options: Mapping[str, Any] | None) -> tuple[An
 
 
 def list_members(container: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """Names of the image members of ``container`` in archive order (each name once), refused ones included."""
+    """Names of the image members of ``container`` in archive order, refused ones and repeated names included."""
     try:
         stream, archive = _open(container, storage_options)
     except (OSError, tarfile.TarError) as error:
         raise LakeError(f"{container}: not a readable tar file ({type(error).__name__}: {error})") from None
-    names, seen = [], set()
     with stream, archive:
-        for info in archive:
-            if info.isdir() or info.name in seen or not is_image_file(info.name):
-                continue
-            seen.add(info.name)
-            names.append(info.name)
-    return names
+        return [info.name for info in archive if not info.isdir() and is_image_file(info.name)]
+
+
+def member_uris(container: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """The ``files`` uris of ``container``'s image members; the N-th repeat of a name is ``skip://duplicate-N``
+    (only its first member is read), so no member is dropped unnamed."""
+    seen: Counter[str] = Counter()
+    uris = []
+    for name in list_members(container, storage_options):
+        seen[name] += 1
+        uri = tar_member(name, container)
+        uris.append(uri if seen[name] == 1 else skipped(f"duplicate-{seen[name]}", uri))
+    return uris
 
 
 def read_members(container: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None
