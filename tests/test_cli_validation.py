@@ -133,3 +133,35 @@ def test_weights_that_need_code_are_refused_without_the_unsafe_hint(lake, tmp_pa
     result = curate("run", "--lake", lake, "--out", out, "--workers", 1, "--embedder", tmp_path / "weights.pth")
     assert_refused(result, out, "refusing to load", "argparse.Namespace")
     assert "weights_only" not in result.stderr and "trusted source" not in result.stderr
+
+
+def test_odd_names_in_a_folder_lake_are_skipped_named_files_and_the_listing_goes_on(lake, tmp_path):
+    import os
+
+    from curate import tables
+    from curate.lakes import parse
+
+    Image.new("RGB", (80, 80)).save(os.fsdecode(bytes(lake) + b"/caf\xe9.png"))
+    (lake / "passwd.jpg").symlink_to("/etc/passwd")
+    out = tmp_path / "out"
+    result = curate("ingest", "--lake", lake, "--out", out, "--workers", 1)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = {parse(row["uri"]).location.replace(str(lake), ""): row for row in tables.read_table(out, "images").to_pylist()}
+    assert sorted(rows) == ["/caf\\xe9.png", "/im_0.png", "/im_1.png", "/im_2.png", "/passwd.jpg"]
+    assert rows["/caf\\xe9.png"]["error"] == "skipped: a file name that is not valid UTF-8"
+    assert rows["/passwd.jpg"]["error"].startswith("skipped: a symbolic link") and rows["/passwd.jpg"]["sha256"] is None
+
+
+def test_a_nul_byte_in_a_parquet_path_column_is_a_skipped_named_file(lake, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate import tables
+
+    pq.write_table(pa.table({"file": ["im_0.png", "im_1\0.png"]}), lake / "index.parquet")
+    out = tmp_path / "out"
+    result = curate("ingest", "--lake", lake / "index.parquet", "--out", out, "--workers", 1, "ingest.path_column=file")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    rows = tables.read_table(out, "images").to_pylist()
+    assert [row["status"] for row in rows] == ["ok", "error"]
+    assert rows[1]["uri"] == "skip://nul::im_1\\x00.png" and rows[1]["error"] == "skipped: a path holding a NUL byte"
