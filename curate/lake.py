@@ -99,7 +99,8 @@ def _walk(root: str, follow_links: bool) -> list[str]:
                     seen.add(_identity(entry.path))
                     stack.append(entry.path)
             elif is_image_file(entry.name):
-                found.append(_entry(entry.path, follow_links))
+                plain = entry.is_file(follow_symlinks=False) and not entry.name.startswith(".")
+                found.append(entry.path if plain and _valid_name(entry.path) else _entry(entry.path, follow_links))
     return found
 
 

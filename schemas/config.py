@@ -46,6 +46,8 @@ class Range:
         return self.high is None or value <= self.high
 
     def __str__(self) -> str:
+        if self.low is None:
+            return f"<= {self.high:g}"
         if self.high is None:
             return f"{'>' if self.open_low else '>='} {self.low:g}"
         return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
