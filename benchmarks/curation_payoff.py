@@ -147,7 +147,7 @@ def main() -> None:
                                        [pool[i] for i in subset])
 
     from pretrain.train.config import build_config
-    from pretrain.train.loop import fashion_mnist_eval
+    from pretrain.data.eval_splits import fashion_mnist_eval
 
     base = build_config("fmnist-tiny")
     eval_data = fashion_mnist_eval(base)

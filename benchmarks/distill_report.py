@@ -72,7 +72,7 @@ def teacher_row(teacher: str, minutes: float, extra: list[str]) -> dict:
     from pretrain.train.checkpoint import load_checkpoint
     from pretrain.train.distill import load_teacher_backbone
     from pretrain.train.knn_eval import knn_evaluate, raw_pixel_knn
-    from pretrain.train.loop import fashion_mnist_eval
+    from pretrain.data.eval_splits import fashion_mnist_eval
 
     torch.set_num_threads(1)
     config = student_config(teacher, minutes, extra)

@@ -18,7 +18,8 @@ import torch
 
 from pretrain.train.config import build_config
 from pretrain.train.knn_eval import raw_pixel_knn
-from pretrain.train.loop import Trainer, fashion_mnist_eval
+from pretrain.data.eval_splits import fashion_mnist_eval
+from pretrain.train.loop import Trainer
 
 
 def main() -> None:
