@@ -12,28 +12,24 @@ compute the same thing) per second over the fp32 matmul peak measured in the sam
 much room is left: eager PyTorch already runs these matmul-bound models near the peak. ``--compile``
 adds the path ``features extract --compile`` takes (``torch.compile`` with inductor freezing on CPU).
 
-    python benchmarks/extract.py --threads 2 --batch-size 8 --reps 7
-    python benchmarks/extract.py --arch dinov2_vitb14 --size 224 --compile   # adds a compiled dinolab row
+    python -m benchmarks.extract --threads 2 --batch-size 8 --reps 7
+    python -m benchmarks.extract --arch dinov2_vitb14 --size 224 --compile   # adds a compiled dinolab row
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from benchmarks._shared.flops import count_flops, measure_matmul_peak
 from features.extract import compiled_forward
 from pretrain.models import VisionTransformer, config_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import count_flops, measure_matmul_peak  # noqa: E402  (benchmarks/flops.py)
 
 TOLERANCE = 1e-4
 
