@@ -202,3 +202,14 @@ def test_pretrain_names_the_features_command_for_a_moved_subcommand(command, cap
     assert pretrain_main([command, "--weights", "w.pth"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"pretrain {command}: error: moved to the features command: run `features {command} ...`")
+
+
+def test_features_command_runs_as_a_module():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "features", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: features ")
+    for command in ("knn", "linear", "finetune", "index", "search", "visualize", "segment", "probe", "extract"):
+        assert command in result.stdout

@@ -28,4 +28,4 @@ __all__ = ["SUBCOMMAND_MODULES", "UserError", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command_line(build_parser("features", DESCRIPTION, SUBCOMMAND_MODULES), argv)
+    return run_command_line(build_parser("features", DESCRIPTION, SUBCOMMAND_MODULES, epilog=None), argv)

@@ -29,10 +29,14 @@ class UserError(Exception):
     """A problem with the user's input: printed as one clear line, exit code 2, no traceback."""
 
 
-def build_parser(prog: str = "pretrain", description: str = DESCRIPTION,
-                 modules: Sequence[str] | None = None) -> argparse.ArgumentParser:
+EPILOG = "uses of a trained backbone (knn, linear, finetune, index, search, visualize, segment, probe, extract): " \
+         "the features command, e.g. `features knn --help`"
+
+
+def build_parser(prog: str = "pretrain", description: str = DESCRIPTION, modules: Sequence[str] | None = None,
+                 epilog: str | None = EPILOG) -> argparse.ArgumentParser:
     """The parser of ``prog`` with the subcommands of ``modules`` (default: :data:`SUBCOMMAND_MODULES`)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMAND_MODULES if modules is None else modules:
         importlib.import_module(module_name).add_parser(subparsers)
