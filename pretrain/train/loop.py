@@ -417,6 +417,7 @@ class Trainer:
         seconds = seconds_per_step(probe.train_step, images)  # leaves the global RNG state as it was
         return max(1, int(minutes * 60 / seconds))
 
+    # ------------------------------------------------- checkpoints (pretrain.train.checkpoint does the work)
     def _checkpoint_progress(self) -> dict[str, Any]:
         return run_progress(self.step, self.total_steps, self.steps_per_epoch, self.world, self.knn_history)
 
@@ -466,6 +467,7 @@ class Trainer:
             written = export_teacher(plain, self.out_dir, hf=hf)
         distributed.barrier()
         return written
+
 
 def train(config: TrainConfig, data: str, out_dir: str | Path, **options: Any) -> TrainResult:
     """Build a :class:`Trainer` and run it to the end (see module docstring)."""
