@@ -17,4 +17,4 @@ test: setup
 
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"
-	$(PY) benchmarks/extract.py
+	$(PY) -m benchmarks.extract

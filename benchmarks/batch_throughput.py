@@ -4,7 +4,7 @@ What a longer curation-payoff run costs: the same number of steps at a larger ba
 at this model size a step is dominated by fixed per-step cost. Each batch size trains ``--steps`` steps on
 in-memory Fashion-MNIST without evaluation (no checkpoints), in one process, one after another.
 
-    .venv/bin/python benchmarks/batch_throughput.py --batches 64 128 256 --steps 300
+    .venv/bin/python -m benchmarks.batch_throughput --batches 64 128 256 --steps 300
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import tempfile
 import time
 
-from curation_payoff import FIXED_LENGTH, equal_step_overrides
+from benchmarks._shared.equal_steps import FIXED_LENGTH, equal_step_overrides
 from pretrain.train.config import build_config
 from pretrain.train.loop import Trainer
 

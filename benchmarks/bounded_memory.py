@@ -6,8 +6,8 @@ Writes a lake of uncompressed BMP images (``side``² × 3 bytes each, all differ
 worker) twice a second. Printed: the lake's size, the limit, the peak RSS of the worker and of the client,
 the images embedded, the wall time, and whether Dask restarted or paused the worker (its log lines).
 
-    .venv/bin/python benchmarks/bounded_memory.py --dir /tmp/bounded               # 15 GB lake, 1.5 GB worker
-    .venv/bin/python benchmarks/bounded_memory.py --dir /tmp/b --factor 2 --keep
+    .venv/bin/python -m benchmarks.bounded_memory --dir /tmp/bounded               # 15 GB lake, 1.5 GB worker
+    .venv/bin/python -m benchmarks.bounded_memory --dir /tmp/b --factor 2 --keep
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from lakes import write_big_lake  # noqa: E402  (the fault test's writer of large distinct images)
+from pipelines.lake_writer import write_big_lake  # the fault test's writer of large distinct images
 
 SAMPLE_SECONDS = 0.5
 

@@ -1,6 +1,6 @@
 """Copy-detection benchmark on planted copies of real photos: the default pipeline vs the peers, in one run.
 
-Builds the planted set of :mod:`copy_planting` (real offline photos cut into non-overlapping pieces, 22
+Builds the planted set of :mod:`benchmarks._shared.copy_planting` (real offline photos cut into non-overlapping pieces, 22
 strong transforms and pairs of them, shared emoji / captions / screenshot frame, distractors, an
 evaluation set with copies in the pool; random file names), then for each method reports pair
 precision and recall of its duplicate groups at its default threshold, recall per transform (copy in
@@ -14,7 +14,7 @@ released weights with ``--sscd``; without them random ResNet-50 weights, which m
 SSCD); ``phash@10`` (imagededup's pHash Hamming ≤ 10); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random
 weights unless ``--backbone``)::
 
-    python benchmarks/copy_detection.py --seed 0 [--sscd sscd_disc_mixup.torchvision.pt] [--methods default,phash]
+    python -m benchmarks.copy_detection --seed 0 [--sscd sscd_disc_mixup.torchvision.pt] [--methods default,phash]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,15 +31,13 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from copy_planting import TRANSFORMS, Truth, plant  # noqa: E402
-
-from curate.copydetect import candidates as candidate_module  # noqa: E402
-from curate.copydetect.features import image_features  # noqa: E402
-from curate.copydetect.groups import UnionFind  # noqa: E402
-from curate.copydetect.hashes import hash_codes, radius_pairs  # noqa: E402
-from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table  # noqa: E402
-from schemas.config import DedupConfig  # noqa: E402
+from benchmarks._shared.copy_planting import TRANSFORMS, Truth, plant
+from curate.copydetect import candidates as candidate_module
+from curate.copydetect.features import image_features
+from curate.copydetect.groups import UnionFind
+from curate.copydetect.hashes import hash_codes, radius_pairs
+from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
+from schemas.config import DedupConfig
 
 
 def micro_ap(scores: np.ndarray, correct: np.ndarray, positives: int) -> float:

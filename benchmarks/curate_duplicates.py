@@ -1,12 +1,13 @@
-"""Planted-duplicate benchmark: precision and recall of ``dinolab curate`` copy detection.
+"""Planted-duplicate benchmark: precision and recall of the embedding near-duplicate search of
+``curate dedup`` (``dedup.descriptor=embeddings``).
 
 A pool of distinct Fashion-MNIST test images gets planted copies of some of them (exact copy,
 horizontal flip, small crop, JPEG re-encode at quality 40, brightness/contrast jitter, colour tint).
-The pool folder is embedded through the same code path as ``dinolab curate embed``; predicted pairs
+The pool folder is embedded through the same code path as ``curate embed``; predicted pairs
 (flat index, k=16) are compared with the planted pairs at several thresholds. Fashion-MNIST itself
 holds a few near-identical images: pairs found among originals count as false positives here.
 
-    python benchmarks/curate_duplicates.py --originals 2000 --copies 600 [--weights CKPT --arch NAME]
+    python -m benchmarks.curate_duplicates --originals 2000 --copies 600 [--weights CKPT --image-size N]
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from benchmarks._shared.embedding import embed_files, encoders
 from curate.dedup import near_duplicate_pairs
-from bench_embed import embed_files
-from curate.embed import PixelEncoder
 from curate.lake import list_set
 from pretrain.data import load_fashion_mnist
 
@@ -77,25 +77,6 @@ def make_pool(folder: Path, originals: int, copies: int, seed: int) -> dict[tupl
     return planted
 
 
-def encoders(args: argparse.Namespace) -> list[tuple[str, torch.nn.Module, int, tuple, tuple]]:
-    from pretrain.models import build_vit
-
-    torch.manual_seed(args.seed)
-    random_vit = build_vit("vit_pico", layerscale_init=1.0)  # 1e-5 would leave CLS nearly input-free
-    rows = [
-        ("raw pixels (16x16 RGB, centred)", PixelEncoder(16), 28, (0.0,) * 3, (1.0,) * 3),
-        ("random vit_pico (untrained)", random_vit, 56, random_vit.preprocessing.mean, random_vit.preprocessing.std),
-    ]
-    if args.weights:
-        from pretrain.checkpoints import load_backbone
-
-        model = load_backbone(args.weights)
-        pre = model.preprocessing
-        size = args.image_size or pre.input_size
-        rows.append((f"trained: {args.weights}", model, size, pre.mean, pre.std))
-    return rows
-
-
 def evaluate(embeddings: np.ndarray, names: list[str], planted: dict, center: bool) -> list[dict]:
     if center:
         embeddings = embeddings - embeddings.mean(axis=0, keepdims=True)
@@ -133,7 +114,7 @@ def main() -> None:
         folder = Path(tmp) / "pool"
         planted = make_pool(folder, args.originals, args.copies, args.seed)
         files = [Path(path).name for path in list_set(str(folder))]
-        for label, model, size, mean, std in encoders(args):
+        for label, model, size, mean, std in encoders(args.seed, args.weights, args.image_size):
             start = time.perf_counter()
             embeddings = embed_files(model, folder, files, size, mean, std)
             seconds = time.perf_counter() - start

@@ -6,63 +6,15 @@ including the input array). Embeddings are unit Gaussian vectors (``--dim``, flo
 1% planted noisy copies (cosine about 0.99 to their source), so the recall of approximate indices
 against the planted pairs is reported too.
 
-    python benchmarks/curate_scale.py --sizes 100000 1000000 --threads 2
+    python -m benchmarks.curate_scale --sizes 100000 1000000 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
-from collections.abc import Callable
 
-
-def synthetic(count: int, dim: int, seed: int = 0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    data = rng.standard_normal((count, dim), dtype=np.float32)
-    copies = count // 100
-    sources = rng.choice(count - copies, size=copies, replace=False)
-    targets = np.arange(count - copies, count)
-    data[targets] = data[sources] + 0.1 * rng.standard_normal((copies, dim), dtype=np.float32)
-    return data, sources, targets
-
-
-def peak_memory_gib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
-def cpu_seconds() -> float:
-    import resource
-
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime  # children: waited-for workers
-
-
-def timed(job: dict, work: Callable[[], dict]) -> dict:
-    """``job`` with the wall time, CPU time and peak memory of ``work()`` added to what it returns."""
-    start, cpu_start = time.perf_counter(), cpu_seconds()
-    extra = work()
-    return {**job, "seconds": round(time.perf_counter() - start, 3), "cpu_seconds": round(cpu_seconds() - cpu_start, 3),
-            "peak_gib": round(peak_memory_gib(), 2), **extra}
-
-
-def run_job(script: str, job: dict, env: dict[str, str] | None = None) -> dict | None:
-    """Run ``script --job JOB`` in a fresh process; its last stdout line parsed, or None (stderr shown) if it failed."""
-    result = subprocess.run([sys.executable, script, "--job", json.dumps(job)], capture_output=True, text=True, check=False,
-                            env=None if env is None else {**os.environ, **env})
-    if result.returncode:
-        print(f"failed: {job}\n{result.stderr[-2000:]}", file=sys.stderr)
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+from benchmarks._shared.jobs import run_job, synthetic, timed
 
 
 def measure(job: dict) -> dict:
@@ -116,7 +68,7 @@ def main() -> None:
             jobs.append({**base, "op": "dedup", "index": index, "k": args.k, "nprobe": args.nprobe})
         jobs.append({**base, "op": "kmeans", "ks": [int(k) for k in args.ks.split(",")], "niter": args.niter})
     for job in jobs:
-        result = run_job(__file__, job)
+        result = run_job(__spec__.name, job)
         if result is None:
             continue
         line = json.dumps(result)

@@ -1,4 +1,4 @@
-"""Planted off-domain pool: precision of retrieval-based selection (``dinolab curate select``).
+"""Planted off-domain pool: precision of retrieval-based selection (``curate sample``).
 
 Curated set: Fashion-MNIST training images. Pool: held-out Fashion-MNIST test images (in-domain)
 mixed with off-domain images — sklearn ``load_digits`` (8x8 upscaled), random crops of the
@@ -7,7 +7,7 @@ sample-based retrieval (``neighbours``) and cluster-based retrieval (``clusters`
 pool) select images. Precision = in-domain fraction of the selection; the pool's in-domain fraction is
 the precision of selecting at random.
 
-    python benchmarks/curate_selection.py [--weights CKPT]
+    python -m benchmarks.curate_selection [--weights CKPT]
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench_embed import embed_files
-from curate.embed import PixelEncoder
+from benchmarks._shared.embedding import embed_files, encoders
 from curate.lake import list_set
 from curate.kmeans import hierarchical_kmeans
 from curate.sample import retrieve_from_clusters, retrieve_nearest
@@ -62,22 +61,6 @@ def write(folder: Path, prefix: str, images) -> None:
         Image.fromarray(image).convert("RGB").save(folder / f"{prefix}_{i:05d}.png")
 
 
-def encoders(args):
-    from pretrain.models import build_vit
-
-    torch.manual_seed(args.seed)
-    vit = build_vit("vit_pico", layerscale_init=1.0)
-    rows = [("raw pixels (16x16 RGB, centred)", PixelEncoder(16), 28, (0.0,) * 3, (1.0,) * 3),
-            ("random vit_pico (untrained)", vit, 56, vit.preprocessing.mean, vit.preprocessing.std)]
-    if args.weights:
-        from pretrain.checkpoints import load_backbone
-
-        model = load_backbone(args.weights)
-        size = args.image_size or model.preprocessing.input_size
-        rows.append((f"trained: {args.weights}", model, size, model.preprocessing.mean, model.preprocessing.std))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--curated", type=int, default=300)
@@ -111,7 +94,7 @@ def main() -> None:
         source_of = np.array([name.split("_")[0] for name in pool_files])
         base_rate = float(np.mean(source_of == "fashion"))
         print(f"pool: {len(pool_files)} images, in-domain fraction {base_rate:.3f}; curated: {len(curated_files)}")
-        for label, model, size, mean, std in encoders(args):
+        for label, model, size, mean, std in encoders(args.seed, args.weights, args.image_size):
             start = time.perf_counter()
             pool, curated = (embed_files(model, folder, files, size, mean, std)
                              for folder, files in ((pool_dir, pool_files), (curated_dir, curated_files)))

@@ -19,11 +19,11 @@ test-set leaks in it, and k-NN top-1 mean ± standard deviation over seeds; then
 (a) ≥ (b) + 2 points and (a) > (c). Timings are not the point (steps are fixed), so a busy machine
 changes how long it takes, not the numbers.
 
-    .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff           # 3 seeds, 2 epochs of (a)
-    .venv/bin/python benchmarks/curation_payoff.py --out /tmp/p --lake-scale 0.1 --seeds 0 --epochs 0.5
-    .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 20000 --tiles 60000 --noise 10000 \
+    .venv/bin/python -m benchmarks.curation_payoff --out outputs/payoff           # 3 seeds, 2 epochs of (a)
+    .venv/bin/python -m benchmarks.curation_payoff --out /tmp/p --lake-scale 0.1 --seeds 0 --epochs 0.5
+    .venv/bin/python -m benchmarks.curation_payoff --out outputs/payoff-web --fashion 20000 --tiles 60000 --noise 10000 \
         --epochs 5        # a pool that is mostly off-domain, like a web crawl
-    .venv/bin/python benchmarks/curation_payoff.py --out outputs/payoff-web --fashion 12000 --tiles 70000 --noise 15000 \
+    .venv/bin/python -m benchmarks.curation_payoff --out outputs/payoff-web --fashion 12000 --tiles 70000 --noise 15000 \
         --steps 3776 --curation sample.min_cluster_hits=2 sample.min_similarity=0.6
                           # 14.3 % in-domain, about LVD-142M's share of its pool (--batch 128: twice the images per step)
 
@@ -44,14 +44,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._shared.equal_steps import FIXED_LENGTH, equal_step_overrides
 from curate import tables
 from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
 from pipelines.demo import curate_demo_lake
 from pipelines.demo_lake import LakeSizes, build_demo_lake, read_truth, set_quality
 
 SHARD_SAMPLES = 5000
-FIXED_LENGTH = ["run.minutes=null", "run.checkpoint_every_steps=1000000", "run.checkpoint_every_minutes=100000"]
-"""Overrides for a run whose length is its step count alone: no time budget, no checkpoints on the way."""
 
 
 def write_set(files: list[Path], out: Path) -> Path:
@@ -66,18 +65,6 @@ def write_set(files: list[Path], out: Path) -> Path:
     infos = [write_shard(out / shard_name(n), [samples[i] for i in rows]) for n, rows in enumerate(plan)]
     write_index(index, shard_index(infos, name=out.name))
     return out
-
-
-def equal_step_overrides(base, images: int, reference_images: int, steps: int, batch: int) -> list[str]:
-    """Overrides that make a run on ``images`` images last ``steps`` steps of ``batch``, with every warm-up as
-    long in steps as the preset's warm-ups on the reference (curated) set: epoch lengths scaled by batches ratio."""
-    scale = (reference_images // batch) / (images // batch)
-    warmups = {"optim.warmup_epochs": base.optim.warmup_epochs,
-               "optim.freeze_last_layer_epochs": base.optim.freeze_last_layer_epochs,
-               "loss.warmup_teacher_temp_epochs": base.loss.warmup_teacher_temp_epochs}
-    epochs = (steps - 0.5) / (images // batch)  # the trainer runs ceil(epochs * batches) == steps
-    return [f"optim.batch_size={batch}", f"optim.epochs={epochs!r}",
-            *(f"{name}={value * scale!r}" for name, value in warmups.items())]
 
 
 def set_fingerprint(files: list[Path]) -> str:
@@ -147,7 +134,7 @@ def main() -> None:
                                        [pool[i] for i in subset])
 
     from pretrain.train.config import build_config
-    from pretrain.train.loop import fashion_mnist_eval
+    from pretrain.data.eval_splits import fashion_mnist_eval
 
     base = build_config("fmnist-tiny")
     eval_data = fashion_mnist_eval(base)

@@ -12,7 +12,7 @@ the first 20,000 Fashion-MNIST training images as memory bank, the full test spl
 The two students train CONCURRENTLY in two processes with one thread each, so they share the machine
 alike; the teacher is evaluated afterwards. Prints a table and writes ``results.json`` to ``--out``.
 
-    python benchmarks/distill_report.py /tmp/distill_teacher/checkpoint.pth --minutes 5 --out runs/distill_report
+    python -m benchmarks.distill_report /tmp/distill_teacher/checkpoint.pth --minutes 5 --out runs/distill_report
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def teacher_row(teacher: str, minutes: float, extra: list[str]) -> dict:
     from pretrain.train.checkpoint import load_checkpoint
     from pretrain.train.distill import load_teacher_backbone
     from pretrain.train.knn_eval import knn_evaluate, raw_pixel_knn
-    from pretrain.train.loop import fashion_mnist_eval
+    from pretrain.data.eval_splits import fashion_mnist_eval
 
     torch.set_num_threads(1)
     config = student_config(teacher, minutes, extra)
@@ -110,7 +110,7 @@ def main() -> None:
         return
     if any((out / arm).exists() for arm in ARMS):
         sys.exit(f"{out}: holds an earlier report; choose another --out")
-    command = [sys.executable, __file__, args.teacher, "--minutes", str(args.minutes), "--out", str(out)]
+    command = [sys.executable, "-m", __spec__.name, args.teacher, "--minutes", str(args.minutes), "--out", str(out)]
     processes = {arm: subprocess.Popen([*command, "--arm", arm, *args.overrides]) for arm in ARMS}
     for arm, process in processes.items():
         if process.wait() != 0:

@@ -17,8 +17,8 @@ thread waits for a core. Time ratios are speed-ups over the baseline (> 1 is fas
 is variant / baseline. Peak memory: ``torch.cuda.max_memory_allocated`` on CUDA; on CPU the growth of
 the peak resident set (``ru_maxrss``) over the resident set just before the first step.
 
-    python benchmarks/efficiency.py --arch vit_small --batch-size 2 --steps 3
-    python benchmarks/efficiency.py --arch vit_pico --batch-size 2 --steps 2 --dp-batch-size 8  # quick
+    python -m benchmarks.efficiency --arch vit_small --batch-size 2 --steps 3
+    python -m benchmarks.efficiency --arch vit_pico --batch-size 2 --steps 2 --dp-batch-size 8  # quick
 """
 
 from __future__ import annotations

@@ -10,30 +10,26 @@ is built for the benchmark size, so no model interpolates it.
 Each row also gives its MFU: the forward's FLOPs (counted once with ``FlopCounterMode``; all three
 compute the same thing) per second over the fp32 matmul peak measured in the same run. It shows how
 much room is left: eager PyTorch already runs these matmul-bound models near the peak. ``--compile``
-adds the path ``pretrain extract --compile`` takes (``torch.compile`` with inductor freezing on CPU).
+adds the path ``features extract --compile`` takes (``torch.compile`` with inductor freezing on CPU).
 
-    python benchmarks/extract.py --threads 2 --batch-size 8 --reps 7
-    python benchmarks/extract.py --arch dinov2_vitb14 --size 224 --compile   # adds a compiled dinolab row
+    python -m benchmarks.extract --threads 2 --batch-size 8 --reps 7
+    python -m benchmarks.extract --arch dinov2_vitb14 --size 224 --compile   # adds a compiled dinolab row
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from benchmarks._shared.flops import count_flops, measure_matmul_peak
 from features.extract import compiled_forward
 from pretrain.models import VisionTransformer, config_for
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import count_flops, measure_matmul_peak  # noqa: E402  (benchmarks/flops.py)
 
 TOLERANCE = 1e-4
 
@@ -157,7 +153,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--compile", action="store_true",
-                        help="also time dinolab compiled as 'pretrain extract --compile' does (slow cold start)")
+                        help="also time dinolab compiled as 'features extract --compile' does (slow cold start)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

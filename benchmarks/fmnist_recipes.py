@@ -4,7 +4,7 @@ Each recipe pretrains the ``fmnist-tiny`` preset (``fmnist-tiny-dino`` for DINO)
 training, then runs the same weighted k-NN (k = 10, 20, T = 0.07) on the test split with the same
 memory bank as the raw-pixel baseline. Prints a table and writes ``results.json`` to ``--out``.
 
-    python benchmarks/fmnist_recipes.py --minutes 3 --threads 1 --out outputs/bench_recipes
+    python -m benchmarks.fmnist_recipes --minutes 3 --threads 1 --out outputs/bench_recipes
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import torch
 
 from pretrain.train.config import build_config
 from pretrain.train.knn_eval import raw_pixel_knn
-from pretrain.train.loop import Trainer, fashion_mnist_eval
+from pretrain.data.eval_splits import fashion_mnist_eval
+from pretrain.train.loop import Trainer
 
 
 def main() -> None:

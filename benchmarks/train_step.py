@@ -12,8 +12,8 @@ per-parameter ``update_momentum``). Steps are timed interleaved (A, B, B, A, ...
 MFU = (FLOPs of the dinolab step counted by ``torch.utils.flop_counter.FlopCounterMode``) / step
 time / (peak fp32 matmul FLOP/s measured here on 2048² matrices with the same thread count).
 
-    python benchmarks/train_step.py --arch vit_pico --steps 3          # quick check
-    python benchmarks/train_step.py --arch vit_small --batch-size 4 --steps 5
+    python -m benchmarks.train_step --arch vit_pico --steps 3          # quick check
+    python -m benchmarks.train_step --arch vit_small --batch-size 4 --steps 5
 """
 
 from __future__ import annotations
@@ -26,21 +26,16 @@ import time
 import warnings
 from dataclasses import dataclass
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 
+from benchmarks._shared.flops import count_flops, measure_matmul_peak
 from pretrain.models import build_vit
 from pretrain.train.ema import update_teacher
 from pretrain.train.heads import DINOHead
 from pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from pretrain.train.masking import masks_weight, sample_ibot_masks
 from pretrain.train.param_groups import apply_schedules, build_param_groups
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flops import count_flops, measure_matmul_peak  # noqa: E402  (benchmarks/flops.py)
 
 TEACHER_TEMP, MOMENTUM, LR, WEIGHT_DECAY, KOLEO_WEIGHT, CLIP = 0.07, 0.994, 1e-4, 0.04, 0.1, 3.0
 

@@ -144,7 +144,7 @@ def read_feature_metadata(path: str | Path) -> dict[str, str]:
     if metadata.get("format") != FORMAT_NAME:
         raise FeatureFileError(
             f"{path}: not a dinolab feature file (metadata format={metadata.get('format')!r}); "
-            "create one with 'pretrain extract'"
+            "create one with 'features extract'"
         )
     if metadata.get("format_version") != FORMAT_VERSION:
         raise FeatureFileError(

@@ -75,11 +75,12 @@ def curate_demo_lake(lake: DemoLake, out: Path, workers: int | None, console: Co
 
 def pretrain_on_shards(shards: Path, out: Path, minutes: float, progress: bool) -> tuple[dict, dict, dict]:
     """Train ``fmnist-tiny`` for ``minutes`` on ``shards``; k-NN of the teacher and of raw pixels."""
-    from features.viz.embeddings import plot_embeddings
+    from pretrain.data.eval_splits import fashion_mnist_eval
     from pretrain.train.config import build_config
+    from pretrain.train.embeddings_plot import plot_embeddings
     from pretrain.train.export import export_teacher
     from pretrain.train.knn_eval import backbone_features, raw_pixel_knn
-    from pretrain.train.loop import Trainer, fashion_mnist_eval
+    from pretrain.train.loop import Trainer
 
     config = build_config("fmnist-tiny", [f"run.minutes={minutes}"])
     eval_data = fashion_mnist_eval(config)

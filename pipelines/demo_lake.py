@@ -11,7 +11,6 @@ lake records it (source, Fashion-MNIST index, which image a copy copies) for mea
 
 from __future__ import annotations
 
-import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageOps
+
+from pipelines.lake_writer import save_image
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "horse",
           "immunohistochemistry", "moon", "page", "rocket", "text", "clock", "chelsea", "hubble_deep_field")
@@ -104,14 +105,6 @@ def planted_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> tup
     return overlaid, "PNG"
 
 
-def _save(folder: Path, name: str, image: Image.Image, fmt: str = "PNG") -> str:
-    path = folder / f"{name}.{'jpg' if fmt == 'JPEG' else 'png'}"
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 50} if fmt == "JPEG" else {}))
-    path.write_bytes(buffer.getvalue())
-    return path.name
-
-
 def build_demo_lake(root: Path, sizes: LakeSizes = LakeSizes(), seed: int = 0) -> DemoLake:
     """Write the lake under ``root`` unless a complete one is there already."""
     from pretrain.data.fashion_mnist import load_fashion_mnist
@@ -138,23 +131,23 @@ def build_demo_lake(root: Path, sizes: LakeSizes = LakeSizes(), seed: int = 0) -
             truth[column].append(value)
 
     for i in range(sizes.seeds):
-        _save(lake.seeds, f"seed_{next(names)}", Image.fromarray(train[i]))
+        save_image(lake.seeds, f"seed_{next(names)}", Image.fromarray(train[i]))
     for i in range(sizes.evaluation):
-        _save(lake.evaluation, f"test_{i:05d}", Image.fromarray(test[i]))
+        save_image(lake.evaluation, f"test_{i:05d}", Image.fromarray(test[i]))
     fashion_files = []
     for i in range(sizes.seeds, sizes.seeds + sizes.fashion):
-        fashion_files.append(_save(lake.pool, next(names), Image.fromarray(train[i])))
+        fashion_files.append(save_image(lake.pool, next(names), Image.fromarray(train[i])))
         record(fashion_files[-1], "fashion", i)
     for source, images in off_domain_images(sizes.tiles, sizes.noise, rng).items():
         for i, array in enumerate(images):
-            record(_save(lake.pool, next(names), Image.fromarray(array)), source, i)
+            record(save_image(lake.pool, next(names), Image.fromarray(array)), source, i)
     originals = rng.choice(len(fashion_files), size=sizes.copies_per_kind * len(COPY_KINDS), replace=False)
     for n, original in enumerate(originals):
         kind = COPY_KINDS[n % len(COPY_KINDS)]
         image, fmt = planted_copy(Image.fromarray(train[sizes.seeds + original]), kind, rng)
-        record(_save(lake.pool, next(names), image, fmt), f"copy:{kind}", sizes.seeds + int(original), fashion_files[original])
+        record(save_image(lake.pool, next(names), image, fmt), f"copy:{kind}", sizes.seeds + int(original), fashion_files[original])
     for i in range(sizes.leaks):
-        record(_save(lake.pool, next(names), Image.fromarray(test[i])), "leak", i, f"test_{i:05d}.png")
+        record(save_image(lake.pool, next(names), Image.fromarray(test[i])), "leak", i, f"test_{i:05d}.png")
     pq.write_table(pa.table(truth), lake.truth)
     (lake.root / MARKER).write_text("complete\n")
     return lake

@@ -1,4 +1,7 @@
-"""Small real-image lakes for the pipeline tests: Fashion-MNIST PNGs, scikit-image photos, planted copies, bad files."""
+"""Small real-image lakes for the pipeline tests: Fashion-MNIST PNGs, scikit-image photos, planted copies, bad files.
+
+The writers themselves are :mod:`pipelines.lake_writer`'s, shared with the demo and the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pretrain.data.fashion_mnist import load_fashion_mnist
+from pipelines.lake_writer import write_big_lake, write_fashion_lake
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+__all__ = ["PHOTOS", "write_big_lake", "write_lake"]
 
 
 def write_lake(root: Path, pool: int = 120, curated: int = 12, evals: int = 4) -> dict[str, Path]:
@@ -18,18 +23,7 @@ def write_lake(root: Path, pool: int = 120, curated: int = 12, evals: int = 4) -
     copy, the ``evals`` evaluation images again (leaks), a corrupt and an empty file."""
     import skimage.data
 
-    images, _ = load_fashion_mnist("train", limit=pool + curated + evals)
-    images = images.numpy()
-    folders = {name: root / name for name in ("pool", "curated", "eval")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    for i in range(pool):
-        Image.fromarray(images[i]).save(folders["pool"] / f"fm_{i:04d}.png")
-    for i in range(pool, pool + curated):
-        Image.fromarray(images[i]).save(folders["curated"] / f"query_{i:04d}.png")
-    for i in range(pool + curated, pool + curated + evals):
-        Image.fromarray(images[i]).save(folders["eval"] / f"test_{i:04d}.png")
-        Image.fromarray(images[i]).save(folders["pool"] / f"web_{i:04d}.png")
+    folders = write_fashion_lake(root, pool, curated, evals)
     for name in PHOTOS:
         Image.fromarray(np.asarray(getattr(skimage.data, name)())).convert("RGB").save(
             folders["pool"] / f"{name}.jpg", quality=90)
@@ -37,18 +31,3 @@ def write_lake(root: Path, pool: int = 120, curated: int = 12, evals: int = 4) -
     (folders["pool"] / "broken.jpg").write_bytes(b"not an image at all")
     (folders["pool"] / "empty.png").write_bytes(b"")
     return folders
-
-
-def write_big_lake(root: Path, count: int, side: int = 1024, seed: int = 0) -> int:
-    """``count`` uncompressed BMP photos-sized images (``side``², 3 bytes a pixel); returns their total bytes."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    base = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
-    total = 0
-    for i in range(count):
-        image = np.roll(base, 7 * i, axis=1)
-        image[: 16 + i % 64] = i % 256  # different files, different hashes
-        path = root / f"big_{i:05d}.bmp"
-        Image.fromarray(image).save(path)
-        total += path.stat().st_size
-    return total

@@ -1,5 +1,6 @@
 """The import arrows of the layout: pipelines → curate → schemas; curate may use pretrain's backbones;
-pretrain knows nothing of curation; only the pipelines package imports Dask and pipelines itself."""
+pretrain knows nothing of curation nor of features (the uses of its backbones, which may import pretrain);
+only the pipelines package imports Dask and pipelines itself."""
 
 import ast
 from pathlib import Path
@@ -10,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
     "schemas": {"curate", "pipelines", "pretrain", "features", "torch", "dask", "distributed"},
     "curate": {"pipelines", "dask", "distributed"},
-    "pretrain": {"curate", "pipelines", "schemas", "dask", "distributed"},
+    "pretrain": {"curate", "pipelines", "schemas", "features", "dask", "distributed"},
     "features": {"curate", "pipelines", "schemas", "dask", "distributed"},
 }
 

@@ -13,12 +13,13 @@ from pretrain_tiny import TINY_OVERRIDES
 import pretrain
 from pretrain.cli import main
 from pretrain.checkpoints import save_backbone
+from pretrain.data.eval_splits import fashion_mnist_eval
 from pretrain.models import build_vit
 from pretrain.train.checkpoint import TrainingCheckpointError
 from pretrain.train.config import build_config
 from pretrain.train.distill import Distiller, cosine_distance
 from pretrain.train.knn_eval import knn_evaluate
-from pretrain.train.loop import Trainer, fashion_mnist_eval
+from pretrain.train.loop import Trainer
 
 # Constant teacher temperature so that a falling loss means the student learns, not a schedule.
 FIXED = ["loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.04", "optim.base_lr=0.004",

@@ -1,4 +1,4 @@
-"""`pretrain knn`, `linear` and `finetune` end to end on a tiny saved model and tiny data."""
+"""`features knn`, `linear` and `finetune` end to end on a tiny saved model and tiny data."""
 
 import json
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.cli import main
+from features.cli import main
 from pretrain.data.fashion_mnist import DatasetFilesError, split_files
 from pretrain.models import build_vit
 
@@ -16,9 +16,9 @@ from pretrain.models import build_vit
 @pytest.fixture(autouse=True)
 def _only_evaluation_commands(monkeypatch):
     """Parse with the commands under test only, so an unrelated broken subcommand cannot interfere."""
-    import pretrain.cli
+    import features.cli
 
-    monkeypatch.setattr(pretrain.cli, "SUBCOMMAND_MODULES", ("pretrain.cli.knn", "pretrain.cli.linear", "pretrain.cli.finetune"))
+    monkeypatch.setattr(features.cli, "SUBCOMMAND_MODULES", ("features.cli.knn", "features.cli.linear", "features.cli.finetune"))
 
 
 def _fashion_mnist_available() -> bool:
@@ -192,3 +192,24 @@ def test_pretrain_checkpoint_has_the_same_features_as_its_exported_weights(weigh
     second = capsys.readouterr()
     assert second.err.count("cached features") == 2
     assert second.out == first.out
+
+
+@pytest.mark.parametrize("command", ["knn", "linear", "finetune", "index", "search", "visualize", "segment", "probe",
+                                     "extract"])
+def test_pretrain_names_the_features_command_for_a_moved_subcommand(command, capsys):
+    from pretrain.cli import main as pretrain_main
+
+    assert pretrain_main([command, "--weights", "w.pth"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"pretrain {command}: error: moved to the features command: run `features {command} ...`")
+
+
+def test_features_command_runs_as_a_module():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "features", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: features ")
+    for command in ("knn", "linear", "finetune", "index", "search", "visualize", "segment", "probe", "extract"):
+        assert command in result.stdout

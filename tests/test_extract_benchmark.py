@@ -1,7 +1,6 @@
 """The extraction benchmark compares like with like: its weight copies reproduce dinolab's features."""
 
-import importlib.util
-from pathlib import Path
+import importlib
 
 import pytest
 import torch
@@ -9,14 +8,9 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("timm")
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "extract.py"
-
 
 def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("extract_benchmark", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.extract")
 
 
 def test_hf_and_timm_copies_match_dinolab():

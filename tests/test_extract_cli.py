@@ -1,4 +1,4 @@
-"""``pretrain extract`` end to end on a tiny random backbone: odd images skipped, never a crash."""
+"""``features extract`` end to end on a tiny random backbone: odd images skipped, never a crash."""
 
 import argparse
 import gzip
@@ -9,22 +9,22 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.cli import UserError
-from pretrain.cli import extract as extract_cli
+from features.cli import UserError
+from features.cli import extract as extract_cli
 from features import load_features
 
 PICO = ["--arch", "vit_pico", "--patch-size", "4", "--size", "28", "--resize-size", "28", "--quiet"]
 
 
 def run_cli(argv):
-    """Parse and run like ``pretrain.cli.main`` does (exit 2 and one line on a user error)."""
-    parser = argparse.ArgumentParser(prog="dinolab")
+    """Parse and run like ``features.cli.main`` does (exit 2 and one line on a user error)."""
+    parser = argparse.ArgumentParser(prog="features")
     extract_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["extract", *argv])
     try:
         return args.func(args)
     except UserError as error:
-        print(f"pretrain extract: error: {error}")
+        print(f"features extract: error: {error}")
         return 2
 
 

@@ -27,9 +27,9 @@ import torch.multiprocessing as mp
 from pretrain_tiny import TINY_OVERRIDES
 from shard_sets import fashion_mnist_pngs, write_shards
 
+from pretrain.data.eval_splits import EvalData, fashion_mnist_eval_splits
 from pretrain.train.config import build_config
-from pretrain.train.data import fashion_mnist_eval_splits
-from pretrain.train.loop import EvalData, Trainer
+from pretrain.train.loop import Trainer
 
 GLOBAL_BATCH, WORLD, IMAGES, RESUME_AT = 8, 2, 48, 3  # 6 steps; checkpoints at steps 3 and 6
 # lr ~ 0.01 and teacher momentum 0.5: weights move far beyond the comparison tolerances in 6 steps.

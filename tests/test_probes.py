@@ -192,7 +192,7 @@ def test_segmentation_probe_training_loss_decreases(tmp_path):
 
 # ----------------------------------------------------------------- CLI
 def test_probe_cli_on_a_folder(tmp_path, capsys):
-    from pretrain.cli import probe
+    from features.cli import probe
 
     _write_folder(tmp_path / "d", "depth", count=2)
     out = tmp_path / "out"

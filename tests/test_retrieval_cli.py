@@ -1,4 +1,4 @@
-"""`pretrain index build` + `pretrain search` end to end on a tiny saved model and a folder of images."""
+"""`features index build` + `features search` end to end on a tiny saved model and a folder of images."""
 
 import json
 from pathlib import Path
@@ -8,16 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.cli import main
+from features.cli import main
 from pretrain.models import build_vit
 
 
 @pytest.fixture(autouse=True)
 def _only_retrieval_commands(monkeypatch):
     """Parse with the commands under test only, so an unrelated broken subcommand cannot interfere."""
-    import pretrain.cli
+    import features.cli
 
-    monkeypatch.setattr(pretrain.cli, "SUBCOMMAND_MODULES", ("pretrain.cli.index", "pretrain.cli.search"))
+    monkeypatch.setattr(features.cli, "SUBCOMMAND_MODULES", ("features.cli.index", "features.cli.search"))
 
 
 def _save_model(path: Path, seed: int) -> Path:

@@ -94,7 +94,7 @@ def test_segment_a_red_square_with_a_tiny_random_vit():
 
 
 def test_segment_cli_prints_iou_and_refuses_bad_masks(tmp_path, capsys):
-    from pretrain.cli import segment
+    from features.cli import segment
 
     reference, reference_mask = _red_square_scene(14, 14)
     target, target_mask = _red_square_scene(56, 42)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.cli import UserError
+from features.cli import UserError
 from pretrain.models import build_vit
 from features.viz.attention import attention_panels, cls_attention, render_attention
 from features.viz.inputs import (
@@ -35,8 +35,8 @@ def square_image(size: int = 112, low: int = 60, square=(28, 84)) -> np.ndarray:
 
 
 def run_cli(module, argv: list[str]) -> int:
-    """Parse and run one of this area's subcommands alone (as ``pretrain.cli.main`` does)."""
-    parser = argparse.ArgumentParser(prog="pretrain")
+    """Parse and run one of this area's subcommands alone (as ``features.cli.main`` does)."""
+    parser = argparse.ArgumentParser(prog="features")
     module.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
@@ -204,7 +204,7 @@ def test_match_picture(tmp_path):
 
 # --------------------------------------------------------------------- CLI
 def test_visualize_cli_end_to_end(tmp_path, capsys):
-    from pretrain.cli import visualize
+    from features.cli import visualize
 
     Image.fromarray(square_image()).save(tmp_path / "square.png")
     Image.fromarray(square_image(square=(14, 56))).save(tmp_path / "other.png")
@@ -224,7 +224,7 @@ def test_visualize_cli_end_to_end(tmp_path, capsys):
 @pytest.mark.parametrize("fmt", ["safetensors", "hub"])
 def test_pictures_from_saved_checkpoints(tmp_path, fmt):
     from pretrain.checkpoints import save_backbone
-    from pretrain.cli import visualize
+    from features.cli import visualize
     from features.viz.inputs import load_model
 
     model = build_vit("vit_pico", num_heads=1).eval()  # released layout: heads = dim // 64
@@ -241,7 +241,7 @@ def test_pictures_from_saved_checkpoints(tmp_path, fmt):
 
 
 def test_bad_weights_are_a_clear_error(tmp_path, capsys):
-    from pretrain.cli import visualize
+    from features.cli import visualize
 
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
     Image.fromarray(square_image()).save(tmp_path / "square.png")

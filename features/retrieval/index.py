@@ -189,7 +189,7 @@ class FeatureIndex:
         if not directory.is_dir() or not index_path.is_file() or not meta_path.is_file():
             raise RetrievalIndexError(
                 f"{directory} is not an index directory (expected {INDEX_FILE} and {META_FILE}); "
-                "create one with `pretrain index build`"
+                "create one with `features index build`"
             )
         try:
             meta = json.loads(meta_path.read_text())

@@ -63,11 +63,12 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pretrain.data.errors import DatasetError
+    from pretrain.data.eval_splits import fashion_mnist_eval
     from pretrain.train.checkpoint import TrainingCheckpointError
+    from pretrain.train.embeddings_plot import plot_embeddings
     from pretrain.train.export import export_teacher
     from pretrain.train.knn_eval import backbone_features, raw_pixel_knn
-    from features.viz.embeddings import plot_embeddings
-    from pretrain.train.loop import Trainer, TrainingDiverged, fashion_mnist_eval
+    from pretrain.train.loop import Trainer, TrainingDiverged
 
     started = time.monotonic()
     config = demo_config(args)

@@ -317,20 +317,3 @@ def open_training_data(source: str, storage_size: int, batch_size: int, seed: in
             "lower optim.batch_size"
         )
     return data
-
-
-@dataclass
-class LabelledSplit:
-    """Labelled images for k-NN evaluation: uint8 ``[N, C, S, S]`` and int64 labels ``[N]``."""
-
-    images: Tensor
-    labels: Tensor
-
-
-def fashion_mnist_eval_splits(train_limit: int | None = None,
-                              test_limit: int | None = None) -> tuple[LabelledSplit, LabelledSplit]:
-    """Fashion-MNIST train (k-NN memory bank) and test (queries) splits."""
-    train_images, train_labels = load_fashion_mnist("train", limit=train_limit)
-    test_images, test_labels = load_fashion_mnist("test", limit=test_limit)
-    return (LabelledSplit(train_images.unsqueeze(1), train_labels),
-            LabelledSplit(test_images.unsqueeze(1), test_labels))

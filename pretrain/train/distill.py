@@ -42,27 +42,26 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pretrain.checkpoints import load_backbone, save_backbone
+from pretrain.data.eval_splits import EvalData, LabelledSplit, fashion_mnist_eval
 from pretrain.models.vit import VisionTransformer
 from pretrain.train.checkpoint import (
     TrainingCheckpointError,
+    check_same_config,
+    load_centers,
     load_checkpoint,
     restore_rng_state,
     rng_state,
     save_atomic,
 )
 from pretrain.train.config import ConfigError, TrainConfig
-from pretrain.train.data import FASHION_MNIST, LabelledSplit, open_training_data
+from pretrain.train.data import FASHION_MNIST, open_training_data
 from pretrain.train.ema import update_teacher
 from pretrain.train.knn_eval import knn_evaluate
 from pretrain.train.loop import (
-    EvalData,
     TrainingDiverged,
     build_optimizer,
     build_schedules,
-    check_same_config,
     crops_and_masks,
-    fashion_mnist_eval,
-    load_centers,
     seconds_per_step,
 )
 from pretrain.train.monitor import ScalarLog

@@ -1,4 +1,4 @@
-"""Export the teacher backbone of a finished run so ``pretrain extract`` and ``transformers`` can use it.
+"""Export the teacher backbone of a finished run so ``features extract`` and ``transformers`` can use it.
 
 Example::
 

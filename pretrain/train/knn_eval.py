@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain import distributed
-from pretrain.train.knn import knn_accuracy
+from pretrain.data.eval_splits import LabelledSplit
 from pretrain.models.vit import VisionTransformer
-from pretrain.train.data import LabelledSplit
+from pretrain.train.knn import knn_accuracy
 
 
 def normalise_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

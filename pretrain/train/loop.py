@@ -14,7 +14,8 @@ floating-point reduction order; KoLeo and stochastic depth are per process). Dec
 checkpoint the run (time budget, divergence, time-based checkpoints) are taken jointly by all ranks.
 
 Checkpoints: ``checkpoint.pth`` for one process; ``checkpoint.dcp/`` (DCP, any world size) under
-torchrun, plus a consolidated ``checkpoint.pth`` at the end. Resuming reads the newer of the two.
+torchrun, plus a consolidated ``checkpoint.pth`` at the end. Resuming reads the newer of the two; both are
+written and read by :mod:`pretrain.train.checkpoint`.
 
 Example::
 
@@ -25,9 +26,7 @@ Example::
 from __future__ import annotations
 
 import copy
-import json
 import math
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,24 +37,27 @@ import torch
 from tqdm.auto import tqdm
 
 from pretrain import distributed
+from pretrain.data.eval_splits import EvalData, LabelledSplit, fashion_mnist_eval
 from pretrain.train.checkpoint import (
     CHECKPOINT_NAME,
-    DCP_CHECKPOINT_NAME,
-    TrainingCheckpointError,
+    check_same_config,
     is_dcp_checkpoint,
     load_checkpoint,
+    load_optimizer_state,
     newest_checkpoint,
     optimizer_parameter_names,
-    optimizer_state_by_index,
-    optimizer_state_by_name,
+    restore_dcp,
     restore_rng_state,
-    restore_rng_state_bytes,
+    restore_single_file,
     rng_state,
-    rng_state_bytes,
+    run_progress,
     save_atomic,
+    save_consolidated,
+    save_dcp,
+    training_state,
 )
 from pretrain.train.config import TrainConfig
-from pretrain.train.data import FASHION_MNIST, LabelledSplit, TrainingImages, fashion_mnist_eval_splits, open_training_data
+from pretrain.train.data import FASHION_MNIST, TrainingImages, open_training_data
 from pretrain.train.ema import update_teacher
 from pretrain.train.knn_eval import knn_evaluate
 from pretrain.train.masking import sample_ibot_masks
@@ -84,27 +86,6 @@ class TrainResult:
     knn_history: list[dict[str, Any]] = field(default_factory=list)
     skipped_images: int = 0
     stopped_early: bool = False
-
-
-@dataclass
-class EvalData:
-    """Labelled data for k-NN: a fixed subset for periodic checks, the full splits for the final one."""
-
-    periodic: tuple[LabelledSplit, LabelledSplit]
-    final: tuple[LabelledSplit, LabelledSplit]
-
-
-def _first(split: LabelledSplit, count: int | None) -> LabelledSplit:
-    return split if count is None else LabelledSplit(split.images[:count], split.labels[:count])
-
-
-def fashion_mnist_eval(config: TrainConfig) -> EvalData:
-    """Fashion-MNIST train split as the k-NN memory bank, test split as queries (fixed first-N subsets)."""
-    run = config.run
-    train_split, test_split = fashion_mnist_eval_splits()
-    periodic = (_first(train_split, run.eval_train_subset), _first(test_split, run.eval_test_subset))
-    final = (_first(train_split, run.final_eval_train_limit), _first(test_split, run.final_eval_test_limit))
-    return EvalData(periodic, final)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -146,37 +127,6 @@ def seconds_per_step(train_step: Callable[[torch.Tensor, int], object], images: 
     seconds = (time.monotonic() - start) / timed
     restore_rng_state(saved_rng)
     return seconds
-
-
-def check_same_config(saved_config: dict[str, Any], saved_world: int, config: TrainConfig, world: int,
-                      where: Path) -> None:
-    """Refuse a checkpoint of another configuration; only ``run.*`` and the split of the global
-    batch over processes (``optim.batch_size`` × world size) may change."""
-    as_json = lambda config: json.loads(json.dumps(config))  # noqa: E731  (tuples and lists compare equal)
-    saved, current = as_json(saved_config), as_json(config.to_dict())
-    saved.pop("run", None), current.pop("run", None)
-    saved_batch = saved["optim"]["batch_size"] * saved_world
-    current_batch = current["optim"]["batch_size"] * world
-    saved["optim"] = {**saved["optim"], "batch_size": saved_batch}
-    current["optim"] = {**current["optim"], "batch_size": current_batch}
-    if saved != current:
-        changed = sorted(key for key in current if saved.get(key) != current[key])
-        batch_note = ""
-        if saved_batch != current_batch:
-            batch_note = (f"; the global batch was {saved_batch} ({saved_world} process(es)), now "
-                          f"{current_batch} ({world}): set optim.batch_size to global batch / processes")
-        raise TrainingCheckpointError(
-            f"{where}: the checkpoint was trained with a different configuration "
-            f"(sections {', '.join(changed)} differ){batch_note}; resume with the same preset and "
-            "overrides (only run.* settings may change) or use another --out folder"
-        )
-
-
-def load_centers(model: SSLModel, state: dict[str, Any]) -> None:
-    """A single-file checkpoint's DINO (and iBOT) centres into ``model``'s losses."""
-    model.dino_loss.center.copy_(state["dino_center"])
-    if model.ibot_loss is not None and state.get("ibot_center") is not None:
-        model.ibot_loss.center.copy_(state["ibot_center"])
 
 
 def build_optimizer(config: TrainConfig, model: SSLModel) -> torch.optim.Optimizer:
@@ -246,8 +196,8 @@ class Trainer:
         saved_optimizer = None
         if source is not None and not is_dcp_checkpoint(source):
             state = load_checkpoint(source)
-            self._check_config(state["dinolab"]["config"], int(state.get("world_size", 1)), source)
-            self._load(state)
+            check_same_config(state["dinolab"]["config"], int(state.get("world_size", 1)), config, self.world, source)
+            self._resume_from(restore_single_file(self.model, state))
             saved_optimizer = state["optimizer"]
         elif source is None:
             if init_from is not None:  # a new phase (e.g. high resolution): weights only
@@ -265,9 +215,9 @@ class Trainer:
         self.student_params = list(self.model.student.parameters())
         self.teacher_params = list(self.model.teacher.parameters())
         if saved_optimizer is not None:
-            self._load_optimizer(saved_optimizer)
+            load_optimizer_state(self.model, self.optimizer, saved_optimizer, self.optimizer_names, self.sharded)
         if source is not None and is_dcp_checkpoint(source):
-            self._load_dcp(source)
+            self._resume_from(restore_dcp(source, config, self.model, self.optimizer, self._checkpoint_progress()))
         self.schedules = build_schedules(config, self.total_steps, self.steps_per_epoch,
                                     config.optim.batch_size * self.world)
 
@@ -467,28 +417,17 @@ class Trainer:
         seconds = seconds_per_step(probe.train_step, images)  # leaves the global RNG state as it was
         return max(1, int(minutes * 60 / seconds))
 
+    # ------------------------------------------------- checkpoints (pretrain.train.checkpoint does the work)
+    def _checkpoint_progress(self) -> dict[str, Any]:
+        return run_progress(self.step, self.total_steps, self.steps_per_epoch, self.world, self.knn_history)
+
+    def _resume_from(self, progress: dict[str, Any]) -> None:
+        self.step, self.total_steps, self.knn_history = progress["step"], progress["total_steps"], progress["knn_history"]
+
     def state(self) -> dict[str, Any]:
         """The single-file checkpoint of a one-process run (see :mod:`pretrain.train.checkpoint`)."""
-        return self._state(self.model.student.state_dict(), self.model.teacher.state_dict(),
-                           self.optimizer.state_dict())
-
-    def _state(self, student: dict[str, Any], teacher: dict[str, Any], optimizer: dict[str, Any]) -> dict[str, Any]:
-        epoch, batch_index = divmod(self.step, self.steps_per_epoch)
-        return {
-            "dinolab": {"kind": "pretrain", "version": 1, "arch": self.model.student["backbone"].config.to_dict(),
-                        "config": self.config.to_dict()},
-            "teacher": teacher,
-            "student": student,
-            "optimizer": optimizer,
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "world_size": self.world,
-            "data_position": {"epoch": epoch, "batch": batch_index},
-            "rng": rng_state(),
-            "dino_center": self.model.dino_loss.center.detach().cpu(),
-            "ibot_center": self.model.ibot_loss.center.detach().cpu() if self.model.ibot_loss is not None else None,
-            "knn_history": self.knn_history,
-        }
+        return training_state(self.config, self.model, self._checkpoint_progress(), self.model.student.state_dict(),
+                              self.model.teacher.state_dict(), self.optimizer.state_dict())
 
     def save(self) -> None:
         """Write the checkpoint atomically (DCP under torchrun); refuses (TrainingDiverged) when weights
@@ -502,61 +441,14 @@ class Trainer:
                 f"good checkpoint in {self.out_dir} is kept. Lower optim.base_lr or optim.clip_grad."
             )
         if distributed.is_distributed():
-            self._save_dcp()
+            save_dcp(self.out_dir, self.config, self.model, self.optimizer, self._checkpoint_progress())
         else:
             save_atomic(self.state(), self.checkpoint_path)
 
-    # The replicated values stored next to the DCP shards; ``_load_dcp`` reads them back.
-    def _extras(self) -> dict[str, Any]:
-        epoch, batch_index = divmod(self.step, self.steps_per_epoch)
-        extras: dict[str, Any] = {
-            "step": self.step, "total_steps": self.total_steps, "world_size": self.world,
-            "data_position": {"epoch": epoch, "batch": batch_index},
-            "dino_center": self.model.dino_loss.center,
-            "rng": rng_state_bytes(),
-            "knn_history": json.dumps(self.knn_history),
-            "config": json.dumps(self.config.to_dict()),
-        }
-        if self.model.ibot_loss is not None:
-            extras["ibot_center"] = self.model.ibot_loss.center
-        return extras
-
-    def _save_dcp(self) -> None:
-        """Every rank writes its shards to a temporary folder, which then replaces ``checkpoint.dcp/``."""
-        from pretrain.parallel import save_training_state
-
-        final = self.out_dir / DCP_CHECKPOINT_NAME
-        partial, previous = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
-        if distributed.is_main_process():
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(partial, ignore_errors=True)
-        distributed.barrier()
-        save_training_state(partial, self.model.student, self.optimizer, {"teacher": self.model.teacher},
-                            self._extras())
-        distributed.barrier()
-        if distributed.is_main_process():
-            if final.exists():
-                final.rename(previous)
-            partial.rename(final)
-            shutil.rmtree(previous, ignore_errors=True)
-        distributed.barrier()
-
     def save_consolidated(self) -> None:
-        """Gather the full weights and optimiser state and write ``checkpoint.pth`` from rank 0 (collective)."""
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions,
-            get_model_state_dict,
-            get_optimizer_state_dict,
-        )
-
-        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        student = get_model_state_dict(self.model.student, options=full)
-        teacher = get_model_state_dict(self.model.teacher, options=full)
-        optimizer = get_optimizer_state_dict(self.model.student, self.optimizer, options=full)
-        if distributed.is_main_process():
-            optimizer = optimizer_state_by_index(optimizer, self.optimizer_names)
-            save_atomic(self._state(student, teacher, optimizer), self.checkpoint_path)
-        distributed.barrier()
+        """``checkpoint.pth`` with the full weights and optimiser state, written by rank 0 (collective)."""
+        save_consolidated(self.checkpoint_path, self.config, self.model, self.optimizer, self.optimizer_names,
+                          self._checkpoint_progress())
 
     def export_teacher(self, hf: bool = False) -> list[Path]:
         """Write the teacher backbone exports (:mod:`pretrain.train.export`) from rank 0 (collective)."""
@@ -575,46 +467,6 @@ class Trainer:
             written = export_teacher(plain, self.out_dir, hf=hf)
         distributed.barrier()
         return written
-
-    def _check_config(self, saved_config: dict[str, Any], saved_world: int, where: Path) -> None:
-        check_same_config(saved_config, saved_world, self.config, self.world, where)
-
-    def _load(self, state: dict[str, Any]) -> None:
-        """Weights, centres and progress of a single-file checkpoint (before wrapping or sharding)."""
-        self.model.teacher.load_state_dict(state["teacher"])
-        self.model.student.load_state_dict(state["student"])
-        load_centers(self.model, state)
-        self.step = int(state["step"])
-        self.total_steps = int(state["total_steps"])
-        self.knn_history = list(state.get("knn_history", []))
-        restore_rng_state(state["rng"])
-
-    def _load_optimizer(self, saved: dict[str, Any]) -> None:
-        """A single-file checkpoint's optimiser state into this run's (possibly sharded) optimiser."""
-        if not self.sharded:
-            self.optimizer.load_state_dict(saved)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-        set_optimizer_state_dict(self.model.student, self.optimizer, optimizer_state_by_name(saved, self.optimizer_names),
-                                 options=StateDictOptions(full_state_dict=True))
-
-    def _load_dcp(self, path: Path) -> None:
-        """Resume from ``checkpoint.dcp/`` (saved at any world size; collective under torchrun)."""
-        import torch.distributed.checkpoint as dcp
-
-        from pretrain.parallel import load_training_state
-
-        header = {"extra": {"config": "", "world_size": 0}}
-        dcp.load(header, checkpoint_id=str(path))
-        self._check_config(json.loads(header["extra"]["config"]), int(header["extra"]["world_size"]), path)
-        template = self._extras()
-        extras = load_training_state(path, self.model.student, self.optimizer, {"teacher": self.model.teacher},
-                                     template)
-        self.step = int(extras["step"])
-        self.total_steps = int(extras["total_steps"])
-        self.knn_history = json.loads(extras["knn_history"])
-        restore_rng_state_bytes(extras["rng"])  # centres were loaded in place into the template tensors
 
 
 def train(config: TrainConfig, data: str, out_dir: str | Path, **options: Any) -> TrainResult:

@@ -1,7 +1,7 @@
-"""``pretrain visualize {attention,pca,match}``: pictures of a backbone's attention and patch features.
+"""``features visualize {attention,pca,match}``: pictures of a backbone's attention and patch features.
 
 The backbone comes from ``--weights`` (a checkpoint file or folder, or a released model name) or from
-``--arch NAME`` with random weights; the same two options serve ``pretrain segment`` and ``pretrain probe``.
+``--arch NAME`` with random weights; the same two options serve ``features segment`` and ``features probe``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from pretrain.cli import UserError
+from features.cli import UserError
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,16 +1,16 @@
-"""``pretrain linear``: linear probe (grid of heads in one pass) or logistic regression on frozen features."""
+"""``features linear``: linear probe (grid of heads in one pass) or logistic regression on frozen features."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from pretrain.cli import UserError
-from pretrain.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
+from features.cli import UserError
+from features.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
 
 EXAMPLES = """examples:
-  pretrain linear --weights runs/fmnist/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28
-  pretrain linear --weights dinov2_vits14.pth --train photos/train --val photos/test --method logreg
+  features linear --weights runs/fmnist/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28
+  features linear --weights dinov2_vits14.pth --train photos/train --val photos/test --method logreg
 """
 
 
@@ -71,7 +71,7 @@ def available_variants(requested: list[str], features) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.cli.frozen_features import labelled_train_val
+    from features.cli.frozen_features import labelled_train_val
     from features.eval.linear import linear_probe, variant_features
     from features.eval.logistic import DEFAULT_C_GRID, logistic_probe
 

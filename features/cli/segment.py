@@ -1,12 +1,12 @@
-"""``pretrain segment``: one-shot segmentation of target images from a reference image and its mask."""
+"""``features segment``: one-shot segmentation of target images from a reference image and its mask."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from pretrain.cli import UserError
-from pretrain.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
+from features.cli import UserError
+from features.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

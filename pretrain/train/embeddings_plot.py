@@ -1,4 +1,4 @@
-"""PCA scatter plots of learned features next to raw pixels, coloured by class (the demos' picture)."""
+"""PCA scatter plots of learned features next to raw pixels, coloured by class (the demos' picture of a run)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``pretrain extract``: frozen-backbone features of an image folder, a file list or Fashion-MNIST.
+"""``features extract``: frozen-backbone features of an image folder, a file list or Fashion-MNIST.
 
 Writes a feature file (see :mod:`features.store`). Unreadable images are skipped with a
 warning and counted, never fatal.
@@ -15,9 +15,9 @@ FASHION_MNIST = "fashion-mnist"
 SKIPPED_SHOWN = 5
 
 EPILOG = """examples:
-  pretrain extract --weights dinov2_vits14.pth --images photos/ --out photos.safetensors --patch-mean
-  pretrain extract --weights model.safetensors --images list.txt --size 448 --out feats.safetensors
-  pretrain extract --arch vit_pico --patch-size 4 --size 28 --resize-size 28 \\
+  features extract --weights dinov2_vits14.pth --images photos/ --out photos.safetensors --patch-mean
+  features extract --weights model.safetensors --images list.txt --size 448 --out feats.safetensors
+  features extract --arch vit_pico --patch-size 4 --size 28 --resize-size 28 \\
       --images fashion-mnist --split test --limit 1000 --out fmnist_test.safetensors
 
 A file list has one image path per line (relative to the list's folder), optionally a tab and a label.
@@ -64,8 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.cli import UserError
-    from pretrain.cli.frozen_features import resolve_device
+    from features.cli import UserError
+    from features.cli.frozen_features import resolve_device
     from pretrain.data import DatasetError, eval_sizes, eval_transform
     from features import extract_features, save_features
 
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    from pretrain.cli import UserError
+    from features.cli import UserError
 
     for flag in ("batch_size", "limit", "size", "resize_size", "max_side", "patch_size"):
         value = getattr(args, flag)
@@ -132,7 +132,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from pretrain.cli import UserError
+    from features.cli import UserError
 
     if args.weights:
         from pretrain.checkpoints import load_backbone

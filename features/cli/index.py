@@ -1,4 +1,4 @@
-"""``pretrain index build``: embed a folder of images and save a faiss nearest-neighbour index."""
+"""``features index build``: embed a folder of images and save a faiss nearest-neighbour index."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from pretrain.cli import UserError
-from pretrain.cli.frozen_features import add_model_arguments
+from features.cli import UserError
+from features.cli.frozen_features import add_model_arguments
 
 EXAMPLES = """examples:
-  pretrain index build --weights dinov2_vits14.pth --images photos/ --out photos.index
-  pretrain index build --weights run/checkpoint.pth --images big/ --out big.index --kind hnsw
-then: pretrain search --index photos.index query.jpg -k 5 --sheet neighbours.png
+  features index build --weights dinov2_vits14.pth --images photos/ --out photos.index
+  features index build --weights run/checkpoint.pth --images big/ --out big.index --kind hnsw
+then: features search --index photos.index query.jpg -k 5 --sheet neighbours.png
 """
 
 
@@ -60,7 +60,7 @@ def model_description(weights: str, model, preprocessing: dict, images_root: Pat
 def run_build(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
-    from pretrain.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
+    from features.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
     from pretrain.data import DatasetError, ImageFolder
     from features.extract import extract_features
     from features.retrieval import FeatureIndex, RetrievalIndexError

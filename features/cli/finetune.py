@@ -1,4 +1,4 @@
-"""``pretrain finetune``: fine-tune the whole backbone with a linear head; save it and report accuracy."""
+"""``features finetune``: fine-tune the whole backbone with a linear head; save it and report accuracy."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from pretrain.cli import UserError
-from pretrain.cli.frozen_features import add_labelled_data_arguments, add_model_arguments
+from features.cli import UserError
+from features.cli.frozen_features import add_labelled_data_arguments, add_model_arguments
 
 EXAMPLES = """examples:
-  pretrain finetune --weights run/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28 \\
+  features finetune --weights run/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28 \\
       --epochs 5 --out finetuned/
-  pretrain finetune --weights dinov2_vits14.pth --train photos/train --val photos/val --lr 1e-4 --out ft/
+  features finetune --weights dinov2_vits14.pth --train photos/train --val photos/val --lr 1e-4 --out ft/
 The fine-tuned backbone (finetuned/backbone.safetensors) loads in every other dinolab command.
 """
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     from pretrain.checkpoints import save_backbone
-    from pretrain.cli.frozen_features import check_positive, load_model, make_transform, open_labelled, resolve_device
+    from features.cli.frozen_features import check_positive, load_model, make_transform, open_labelled, resolve_device
     from features.eval.finetune import FinetuneConfig, LinearClassifier, evaluate_classifier, finetune
 
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1:

@@ -1,16 +1,16 @@
-"""``pretrain knn``: weighted k-NN accuracy of frozen CLS features (DINO protocol, T = 0.07)."""
+"""``features knn``: weighted k-NN accuracy of frozen CLS features (DINO protocol, T = 0.07)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from pretrain.cli import UserError
-from pretrain.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
+from features.cli import UserError
+from features.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
 
 EXAMPLES = """examples:
-  pretrain knn --weights runs/fmnist/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28
-  pretrain knn --weights dinov2_vits14.pth --train photos/train --val photos/val -k 10 20 --json knn.json
+  features knn --weights runs/fmnist/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28
+  features knn --weights dinov2_vits14.pth --train photos/train --val photos/val -k 10 20 --json knn.json
 """
 
 
@@ -38,7 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.cli.frozen_features import labelled_train_val
+    from features.cli.frozen_features import labelled_train_val
     from pretrain.train.knn import knn_accuracy
 
     if any(k < 1 for k in args.ks):

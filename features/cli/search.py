@@ -1,4 +1,4 @@
-"""``pretrain search``: the nearest indexed images of query images, as a table, JSON and a contact sheet."""
+"""``features search``: the nearest indexed images of query images, as a table, JSON and a contact sheet."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from pretrain.cli import UserError
+from features.cli import UserError
 
 EXAMPLES = """examples:
-  pretrain search --index photos.index query.jpg -k 5
-  pretrain search --index photos.index a.jpg b.png -k 8 --sheet neighbours.png --json hits.json
+  features search --index photos.index query.jpg -k 5
+  features search --index photos.index a.jpg b.png -k 8 --sheet neighbours.png --json hits.json
 """
 
 
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("queries", nargs="+", type=Path, metavar="IMG", help="query image file(s)")
-    parser.add_argument("--index", required=True, type=Path, help="directory written by `pretrain index build`")
+    parser.add_argument("--index", required=True, type=Path, help="directory written by `features index build`")
     parser.add_argument("-k", "--k", type=int, default=5, help="neighbours per query (default 5)")
     parser.add_argument("--sheet", type=Path, metavar="PNG", help="write a contact sheet of queries and neighbours")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="write the hits as JSON ('-' = stdout)")
@@ -55,7 +55,7 @@ def embed_queries(model, transform, paths: list[Path], device) -> "torch.Tensor"
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
+    from features.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
     from features.eval.feature_cache import model_fingerprint
     from features.retrieval import FeatureIndex, RetrievalIndexError
 

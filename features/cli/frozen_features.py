@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pretrain.cli import UserError
+from features.cli import UserError
 
 if TYPE_CHECKING:
     from features.eval.feature_cache import EvalFeatures
@@ -55,8 +55,8 @@ def add_labelled_data_arguments(parser: argparse.ArgumentParser, feature_files: 
     group.add_argument("--val-limit", type=int, help="use only the first N evaluation images")
     if feature_files:
         files = parser.add_argument_group("or precomputed features (instead of --weights/--train/--val)")
-        files.add_argument("--train-features", type=Path, metavar="FILE", help="labelled file from `pretrain extract`")
-        files.add_argument("--val-features", type=Path, metavar="FILE", help="labelled file from `pretrain extract`")
+        files.add_argument("--train-features", type=Path, metavar="FILE", help="labelled file from `features extract`")
+        files.add_argument("--val-features", type=Path, metavar="FILE", help="labelled file from `features extract`")
 
 
 def check_positive(args: argparse.Namespace, *flags: str) -> None:
@@ -207,7 +207,7 @@ def _read_labelled_features(path: Path, flag: str) -> tuple["EvalFeatures", dict
 
 
 def feature_files_train_val(args: argparse.Namespace) -> tuple["EvalFeatures", "EvalFeatures", list[str]]:
-    """Labelled features from two ``pretrain extract`` files made by the same model and preprocessing."""
+    """Labelled features from two ``features extract`` files made by the same model and preprocessing."""
     from pretrain.data import DatasetError
     from features.eval.sources import align_labels
 

@@ -1,4 +1,4 @@
-"""``pretrain probe {depth,seg}``: linear probes on frozen patch tokens, trained and scored on image pairs."""
+"""``features probe {depth,seg}``: linear probes on frozen patch tokens, trained and scored on image pairs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pretrain.cli import UserError
-from pretrain.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
+from features.cli import UserError
+from features.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
 
 DATA_HELP = (
     "a bundled photo ({bundled}) or a folder ROOT with images/NAME.* and {folder}/NAME.png|npy; "

@@ -1,0 +1,4 @@
+"""Code that two or more benchmarks share, one module per job: :mod:`.flops` (FLOP counting and the
+matmul peak, for MFU), :mod:`.copy_planting` (planted copies of real photos), :mod:`.jobs` (measurements
+in fresh processes), :mod:`.equal_steps` (pretraining runs of equal length) and :mod:`.embedding` (image
+files through the embed stage's code)."""

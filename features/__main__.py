@@ -1,0 +1,7 @@
+"""``python -m features`` (the ``features`` command)."""
+
+import sys
+
+from features.cli import main
+
+sys.exit(main())
