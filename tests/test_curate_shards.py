@@ -65,17 +65,21 @@ def _write_all(out: Path, samples: list[ShardSample], max_samples: int = 3, max_
 
 
 def test_image_extension():
+    # One extension per format, whatever the file is called (a .jpeg, a .JPG and a JPEG named .png alike).
     assert image_extension("/a/b/IMG_1.JPG", "JPEG") == "jpg"
-    assert image_extension("/a/b/x.jpeg", "JPEG") == "jpeg"
+    assert image_extension("/a/b/x.jpeg", "JPEG") == "jpg"
+    assert image_extension("/a/b/really_a_jpeg.png", "JPEG") == "jpg"
     assert image_extension("s3://bucket/dir/x.PNG?version=3", "PNG") == "png"
-    assert image_extension("/a/x.gif", None) == "gif"
     assert image_extension("/a/x.webp", "WEBP") == "webp"
-    assert image_extension("/a/x.tif", "TIFF") == "tif"
-    # Missing or unknown suffix: the Pillow format.
+    assert image_extension("/a/x.tif", "TIFF") == "tiff"
     assert image_extension("/a/no_suffix", "PNG") == "png"
-    assert image_extension("/a/odd.json", "JPEG") == "jpeg"
-    assert image_extension("/a/photo.v2", "WEBP") == "webp"
     assert image_extension("/a/multi.bin", "MPO") == "jpg"
+    # A tar member is named by the member, not by its container (it used to give 'jpeg' from the format).
+    assert image_extension("tar://IMG_0001-0ad2bd17b2bc.jpg::file:///l/shard-000000.tar", None) == "jpg"
+    # Unknown format: the suffix, one spelling per format.
+    assert image_extension("/a/x.gif", None) == "gif"
+    assert image_extension("/a/x.JPEG", None) == "jpg"
+    assert image_extension("/a/x.tif", None) == "tiff"
     with pytest.raises(ValueError):
         image_extension("/a/no_suffix", None)
     with pytest.raises(ValueError):

@@ -51,6 +51,12 @@ def _bytes_column(schema: pa.Schema, column: str) -> tuple[str, str | None]:
     return top, sub or None
 
 
+def _metadata_columns(schema: pa.Schema, image: str) -> list[str]:
+    """The columns of a row read as its provenance: all but the image column and binary ones."""
+    return [field.name for field in schema if field.name != image
+            and not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type))]
+
+
 def list_rows(container: str, column: str = "image", path_column: str = "", fetch_urls: bool = False,
               storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """The ``files`` uris of one parquet file: one per row (bytes column) or per distinct path/URL."""
@@ -97,9 +103,14 @@ def _resolve(container: str, values: list, column: str, fetch_urls: bool) -> lis
     return list(uris)
 
 
-def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options: Mapping[str, Any] | None = None
+def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options: Mapping[str, Any] | None = None,
+              metadata: dict[tuple[str, int], dict[str, Any]] | None = None
               ) -> Iterator[tuple[tuple[str, int], bytes | BaseException]]:
-    """``((column, row), bytes or exception)`` for each distinct cell, by row group (the file opened once)."""
+    """``((column, row), bytes or exception)`` for each distinct cell, by row group (the file opened once).
+
+    With ``metadata`` (a dict), the row's other non-binary columns are read too and stored as
+    ``metadata[(column, row)] = {name: value}``.
+    """
     cells = list(dict.fromkeys(cells))
     try:
         stream = open_binary(as_url(container), storage_options)
@@ -126,9 +137,15 @@ def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options:
         for (group, column), wanted in sorted(by_group.items()):
             try:
                 top, sub = _bytes_column(parquet.schema_arrow, column)
-                values = parquet.read_row_group(group, columns=[top]).column(top).combine_chunks()
+                others = [] if metadata is None else _metadata_columns(parquet.schema_arrow, top)
+                table = parquet.read_row_group(group, columns=[top, *others])
+                values = table.column(top).combine_chunks()
                 if sub:
                     values = values.field(sub)
+                if others:
+                    rows = table.select(others)
+                    for cell in wanted:
+                        metadata[cell] = rows.slice(cell[1] - starts[group], 1).to_pylist()[0]
             except Exception as error:  # noqa: BLE001
                 for cell in wanted:
                     yield cell, OSError(f"column {column!r} unreadable ({type(error).__name__}: {error})")
