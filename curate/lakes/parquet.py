@@ -1,7 +1,8 @@
 """Parquet lakes: a column of image bytes (read in place), or a column of paths or URLs to read from.
 
 The bytes column is a binary column, or a struct with a ``bytes`` field (Hugging Face's ``image``
-feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Each row becomes
+feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Without a column named
+``image`` the table's one column of image bytes is taken (img2dataset's ``jpg``: :func:`find_image_column`). Each row becomes
 ``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row groups from the
 footer and reads only the row groups and the column asked for. A path column gives each row's file
 instead: relative paths are resolved against the table's folder, and URLs (any ``scheme://``) are
@@ -51,6 +52,31 @@ def _bytes_column(schema: pa.Schema, column: str) -> tuple[str, str | None]:
     return top, sub or None
 
 
+DEFAULT_COLUMN = "image"
+_IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
+"""Column names taken as the image bytes when the configured column is absent (img2dataset: ``jpg``)."""
+
+
+def find_image_column(schema: pa.Schema, column: str = DEFAULT_COLUMN) -> tuple[str, str | None]:
+    """``(top-level column, struct field or None)`` of the image bytes: ``column``, or, when that is the
+    default ``image`` and absent, the one column of image bytes the table has (a binary column, or a struct
+    with a binary ``bytes`` field as Hugging Face writes), preferring :data:`_IMAGE_NAMES`."""
+    if column != DEFAULT_COLUMN or column.partition(".")[0] in schema.names:
+        return _bytes_column(schema, column)
+    candidates = []
+    for field in schema:
+        try:
+            candidates.append(_bytes_column(schema, field.name))
+        except LakeError:
+            continue
+    named = [found for found in candidates if found[0].lower() in _IMAGE_NAMES]
+    if len(named) == 1 or (not named and len(candidates) == 1):
+        return (named or candidates)[0]
+    found = ", ".join(top for top, _ in candidates) or "none"
+    raise LakeError(f"no column {column!r} and no single column of image bytes (binary columns: {found}; columns: "
+                    f"{', '.join(schema.names)}); set ingest.image_column or ingest.path_column")
+
+
 def _metadata_columns(schema: pa.Schema, image: str) -> list[str]:
     """The columns of a row read as its provenance: all but the image column and binary ones."""
     return [field.name for field in schema if field.name != image
@@ -65,7 +91,7 @@ def list_rows(container: str, column: str = "image", path_column: str = "", fetc
             parquet = pq.ParquetFile(stream)
             schema = parquet.schema_arrow
             if not path_column:
-                top, sub = _bytes_column(schema, column)
+                top, sub = find_image_column(schema, column)
                 name = f"{top}.{sub}" if sub else top
                 return [parquet_row(name, row, container) for row in range(parquet.metadata.num_rows)]
             if path_column not in schema.names:
