@@ -90,31 +90,42 @@ def read_members(container: str, names: Sequence[str], storage_options: Mapping[
         for name in dict.fromkeys(names):
             yield name, error
         return
-    last_key = None
+    held: list[tuple[str, bytes | BaseException]] = []  # images of the current sample, until its metadata is read
+    held_key = None
     with stream, archive:
         try:
             for info in archive:
                 key, extension = sample_key(info.name)
+                if held and key != held_key:
+                    yield from held
+                    held = []
+                    if not wanted:
+                        return  # past the last sample asked for
                 if info.name not in wanted:
                     if key in keys and not is_image_file(info.name) and refusal(info) is None \
                             and provenance.wanted(extension, info.size):
                         member = archive.extractfile(info)
                         if member is not None:
                             metadata.setdefault(keys[key], {})[extension] = member.read()
-                    elif not wanted and key != last_key:
-                        return  # past the last sample asked for
                     continue
                 wanted.discard(info.name)
-                last_key = key
                 reason = refusal(info)
                 if reason:
-                    yield info.name, RefusedMember(reason)
+                    result: bytes | BaseException = RefusedMember(reason)
                 else:
                     member = archive.extractfile(info)
-                    yield info.name, member.read() if member is not None else RefusedMember("not a regular file")
-                if not wanted and not keys:
-                    return
+                    result = member.read() if member is not None else RefusedMember("not a regular file")
+                if metadata is None:
+                    yield info.name, result
+                    if not wanted:
+                        return
+                else:
+                    held.append((info.name, result))
+                    held_key = key
+            yield from held
+            held = []
         except (OSError, tarfile.TarError, EOFError) as error:
+            yield from held
             for name in [n for n in dict.fromkeys(names) if n in wanted]:
                 yield name, OSError(f"tar read failed ({type(error).__name__}: {error})")
             return
