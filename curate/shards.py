@@ -4,17 +4,18 @@ Each sample becomes two contiguous tar members, ``<key>.<ext>`` (the source file
 re-encoded) then ``<key>.json`` (its metadata, :data:`META_FIELDS`: every field always present with
 one type). The member extension is the image format's (:func:`image_extension`: JPEG is ``jpg`` whatever
 the file was called) and :func:`plan_shards` keeps each format in shards of its own, so every sample of
-a shard has the same members (what Hugging Face ``datasets`` needs of a webdataset). Shards are written byte-identically on every run (fixed
-mtime, owner and mode) and atomically (temporary file + ``os.replace``; on an object store one put of
-the whole tar, see :mod:`curate.output`), and are described by a wids ``index.json`` beside them whose
-shard urls are relative to it::
+a shard has the same members (what Hugging Face ``datasets`` needs of a webdataset). Shards are written
+byte-identically on every run (fixed mtime, owner and mode) and atomically (temporary file +
+``os.replace``; on an object store one put of the whole tar, see :mod:`curate.output`), and are
+described by a wids ``index.json`` beside them whose shard urls are relative to it::
 
-    plan = plan_shards(keys, sizes, max_samples=1000, max_bytes=1 << 30)
+    plan = plan_shards(keys, sizes, max_samples=1000, max_bytes=1 << 30, kinds=extensions)
     infos = [write_shard(out / shard_name(i), [samples[r] for r in rows]) for i, rows in enumerate(plan)]
     write_index(out / "index.json", shard_index(infos, name="curated"))
 
 Readers: ``webdataset.WebDataset(urls, shardshuffle=False)`` streams them; ``wids.ShardListDataset(str(index),
-cache_dir=..., transformations=[])`` gives random access (see :func:`shard_index` for how wids resolves urls).
+cache_dir=..., transformations=[])`` gives random access (see :func:`shard_index` for how wids resolves urls);
+docs/curation.md ("Using the output") shows each reader, Hugging Face ``datasets`` included.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ _EXT = re.compile(r"[a-z0-9]+")
 IMAGE_EXTENSIONS = frozenset(
     "jpg jpeg jpe jfif png apng gif webp tif tiff bmp dib ppm pgm pbm pnm ico jp2 j2k avif heic heif tga".split()
 )
-"""Source-file suffixes kept as the image member's extension; any other suffix falls back to the format."""
+"""File suffixes taken as the image member's extension when the image's format is not known."""
 _FORMAT_EXTENSIONS = {"jpeg": "jpg", "mpo": "jpg", "jpeg2000": "jp2"}
 """Pillow format names (lower case) whose member extension is not the name itself."""
 _SUFFIX_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff", "dib": "bmp"}

@@ -390,6 +390,12 @@ def test_the_image_bytes_column_is_found_without_being_named(tmp_path):
     assert uris == [parquet_row("jpg", 0, str(tmp_path / "t.parquet"))]
     assert dict(read_partition(uris, provenance=found)) == {uris[0]: png(1)}
     assert found == {uris[0]: {"url": "http://h/1", "caption": "c"}}
+    # A second picture (a struct holding bytes) is data, not provenance: left out like the image.
+    masked = pa.table({"image": [{"bytes": png(1), "path": "a.png"}], "mask": [{"bytes": png(2)}], "label": [3]})
+    pq.write_table(masked, tmp_path / "masked.parquet")
+    found = {}
+    dict(read_partition(listing.parquet.list_rows(str(tmp_path / "masked.parquet")), provenance=found))
+    assert list(found.values()) == [{"label": 3}]
 
 
 def test_wids_indexes_and_folders_of_tars_are_found_by_content(tmp_path):

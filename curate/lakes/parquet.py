@@ -2,9 +2,10 @@
 
 The bytes column is a binary column, or a struct with a ``bytes`` field (Hugging Face's ``image``
 feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Without a column named
-``image`` the table's one column of image bytes is taken (img2dataset's ``jpg``: :func:`find_image_column`). Each row becomes
-``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row groups from the
-footer and reads only the row groups and the column asked for. A path column gives each row's file
+``image`` the table's one column of image bytes is taken (img2dataset's ``jpg``: :func:`find_image_column`).
+Each row becomes ``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row
+groups from the footer and reads only the row groups and the columns asked for (the others too when
+the row's provenance is wanted). A path column gives each row's file
 instead: relative paths are resolved against the table's folder, and URLs (any ``scheme://``) are
 only taken when the user asks (``ingest.fetch_urls=true``)::
 
@@ -77,10 +78,16 @@ def find_image_column(schema: pa.Schema, column: str = DEFAULT_COLUMN) -> tuple[
                     f"{', '.join(schema.names)}); set ingest.image_column or ingest.path_column")
 
 
+def _holds_binary(kind: pa.DataType) -> bool:
+    """Whether a column type is or holds bytes (a binary column, a struct or list with one inside)."""
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        return True
+    return any(_holds_binary(kind.field(i).type) for i in range(kind.num_fields))
+
+
 def _metadata_columns(schema: pa.Schema, image: str) -> list[str]:
-    """The columns of a row read as its provenance: all but the image column and binary ones."""
-    return [field.name for field in schema if field.name != image
-            and not (pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type))]
+    """The columns of a row read as its provenance: all but the image column and those holding bytes."""
+    return [field.name for field in schema if field.name != image and not _holds_binary(field.type)]
 
 
 def list_rows(container: str, column: str = "image", path_column: str = "", fetch_urls: bool = False,
