@@ -234,3 +234,15 @@ def test_a_folder_of_img2dataset_shards_is_a_lake_and_training_data(run):
     assert [shard.path.name for shard in shards.shards] == ["00000.tar", "00001.tar"] and shards.counts == [3, 3]
     name, data = ShardReader(shards).read(4)
     assert name.endswith("000010001.jpg") and Image.open(io.BytesIO(data)).format == "JPEG"
+
+
+def test_pretrain_train_reads_a_folder_of_img2dataset_shards(run, tmp_path, capsys):
+    from pretrain.cli import main as pretrain_main
+    from pretrain_tiny import TINY_OVERRIDES
+
+    code = pretrain_main(["train", "--data", str(run.root / "i2d_wds"), "--out", str(tmp_path / "train"), "--no-eval",
+                          "--no-progress", *TINY_OVERRIDES, "optim.batch_size=3"])
+    assert code == 0, capsys.readouterr().err
+    log = [json.loads(line) for line in (tmp_path / "train" / "log.jsonl").read_text().splitlines()]
+    assert (tmp_path / "train" / "checkpoint.pth").is_file()
+    assert [entry["step"] for entry in log if entry["kind"] == "train"][-1] == 2  # 6 samples, batch 3
