@@ -417,4 +417,9 @@ def test_wids_indexes_and_folders_of_tars_are_found_by_content(tmp_path):
     (image_folder / "a.png").write_bytes(png(1))
     (image_folder / "old.tar").write_bytes((tmp_path / "out" / "shards" / Path(tars[0]).name).read_bytes())
     assert detect(str(image_folder)) is None  # images at the top: a folder of images, as before
+    nested = tmp_path / "nested"
+    (nested / "cats").mkdir(parents=True)
+    (nested / "cats" / "a.png").write_bytes(png(1))
+    (nested / "backup.tar").write_bytes((tmp_path / "out" / "shards" / Path(tars[0]).name).read_bytes())
+    assert detect(str(nested)) is None and listing.set_kind(str(nested)) == "files"  # images in subfolders
     assert len(shards) > 0

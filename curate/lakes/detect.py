@@ -8,8 +8,10 @@ to list, or ``None`` for a plain folder of image files:
 - a folder of tar files (webdataset shards, img2dataset's ``output_format=webdataset``, whose
   ``00000.parquet`` beside each tar holds metadata only): its tars, sorted;
 - a folder of parquet files one of which has a column of image bytes (img2dataset's
-  ``output_format=parquet``, a Hugging Face export): its parquet files, sorted. A folder of parquet
-  metadata beside image files (img2dataset's ``output_format=files``) stays a folder of images::
+  ``output_format=parquet``, a Hugging Face export): its parquet files, sorted.
+
+Both need a flat folder: one with an image file or a subfolder at its top stays a folder of images
+(img2dataset's ``output_format=files``: ``00000/`` folders of images beside parquet metadata)::
 
     detect("downloads/i2d_wds")      # Detected("tar", ["/.../00000.tar", "/.../00001.tar"])
 """
@@ -17,6 +19,7 @@ to list, or ``None`` for a plain folder of image files:
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,13 +87,24 @@ def detect(uri: str) -> Detected | None:
             shards = _index_shards(index)
             if shards is not None:
                 return Detected("tar", shards)
-    entries = [entry for entry in path.iterdir() if entry.is_file() and not entry.name.startswith(".")]
-    if any(is_image_file(entry.name) for entry in entries):
-        return None
-    tars = sorted(str(entry.resolve()) for entry in entries if entry.name.lower().endswith(TAR_SUFFIXES))
+    tars, tables = [], []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                return None  # images may be in the subfolders: a folder of images, as always
+            if not entry.is_file():
+                continue
+            if is_image_file(entry.name):
+                return None  # a folder of images (the scan stops at the first one)
+            name = entry.name.lower()
+            if name.endswith(TAR_SUFFIXES):
+                tars.append(str(Path(entry.path).resolve()))
+            elif name.endswith(PARQUET_SUFFIXES):
+                tables.append(str(Path(entry.path).resolve()))
     if tars:
-        return Detected("tar", tars)
-    tables = sorted(entry for entry in entries if entry.name.lower().endswith(PARQUET_SUFFIXES))
-    if tables and _has_image_column(tables[0]):
-        return Detected("parquet", [str(entry.resolve()) for entry in tables])
+        return Detected("tar", sorted(tars))
+    if tables and _has_image_column(Path(min(tables))):
+        return Detected("parquet", sorted(tables))
     return None
