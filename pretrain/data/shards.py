@@ -149,10 +149,16 @@ def _folder_tars(path: Path) -> list[Path]:
     other tools' metadata beside them, as img2dataset writes ``00000.parquet`` and ``00000_stats.json``)."""
     from pretrain.data.images import is_image_file
 
-    entries = [entry for entry in path.iterdir() if entry.is_file() and not entry.name.startswith(".")]
-    if any(is_image_file(entry.name) for entry in entries):
-        return []
-    return sorted(entry for entry in entries if entry.suffix == ".tar")
+    tars = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            if is_image_file(entry.name):
+                return []  # a folder of images (the scan stops at the first one)
+            if entry.name.endswith(".tar"):
+                tars.append(Path(entry.path))
+    return sorted(tars)
 
 
 def resolve_shards(spec: str, storage_options: Mapping[str, Any] | None = None) -> ShardList:
