@@ -2,7 +2,8 @@
 
 Each file's raw bytes give ``bytes`` and ``sha256``; one decode (at most :data:`HASH_SIDE` px, JPEGs in
 draft mode) gives the upright original ``width``/``height``, the ``format`` and the 64-bit ``phash`` of
-the decoded image. No file raises: unusable ones get status ``error`` (or ``filtered`` when too small)::
+the decoded image; ``provenance`` is what a tar or parquet lake says of the image
+(:mod:`curate.lakes.provenance`). No file raises: unusable ones get status ``error`` (or ``filtered`` when too small)::
 
     images = ingest_partition(files_table, IngestConfig(min_side=32))
     summarize(images)   # {'ok': 510, 'filtered': 1, 'error': 1}
@@ -23,7 +24,7 @@ import imagehash
 import pyarrow as pa
 from PIL import ExifTags, Image
 
-from curate.lakes import RefusedFile, RefusedMember, read_partition
+from curate.lakes import RefusedFile, RefusedMember, provenance, read_partition
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import IngestConfig
 from schemas.tables import FILES, IMAGES
@@ -107,12 +108,15 @@ def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Map
     """
     files = files.select(FILES.schema.names).cast(FILES.schema)
     uris = files.column("uri").to_pylist()
+    lake_metadata: dict[str, dict[str, Any]] = {}
     found = {uri: ingest_data(uri, data, config)
-             for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path))}
+             for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path),
+                                             provenance=lake_metadata)}
     results = [found[uri] for uri in uris]
     columns: dict[str, Any] = {name: files.column(name) for name in FILES.schema.names}
     for name in _RESULT_COLUMNS:
         columns[name] = [getattr(result, name) for result in results]
+    columns["provenance"] = [provenance.as_text(lake_metadata.get(uri, {})) for uri in uris]
     return pa.table(columns, schema=IMAGES.schema)
 
 

@@ -16,11 +16,11 @@ import re
 import stat
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 
-from curate.lakes.uris import SKIP, SKIPPED, LakeError, parse, skipped, source_name
+from curate.lakes.uris import SKIP, SKIPPED, TAR, LakeError, parse, skipped, source_name
 from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
 from schemas.tables import FILES, ROLES
 
@@ -39,12 +39,22 @@ class ImageSet:
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
+_CURATED_KEY = re.compile(r"[A-Za-z0-9_-]{1,48}-[0-9a-f]{12}")
+
+
 def make_key(uri: str, prefix: str = "") -> str:
     """Stable, dot-free sample key of ``uri`` (``prefix`` names non-pool sets so their keys never meet the pool's).
 
     The stem is that of the file, of the tar member, or ``TABLE_ROW`` for a parquet row (:func:`source_name`).
+    A tar member named by a key of this form already (a sample of a curated shard, ``IMG_0001-0ad2bd17b2bc.jpg``)
+    keeps that key, so curating shards again does not add a hash per round.
     """
-    stem = _UNSAFE.sub("_", Path(source_name(uri)).stem).strip("_")[:48] or "image"
+    name = source_name(uri)
+    if uri.startswith(TAR):
+        key = PurePosixPath(name).name.partition(".")[0]
+        if _CURATED_KEY.fullmatch(key):
+            return f"{prefix}-{key}" if prefix else key
+    stem = _UNSAFE.sub("_", Path(name).stem).strip("_")[:48] or "image"
     digest = hashlib.sha1(uri.encode()).hexdigest()[:12]
     return f"{prefix}-{stem}-{digest}" if prefix else f"{stem}-{digest}"
 

@@ -1,17 +1,21 @@
 """Shard stage logic: selected images, with their original bytes, into webdataset tar shards + a wids index.
 
 Each sample becomes two contiguous tar members, ``<key>.<ext>`` (the source file's bytes, never
-re-encoded) then ``<key>.json`` (its metadata). Shards are written byte-identically on every run (fixed
-mtime, owner and mode) and atomically (temporary file + ``os.replace``; on an object store one put of
-the whole tar, see :mod:`curate.output`), and are described by a wids ``index.json`` beside them whose
-shard urls are relative to it::
+re-encoded) then ``<key>.json`` (its metadata, :data:`META_FIELDS`: every field always present with
+one type). The member extension is the image format's (:func:`image_extension`: JPEG is ``jpg`` whatever
+the file was called) and :func:`plan_shards` keeps each format in shards of its own, so every sample of
+a shard has the same members (what Hugging Face ``datasets`` needs of a webdataset). Shards are written
+byte-identically on every run (fixed mtime, owner and mode) and atomically (temporary file +
+``os.replace``; on an object store one put of the whole tar, see :mod:`curate.output`), and are
+described by a wids ``index.json`` beside them whose shard urls are relative to it::
 
-    plan = plan_shards(keys, sizes, max_samples=1000, max_bytes=1 << 30)
+    plan = plan_shards(keys, sizes, max_samples=1000, max_bytes=1 << 30, kinds=extensions)
     infos = [write_shard(out / shard_name(i), [samples[r] for r in rows]) for i, rows in enumerate(plan)]
     write_index(out / "index.json", shard_index(infos, name="curated"))
 
 Readers: ``webdataset.WebDataset(urls, shardshuffle=False)`` streams them; ``wids.ShardListDataset(str(index),
-cache_dir=..., transformations=[])`` gives random access (see :func:`shard_index` for how wids resolves urls).
+cache_dir=..., transformations=[])`` gives random access (see :func:`shard_index` for how wids resolves urls);
+docs/curation.md ("Using the output") shows each reader, Hugging Face ``datasets`` included.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 from curate import output
+from curate.lakes.uris import source_name
 from curate.output import Location
 
 SHARD_MTIME = 0
@@ -42,8 +47,33 @@ _EXT = re.compile(r"[a-z0-9]+")
 IMAGE_EXTENSIONS = frozenset(
     "jpg jpeg jpe jfif png apng gif webp tif tiff bmp dib ppm pgm pbm pnm ico jp2 j2k avif heic heif tga".split()
 )
-"""Source-file suffixes kept as the image member's extension; any other suffix falls back to the format."""
-_FORMAT_EXTENSIONS = {"mpo": "jpg", "jpeg2000": "jp2"}  # Pillow format names that are not file suffixes
+"""File suffixes taken as the image member's extension when the image's format is not known."""
+_FORMAT_EXTENSIONS = {"jpeg": "jpg", "mpo": "jpg", "jpeg2000": "jp2"}
+"""Pillow format names (lower case) whose member extension is not the name itself."""
+_SUFFIX_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "jfif": "jpg", "tif": "tiff", "dib": "bmp"}
+"""File suffixes of one format spelled one way, for files whose format is not known."""
+
+META_FIELDS: dict[str, tuple[type, object]] = {
+    "key": (str, ""),
+    "uri": (str, ""),
+    "sha256": (str, ""),
+    "width": (int, -1),
+    "height": (int, -1),
+    "format": (str, ""),
+    "group": (int, -1),
+    "cluster": (int, -1),
+    "method": (str, ""),
+    "query_key": (str, ""),
+    "similarity": (float, -2.0),
+    "provenance": (str, "{}"),
+}
+"""The ``json`` member of a curated sample: each field's type and the value it takes when unknown.
+
+``key`` the sample key; ``uri`` the source (``files`` table); ``sha256``, ``width``, ``height``, ``format``
+from ingest; ``group`` the duplicate group (dedup); ``cluster`` the level-1 cluster (-1: not sampled by
+cluster); ``method`` how it was selected; ``query_key`` and ``similarity`` the curated image that retrieved
+it and their cosine similarity ("" and -2.0, outside [-1, 1], when none); ``provenance`` the per-sample
+metadata the lake gave it, as JSON text (``"{}"`` when none; see :mod:`curate.lakes.provenance`)."""
 
 
 @dataclass(frozen=True)
@@ -91,43 +121,65 @@ def check_key(key: str) -> str:
 
 
 def image_extension(uri: str, format: str | None) -> str:
-    """Member extension of an image: its file suffix lower-cased (``.JPG`` -> ``jpg``), else its Pillow format.
-
-    The format (e.g. ``"JPEG"`` -> ``jpeg``) is used when the suffix is missing or not a known image suffix.
+    """Member extension of an image: one per Pillow format (``JPEG`` -> ``jpg``, ``PNG`` -> ``png``, ``TIFF``
+    -> ``tiff``, else the format lower-cased), whatever the file's suffix; a file of unknown format keeps its
+    suffix (lower-cased, ``jpeg``/``jpe``/``jfif`` as ``jpg``, ``tif`` as ``tiff``). The name of a tar member
+    or parquet row is that of the member or row, not of its container.
     """
-    path = urlparse(uri).path if "://" in uri else uri
-    suffix = PurePosixPath(path).suffix.lower().lstrip(".")
-    if suffix in IMAGE_EXTENSIONS:
-        return suffix
     name = (format or "").strip().lower()
     name = _FORMAT_EXTENSIONS.get(name, name)
-    if not _EXT.fullmatch(name) or name == "json":
-        raise ValueError(f"{uri}: no image extension (suffix {suffix!r}, format {format!r})")
-    return name
+    if _EXT.fullmatch(name) and name != "json":
+        return name
+    path = source_name(uri)
+    suffix = PurePosixPath(urlparse(path).path if "://" in path else path).suffix.lower().lstrip(".")
+    if suffix in IMAGE_EXTENSIONS:
+        return _SUFFIX_ALIASES.get(suffix, suffix)
+    raise ValueError(f"{uri}: no image extension (suffix {suffix!r}, format {format!r})")
 
 
-def plan_shards(keys: Sequence[str], sizes: Sequence[int], max_samples: int, max_bytes: int) -> list[list[int]]:
+def sample_meta(**fields: object) -> dict:
+    """The ``json`` member of a sample: every field of :data:`META_FIELDS`, unknown ones (``None``) at
+    their default, each of its one type; :class:`ValueError` for a field not in :data:`META_FIELDS`."""
+    unknown = sorted(set(fields) - set(META_FIELDS))
+    if unknown:
+        raise ValueError(f"not sample metadata fields: {unknown}")
+    meta = {}
+    for name, (kind, default) in META_FIELDS.items():
+        value = fields.get(name)
+        meta[name] = default if value is None else kind(value)
+    return meta
+
+
+def plan_shards(keys: Sequence[str], sizes: Sequence[int], max_samples: int, max_bytes: int,
+                kinds: Sequence[str] | None = None) -> list[list[int]]:
     """Row indices of each shard: samples in the given order, filling consecutive shards.
 
     A shard closes once it holds ``max_samples`` samples, or before a sample whose bytes would push its
-    total past ``max_bytes``; a sample larger than ``max_bytes`` gets a shard of its own. Keys must be
-    valid and unique (a repeated key would merge two samples in a reader).
+    total past ``max_bytes``; a sample larger than ``max_bytes`` gets a shard of its own. With ``kinds``
+    (each sample's image extension) no shard mixes two kinds: the kinds come one after another in sorted
+    order, each one's samples in the given order. Keys must be valid and unique (a repeated key would
+    merge two samples in a reader).
     """
-    if len(keys) != len(sizes):
-        raise ValueError(f"{len(keys)} keys but {len(sizes)} sizes")
+    if len(keys) != len(sizes) or (kinds is not None and len(kinds) != len(keys)):
+        raise ValueError(f"{len(keys)} keys but {len(sizes)} sizes" + (f" and {len(kinds)} kinds" if kinds else ""))
     if max_samples < 1 or max_bytes < 1:
         raise ValueError(f"max_samples and max_bytes must be positive, got {max_samples}, {max_bytes}")
     for key in keys:
         check_key(key)
     if len(set(keys)) != len(keys):
         raise ValueError("duplicate sample keys")
+    rows = list(range(len(keys)))
+    if kinds is not None:
+        rows.sort(key=lambda row: kinds[row])  # stable: each kind keeps the given order
     shards: list[list[int]] = []
     current: list[int] = []
     current_bytes = 0
-    for row, size in enumerate(sizes):
+    for row in rows:
+        size = sizes[row]
         if size < 0:
             raise ValueError(f"{keys[row]}: negative size {size}")
-        if current and (len(current) >= max_samples or current_bytes + size > max_bytes):
+        if current and (len(current) >= max_samples or current_bytes + size > max_bytes
+                        or (kinds is not None and kinds[row] != kinds[current[0]])):
             shards.append(current)
             current, current_bytes = [], 0
         current.append(row)

@@ -31,7 +31,8 @@ from curate.lakes import read_partition
 from curate.kmeans import clusters_table
 from curate.output import Location
 from curate.sample import selection_table
-from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
+from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
+                           write_shard)
 from schemas.config import PipelineConfig
 
 
@@ -212,14 +213,15 @@ INDEX_NAME = "dinolab-curated"
 
 
 def plan(out: Location, config: PipelineConfig) -> int:
-    """Split the selection (key order) into shards by ``shard.max_samples`` and ``shard.max_bytes``.
+    """Split the selection (key order) into shards by image format, ``shard.max_samples`` and ``shard.max_bytes``.
 
     Each sample is ``{key, uri, ext, meta}``; the plan is written to ``shards/.plan.json`` so every shard
     unit reads its own samples from disk rather than from its arguments. Returns the number of shards.
     """
     selection = tables.read_table(out, "selection")
     keys = selection.column("key").to_pylist()
-    images = _lookup(tables.read_table(out, "images"), keys, ["uri", "bytes", "sha256", "width", "height", "format"])
+    images = _lookup(tables.read_table(out, "images"), keys,
+                     ["uri", "bytes", "sha256", "width", "height", "format", "provenance"])
     duplicates = _lookup(tables.read_table(out, "duplicates"), keys, ["group"])
     chosen = selection.to_pylist()
     samples = [
@@ -227,16 +229,17 @@ def plan(out: Location, config: PipelineConfig) -> int:
             "key": key,
             "uri": images["uri"][i],
             "ext": image_extension(images["uri"][i], images["format"][i]),
-            "meta": {
-                "uri": images["uri"][i], "sha256": images["sha256"][i], "width": images["width"][i],
-                "height": images["height"][i], "group": duplicates["group"][i], "cluster": chosen[i]["cluster"],
-                "method": chosen[i]["method"], "query_key": chosen[i]["query_key"],
-                "similarity": chosen[i]["similarity"],
-            },
+            "meta": sample_meta(
+                key=key, uri=images["uri"][i], sha256=images["sha256"][i], width=images["width"][i],
+                height=images["height"][i], format=images["format"][i], group=duplicates["group"][i],
+                cluster=chosen[i]["cluster"], method=chosen[i]["method"], query_key=chosen[i]["query_key"],
+                similarity=chosen[i]["similarity"], provenance=images["provenance"][i],
+            ),
         }
         for i, key in enumerate(keys)
     ]
-    groups = plan_shards(keys, images["bytes"], config.shard.max_samples, config.shard.max_bytes)
+    groups = plan_shards(keys, images["bytes"], config.shard.max_samples, config.shard.max_bytes,
+                         kinds=[sample["ext"] for sample in samples])
     shards = [[samples[i] for i in group] for group in groups]
     output.write_bytes(out / SHARD_DIR / PLAN_FILE, json.dumps(shards, sort_keys=True).encode())
     return len(shards)

@@ -50,11 +50,13 @@ FILES = _spec(
 )
 
 IMAGES = _spec(
-    "images", 1, "ingest: bytes, hash and metadata of every file; status ok / error / filtered with the reason",
+    "images", 2, "ingest: bytes, hash and metadata of every file; status ok / error / filtered with the reason; "
+    "provenance: the lake's own metadata of the image as JSON text (curate.lakes.provenance)",
     ("key", pa.string(), False), ("uri", pa.string(), False), ("role", pa.string(), False),
     ("set", pa.string(), False), ("partition", pa.int32(), False),
     ("bytes", pa.int64()), ("sha256", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
     ("format", pa.string()), ("phash", pa.string()), ("status", pa.string(), False), ("error", pa.string()),
+    ("provenance", pa.string()),
 )
 
 EMBEDDINGS = _spec(

@@ -17,10 +17,12 @@ from PIL import Image
 from wids.wids import IndexedTarSamples
 
 from curate.shards import (
+    META_FIELDS,
     SHARD_MTIME,
     ShardSample,
     image_extension,
     plan_shards,
+    sample_meta,
     shard_index,
     shard_name,
     shard_rows,
@@ -65,17 +67,21 @@ def _write_all(out: Path, samples: list[ShardSample], max_samples: int = 3, max_
 
 
 def test_image_extension():
+    # One extension per format, whatever the file is called (a .jpeg, a .JPG and a JPEG named .png alike).
     assert image_extension("/a/b/IMG_1.JPG", "JPEG") == "jpg"
-    assert image_extension("/a/b/x.jpeg", "JPEG") == "jpeg"
+    assert image_extension("/a/b/x.jpeg", "JPEG") == "jpg"
+    assert image_extension("/a/b/really_a_jpeg.png", "JPEG") == "jpg"
     assert image_extension("s3://bucket/dir/x.PNG?version=3", "PNG") == "png"
-    assert image_extension("/a/x.gif", None) == "gif"
     assert image_extension("/a/x.webp", "WEBP") == "webp"
-    assert image_extension("/a/x.tif", "TIFF") == "tif"
-    # Missing or unknown suffix: the Pillow format.
+    assert image_extension("/a/x.tif", "TIFF") == "tiff"
     assert image_extension("/a/no_suffix", "PNG") == "png"
-    assert image_extension("/a/odd.json", "JPEG") == "jpeg"
-    assert image_extension("/a/photo.v2", "WEBP") == "webp"
     assert image_extension("/a/multi.bin", "MPO") == "jpg"
+    # A tar member is named by the member, not by its container (it used to give 'jpeg' from the format).
+    assert image_extension("tar://IMG_0001-0ad2bd17b2bc.jpg::file:///l/shard-000000.tar", None) == "jpg"
+    # Unknown format: the suffix, one spelling per format.
+    assert image_extension("/a/x.gif", None) == "gif"
+    assert image_extension("/a/x.JPEG", None) == "jpg"
+    assert image_extension("/a/x.tif", None) == "tiff"
     with pytest.raises(ValueError):
         image_extension("/a/no_suffix", None)
     with pytest.raises(ValueError):
@@ -236,3 +242,29 @@ def test_shard_rows_fit_schema(samples):
         for i, s in enumerate(samples[:3])
     ]
     validate(pa.Table.from_pylist(rows, schema=SHARDS.schema), "shards")
+
+
+def test_plan_shards_keeps_each_format_in_shards_of_its_own():
+    keys = [f"k{i:02d}" for i in range(7)]
+    kinds = ["png", "jpg", "png", "webp", "jpg", "png", "jpg"]
+    plan = plan_shards(keys, [1] * 7, max_samples=2, max_bytes=100, kinds=kinds)
+    # kinds in sorted order (jpg, png, webp), each in the given order, never two kinds in one shard
+    assert plan == [[1, 4], [6], [0, 2], [5], [3]]
+    assert plan == plan_shards(list(keys), [1] * 7, 2, 100, kinds=list(kinds))
+    assert all(len({kinds[row] for row in shard}) == 1 for shard in plan)
+    # Without kinds (or a single kind) the plan is the plain one.
+    assert plan_shards(keys, [1] * 7, 2, 100, kinds=["png"] * 7) == plan_shards(keys, [1] * 7, 2, 100)
+    with pytest.raises(ValueError, match="kinds"):
+        plan_shards(keys, [1] * 7, 2, 100, kinds=["png"])
+
+
+def test_sample_meta_has_every_field_with_one_type():
+    meta = sample_meta(key="a", uri="/x.png", sha256="f" * 64, width=3, height=4, format="PNG", group=7,
+                       cluster=None, method="all", query_key=None, similarity=None, provenance=None)
+    assert list(meta) == list(META_FIELDS)
+    assert (meta["cluster"], meta["query_key"], meta["similarity"], meta["provenance"]) == (-1, "", -2.0, "{}")
+    assert all(type(meta[name]) is kind for name, (kind, _) in META_FIELDS.items())
+    assert type(sample_meta(similarity=np.float32(0.5))["similarity"]) is float  # numpy scalars too
+    assert type(sample_meta(similarity=1)["similarity"]) is float  # JSON "1.0", never an int in one sample
+    with pytest.raises(ValueError, match="not sample metadata"):
+        sample_meta(caption="x")

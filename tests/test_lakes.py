@@ -375,3 +375,95 @@ def test_a_parquet_column_of_http_urls_is_fetched_when_asked(http_folder, tmp_pa
     images = ingest_partition(files_of(uris), CONFIG).to_pylist()
     assert [row["status"] for row in images] == ["ok", "ok", "ok", "error"]
     assert images[0]["bytes"] == len(png(0)) and images[3]["error"] == "no such file"
+
+
+# -- provenance and lakes found by content ------------------------------------------------------------
+
+
+def test_a_tar_sample_s_metadata_members_before_or_after_its_image_are_its_provenance(tmp_path):
+    path = tmp_path / "wds.tar"
+    with tarfile.open(path, "w") as archive:
+        add(archive, "a.json", json.dumps({"url": "http://h/a", "key": "a"}).encode())  # before (sorted, as TarWriter)
+        add(archive, "a.png", png(1))
+        add(archive, "b.jpg", png(2))
+        add(archive, "b.txt", "a caption, café".encode())
+        add(archive, "b.npy", b"\x93NUMPY binary, not metadata")
+        add(archive, "c.png", png(3))
+        add(archive, "c.json", b"not json")
+        add(archive, "d.png", png(4))
+        add(archive, "d.json", b'{"never": "read"}')
+    uris = [tar_member(name, str(path)) for name in ("a.png", "b.jpg", "c.png")]
+    found: dict = {}
+    got = dict(read_partition(uris, provenance=found))
+    assert [got[u] for u in uris] == [png(1), png(2), png(3)]
+    assert [found[u] for u in uris] == [{"url": "http://h/a", "key": "a"}, {"txt": "a caption, café"}, {}]
+    assert dict(read_partition(uris)) == got  # without provenance: the same bytes
+    images = ingest_partition(files_of(uris), CONFIG)
+    assert images.column("provenance").to_pylist() == ['{"key":"a","url":"http://h/a"}', '{"txt":"a caption, café"}',
+                                                       None]
+
+
+def test_a_curated_sample_gives_back_its_lake_s_provenance_and_keeps_its_key(tmp_path):
+    from curate.lakes.provenance import as_text, from_members
+
+    meta = {"key": "IMG_0001-0ad2bd17b2bc", "provenance": '{"caption":"a cat","url":"http://h/1.jpg"}', "group": 3}
+    assert from_members({"json": json.dumps(meta).encode()}) == {"caption": "a cat", "url": "http://h/1.jpg"}
+    assert as_text({"score": float("nan"), "n": 1}) == '{"n":1,"score":null}' and as_text({}) is None
+    shard = tmp_path / "shard-000000.tar"
+    assert make_key(tar_member("IMG_0001-0ad2bd17b2bc.jpg", str(shard))) == "IMG_0001-0ad2bd17b2bc"
+    assert make_key(tar_member("IMG_0001-0ad2bd17b2bc.jpg", str(shard)), "curated") == "curated-IMG_0001-0ad2bd17b2bc"
+    # Not a curated key: the stem and a hash of the URI, as always (also for files named like one).
+    assert make_key(tar_member("000000001.jpg", str(shard))).startswith("000000001-")
+    assert make_key("/lake/IMG_0001-0ad2bd17b2bc.jpg") != "IMG_0001-0ad2bd17b2bc"
+
+
+def test_the_image_bytes_column_is_found_without_being_named(tmp_path):
+    from curate.lakes.parquet import find_image_column
+
+    images = pa.table({"jpg": [png(1)], "url": ["http://h/1"], "caption": ["c"]})
+    assert find_image_column(images.schema) == ("jpg", None)
+    assert find_image_column(pa.table({"picture": [{"bytes": png(1), "path": "p.png"}]}).schema) == ("picture", "bytes")
+    assert find_image_column(images.schema, "jpg") == ("jpg", None)
+    with pytest.raises(LakeError, match="no single column of image bytes"):
+        find_image_column(pa.table({"a": [b"x"], "b": [b"y"]}).schema)
+    with pytest.raises(LakeError, match="no column 'photo'"):
+        find_image_column(images.schema, "photo")  # a column asked for by name is never guessed
+    pq.write_table(images, tmp_path / "t.parquet")
+    found: dict = {}
+    uris = listing.parquet.list_rows(str(tmp_path / "t.parquet"))
+    assert uris == [parquet_row("jpg", 0, str(tmp_path / "t.parquet"))]
+    assert dict(read_partition(uris, provenance=found)) == {uris[0]: png(1)}
+    assert found == {uris[0]: {"url": "http://h/1", "caption": "c"}}
+    # A second picture (a struct holding bytes) is data, not provenance: left out like the image.
+    masked = pa.table({"image": [{"bytes": png(1), "path": "a.png"}], "mask": [{"bytes": png(2)}], "label": [3]})
+    pq.write_table(masked, tmp_path / "masked.parquet")
+    found = {}
+    dict(read_partition(listing.parquet.list_rows(str(tmp_path / "masked.parquet")), provenance=found))
+    assert list(found.values()) == [{"label": 3}]
+
+
+def test_wids_indexes_and_folders_of_tars_are_found_by_content(tmp_path):
+    from curate.lakes.detect import detect
+
+    shards = webdataset_shards(tmp_path / "out" / "shards")
+    tars = sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar"))
+    index = {"__kind__": "wids-shard-index-v1", "shardlist": [{"url": Path(t).name, "nsamples": 1} for t in tars]}
+    assert detect(str(tmp_path / "out" / "shards")).containers == tars  # tars only
+    (tmp_path / "out" / "shards" / "index.json").write_text(json.dumps({**index, "shardlist": index["shardlist"][::-1]}))
+    for form in ("out/shards", "out/shards/index.json", "out"):
+        found = detect(str(tmp_path / form))
+        assert found.kind == "tar" and found.containers == tars[::-1], form  # the index's order
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(LakeError, match="not a wids shard index"):
+        detect(str(tmp_path / "other.json"))
+    image_folder = tmp_path / "photos"
+    image_folder.mkdir()
+    (image_folder / "a.png").write_bytes(png(1))
+    (image_folder / "old.tar").write_bytes((tmp_path / "out" / "shards" / Path(tars[0]).name).read_bytes())
+    assert detect(str(image_folder)) is None  # images at the top: a folder of images, as before
+    nested = tmp_path / "nested"
+    (nested / "cats").mkdir(parents=True)
+    (nested / "cats" / "a.png").write_bytes(png(1))
+    (nested / "backup.tar").write_bytes((tmp_path / "out" / "shards" / Path(tars[0]).name).read_bytes())
+    assert detect(str(nested)) is None and listing.set_kind(str(nested)) == "files"  # images in subfolders
+    assert len(shards) > 0

@@ -274,8 +274,16 @@ def test_missing_empty_and_corrupt_indexes_are_one_line_exit_2_errors(image_set,
     tars_only.mkdir()
     for number in (0, 1):
         (tars_only / f"shard-00000{number}.tar").write_bytes((good.parent / f"shard-00000{number}.tar").read_bytes())
-    code, err = _train_cli(str(tars_only), tmp_path / "run", capsys)
-    assert code == 2 and "no index.json in this folder" in err and "shard-{000000..000001}.tar" in err
+    (tars_only / "00000.parquet").write_bytes(b"metadata beside the tars, as img2dataset writes it")
+    (tars_only / "00000_stats.json").write_text("{}")
+    assert is_shard_spec(str(tars_only))  # a folder of tars without an index is read like a brace pattern
+    found = resolve_shards(str(tars_only))
+    assert [shard.path.name for shard in found.shards] == ["shard-000000.tar", "shard-000001.tar"]
+    assert found.counts == resolve_shards(str(good.parent / "shard-{000000..000001}.tar")).counts
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _train_cli(str(empty), tmp_path / "run", capsys)
+    assert code != 0
 
 
 # ------------------------------------------------------------------------------- exact resume

@@ -20,7 +20,7 @@ def _selection(rows: int = 2) -> pa.Table:
 def test_every_table_names_itself_and_its_version():
     for name, spec in TABLES.items():
         metadata = spec.schema.metadata
-        assert metadata[b"dinolab.table"] == name.encode() and metadata[b"dinolab.schema_version"] == b"1"
+        assert metadata[b"dinolab.table"] == name.encode() and metadata[b"dinolab.schema_version"] == str(spec.version).encode()
 
 
 def test_a_foreign_stale_or_reshaped_table_is_refused(tmp_path):

@@ -1,8 +1,10 @@
 """Lake readers, one module per kind: local folders (:mod:`curate.lake`), fsspec URLs, tar files, parquet tables.
 
 :mod:`~curate.lakes.uris` says how each kind's files are named in the ``files`` table;
-:func:`read_partition` reads a partition's files with each container opened once; listing a set
-across tasks is :mod:`curate.lakes.listing`. Nothing here knows Dask.
+:func:`read_partition` reads a partition's files with each container opened once (and, when asked,
+what the lake says of each image: :mod:`~curate.lakes.provenance`); listing a set across tasks is
+:mod:`curate.lakes.listing`, and other tools' outputs are recognised by :mod:`~curate.lakes.detect`.
+Nothing here knows Dask.
 """
 
 from curate.lakes.reader import read_partition, read_uri

@@ -8,7 +8,11 @@ other set is split by :func:`units` from one cheap look at its top level:
 - a remote glob of images: one unit;
 - tar files (``lake.tar``, ``shards/*.tar``, local or remote): one unit per tar, its members listed in
   archive order;
-- parquet files (``t.parquet``, ``export/*.parquet``): one unit per file, its rows in table order.
+- parquet files (``t.parquet``, ``export/*.parquet``): one unit per file, its rows in table order;
+- a local folder or file that is another tool's output — a folder of tars (img2dataset's webdataset
+  output), a wids ``index.json`` or a folder with one (dinolab's ``OUT/shards``), a folder of parquet
+  tables of image bytes — is found by what it holds (:mod:`curate.lakes.detect`) and listed as its tars
+  or parquet files.
 
 :func:`list_unit` writes a unit's listing to ``OUT/tables/files/.listing/unit-NNNNNN.parquet`` and
 returns its size; once every unit is listed the client knows only the counts, numbers the partitions
@@ -36,7 +40,8 @@ import pyarrow.parquet as pq
 from curate import output, tables
 from curate.lake import ImageSet, list_set, make_key
 from curate.lakes import fsspec_lake, parquet, tar
-from curate.lakes.uris import LakeError, has_credentials, is_url
+from curate.lakes.detect import detect
+from curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
 from curate.output import Location, RemotePath
 from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
 from schemas.config import PipelineConfig
@@ -55,11 +60,16 @@ class Unit:
 
 
 def set_kind(uri: str) -> str:
-    """``tar``, ``parquet`` or ``files`` (a folder, prefix or glob of image files), from the set's URI."""
+    """``tar``, ``parquet`` or ``files`` (a folder, prefix or glob of image files), from the set's URI, or
+    for a local folder or ``.json`` file, from what it holds (:func:`curate.lakes.detect.detect`)."""
     if tar.is_tar(uri):
         return "tar"
     if parquet.is_parquet(uri):
         return "parquet"
+    if not is_url(uri) and not any(char in uri for char in "*?["):
+        found = detect(uri)
+        if found is not None:
+            return found.kind
     return "files"
 
 
@@ -94,8 +104,12 @@ def units(image_set: ImageSet, config: PipelineConfig) -> list[Unit]:
 
 
 def _containers(uri: str, options) -> list[str]:
-    """The tar or parquet files a set names (one file, or a glob of them), as URLs or local paths."""
+    """The tar or parquet files a set names (one file, a glob of them, or a folder or index holding them),
+    as URLs or local paths."""
     pattern = any(char in uri.split("://", 1)[-1] for char in "*?[")
+    found_by_content = None if is_url(uri) or pattern else detect(uri)
+    if found_by_content is not None:
+        return found_by_content.containers
     if not is_url(uri):
         path = Path(uri).expanduser()
         found = sorted(str(Path(p).resolve()) for p in glob.glob(str(path), recursive=True)) if pattern else (

@@ -1,13 +1,14 @@
 """Parquet lakes: a column of image bytes (read in place), or a column of paths or URLs to read from.
 
 The bytes column is a binary column, or a struct with a ``bytes`` field (Hugging Face's ``image``
-feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Each row becomes
-``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row groups from the
-footer and reads only the row groups and the column asked for. A path column gives each row's file
-instead: paths are resolved against the table's own folder and filesystem, one leaving it (absolute
-elsewhere, ``..``, a local path in a remote table) is a ``skip://`` entry unless the user allows it
-(``ingest.allow_outside_paths=true``), and URLs (any ``scheme://``) are only taken when the user asks
-(``ingest.fetch_urls=true``)::
+feature: ``{bytes, path}``); ``image.bytes`` names the field explicitly. Without a column named
+``image`` the table's one column of image bytes is taken (img2dataset's ``jpg``: :func:`find_image_column`).
+Each row becomes ``parquet://COLUMN/ROW::CONTAINER``; reading opens the file once, maps rows to row
+groups from the footer and reads only the row groups and the columns asked for (the others too when
+the row's provenance is wanted). A path column gives each row's file instead: paths are resolved against
+the table's own folder and filesystem, one leaving it (absolute elsewhere, ``..``, a local path in a
+remote table) is a ``skip://`` entry unless the user allows it (``ingest.allow_outside_paths=true``), and
+URLs (any ``scheme://``) are only taken when the user asks (``ingest.fetch_urls=true``)::
 
     uris = list_rows("train.parquet", column="image")        # parquet://image/0::file:///.../train.parquet, ...
     uris = list_rows("index.parquet", path_column="url", fetch_urls=True)   # https://..., ...
@@ -53,6 +54,43 @@ def _bytes_column(schema: pa.Schema, column: str) -> tuple[str, str | None]:
     return top, sub or None
 
 
+DEFAULT_COLUMN = "image"
+_IMAGE_NAMES = ("image", "img", "jpg", "jpeg", "png", "webp")
+"""Column names taken as the image bytes when the configured column is absent (img2dataset: ``jpg``)."""
+
+
+def find_image_column(schema: pa.Schema, column: str = DEFAULT_COLUMN) -> tuple[str, str | None]:
+    """``(top-level column, struct field or None)`` of the image bytes: ``column``, or, when that is the
+    default ``image`` and absent, the one column of image bytes the table has (a binary column, or a struct
+    with a binary ``bytes`` field as Hugging Face writes), preferring :data:`_IMAGE_NAMES`."""
+    if column != DEFAULT_COLUMN or column.partition(".")[0] in schema.names:
+        return _bytes_column(schema, column)
+    candidates = []
+    for field in schema:
+        try:
+            candidates.append(_bytes_column(schema, field.name))
+        except LakeError:
+            continue
+    named = [found for found in candidates if found[0].lower() in _IMAGE_NAMES]
+    if len(named) == 1 or (not named and len(candidates) == 1):
+        return (named or candidates)[0]
+    found = ", ".join(top for top, _ in candidates) or "none"
+    raise LakeError(f"no column {column!r} and no single column of image bytes (binary columns: {found}; columns: "
+                    f"{', '.join(schema.names)}); set ingest.image_column or ingest.path_column")
+
+
+def _holds_binary(kind: pa.DataType) -> bool:
+    """Whether a column type is or holds bytes (a binary column, a struct or list with one inside)."""
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind):
+        return True
+    return any(_holds_binary(kind.field(i).type) for i in range(kind.num_fields))
+
+
+def _metadata_columns(schema: pa.Schema, image: str) -> list[str]:
+    """The columns of a row read as its provenance: all but the image column and those holding bytes."""
+    return [field.name for field in schema if field.name != image and not _holds_binary(field.type)]
+
+
 def list_rows(container: str, column: str = "image", path_column: str = "", fetch_urls: bool = False,
               storage_options: Mapping[str, Any] | None = None, allow_outside: bool = False) -> list[str]:
     """The ``files`` uris of one parquet file: one per row (bytes column) or per distinct path/URL."""
@@ -61,7 +99,7 @@ def list_rows(container: str, column: str = "image", path_column: str = "", fetc
             parquet = pq.ParquetFile(stream)
             schema = parquet.schema_arrow
             if not path_column:
-                top, sub = _bytes_column(schema, column)
+                top, sub = find_image_column(schema, column)
                 name = f"{top}.{sub}" if sub else top
                 return [parquet_row(name, row, container) for row in range(parquet.metadata.num_rows)]
             if path_column not in schema.names:
@@ -125,9 +163,14 @@ def _remote(base: str, path: str, allow_outside: bool) -> str:
     return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(rest), relative))}"
 
 
-def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options: Mapping[str, Any] | None = None
+def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options: Mapping[str, Any] | None = None,
+              metadata: dict[tuple[str, int], dict[str, Any]] | None = None
               ) -> Iterator[tuple[tuple[str, int], bytes | BaseException]]:
-    """``((column, row), bytes or exception)`` for each distinct cell, by row group (the file opened once)."""
+    """``((column, row), bytes or exception)`` for each distinct cell, by row group (the file opened once).
+
+    With ``metadata`` (a dict), the row's other non-binary columns are read too and stored as
+    ``metadata[(column, row)] = {name: value}``.
+    """
     cells = list(dict.fromkeys(cells))
     try:
         stream = open_binary(as_url(container), storage_options)
@@ -154,9 +197,15 @@ def read_rows(container: str, cells: Sequence[tuple[str, int]], storage_options:
         for (group, column), wanted in sorted(by_group.items()):
             try:
                 top, sub = _bytes_column(parquet.schema_arrow, column)
-                values = parquet.read_row_group(group, columns=[top]).column(top).combine_chunks()
+                others = [] if metadata is None else _metadata_columns(parquet.schema_arrow, top)
+                table = parquet.read_row_group(group, columns=[top, *others])
+                values = table.column(top).combine_chunks()
                 if sub:
                     values = values.field(sub)
+                if others:
+                    rows = table.select(others)
+                    for cell in wanted:
+                        metadata[cell] = rows.slice(cell[1] - starts[group], 1).to_pylist()[0]
             except Exception as error:  # noqa: BLE001
                 for cell in wanted:
                     yield cell, OSError(f"column {column!r} unreadable ({type(error).__name__}: {error})")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.lakes import fsspec_lake, parquet, tar
+from curate.lakes import provenance as lake_provenance
 from curate.lakes.uris import RefusedFile, Source, parse, skip_reason
 
 Result = tuple[str, "bytes | BaseException"]
@@ -27,10 +28,13 @@ def read_local(path: str) -> bytes:
 
 
 def read_partition(uris: Iterable[str], storage_options: Mapping[str, Any] | None = None,
-                   read_file: Callable[[str], bytes] | None = None) -> Iterator[Result]:
+                   read_file: Callable[[str], bytes] | None = None,
+                   provenance: dict[str, dict[str, Any]] | None = None) -> Iterator[Result]:
     """``(uri, bytes or exception)`` for each distinct uri, containers opened once per call.
 
     ``read_file(path)`` reads a plain local file (default: the file's bytes; tests pass one that fails).
+    With ``provenance`` (a dict), the lake's metadata of each tar member or parquet row read is stored in
+    it as ``provenance[uri] = {...}`` (:mod:`curate.lakes.provenance`; files and URLs have none).
     """
     read_file = read_file or read_local
     groups: dict[tuple[str, str], list[tuple[str, Source]]] = {}
@@ -58,11 +62,17 @@ def read_partition(uris: Iterable[str], storage_options: Mapping[str, Any] | Non
             yield from fsspec_lake.read_files([uri for uri, _ in members], storage_options)
         elif kind == "tar":
             by_name = {source.member: uri for uri, source in members}
-            for name, data in tar.read_members(location, list(by_name), storage_options):
+            sidecars: dict[str, dict[str, bytes]] | None = {} if provenance is not None else None
+            for name, data in tar.read_members(location, list(by_name), storage_options, sidecars):
+                if sidecars is not None:
+                    provenance[by_name[name]] = lake_provenance.from_members(sidecars.get(name, {}))
                 yield by_name[name], data
         else:
             by_cell = {(source.column, source.row): uri for uri, source in members}
-            for cell, data in parquet.read_rows(location, list(by_cell), storage_options):
+            rows: dict[tuple[str, int], dict[str, Any]] | None = {} if provenance is not None else None
+            for cell, data in parquet.read_rows(location, list(by_cell), storage_options, rows):
+                if rows is not None:
+                    provenance[by_cell[cell]] = lake_provenance.from_row(rows.get(cell, {}))
                 yield by_cell[cell], data
 
 

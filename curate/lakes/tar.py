@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from curate.lakes import provenance
 from curate.lakes.fsspec_lake import open_binary
 from curate.lakes.uris import LakeError, RefusedMember, as_url, skipped, tar_member, unsafe_member
 from pretrain.data.images import is_image_file
@@ -73,31 +74,66 @@ def member_uris(container: str, storage_options: Mapping[str, Any] | None = None
     return uris
 
 
-def read_members(container: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None
-                 ) -> Iterator[tuple[str, bytes | BaseException]]:
-    """``(name, bytes or exception)`` for each distinct name, in archive order (missing names last)."""
+def sample_key(name: str) -> tuple[str, str]:
+    """``(key, extension)`` of a member as webdataset groups them: the path up to the first dot of the
+    basename, and the rest (``a/b.seg.png`` -> ``("a/b", "seg.png")``)."""
+    folder, _, base = name.rpartition("/")
+    stem, _, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower()
+
+
+def read_members(container: str, names: Sequence[str], storage_options: Mapping[str, Any] | None = None,
+                 metadata: dict[str, dict[str, bytes]] | None = None) -> Iterator[tuple[str, bytes | BaseException]]:
+    """``(name, bytes or exception)`` for each distinct name, in archive order (missing names last).
+
+    With ``metadata`` (a dict), the metadata members of each image's webdataset sample (``key.json``,
+    ``key.txt``, ... beside ``key.jpg``: :func:`curate.lakes.provenance.wanted`) are read too and stored as
+    ``metadata[name] = {extension: bytes}``.
+    """
     wanted = set(names)
+    keys = {sample_key(name)[0]: name for name in wanted} if metadata is not None else {}
     try:
         stream, archive = _open(container, storage_options)
     except Exception as error:  # noqa: BLE001 - every member of an unreadable container fails alike
         for name in dict.fromkeys(names):
             yield name, error
         return
+    held: list[tuple[str, bytes | BaseException]] = []  # images of the current sample, until its metadata is read
+    held_key = None
     with stream, archive:
         try:
             for info in archive:
+                key, extension = sample_key(info.name)
+                if held and key != held_key:
+                    yield from held
+                    held = []
+                    if not wanted:
+                        return  # past the last sample asked for
                 if info.name not in wanted:
+                    if key in keys and not is_image_file(info.name) and refusal(info) is None \
+                            and provenance.wanted(extension, info.size):
+                        member = archive.extractfile(info)
+                        if member is not None:
+                            metadata.setdefault(keys[key], {})[extension] = member.read()
                     continue
                 wanted.discard(info.name)
                 reason = refusal(info)
                 if reason:
-                    yield info.name, RefusedMember(reason)
+                    result: bytes | BaseException = RefusedMember(reason)
                 else:
                     member = archive.extractfile(info)
-                    yield info.name, member.read() if member is not None else RefusedMember("not a regular file")
-                if not wanted:
-                    return
+                    result = member.read() if member is not None else RefusedMember("not a regular file")
+                if metadata is None:
+                    yield info.name, result
+                    if not wanted:
+                        return
+                else:
+                    held.append((info.name, result))
+                    held_key = key
+            yield from held
+            held = []
         except (OSError, tarfile.TarError, EOFError) as error:
+            yield from held
             for name in [n for n in dict.fromkeys(names) if n in wanted]:
                 yield name, OSError(f"tar read failed ({type(error).__name__}: {error})")
             return

@@ -8,7 +8,9 @@ A spec is one of
 - such an ``index.json`` (``{"__kind__": "wids-shard-index-v1", "shardlist": [{"url", "nsamples",
   "filesize", "md5sum"}, ...]}``; relative urls are taken from the index's folder),
 - a brace pattern or a single tar: ``shards/shard-{000000..000041}.tar``, ``a-{0,1}.tar``
-  (sample counts then come from reading every tar's headers once).
+  (sample counts then come from reading every tar's headers once),
+- a folder of tars without an index (img2dataset's webdataset output, metadata files beside the tars
+  allowed; no image file at its top): its tars in name order, counted the same way.
 
 Samples are numbered shard by shard in the index's order. :class:`ShardReader` indexes each tar's
 headers on first use (512-byte USTAR headers, PAX and GNU long names; ~1 µs a member, through a
@@ -139,8 +141,24 @@ def is_shard_spec(spec: str) -> bool:
         return False
     if (path / INDEX_NAME).is_file() or (path / "shards" / INDEX_NAME).is_file():
         return True
-    entries = [entry for entry in path.iterdir() if not entry.name.startswith(".")]
-    return bool(entries) and all(entry.suffix == ".tar" for entry in entries)
+    return bool(_folder_tars(path))
+
+
+def _folder_tars(path: Path) -> list[Path]:
+    """The tars at the top of a folder that holds no image file there (webdataset shards, perhaps with
+    other tools' metadata beside them, as img2dataset writes ``00000.parquet`` and ``00000_stats.json``)."""
+    from pretrain.data.images import is_image_file
+
+    tars = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            if is_image_file(entry.name):
+                return []  # a folder of images (the scan stops at the first one)
+            if entry.name.endswith(".tar"):
+                tars.append(Path(entry.path))
+    return sorted(tars)
 
 
 def resolve_shards(spec: str, storage_options: Mapping[str, Any] | None = None) -> ShardList:
@@ -157,15 +175,20 @@ def resolve_shards(spec: str, storage_options: Mapping[str, Any] | None = None) 
     if path.is_dir() and not (path / INDEX_NAME).is_file() and (path / "shards" / INDEX_NAME).is_file():
         path = path / "shards"  # a curate run's output folder
     if path.is_dir():
-        if not (path / INDEX_NAME).is_file():
-            tars = sorted(path.glob("*.tar"))
-            hint = (f"; or read the tars without one: --data '{_as_pattern(tars)}'" if tars else "")
-            raise DatasetError(f"{spec}: no {INDEX_NAME} in this folder (curate run's shard stage writes "
-                               f"one beside the shards){hint}")
-        return read_index(path / INDEX_NAME, storage_options)
+        if (path / INDEX_NAME).is_file():
+            return read_index(path / INDEX_NAME, storage_options)
+        paths = _folder_tars(path)
+        if not paths:
+            raise DatasetError(f"{spec}: no {INDEX_NAME} and no tar shards in this folder (curate run's shard "
+                               "stage writes both)")
+        return _tar_list(paths, spec)
     if spec.endswith(".json"):
         return read_index(path, storage_options)
-    paths = [Path(name) for name in expand_braces(spec)]
+    return _tar_list([Path(name) for name in expand_braces(spec)], spec)
+
+
+def _tar_list(paths: list[Path], spec: str) -> ShardList:
+    """Shards read without an index: each tar's samples counted from its headers."""
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
@@ -266,15 +289,6 @@ def _checked(shards: ShardList) -> ShardList:
     if shards.num_samples == 0:
         raise DatasetError(f"{shards.source}: the shards hold no samples")
     return shards
-
-
-def _as_pattern(tars: list[Path]) -> str:
-    """A brace pattern covering ``tars`` (sorted) when they are numbered alike, else the first tar."""
-    first, last = (re.fullmatch(r"(.*?)(\d+)\.tar", tar.name) for tar in (tars[0], tars[-1]))
-    if len(tars) > 1 and first and last and first.group(1) == last.group(1) \
-            and len(first.group(2)) == len(last.group(2)):
-        return str(tars[0].parent / f"{first.group(1)}{{{first.group(2)}..{last.group(2)}}}.tar")
-    return str(tars[0])
 
 
 def expand_braces(pattern: str) -> list[str]:
