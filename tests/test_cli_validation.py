@@ -99,14 +99,14 @@ def test_a_parquet_lake_without_the_column_is_one_line_and_no_worker_traceback(t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"img": [b"x", b"y"]}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({"caption": ["x", "y"]}), tmp_path / "t.parquet")  # no column of image bytes
     out = tmp_path / "out"
     result = curate("ingest", "--lake", tmp_path / "t.parquet", "--out", out, "--workers", 1)
     captured = capfd.readouterr()
     everything = result.stdout + result.stderr + captured.out + captured.err
     assert result.exit_code == 2, everything
     assert "Compute Failed" not in everything and "Traceback" not in everything, everything
-    assert result.stderr.count("\n") == 1 and "no column 'image' (columns: img)" in result.stderr
+    assert result.stderr.count("\n") == 1 and "no column 'image' and no single column of image bytes" in result.stderr
     assert not (out / "tables").exists()
 
 
