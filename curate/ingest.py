@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,17 +96,21 @@ def ingest_data(uri: str, data: bytes | BaseException, config: IngestConfig) -> 
     return result
 
 
-def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Mapping[str, Any] | None = None
-                     ) -> pa.Table:
+def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Mapping[str, Any] | None = None,
+                     on_read: Callable[[str, bytes], None] | None = None) -> pa.Table:
     """The ``images`` table of a ``files`` table (one row per file, in input order).
 
     Each container (tar, parquet file) and store is opened once (:func:`curate.lakes.read_partition`);
-    local files are read by :func:`read_bytes`.
+    local files are read by :func:`read_bytes`. ``on_read(uri, data)`` sees every file's bytes as read
+    (the ingest stage keeps remote ones, :mod:`curate.fetched`).
     """
     files = files.select(FILES.schema.names).cast(FILES.schema)
     uris = files.column("uri").to_pylist()
-    found = {uri: ingest_data(uri, data, config)
-             for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path))}
+    found = {}
+    for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path)):
+        if on_read is not None and isinstance(data, bytes):
+            on_read(uri, data)
+        found[uri] = ingest_data(uri, data, config)
     results = [found[uri] for uri in uris]
     columns: dict[str, Any] = {name: files.column(name) for name in FILES.schema.names}
     for name in _RESULT_COLUMNS:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from curate import output, stages, tables
+from curate import fetched, output, stages, tables
 from curate.lake import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
@@ -25,12 +25,12 @@ class RunError(ValueError):
 
 
 def stage_paths(out: Location, stage: str) -> list[Location]:
-    """Everything a stage writes (the ingest stage also owns the lake listing)."""
+    """Everything a stage writes (the ingest stage also owns the lake listing and the remote bytes it kept)."""
     if stage == "report":
         return [out / "report"]
     paths = [tables.table_dir(out, stages.STAGES[stage].writes)]
     if stage == "ingest":
-        paths.append(tables.table_dir(out, "files"))
+        paths += [tables.table_dir(out, "files"), fetched.folder(out)]
     if stage == "shard":
         paths.append(out / stages.SHARD_DIR)
     return paths

@@ -5,7 +5,7 @@
 across tasks is :mod:`curate.lakes.listing`. Nothing here knows Dask.
 """
 
-from curate.lakes.reader import read_partition, read_uri
+from curate.lakes.reader import Reader, read_partition, read_uri
 from curate.lakes.uris import LakeError, RefusedMember, Source, parse, source_name
 
-__all__ = ["LakeError", "RefusedMember", "Source", "parse", "read_partition", "read_uri", "source_name"]
+__all__ = ["LakeError", "RefusedMember", "Source", "parse", "Reader", "read_partition", "read_uri", "source_name"]

@@ -11,7 +11,7 @@ raised, so one bad file or container never loses the others::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,8 @@ from curate.lakes import fsspec_lake, parquet, tar
 from curate.lakes.uris import Source, parse
 
 Result = tuple[str, "bytes | BaseException"]
+Reader = Callable[[Sequence[str]], Iterator[Result]]
+"""Anything that reads uris as :func:`read_partition` does (e.g. :func:`curate.fetched.reader`)."""
 
 
 def read_local(path: str) -> bytes:
