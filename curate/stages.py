@@ -32,6 +32,7 @@ from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
 from schemas.config import PipelineConfig
+from schemas.tables import utc_now
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ def read_vectors(out: Location) -> Vectors:
         matrices.append(np.asarray(matrix[part.column("row").to_numpy()], dtype=np.float32))
     if not parts:
         raise tables.SchemaError(f"{tables.table_dir(out, 'embeddings')}: no embeddings yet; run the embed stage")
-    rows = pa.concat_tables(parts)
+    rows = pa.concat_tables(parts).unify_dictionaries()
     matrix = np.concatenate(matrices)
     order = np.argsort(np.array(rows.column("key").to_pylist(), dtype=object), kind="stable")
     return Vectors(rows.take(pa.array(order)), matrix[order])
@@ -288,6 +289,7 @@ def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
             rows["shard"].append(shard_name(number))
             rows["member"].append(f"{sample['key']}.{sample['ext']}")
             rows["index"].append(position)
+    rows["written_at"] = [utc_now()] * len(rows["key"])  # in the table only: the tars stay byte-identical
     tables.write_part(out, "shards", 0, pa.table(rows))
     output.remove(out / SHARD_DIR / PLAN_FILE)
     return {"in": sum(len(s) for s in shards), "out": sum(info["nsamples"] for info in infos)}

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import tarfile
+from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -18,9 +19,10 @@ from PIL import Image
 from curate.report import write_report
 from curate.tables import read_table, write_part
 from schemas.config import ReportConfig
-from schemas.tables import TABLES
+from schemas.tables import TABLES, time_columns
 
 HOSTILE = "<b>x&y.png"
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 STAGES = [
     {"stage": "ingest", "images_in": 9, "images_out": 7, "seconds": 1.25, "tasks": 2},
     {"stage": "dedup", "images_in": 6, "images_out": 4, "seconds": 0.5, "tasks": 1},
@@ -28,7 +30,8 @@ STAGES = [
 
 
 def _table(name, rows):
-    return pa.Table.from_pylist(rows, schema=TABLES[name].schema)
+    stamped = [{column: WHEN for column in time_columns(name)} | row for row in rows]
+    return pa.Table.from_pylist(stamped, schema=TABLES[name].schema)
 
 
 def _image_file(path, seed, size=(48, 40)):
