@@ -72,9 +72,9 @@ def test_duckdb_reads_every_table_with_timestamps_and_labels_as_strings(run_out)
 
     # which images were selected, from which set and status, and where in the shards they are
     joined = connection.execute("""
-        SELECT s.key, i.set, i.status, i.format, d.kept, h.shard, h.member
+        SELECT s.key, i.set, i.status, i.format, d.kept, h.shard, h.member, i.ingested_at, d.group
         FROM selection s JOIN images i USING (key) JOIN duplicates d USING (key) JOIN shards h USING (key)
-        ORDER BY s.key""").fetchall()
+        ORDER BY s.key""").fetchall()  # the query of docs/curation.md, and more
     assert len(joined) == len(tables.read_table(out, "selection")) > 0
     assert all(row[1] == "pool" and row[2] == "ok" and row[4] is True for row in joined)
     assert {row[5] for row in joined} == {p.name for p in (out / "shards").glob("*.tar")}
