@@ -54,6 +54,8 @@ GROUP_MEMBERS = 100
 """Members listed per duplicate group."""
 UNREADABLE_LISTED = 1000
 """Rejected files listed in the report."""
+LINKED = 50
+"""Files of each table (and shards) linked from the report; the rest are counted."""
 SHEET_TILE = 128
 THUMB = 96
 LABEL_WIDTH = 200
@@ -269,13 +271,16 @@ def _unreadable(table: pa.Table | None) -> dict[str, Any]:
 
 
 def _outputs(out: Location, tables: Tables) -> dict[str, Any]:
-    """The run's files a reader may open, relative to ``OUT``: table parts, shards and their index, run.json."""
-    parts = {name: [f"tables/{name}/{part}" for part in output.names(table_dir(out, name), "part-*.parquet")]
-             for name, table in tables.items() if table is not None}
-    shards = [f"{SHARD_DIR}/{name}" for name in output.names(out / SHARD_DIR, "*.tar")]
+    """The run's files a reader may open, relative to ``OUT`` (the first :data:`LINKED` of each kind): table
+    parts, shards, their index and run.json; ``counts`` says how many there are."""
+    parts = {name: output.names(table_dir(out, name), "part-*.parquet") for name, table in tables.items()
+             if table is not None}
+    shards = output.names(out / SHARD_DIR, "*.tar")
     index = [f"{SHARD_DIR}/index.json"] if output.is_file(out / SHARD_DIR / "index.json") else []
     run = ["run.json"] if output.is_file(out / "run.json") else []
-    return {"tables": parts, "shards": shards, "index": index, "run": run}
+    return {"tables": {name: [f"tables/{name}/{part}" for part in found[:LINKED]] for name, found in parts.items()},
+            "shards": [f"{SHARD_DIR}/{name}" for name in shards[:LINKED]], "index": index, "run": run,
+            "counts": {"shards": len(shards)} | {f"tables/{name}": len(found) for name, found in parts.items()}}
 
 
 def _shown_groups(duplicates: dict[str, Any], tables: Tables, examples: int) -> None:
@@ -694,9 +699,15 @@ def _files_html(report: dict[str, Any]) -> str:
     outputs = report.get("outputs", {})
     items = [f"<li>{_link('report/report.json', 'report.json')}</li>"]
     items += [f"<li>{_link(path, '../' + path)}</li>" for path in outputs.get("run", []) + outputs.get("index", [])]
+    counts = outputs.get("counts", {})
+
+    def listed(paths: list[str], total: int, folder: str) -> list[str]:
+        more = [f"<li>… {total - len(paths):,} more in {_escape(folder)}/</li>"] if total > len(paths) else []
+        return [f"<li>{_link(path, '../' + path)}</li>" for path in paths] + more
+
     for name, parts in outputs.get("tables", {}).items():
-        items += [f"<li>{_link(path, '../' + path)}</li>" for path in parts]
-    items += [f"<li>{_link(path, '../' + path)}</li>" for path in outputs.get("shards", [])]
+        items += listed(parts, counts.get(f"tables/{name}", len(parts)), f"tables/{name}")
+    items += listed(outputs.get("shards", []), counts.get("shards", 0), SHARD_DIR)
     return f'<h2>Files</h2><p>Relative to the output folder.</p><ul class="files">{"".join(items)}</ul>'
 
 
