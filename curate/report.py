@@ -286,7 +286,8 @@ def _outputs(out: Location, tables: Tables) -> dict[str, Any]:
 def _shown_groups(duplicates: dict[str, Any], tables: Tables, examples: int) -> None:
     """Mark the first ``examples`` listed groups ``shown`` and give each its kept image's uri (a leak's is outside)."""
     largest = duplicates.get("largest", [])
-    outside = [g["kept_key"] for g in largest[:examples] if g["kept_key"] is not None and g["kept_key"] not in g["keys"]]
+    outside = [g["kept_key"] for g in largest[:examples]
+               if g["kept_key"] is not None and g["kept_key"] not in g["keys"]]
     uris = _uris(outside, tables)
     for number, group in enumerate(largest):
         group["shown"] = number < examples
@@ -434,7 +435,8 @@ def cluster_sheet(shown: Sequence[dict[str, Any]], pictures: Pictures) -> Image.
     draw = ImageDraw.Draw(sheet)
     for r, cluster in enumerate(shown):
         top = r * (THUMB + GAP)
-        draw.text((GAP, top + THUMB // 2 - 6), f"cluster {cluster['cluster']} / {cluster['size']:,} images", fill="black")
+        label = f"cluster {cluster['cluster']} / {cluster['size']:,} images"
+        draw.text((GAP, top + THUMB // 2 - 6), label, fill="black")
         for c, uri in enumerate(cluster["uris"]):
             sheet.paste(_tile(pictures.get(uri)), (LABEL_WIDTH + c * (THUMB + GAP), top))
     return sheet
@@ -661,7 +663,8 @@ def _groups_gallery(report: dict[str, Any], embedded: dict[str, Any]) -> str:
         figures = [] if group["kept_key"] in group["keys"] else [
             _thumb(str(group["kept_key"]), group.get("kept_uri"), "kept (outside the pool)", embedded, kept=True)]
         for key, uri, reason, sim in members:
-            detail = "kept" if key == group["kept_key"] else (reason or "unknown") + ("" if sim is None else f" {sim:.3f}")
+            score = "" if sim is None else f" {sim:.3f}"
+            detail = "kept" if key == group["kept_key"] else (reason or "unknown") + score
             figures.append(_thumb(key, uri, detail, embedded, kept=key == group["kept_key"]))
         parts.append(f"<h4>group {group['group']}: {group['size']:,} images, kept {_escape(group['kept_key'])}</h4>"
                      f'<div class="gallery">{"".join(figures)}</div>'

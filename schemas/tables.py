@@ -36,8 +36,9 @@ class TableSpec:
 
     @property
     def schema(self) -> pa.Schema:
-        return pa.schema(list(self.fields), metadata={TABLE_KEY: self.name.encode(), VERSION_KEY: str(self.version).encode(),
-                                                      DESCRIPTION: self.doc.encode()})
+        metadata = {TABLE_KEY: self.name.encode(), VERSION_KEY: str(self.version).encode(),
+                    DESCRIPTION: self.doc.encode()}
+        return pa.schema(list(self.fields), metadata=metadata)
 
 
 LABEL = pa.dictionary(pa.int32(), pa.string())
@@ -134,7 +135,7 @@ SHARDS = _spec(
     ("key", pa.string(), False, _KEY), ("shard", LABEL, False, "the shard file, in OUT/shards/"),
     ("member", pa.string(), False, "the tar member holding the image's original bytes (KEY.EXT)"),
     ("index", pa.int32(), False, "position of the sample in its shard"),
-    ("written_at", TIME, False, "when the shard stage finished (UTC); not in the shards' bytes, which reruns reproduce"),
+    ("written_at", TIME, False, "when the shard stage finished (UTC); never in the tars, which reruns reproduce"),
 )
 
 TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (FILES, IMAGES, EMBEDDINGS, DUPLICATES, CLUSTERS, SELECTION, SHARDS)}

@@ -37,7 +37,8 @@ def test_curation_quality_counts_precision_surviving_copies_and_leaks(tmp_path):
     chosen = [copy["file"], copy["copy_of"], next(r["file"] for r in truth if r["source"] == "noise"),
               next(r["file"] for r in truth if r["source"] == "leak")]
     rows = [{"key": f"k{i}", "uri": str(lake.pool / name), "method": "all", "query_key": None, "cluster": 0,
-             "similarity": None, "selected_at": datetime(2026, 1, 2, tzinfo=timezone.utc)} for i, name in enumerate(chosen)]
+             "similarity": None, "selected_at": datetime(2026, 1, 2, tzinfo=timezone.utc)}
+            for i, name in enumerate(chosen)]
     tables.write_part(tmp_path / "out", "selection", 0, pa.Table.from_pylist(rows, schema=SELECTION.schema))
     quality = curation_quality(lake, tmp_path / "out")
     assert quality["selected"] == 4 and quality["precision"] == 0.5
