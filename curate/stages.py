@@ -23,17 +23,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import output, tables
+from curate import fetched, output, tables
 from curate.dedup import duplicates_table
 from curate.embed import Embedder, embed_partition
 from curate.ingest import ingest_partition
-from curate.lakes import read_partition
 from curate.kmeans import clusters_table
 from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
                            write_shard)
 from schemas.config import PipelineConfig
+from schemas.tables import utc_now
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,10 @@ def is_done(out: Location, stage: str) -> bool:
 
 def ingest(out: Location, partition: int, config: PipelineConfig) -> dict[str, int]:
     files = tables.read_part(out, "files", partition)
-    images = ingest_partition(files, config.ingest, config.lake.storage_options)
+    remote: dict[str, bytes] = {}
+    images = ingest_partition(files, config.ingest, config.lake.storage_options,
+                              on_read=lambda uri, data: remote.update({uri: data}) if fetched.is_remote(uri) else None)
+    fetched.keep(out, partition, remote)  # before the images part, which marks the partition done
     tables.write_part(out, "images", partition, images)
     return {"in": len(files), "out": int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)}
 
@@ -95,7 +98,7 @@ def ingest(out: Location, partition: int, config: PipelineConfig) -> dict[str, i
 def embed(out: Location, partition: int, config: PipelineConfig, embedder: Embedder) -> dict[str, int]:
     images = tables.read_part(out, "images", partition)
     rows, vectors = embed_partition(images, embedder, config.ingest.max_pixels, config.embed.batch_size,
-                                    config.lake.storage_options)
+                                    read=fetched.reader(out, config.lake.storage_options, [partition]))
     tables.write_array(out, "embeddings", partition, vectors)  # the matrix first: the part marks it done
     tables.write_part(out, "embeddings", partition, rows)
     return {"in": len(images), "out": len(rows)}
@@ -129,7 +132,7 @@ def read_vectors(out: Location) -> Vectors:
         matrices.append(np.asarray(matrix[part.column("row").to_numpy()], dtype=np.float32))
     if not parts:
         raise tables.SchemaError(f"{tables.table_dir(out, 'embeddings')}: no embeddings yet; run the embed stage")
-    rows = pa.concat_tables(parts)
+    rows = pa.concat_tables(parts).unify_dictionaries()
     matrix = np.concatenate(matrices)
     order = np.argsort(np.array(rows.column("key").to_pylist(), dtype=object), kind="stable")
     return Vectors(rows.take(pa.array(order)), matrix[order])
@@ -215,19 +218,20 @@ INDEX_NAME = "dinolab-curated"
 def plan(out: Location, config: PipelineConfig) -> int:
     """Split the selection (key order) into shards by image format, ``shard.max_samples`` and ``shard.max_bytes``.
 
-    Each sample is ``{key, uri, ext, meta}``; the plan is written to ``shards/.plan.json`` so every shard
-    unit reads its own samples from disk rather than from its arguments. Returns the number of shards.
+    Each sample is ``{key, uri, partition, ext, meta}``; the plan is written to ``shards/.plan.json`` so every
+    shard unit reads its own samples from disk rather than from its arguments. Returns the number of shards.
     """
     selection = tables.read_table(out, "selection")
     keys = selection.column("key").to_pylist()
     images = _lookup(tables.read_table(out, "images"), keys,
-                     ["uri", "bytes", "sha256", "width", "height", "format", "provenance"])
+                     ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
     duplicates = _lookup(tables.read_table(out, "duplicates"), keys, ["group"])
     chosen = selection.to_pylist()
     samples = [
         {
             "key": key,
             "uri": images["uri"][i],
+            "partition": images["partition"][i],
             "ext": image_extension(images["uri"][i], images["format"][i]),
             "meta": sample_meta(
                 key=key, uri=images["uri"][i], sha256=images["sha256"][i], width=images["width"][i],
@@ -263,7 +267,8 @@ def shard(out: Location, number: int, config: PipelineConfig | None = None) -> d
     planned = read_plan(out)[number]
     options = config.lake.storage_options if config is not None else None
     contents = {}
-    for uri, data in read_partition([s["uri"] for s in planned], options):
+    parts = {s.get("partition") for s in planned}  # the remote bytes ingest kept (:mod:`curate.fetched`)
+    for uri, data in fetched.read(out, [s["uri"] for s in planned], options, None if None in parts else parts):
         if isinstance(data, BaseException):
             raise OSError(f"shard {number}: cannot read {uri} ({type(data).__name__}: {data})") from data
         contents[uri] = data
@@ -286,6 +291,7 @@ def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
             rows["shard"].append(shard_name(number))
             rows["member"].append(f"{sample['key']}.{sample['ext']}")
             rows["index"].append(position)
+    rows["written_at"] = [utc_now()] * len(rows["key"])  # in the table only: the tars stay byte-identical
     tables.write_part(out, "shards", 0, pa.table(rows))
     output.remove(out / SHARD_DIR / PLAN_FILE)
     return {"in": sum(len(s) for s in shards), "out": sum(info["nsamples"] for info in infos)}
@@ -294,7 +300,8 @@ def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
 def report(out: Location, config: PipelineConfig, stage_records: list[dict]) -> dict[str, int]:
     from curate.report import write_report
 
-    summary = write_report(out, config.report, stage_records, config.lake.storage_options)
+    summary = write_report(out, config.report, stage_records, config.lake.storage_options,
+                           read=fetched.reader(out, config.lake.storage_options))
     return {"in": 0, "out": 0, "summary": summary}
 
 

@@ -67,7 +67,7 @@ def read_table(out: str | Path | RemotePath, name: str) -> pa.Table:
     if not paths:
         raise SchemaError(f"{directory}: no '{name}' table yet; run the stage that writes it")
     parts = [validate(_read(path), name, str(path)) for path in paths]
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts).unify_dictionaries()  # one dictionary per column: group_by needs it
 
 
 def _read(path: Location) -> pa.Table:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from curate import output, stages, tables
+from curate import fetched, output, stages, tables
 from curate.lake import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
+from schemas.tables import utc_now
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "dinolab-curate-run"
@@ -25,12 +26,12 @@ class RunError(ValueError):
 
 
 def stage_paths(out: Location, stage: str) -> list[Location]:
-    """Everything a stage writes (the ingest stage also owns the lake listing)."""
+    """Everything a stage writes (the ingest stage also owns the lake listing and the remote bytes it kept)."""
     if stage == "report":
         return [out / "report"]
     paths = [tables.table_dir(out, stages.STAGES[stage].writes)]
     if stage == "ingest":
-        paths.append(tables.table_dir(out, "files"))
+        paths += [tables.table_dir(out, "files"), fetched.folder(out)]
     if stage == "shard":
         paths.append(out / stages.SHARD_DIR)
     return paths
@@ -79,12 +80,15 @@ def prepare(out: Location, sets: list[ImageSet], config: PipelineConfig) -> list
     for stage in redo:
         for path in stage_paths(out, stage):
             output.remove_tree(path)
-    _write(out, wanted, config)
+    _write(out, wanted, config, run.get("created_at"))
     return redo
 
 
-def _write(out: Location, sets: list[dict], config: PipelineConfig) -> None:
-    record = {"format": RUN_FORMAT, "version": 1, "sets": sets, "config": config.to_dict()}
+def _write(out: Location, sets: list[dict], config: PipelineConfig, created_at: str | None = None) -> None:
+    """Record the run; ``created_at`` (ISO 8601, UTC) is kept from the first run, ``updated_at`` is now."""
+    now = utc_now().isoformat()
+    record = {"format": RUN_FORMAT, "version": 1, "sets": sets, "config": config.to_dict(),
+              "created_at": created_at or now, "updated_at": now}
     output.write_bytes(out / RUN_FILE, json.dumps(record, indent=1, sort_keys=True).encode())
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from curate import output
 from curate.copydetect.hashes import image_hashes
 from curate.copydetect.local import LocalFeatures, describe
-from curate.lakes import read_partition
+from curate.lakes import Reader, read_partition
 from curate.output import Location
 from pretrain.data.images import ImageDecodeError, decode_image
 
@@ -54,14 +54,16 @@ def part_path(out: Location, partition: int) -> Location:
 
 
 def partition_features(out: Location, partition: int, images: pa.Table, max_pixels: int,
-                       storage_options: dict | None = None) -> dict[str, ImageFeatures]:
-    """Features of the ``ok`` pool and evaluation rows of one ``images`` partition, by key (cached on disk)."""
+                       storage_options: dict | None = None, read: Reader | None = None) -> dict[str, ImageFeatures]:
+    """Features of the ``ok`` pool and evaluation rows of one ``images`` partition, by key (cached on disk).
+
+    Files are read by ``read`` (default: the lake, :func:`curate.lakes.read_partition`)."""
     path = part_path(out, partition)
     if output.is_file(path):
         return pickle.loads(output.read_bytes(path))
     rows = images.filter(pc.and_(pc.equal(images["status"], "ok"), pc.is_in(images["role"], pa.array(["pool", "eval"]))))
     keys, uris = rows.column("key").to_pylist(), rows.column("uri").to_pylist()
-    contents = dict(read_partition(uris, storage_options))
+    contents = dict(read(uris) if read is not None else read_partition(uris, storage_options))
     features = {}
     for key, uri in zip(keys, uris):
         found = decoded_features(uri, contents.get(uri, KeyError(uri)), max_pixels)
