@@ -53,13 +53,16 @@ def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, l
     if listing is None and not all(lake_listing.listed_by_client(image_set) for image_set in sets):
         if pipeline is None:
             raise ValueError("listing URLs, tar or parquet lakes needs a pipeline to run its tasks")
-        return list_lake(pipeline, sets)
+        count = list_lake(pipeline, sets)
+        stages.record_listing(out)
+        return count
     if listing is None:
         listing = files_table(sets, config.ingest.partition_size)
     partition = listing.column("partition").to_numpy()
     parts = sorted(set(partition.tolist()))
     for number in parts:
         tables.write_part(out, "files", number, listing.filter(partition == number))
+    stages.record_listing(out)
     return len(parts)
 
 

@@ -1,0 +1,89 @@
+"""What each unit of work wrote: sizes and MD5 digests, kept to find damaged outputs later.
+
+When a unit has published its outputs it records them in ``OUT/manifests/<stage>/<unit>.json``
+(``{"files": {"tables/images/part-00003.parquet": {"size": ..., "md5": ...}}}``). :func:`damaged` compares
+what is in ``OUT`` now with every record: a missing file or another size is found from one listing per
+folder; with ``deep`` each file is also read and its digest compared (an overwritten file of the same size).
+A unit without a record (a run older than the records) is not checked::
+
+    record(out, "ingest", "part-00003", [out / "tables/images/part-00003.parquet"])
+    damaged(out, "ingest")          # {"part-00003": ["tables/images/part-00003.parquet: missing"]}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from curate import output
+from curate.output import Location, RemotePath
+
+MANIFEST_DIR = "manifests"
+
+
+def manifest_dir(out: Location, stage: str) -> Location:
+    return output.join(out, MANIFEST_DIR, stage)
+
+
+def relative(out: Location, path: Location) -> str:
+    """``path`` relative to ``out``, with ``/`` separators."""
+    if isinstance(path, RemotePath):
+        return path.url[len(str(out).rstrip("/")) + 1:]
+    return Path(path).relative_to(out).as_posix()
+
+
+def record(out: Location, stage: str, unit: str, paths: list[Location], known: dict[str, dict] | None = None) -> None:
+    """Record the size and digest of ``paths`` as what ``unit`` of ``stage`` wrote (``known``: digests by
+    relative path that the unit computed itself, e.g. a shard's)."""
+    files = {}
+    for path in paths:
+        name = relative(out, path)
+        files[name] = (known or {}).get(name) or {"size": output.size(path), "md5": output.md5(path)}
+    output.write_bytes(manifest_dir(out, stage) / f"{unit}.json", json.dumps({"files": files}, sort_keys=True).encode())
+
+
+def forget(out: Location, stage: str, units: list[str] | None = None) -> None:
+    """Drop the records of ``units`` of ``stage`` (all of them when ``None``)."""
+    if units is None:
+        output.remove_matching(out, f"{MANIFEST_DIR}/{stage}/*.json")
+        return
+    for unit in units:
+        output.remove(manifest_dir(out, stage) / f"{unit}.json")
+
+
+def recorded(out: Location, stage: str) -> dict[str, dict[str, dict] | None]:
+    """Every record of ``stage``: unit -> relative path -> ``{size, md5}`` (``None``: an unreadable record)."""
+    folder = manifest_dir(out, stage)
+    records: dict[str, dict[str, dict] | None] = {}
+    for name in output.names(folder, "*.json"):
+        try:
+            files = json.loads(output.read_bytes(folder / name))["files"]
+            records[name.removesuffix(".json")] = files if isinstance(files, dict) else None
+        except (ValueError, KeyError, TypeError):
+            records[name.removesuffix(".json")] = None
+    return records
+
+
+def damaged(out: Location, stage: str, deep: bool = False) -> dict[str, list[str]]:
+    """Units of ``stage`` whose recorded files are missing, of another size or (``deep``) of another digest."""
+    listings: dict[str, dict[str, int]] = {}
+    found: dict[str, list[str]] = {}
+    for unit, files in recorded(out, stage).items():
+        if files is None:
+            found[unit] = [f"{MANIFEST_DIR}/{stage}/{unit}.json: not a readable record"]
+            continue
+        problems = []
+        for name, expected in sorted(files.items()):
+            folder, _, base = name.rpartition("/")
+            if folder not in listings:
+                listings[folder] = output.sizes(output.join(out, *folder.split("/")) if folder else out)
+            size = listings[folder].get(base)
+            if size is None:
+                problems.append(f"{name}: missing")
+            elif size != expected.get("size"):
+                problems.append(f"{name}: {size:,} bytes, {expected.get('size')} written")
+            elif deep and output.md5(output.join(out, *name.split("/"))) != expected.get("md5"):
+                problems.append(f"{name}: overwritten (another MD5 digest)")
+        if problems:
+            found[unit] = problems
+    return found
