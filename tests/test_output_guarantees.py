@@ -296,3 +296,17 @@ def test_a_run_recorded_with_relative_paths_is_still_read(tmp_path, monkeypatch)
     (tmp_path / "out" / "run.json").write_text(json.dumps(record))
     monkeypatch.chdir(tmp_path)
     assert check(tmp_path / "out", [ImageSet(str(tmp_path / "lake"), "pool", "lake")]) is not None
+
+
+# -- one run holds OUT ---------------------------------------------------------------------------------------
+
+
+def test_a_second_lock_on_a_local_out_names_the_holder_until_it_is_released(tmp_path):
+    from pipelines.lock import LockError, OutputLock
+
+    with OutputLock(tmp_path / "out", "curate run --out out"):
+        with pytest.raises(LockError, match=rf"in use by another run \(host \S+, pid {os.getpid()}, started .*"
+                                            r"command: curate run --out out\)"):
+            OutputLock(tmp_path / "out", "curate run --out out").__enter__()
+    with OutputLock(tmp_path / "out", "the next run"):
+        assert json.loads((tmp_path / "out" / ".curate-lock").read_text())["command"] == "the next run"
