@@ -6,8 +6,8 @@ prefix carrying its storage options); every read and write goes through :mod:`cu
 Each stage declares its unit of work (:class:`Stage`): per-partition stages (ingest, embed) run once per
 partition of the lake listing, global stages (dedup, cluster, sample, report) once, and the shard stage
 once per shard after a planning step. Every unit reads validated tables, writes its outputs atomically
-under deterministic names and returns counts (``{"in": ..., "out": ...}``); a unit whose output exists is
-done. Orchestrators (``pipelines/``: Dask, or a plain loop) decide where units run — nothing here knows::
+under deterministic names, records their sizes and digests (:mod:`curate.manifest`, to find damage later)
+and returns counts (``{"in": ..., "out": ...}``); a unit whose output exists is done. Orchestrators (``pipelines/``: Dask, or a plain loop) decide where units run — nothing here knows::
 
     for partition in pending(out, "ingest"):
         ingest(out, partition, config)
@@ -78,7 +78,7 @@ STAGES: dict[str, Stage] = {
               unit_files=("shards/shard-{unit:06d}.tar",),
               files=("shards/.plan.json", "shards/index.json", "tables/shards/part-*.parquet")),
         Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html",
-              files=("report/report.json", "report/report.html", "report/cluster_sizes.png",
+              files=("report/report.json", "report/report.html", "report/cluster_sizes.png",  # report.json first
                      "report/duplicate_groups.png", "report/cluster_members.png")),
     )
 }
@@ -129,8 +129,8 @@ def pending(out: Location, stage: str) -> list[int]:
 
 def is_done(out: Location, stage: str) -> bool:
     """Whether a stage's whole output exists (every partition, or the single global part / the report)."""
-    if stage == "report":
-        return output.is_file(out / "report" / "report.json")
+    if stage == "report":  # report.json is written last
+        return output.is_file(output.join(out, *STAGES["report"].files[0].split("/")))
     if STAGES[stage].per_partition:
         return bool(partitions(out)) and not pending(out, stage)
     return 0 in tables.done_parts(out, STAGES[stage].writes)

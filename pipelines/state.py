@@ -12,19 +12,17 @@ records the config with storage-option secrets redacted.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
-import os
-
-from curate import manifest, output, stages, tables
+from curate import manifest, output, stages
 from curate.lake import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "dinolab-curate-run"
-
 
 
 class RunError(ValueError):
@@ -119,13 +117,13 @@ def repair(out: Location, deep: bool = False) -> list[str]:
             partitions |= {int(unit.split("-")[1]) for unit in units if unit.startswith("part-")}
             for later in stages.ORDER[position:]:
                 if stages.STAGES[later].per_partition:
-                    _remove_units(out, later, [stages.unit_name(later, p) for p in sorted(partitions)])
+                    _remove_units(out, later, sorted(partitions))
             redo_from = min(redo_from, stages.ORDER.index("dedup"))
         elif stage == "shard":
-            _remove_units(out, stage, list(units))
-            _remove_units(out, stage, [stages.INDEX_UNIT])
-            for pattern in stages.STAGES[stage].files:
+            _remove_units(out, stage, [int(unit.split("-")[1]) for unit in units if unit.startswith("shard-")])
+            for pattern in stages.STAGES[stage].files:  # the index, the shards table, a plan
                 output.remove_matching(out, pattern)
+            manifest.forget(out, stage, [stages.INDEX_UNIT])
             redo_from = min(redo_from, position + 1)
         else:
             redo_from = min(redo_from, position)
@@ -134,13 +132,12 @@ def repair(out: Location, deep: bool = False) -> list[str]:
     return [f"{stage} {unit}: {'; '.join(problems)}" for stage, units in found.items() for unit, problems in units.items()]
 
 
-def _remove_units(out: Location, stage: str, units: list[str]) -> None:
-    """Delete the recorded files of ``units`` of ``stage`` and their records."""
-    records = manifest.recorded(out, stage)
+def _remove_units(out: Location, stage: str, units: list[int]) -> None:
+    """Delete the declared files of ``units`` (partition or shard numbers) of ``stage`` and their records."""
     for unit in units:
-        for name in records.get(unit) or {}:
-            output.remove(output.join(out, *name.split("/")))
-    manifest.forget(out, stage, units)
+        for path in stages.unit_paths(out, stage, unit):
+            output.remove(path)
+    manifest.forget(out, stage, [stages.unit_name(stage, unit) for unit in units])
 
 
 def _write(out: Location, sets: list[dict], config: PipelineConfig) -> None:
