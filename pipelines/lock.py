@@ -112,8 +112,10 @@ class OutputLock:
             fs.pipe_file(key, data)
             time.sleep(0.5)
             return (self._read() or {}).get("token") == self.holder["token"]
-        except (FileExistsError, OSError):
+        except FileExistsError:
             return False
+        except OSError as error:
+            raise LockError(f"{self.out}: cannot write its lock {self.path.name} ({error})") from None
         fs.invalidate_cache(key)
         return True
 
