@@ -81,7 +81,9 @@ def damaged(out: Location, stage: str, deep: bool = False) -> dict[str, list[str
             if size is None:
                 problems.append(f"{name}: missing")
             elif size != expected.get("size"):
-                problems.append(f"{name}: {size:,} bytes, {expected.get('size')} written")
+                written = expected.get("size")
+                problems.append(f"{name}: {size:,} bytes, {written:,} written" if isinstance(written, int)
+                                else f"{name}: no size recorded")
             elif deep and output.md5(output.join(out, *name.split("/"))) != expected.get("md5"):
                 problems.append(f"{name}: overwritten (another MD5 digest)")
         if problems:
