@@ -12,6 +12,7 @@ A unit without a record (a run older than the records) is not checked::
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -35,11 +36,24 @@ def relative(out: Location, path: Location) -> str:
 def record(out: Location, stage: str, unit: str, paths: list[Location], known: dict[str, dict] | None = None) -> None:
     """Record the size and digest of ``paths`` as what ``unit`` of ``stage`` wrote (``known``: digests by
     relative path that the unit computed itself, e.g. a shard's)."""
-    files = {}
-    for path in paths:
-        name = relative(out, path)
-        files[name] = (known or {}).get(name) or {"size": output.size(path), "md5": output.md5(path)}
+    known = known or {}
+    todo = [path for path in paths if relative(out, path) not in known]
+    files = {relative(out, path): digest for path, digest in zip(todo, _digests(todo))}
+    files |= {relative(out, path): known[relative(out, path)] for path in paths if relative(out, path) in known}
     output.write_bytes(manifest_dir(out, stage) / f"{unit}.json", json.dumps({"files": files}, sort_keys=True).encode())
+
+
+def _digests(paths: list[Location], batch: int = 256) -> list[dict]:
+    """``{size, md5}`` of each file; objects of a store are fetched ``batch`` at a time, concurrently."""
+    if not paths or not all(isinstance(path, RemotePath) for path in paths):
+        return [{"size": output.size(path), "md5": output.md5(path)} for path in paths]
+    fs, _ = paths[0].filesystem()
+    found = []
+    for start in range(0, len(paths), batch):
+        keys = [path.filesystem()[1] for path in paths[start:start + batch]]
+        contents = fs.cat(keys)
+        found += [{"size": len(contents[key]), "md5": hashlib.md5(contents[key]).hexdigest()} for key in keys]
+    return found
 
 
 def forget(out: Location, stage: str, units: list[str] | None = None) -> None:

@@ -291,3 +291,22 @@ def test_one_run_holds_an_out_in_a_bucket_and_a_dead_holders_lock_is_taken_over(
     with OutputLock(out, "curate run later", lease=1.0):
         assert json.loads(fs.cat(f"{BUCKET}/locked-run/{LOCK_FILE}"))["command"] == "curate run later"
     dead._stop.set()  # (the dead run's heartbeat thread, idle all along, ends)
+
+
+def test_damage_in_a_bucket_is_listed_by_status_verify_and_repaired_by_a_rerun(s3):
+    """docs/curation.md, "What the output folder guarantees": damage found and repaired on an object store too."""
+    endpoint, fs, folders = s3
+    out = f"s3://{out_bucket(fs)}/runs/damaged"
+    options = ["--storage-option", f"endpoint_url={endpoint}"]
+    command = ["run", "--lake", folders["pool"], "--out", out, "--workers", 1, *options, *DEMO]
+    assert curate(*command).exit_code == 0
+    fs.rm(f"{OUT_BUCKET}/runs/damaged/shards/shard-000001.tar")
+    fs.rm(f"{OUT_BUCKET}/runs/damaged/tables/embeddings/part-00001.npy")
+    status = curate("status", out, "--verify", *options)
+    assert status.exit_code == 1
+    assert "damaged: embed part-00001: tables/embeddings/part-00001.npy: missing" in status.stdout
+    assert "damaged: shard shard-000001: shards/shard-000001.tar: missing" in status.stdout
+    rerun = curate(*command)
+    assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
+    assert "ingest: done already" in rerun.stdout and "embed (1 partitions)" in rerun.stdout
+    assert curate("status", out, "--verify", *options).exit_code == 0
