@@ -126,23 +126,22 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
         for uri in [*(lakes or []), *(curated or []), *(evals or [])]:
             lake_listing.check_uri(uri)
         sets = _sets(out, lakes or [], curated or [], evals or [])
-        check(out, sets)
-        with OutputLock(out, f"curate {command} --out {out}"):
-            here = all(lake_listing.listed_by_client(image_set) for image_set in sets)  # else listed by tasks
-            listing = files_table(sets, config.ingest.partition_size) if check(out, sets) is None and here else None
-            with connect(scheduler, workers, memory_limit, cluster=cluster, slurm=config.slurm) as client:
-                if client.dashboard_link and "None" not in client.dashboard_link:
-                    console.print(f"dask dashboard: {client.dashboard_link}")
-                redo = prepare(out, sets, config)
-                if redo:
-                    console.print(f"config changed: redoing {', '.join(redo)}")
-                for line in repair(out, deep=verify):
-                    console.print(f"damaged, redoing it and what depends on it: {line}")
-                if listing is not None:
-                    write_listing(out, sets, config, listing)
-                pipeline = Pipeline(client, out, config, console)
-                records = pipeline.run(sets, until=until, report_file=performance_report,
-                                       after_stage=lambda name: _check_curated(out, sets) if name == "ingest" else None)
+        here = all(lake_listing.listed_by_client(image_set) for image_set in sets)  # else listed by tasks
+        listing = files_table(sets, config.ingest.partition_size) if check(out, sets) is None and here else None
+        with (OutputLock(out, f"curate {command} --out {out}"),  # prepare checks OUT again, holding it
+              connect(scheduler, workers, memory_limit, cluster=cluster, slurm=config.slurm) as client):
+            if client.dashboard_link and "None" not in client.dashboard_link:
+                console.print(f"dask dashboard: {client.dashboard_link}")
+            redo = prepare(out, sets, config)
+            if redo:
+                console.print(f"config changed: redoing {', '.join(redo)}")
+            for line in repair(out, deep=verify):
+                console.print(f"damaged, redoing it and what depends on it: {line}")
+            if listing is not None:
+                write_listing(out, sets, config, listing)
+            pipeline = Pipeline(client, out, config, console)
+            records = pipeline.run(sets, until=until, report_file=performance_report,
+                                   after_stage=lambda name: _check_curated(out, sets) if name == "ingest" else None)
     except USER_ERRORS as error:
         _fail(command, error)
     _print_records(console, records)
