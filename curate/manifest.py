@@ -7,7 +7,7 @@ folder; with ``deep`` each file is also read and its digest compared (an overwri
 A unit without a record (a run older than the records) is not checked::
 
     record(out, "ingest", "part-00003", [out / "tables/images/part-00003.parquet"])
-    damaged(out, "ingest")          # {"part-00003": ["tables/images/part-00003.parquet: missing"]}
+    damaged(out, "ingest")          # {"part-00003": {"tables/images/part-00003.parquet": "missing"}}
 """
 
 from __future__ import annotations
@@ -78,28 +78,27 @@ def recorded(out: Location, stage: str) -> dict[str, dict[str, dict] | None]:
     return records
 
 
-def damaged(out: Location, stage: str, deep: bool = False) -> dict[str, list[str]]:
-    """Units of ``stage`` whose recorded files are missing, of another size or (``deep``) of another digest."""
+def damaged(out: Location, stage: str, deep: bool = False) -> dict[str, dict[str, str]]:
+    """Units of ``stage`` whose recorded files are missing, of another size or (``deep``) of another digest:
+    unit -> relative path -> what is wrong with it (an unreadable record names itself)."""
     listings: dict[str, dict[str, int]] = {}
-    found: dict[str, list[str]] = {}
+    found: dict[str, dict[str, str]] = {}
     for unit, files in recorded(out, stage).items():
         if files is None:
-            found[unit] = [f"{MANIFEST_DIR}/{stage}/{unit}.json: not a readable record"]
+            found[unit] = {f"{MANIFEST_DIR}/{stage}/{unit}.json": "not a readable record"}
             continue
-        problems = []
+        problems = {}
         for name, expected in sorted(files.items()):
             folder, _, base = name.rpartition("/")
             if folder not in listings:
                 listings[folder] = output.sizes(output.join(out, *folder.split("/")) if folder else out)
-            size = listings[folder].get(base)
+            size, written = listings[folder].get(base), expected.get("size")
             if size is None:
-                problems.append(f"{name}: missing")
-            elif size != expected.get("size"):
-                written = expected.get("size")
-                problems.append(f"{name}: {size:,} bytes, {written:,} written" if isinstance(written, int)
-                                else f"{name}: no size recorded")
+                problems[name] = "missing"
+            elif size != written:
+                problems[name] = f"{size:,} bytes, {written:,} written" if isinstance(written, int) else "no size recorded"
             elif deep and output.md5(output.join(out, *name.split("/"))) != expected.get("md5"):
-                problems.append(f"{name}: overwritten (another MD5 digest)")
+                problems[name] = "overwritten (another MD5 digest)"
         if problems:
             found[unit] = problems
     return found

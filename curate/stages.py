@@ -116,6 +116,17 @@ def record_listing(out: Location) -> None:
     manifest.record(out, "ingest", LISTING_UNIT, [tables.part_path(out, "files", p) for p in partitions(out)])
 
 
+def listing_record(out: Location) -> dict[str, dict] | None:
+    """The recorded listing: ``files`` part (relative path) -> ``{size, md5}``; ``None`` when none is."""
+    return manifest.recorded(out, "ingest").get(LISTING_UNIT)
+
+
+def part_number(name: str) -> int | None:
+    """The partition of a ``part-NNNNN.*`` file name or path (``None`` for another name)."""
+    found = re.fullmatch(r"part-(\d+)\.\w+", name.rsplit("/", 1)[-1])
+    return int(found.group(1)) if found else None
+
+
 def partitions(out: Location) -> list[int]:
     """Partition numbers of the lake listing (``files`` table parts)."""
     return sorted(tables.done_parts(out, "files"))

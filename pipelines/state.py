@@ -16,7 +16,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from curate import manifest, output, stages
+from curate import manifest, output, stages, tables
 from curate.lake import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
@@ -91,7 +91,7 @@ def _resolved(recorded: dict) -> dict:
     return {**recorded, "uri": str(Path(uri).expanduser().resolve())}
 
 
-def damage(out: Location, deep: bool = False) -> dict[str, dict[str, list[str]]]:
+def damage(out: Location, deep: bool = False) -> dict[str, dict[str, dict[str, str]]]:
     """Per stage, its damaged units (:func:`curate.manifest.damaged`); ``deep`` also compares digests."""
     return {stage: found for stage in stages.ORDER if (found := manifest.damaged(out, stage, deep))}
 
@@ -100,9 +100,10 @@ def repair(out: Location, deep: bool = False) -> list[str]:
     """Remove every damaged unit and what depends on it so that a run redoes them; returns one line each.
 
     A damaged partition of a per-partition stage is redone in that stage and the per-partition stages
-    after it, then every global stage; a damaged shard (or the shard index) is redone with the index and
-    the report; a damaged global stage with the stages after it; a damaged lake listing with everything.
-    Caches stay: each part records the rows it was built from (:mod:`curate.copydetect.features`).
+    after it, then every global stage; a damaged ``files`` part is listed again (:func:`relisted`) and its
+    partition redone; a damaged shard (or the shard index) is redone with the index and the report; a
+    damaged global stage with the stages after it. Caches stay: each part records the rows it was built
+    from (:mod:`curate.copydetect.features`).
     """
     found = damage(out, deep)
     if not found:
@@ -112,8 +113,15 @@ def repair(out: Location, deep: bool = False) -> list[str]:
     for stage, units in found.items():
         position = stages.ORDER.index(stage)
         if stage == "ingest" and stages.LISTING_UNIT in units:
-            redo_from = 0
-        elif stages.STAGES[stage].per_partition:
+            lost = {stages.part_number(name) for name in units[stages.LISTING_UNIT]}
+            if None in lost:  # not a files part: the record itself is unreadable
+                redo_from = 0
+                continue
+            for number in lost:
+                output.remove(tables.part_path(out, "files", number))
+            partitions |= lost
+            position = 0
+        if stages.STAGES[stage].per_partition:
             partitions |= {int(unit.split("-")[1]) for unit in units if unit.startswith("part-")}
             for later in stages.ORDER[position:]:
                 if stages.STAGES[later].per_partition:
@@ -129,7 +137,28 @@ def repair(out: Location, deep: bool = False) -> list[str]:
             redo_from = min(redo_from, position)
     for stage in stages.ORDER[redo_from:]:
         remove_outputs(out, stage, caches=False)
-    return [f"{stage} {unit}: {'; '.join(problems)}" for stage, units in found.items() for unit, problems in units.items()]
+    return [f"{stage} {unit}: {'; '.join(f'{name}: {problem}' for name, problem in problems.items())}"
+            for stage, units in found.items() for unit, problems in units.items()]
+
+
+def relisted(out: Location, before: dict[str, dict] | None) -> None:
+    """After the lake was listed again over a listing recorded as ``before``: redo the partitions whose
+    ``files`` part changed (all of them when the lake changed since), and record the new listing."""
+    stages.record_listing(out)
+    after = stages.listing_record(out) or {}
+    if before is None:
+        return
+    changed = {stages.part_number(name) for name in set(before) | set(after) if before.get(name) != after.get(name)}
+    for number in sorted(changed - {None}):
+        if tables.part_path(out, "files", number).name not in {Path(name).name for name in after}:
+            output.remove(tables.part_path(out, "files", number))  # a partition the lake no longer has
+    if changed:
+        for stage in stages.ORDER:
+            if stages.STAGES[stage].per_partition:
+                _remove_units(out, stage, sorted(changed - {None}))
+            else:
+                remove_outputs(out, stage, caches=False)
+        stages.record_listing(out)
 
 
 def _remove_units(out: Location, stage: str, units: list[int]) -> None:
@@ -170,5 +199,6 @@ def status(out: Location, deep: bool = False) -> list[dict]:
         else:
             state, detail = "pending", ""
         rows.append({"stage": name, "state": state, "detail": detail,
-                     "problems": [f"{unit}: {p}" for unit, problems in found.get(name, {}).items() for p in problems]})
+                     "problems": [f"{unit}: {path}: {problem}" for unit, problems in found.get(name, {}).items()
+                                  for path, problem in problems.items()]})
     return rows

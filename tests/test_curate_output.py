@@ -138,6 +138,7 @@ def test_a_unit_record_finds_missing_truncated_and_overwritten_files(out):
     output.remove(paths[0])
     output.write_bytes(paths[1], b"012345")
     output.write_bytes(paths[2], b"9876543210")
-    assert manifest.damaged(out, "shard") == {"shard-000000": ["shards/shard-000000.tar: missing"],
-                                              "shard-000001": ["shards/shard-000001.tar: 6 bytes, 10 written"]}
-    assert manifest.damaged(out, "shard", deep=True)["shard-000002"] == ["shards/shard-000002.tar: overwritten (another MD5 digest)"]
+    assert manifest.damaged(out, "shard") == {"shard-000000": {"shards/shard-000000.tar": "missing"},
+                                              "shard-000001": {"shards/shard-000001.tar": "6 bytes, 10 written"}}
+    assert manifest.damaged(out, "shard", deep=True)["shard-000002"] == {
+        "shards/shard-000002.tar": "overwritten (another MD5 digest)"}

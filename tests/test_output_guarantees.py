@@ -217,8 +217,10 @@ def test_a_rerun_redoes_exactly_the_damaged_units_and_what_depends_on_them(finis
         assert f"{stage}: done already" in result.stdout, stage
     for stage in redone - {"report"}:
         assert f"{stage}: done already" not in result.stdout, stage
-    if case == "deleted embeddings matrix":
+    if case in ("deleted embeddings matrix", "deleted files part"):  # that partition alone
         assert "embed (1 partitions)" in result.stdout
+    if case == "deleted files part":
+        assert "ingest (1 partitions)" in result.stdout
     if kept >= {"sample"}:  # shards that were intact are kept as they are
         assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("shard-*.tar")
                 if p.name in untouched} == untouched
@@ -226,6 +228,22 @@ def test_a_rerun_redoes_exactly_the_damaged_units_and_what_depends_on_them(finis
         assert (out / "shards" / name).read_bytes() == (reference / "shards" / name).read_bytes(), name
     for name in ("files", "images", "embeddings", "duplicates", "selection", "shards"):
         assert tables.read_table(out, name).equals(tables.read_table(reference, name)), name
+    assert curate("status", out, "--verify").exit_code == 0
+
+
+def test_a_damaged_listing_of_a_lake_that_changed_since_redoes_every_partition_that_changed(tmp_path, scheduler):
+    folders = write_lake(tmp_path, pool=20, curated=2, evals=1)
+    out = tmp_path / "out"
+    assert rerun(out, folders, scheduler).exit_code == 0
+    tables.part_path(out, "files", 2).unlink()
+    shutil.copy(folders["pool"] / "fm_0003.png", folders["pool"] / "a_new_image.png")  # every pool part shifts
+    result = rerun(out, folders, scheduler)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    listed = tables.read_table(out, "files")
+    assert len(listed) == sum(1 for folder in ("pool", "curated") for _ in folders[folder].iterdir())
+    assert sorted(tables.read_table(out, "images").column("key").to_pylist()) == sorted(listed.column("key").to_pylist())
+    assert sorted(tables.read_table(out, "embeddings").column("key").to_pylist()) == sorted(
+        row["key"] for row in tables.read_table(out, "images").to_pylist() if row["status"] == "ok")
     assert curate("status", out, "--verify").exit_code == 0
 
 
