@@ -14,10 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curate import fetched, tables
+from curate import fetched, stages, tables
 from lakes import write_lake
 from pipelines.cli import app
-from curate import stages
 
 
 @pytest.fixture
