@@ -310,7 +310,8 @@ def plan(out: Location, config: PipelineConfig) -> int:
              if path is not None and (output.is_url(path) or output.is_file(output.location(path)))}
     selection = selection.filter(pa.array([uri not in named or uri in files for uri in uris]))
     keys = selection.column("key").to_pylist()
-    images = _lookup(images_table, keys, ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
+    images = _lookup(images_table, keys,
+                     ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
     images["bytes"] = [size if size is not None or uri not in files else output.size(output.location(files[uri])) or 0
                        for uri, size in zip(images["uri"], images["bytes"])]
     duplicates = _lookup(tables.read_table(out, "duplicates"), keys, ["group"])
@@ -531,8 +532,8 @@ STAGES: dict[str, Stage] = {
               counts=lambda out: (_rows(out, "files"), _ok_images(out))),
         Stage("embed", ("images",), "embeddings", True, "one vector per readable image",
               steps=(Step("embed", embed_step, partition_units, parts_done("embeddings"), {"GPU": 1}, embedder),),
-              unit_files=("embeddings/img_emb/img_emb_{unit:05d}.npy", "embeddings/metadata/metadata_{unit:05d}.parquet",
-                          _part("embeddings")),
+              unit_files=("embeddings/img_emb/img_emb_{unit:05d}.npy",
+                          "embeddings/metadata/metadata_{unit:05d}.parquet", _part("embeddings")),
               counts=lambda out: (_ok_images(out), _rows(out, "embeddings"))),
         Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
               steps=(Step("dedup", Whole(dedup)),),

@@ -63,8 +63,8 @@ def write_array(out: str | Path | RemotePath, name: str, partition: int, array: 
 
 
 def read_array(out: str | Path | RemotePath, name: str, partition: int, mmap: bool = True) -> np.ndarray:
-    """The matrix of part ``partition`` (:func:`array_path`): memory-mapped locally, read into memory from a store (never
-    with pickles: :class:`SchemaError` for anything but a plain array)."""
+    """The matrix of part ``partition`` (:func:`array_path`): memory-mapped locally, read into memory from a
+    store (never with pickles: :class:`SchemaError` for anything but a plain array)."""
     path = array_path(out, name, partition)
     try:
         if isinstance(path, RemotePath):

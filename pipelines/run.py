@@ -62,8 +62,9 @@ def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, l
 
 
 def run_curation(out: Location, sets: list[ImageSet], config: PipelineConfig,
-                 executor: AbstractContextManager[Executor], console: Console, until: str = "report", holder: str = "curate", listing: pa.Table | None = None,
-                 verify: bool = False, after_stage: Callable[[str], None] | None = None) -> list[dict]:
+                 executor: AbstractContextManager[Executor], console: Console, until: str = "report",
+                 holder: str = "curate", listing: pa.Table | None = None, verify: bool = False,
+                 after_stage: Callable[[str], None] | None = None) -> list[dict]:
     """Run every stage up to ``until`` over ``out`` holding its lock (``holder`` names this run to another
     one); returns one record per stage (images in/out, seconds, tasks). ``executor`` is entered once the
     lock is held (a cluster starts only for a run that may write ``OUT``):
