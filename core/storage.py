@@ -1,4 +1,14 @@
-"""Where a run's outputs go: a local folder or an fsspec URL (``s3://bucket/prefix``), behind one set of calls.
+"""Storage: local folders and fsspec URLs (``s3://bucket/prefix``) behind one set of calls, for every package.
+
+What a location is (:func:`is_url`, :func:`is_remote`, :func:`protocol`), the filesystem that reaches it
+(:func:`filesystem`, with the storage options of :func:`parse_storage_options`), and files read, listed,
+written atomically and removed there. A :class:`RemotePath` is a file or folder of a store together with
+its storage options (as datatrove's ``DataFolder``), so whoever holds it can reach it.
+
+**URLs.** A string with a scheme (``s3://``, ``memory://``, ``tar://``, ``file://``) is a URL
+(:func:`is_url`); ``file://`` and ``local://`` URLs name local files, every other scheme a store
+(:func:`is_remote`). Outputs and shards given as ``file:///abs/path`` are written and read as that local
+path; storage options go to every protocol but ``file``.
 
 A local ``OUT`` is a :class:`~pathlib.Path` and every call does what the stages always did (a hidden
 temporary file beside the target, then ``os.replace``). A remote ``OUT`` is a :class:`RemotePath`: the URL
@@ -17,15 +27,104 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import io
+import json
 import os
+import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from curate.lakes.fsspec_lake import filesystem
+SHARD_DIR = "shards"
+"""The folder of a curation output that holds its webdataset shards and their index."""
+INDEX_NAME = "index.json"
+"""The shard index file of :data:`SHARD_DIR`."""
+INDEX_KIND = "wids-shard-index-v1"
+"""The ``__kind__`` of a shard index (wids' format: ``shardlist`` of ``url``, ``nsamples``, ``filesize``, ``md5sum``)."""
+STORAGE_OPTIONS_ENV = "PRETRAIN_STORAGE_OPTIONS"
+"""Environment variable holding storage options as a JSON object (how ``curate run --pretrain`` passes
+secrets to ``pretrain`` without a command line); ``--storage-option`` pairs are laid over it."""
+BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp",
+            "az": "adlfs", "abfs": "adlfs"}
+"""The package that gives fsspec each protocol (named in the error when it is missing)."""
+LOCAL_PROTOCOLS = ("file", "local")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class StorageError(OSError):
+    """A location no filesystem here can reach (an unknown protocol, a backend that is not installed)."""
+
+
+class StorageOptionError(ValueError):
+    """A ``--storage-option`` that is not ``KEY=VALUE`` (or storage options in the environment that are not JSON)."""
+
+
+def is_url(text: str | os.PathLike) -> bool:
+    """Whether ``text`` is a string starting with a scheme (``s3://``, ``tar://``, and ``file://`` too)."""
+    return isinstance(text, str) and bool(_SCHEME.match(text))
+
+
+def protocol(url: str | os.PathLike) -> str:
+    """The scheme of ``url`` (``s3``, ``gs``, ``https``...), ``file`` for a local path."""
+    return url.split("://", 1)[0].lower() if is_url(url) else "file"  # type: ignore[union-attr]
+
+
+def is_remote(text: str | os.PathLike) -> bool:
+    """Whether ``text`` names a store: a URL whose scheme is not ``file://`` (nor ``local://``)."""
+    return is_url(text) and protocol(text) not in LOCAL_PROTOCOLS
+
+
+def options_for(url_protocol: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The options a filesystem of ``url_protocol`` gets (none for local files)."""
+    return {} if url_protocol in LOCAL_PROTOCOLS else dict(storage_options or {})
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
+    """The fsspec filesystem of ``url``; :class:`StorageError` naming the package when its backend is missing."""
+    import fsspec
+
+    name = protocol(url)
+    try:
+        return fsspec.filesystem(name, **options_for(name, storage_options))
+    except ImportError as error:
+        package = BACKENDS.get(name, f"the {name}:// fsspec backend")
+        raise StorageError(f"{url}: fsspec has no {name}:// backend here ({error}); pip install {package}") from None
+    except ValueError as error:
+        raise StorageError(f"{url}: no fsspec filesystem for {name}:// ({error})") from None
+
+
+def parse_storage_options(pairs: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Storage options of ``environ[STORAGE_OPTIONS_ENV]`` (JSON, when ``environ`` is given) with ``KEY=VALUE``
+    pairs laid over them: ``true``/``false`` become booleans, every other value stays a string (a
+    numeric-looking token is still a token); ``a.b=v`` nests (``client_kwargs.region_name=eu-west-1``)::
+
+        parse_storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=false"])
+    """
+    options: dict[str, Any] = {}
+    text = (environ or {}).get(STORAGE_OPTIONS_ENV)
+    if text:
+        try:
+            options = json.loads(text)
+        except json.JSONDecodeError:
+            raise StorageOptionError(f"{STORAGE_OPTIONS_ENV} is not a JSON object") from None
+        if not isinstance(options, dict):
+            raise StorageOptionError(f"{STORAGE_OPTIONS_ENV} is not a JSON object")
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:  # the value is not echoed: it may be a credential typed without its key
+            raise StorageOptionError("--storage-option: expected KEY=VALUE (one was given without '=' or a key)")
+        *parents, leaf = name.split(".")
+        target = options
+        for parent in parents:
+            nested = target.setdefault(parent, {})
+            if not isinstance(nested, dict):
+                raise StorageOptionError(f"--storage-option {name}: {parent} is already set to a value")
+            target = nested
+        target[leaf] = {"true": True, "false": False}.get(value.strip().lower(), value)
+    return options
 
 
 @dataclass(frozen=True)
@@ -61,18 +160,21 @@ class RemotePath:
 Location = Path | RemotePath
 
 
-def is_url(text: str | os.PathLike) -> bool:
-    """Whether ``text`` names a remote store (``s3://``, ``memory://``...; ``file://`` is local)."""
-    return isinstance(text, str) and "://" in text and not text.startswith("file://")
-
-
 def location(out: str | os.PathLike | RemotePath, storage_options: Mapping[str, Any] | None = None) -> Location:
     """``out`` as a :data:`Location`: a :class:`RemotePath` for a URL (with ``storage_options``), else a Path."""
     if isinstance(out, RemotePath):
         return out
-    if is_url(out):
+    if is_remote(out):
         return RemotePath(str(out), dict(storage_options or {}))
-    return Path(str(out).removeprefix("file://"))
+    return Path(strip_local_scheme(str(out)))
+
+
+def strip_local_scheme(text: str) -> str:
+    """``text`` without a leading ``file://`` (or ``local://``)."""
+    for scheme in LOCAL_PROTOCOLS:
+        if text.startswith(f"{scheme}://"):
+            return text[len(scheme) + 3:]
+    return text
 
 
 def join(base: str | os.PathLike | RemotePath, *names: str) -> Location:
@@ -131,11 +233,17 @@ def names(folder: Location, pattern: str = "*") -> list[str]:
     return sorted(name for name in found if fnmatch.fnmatchcase(name, pattern))
 
 
-def read_bytes(path: Location) -> bytes:
+def read_bytes(path: Location, start: int | None = None, end: int | None = None) -> bytes:
+    """The bytes of the file at ``path`` (``[start, end)`` when given: one ranged read on a store);
+    ``FileNotFoundError`` when there is none."""
     if isinstance(path, RemotePath):
         fs, key = path.filesystem()
-        return fs.cat_file(key)
-    return Path(path).read_bytes()
+        return fs.cat_file(key, start=start, end=end)
+    if start is None and end is None:
+        return Path(path).read_bytes()
+    with open(path, "rb") as stream:
+        stream.seek(start or 0)
+        return stream.read(-1 if end is None else end - (start or 0))
 
 
 def readable(path: Location) -> Path | BinaryIO:

@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 
 from curate.lakes.parquet import PARQUET_SUFFIXES, find_image_column
 from curate.lakes.tar import TAR_SUFFIXES
-from curate.lakes.uris import LakeError, is_url
+from core.storage import is_remote
+from curate.lakes.uris import LakeError
 from pretrain.data.images import is_image_file
 
 INDEX_NAME = "index.json"
@@ -54,7 +55,7 @@ def _index_shards(index: Path) -> list[str] | None:
         url = entry.get("url") if isinstance(entry, dict) else None
         if not isinstance(url, str) or not url:
             raise LakeError(f"{index}: corrupt shard index, an entry without a 'url'")
-        if is_url(url) and not url.startswith("file://"):
+        if is_remote(url):
             paths.append(url)  # a shard in a store: read through fsspec like any tar URL
             continue
         path = Path(url.removeprefix("file://"))
