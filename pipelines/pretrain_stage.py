@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.storage import INDEX_NAME, SHARD_DIR, STORAGE_OPTIONS_ENV
 from curate import output
 from curate.output import Location, RemotePath
-from core.storage import SHARD_DIR, STORAGE_OPTIONS_ENV
 from schemas.storage import is_secret
 
 PRETRAIN_DIR = "pretrain"
@@ -94,7 +94,7 @@ def check_same_shards(out: Location, pretrain_out: Path | None = None) -> None:
     """Record which shards the trainer's folder trains on; refuse to resume it on different ones."""
     folder = trainer_dir(out, pretrain_out)
     record = folder / DATA_RECORD
-    index = out / SHARD_DIR / "index.json"
+    index = out / SHARD_DIR / INDEX_NAME
     if not output.is_file(index):
         raise PretrainStageError(f"{out / SHARD_DIR}: no index.json, the shard stage wrote no shards")
     digest = hashlib.sha256(output.read_bytes(index)).hexdigest()

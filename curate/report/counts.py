@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.storage import SHARD_DIR
+from core.storage import INDEX_NAME, SHARD_DIR
 from curate import output
 from curate.output import Location, RemotePath
 from curate.tables import done_parts, read_table, table_dir
@@ -229,7 +229,7 @@ def _shards(table: pa.Table | None, out: Location) -> dict[str, Any]:
     sizes = [output.size(path) for path in paths]
     on_disk = [size for size in sizes if size is not None]
     return {"present": True, "count": len(paths), "samples": len(table), "bytes": int(sum(on_disk)),
-            "missing": len(paths) - len(on_disk), "index": output.is_file(folder / "index.json")}
+            "missing": len(paths) - len(on_disk), "index": output.is_file(folder / INDEX_NAME)}
 
 
 def _unreadable(table: pa.Table | None) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def _outputs(out: Location, tables: Tables) -> dict[str, Any]:
     parts = {name: output.names(table_dir(out, name), "part-*.parquet") for name, table in tables.items()
              if table is not None}
     shards = output.names(out / SHARD_DIR, "*.tar")
-    index = [f"{SHARD_DIR}/index.json"] if output.is_file(out / SHARD_DIR / "index.json") else []
+    index = [f"{SHARD_DIR}/{INDEX_NAME}"] if output.is_file(out / SHARD_DIR / INDEX_NAME) else []
     run = ["run.json"] if output.is_file(out / "run.json") else []
     return {"tables": {name: [f"tables/{name}/{part}" for part in found[:LINKED]] for name, found in parts.items()},
             "shards": [f"{SHARD_DIR}/{name}" for name in shards[:LINKED]], "index": index, "run": run,

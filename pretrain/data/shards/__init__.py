@@ -37,6 +37,7 @@ One module a job: :mod:`~pretrain.data.shards.specs` resolves a spec into a :cla
 :mod:`~pretrain.data.shards.tar` parses tar headers into samples, :mod:`~pretrain.data.shards.reader`
 reads a sample's bytes and orders the samples.
 """
+
 from core.storage import INDEX_KIND, INDEX_NAME
 from pretrain.data.shards.reader import SHARDS_PER_WINDOW, SampleReadError, ShardReader, windowed_order
 from pretrain.data.shards.specs import Shard, ShardList, expand_braces, is_shard_spec, read_index, resolve_shards
