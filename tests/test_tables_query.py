@@ -15,7 +15,7 @@ import pytest
 
 from curate import stages, tables
 from curate.embed import load_embedder
-from curate.lake import ImageSet, files_table
+from curate.lakes.sets import ImageSet, files_table
 from lakes import write_lake
 from pipelines import state
 from schemas.config import load_config
