@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.storage import SHARD_DIR
 from curate import fetched, manifest, output, tables
 from curate.dedup import duplicates_table
 from curate.embed import Embedder, embed_partition, load_embedder
@@ -286,7 +287,6 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
 
 # -- shard stage: a plan, one unit per shard, then the index ---------------------------------------------
 
-SHARD_DIR = "shards"
 PLAN_FILE = ".plan.json"
 INDEX_UNIT = "index"
 """The shard stage's last unit (``shards/index.json`` and the ``shards`` table), as recorded."""

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curate import output, stages
-from curate.lake import ImageSet, LakeError, files_table, name_sets
+from curate.lakes.sets import ImageSet, LakeError, files_table, name_sets
 from curate.lakes import listing as lake_listing
 from curate.output import Location
 from pipelines import pretrain_stage

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from curate import output, stages, tables
 from curate.copydetect.features import part_path, partition_features
-from curate.lake import ImageSet
+from curate.lakes.sets import ImageSet
 from lakes import write_lake
 from pipelines.cli import app
 from pipelines.state import check

@@ -16,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from curate import tables
-from curate.lake import ImageSet
+from curate.lakes.sets import ImageSet
 from lakes import write_lake
 from pipelines import state
 from pipelines.dispatch import LoopExecutor

@@ -2,7 +2,7 @@
 
 Each ``img_emb_N.npy`` is a float16 or float32 ``[n, d]`` matrix and ``metadata_N.parquet`` its n rows in
 the same order (what clip-retrieval and embedding-reader write). A row's key is its ``key`` column when
-there is one, else made from ``image_path`` or ``url`` as for any image (:func:`curate.lake.make_key`). Its
+there is one, else made from ``image_path`` or ``url`` as for any image (:func:`curate.lakes.sets.make_key`). Its
 ``files`` uri is ``emb://ROW::METADATA_URL``: ingest reads no image for it (the vectors are the lake), embed
 takes the row's vector from the matrix, and the shard stage and the report read the image the row names
 (``image_path``, relative to the folder, or ``url``) where it is readable::
@@ -86,7 +86,7 @@ def _image_column(metadata: pq.ParquetFile) -> str | None:
 def rows(metadata_file: str) -> tuple[list[str | None], list[str]]:
     """Keys (``None`` where the file has no ``key`` column) and ``emb://`` uris of one metadata file's rows,
     checked against its matrix's row count."""
-    from curate.lake import make_key
+    from curate.lakes.sets import make_key
 
     table = pq.ParquetFile(metadata_file)
     count = table.metadata.num_rows

@@ -1,6 +1,6 @@
 """Listing a set across tasks: split it into units, list each unit in its own task, then number the partitions.
 
-A local folder or glob is one unit listed as before (:func:`curate.lake.list_set`, by the client). Any
+A local folder or glob is one unit listed as before (:func:`curate.lakes.sets.list_set`, by the client). Any
 other set is split by :func:`units` from one cheap look at its top level:
 
 - a prefix (``s3://bucket/lake/``): one unit per sub-prefix (``fs.find``, one paginated flat listing
@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import output, tables
-from curate.lake import ImageSet, list_set, make_key
+from curate.lakes.sets import ImageSet, list_set, make_key
 from curate.lakes import embeddings, fsspec_lake, parquet, tar
 from curate.lakes.detect import detect
 from curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
