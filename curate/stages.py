@@ -36,6 +36,7 @@ from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
 from curate.kmeans import clusters_table
 from curate.lakes import embeddings as lake_embeddings
+from curate.lakes.uris import is_url
 from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
@@ -307,7 +308,7 @@ def plan(out: Location, config: PipelineConfig) -> int:
     uris = _lookup(images_table, selection.column("key").to_pylist(), ["uri"])["uri"]
     named = lake_embeddings.images([uri for uri in uris if lake_embeddings.is_row(uri)])
     files = {uri: path for uri, path in named.items()
-             if path is not None and (output.is_url(path) or output.is_file(output.location(path)))}
+             if path is not None and (is_url(path) or output.is_file(output.location(path)))}
     selection = selection.filter(pa.array([uri not in named or uri in files for uri in uris]))
     keys = selection.column("key").to_pylist()
     images = _lookup(images_table, keys,
