@@ -115,7 +115,11 @@ class DedupConfig:
     eval_threshold: float = fraction(0.45, open_low=True)
     """Looser threshold against evaluation sets (the paper's 0.45)."""
     index: str = "auto"
-    """faiss index: ``auto`` (exact up to 10^5 vectors, IVF above), ``flat``, ``ivf`` or ``hnsw``."""
+    """faiss index: ``auto`` (exact up to 10^5 vectors, IVF up to 10^7, IVF-PQ above), ``flat``, ``ivf``,
+    ``ivfpq`` or ``hnsw``."""
+    shard_vectors: int = at_least(1_000_000, 1)
+    """kNN dedup: vectors per index shard (runs of whole partitions). A search task holds one shard plus one
+    partition: about ``shard_vectors x dim x 4`` bytes (IVF-PQ: ``dim / 4`` bytes a vector)."""
     nprobe: int = at_least(16, 1)
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
@@ -266,7 +270,7 @@ class PipelineConfig:
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("sample", "method"): ("auto", "retrieval", "balanced", "all"),
     ("sample", "retrieval"): ("neighbours", "clusters"),
-    ("dedup", "index"): ("auto", "flat", "ivf", "hnsw"),
+    ("dedup", "index"): ("auto", "flat", "ivf", "ivfpq", "hnsw"),
     ("embed", "device"): ("auto", "cpu", "cuda"),
 }
 

@@ -1,0 +1,150 @@
+"""The sharded kNN dedup (curate/knn_dedup.py) against the single-task duplicates_table, and its pieces."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components as scipy_components
+
+from curate import components as cc
+from curate import knn, knn_dedup, tables
+from curate.dedup import duplicates_table
+from schemas.config import DedupConfig, PipelineConfig
+
+
+def _config(**dedup) -> PipelineConfig:
+    return PipelineConfig(dedup=DedupConfig(**dedup))
+
+
+def _planted(count: int, dim: int, seed: int = 0):
+    """Gaussian vectors, every 10th row a noisy copy of the row before it; every 25th a byte copy of row 0."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((count, dim)).astype(np.float32)
+    copies = np.arange(10, count, 10)
+    vectors[copies] = vectors[copies - 1] + 0.2 * rng.standard_normal((len(copies), dim)).astype(np.float32)
+    digests = [f"{i:064x}" for i in range(count)]
+    for row in range(25, count, 25):
+        digests[row] = digests[3]
+    sizes = rng.choice([64, 96], size=count)  # resolution ties broken by key
+    return vectors, digests, sizes, copies
+
+
+def _write_lake(out, vectors, digests, sizes, partitions: int, evals: dict[str, np.ndarray]):
+    """``images`` and ``embeddings`` parts: pool rows spread over partitions (keys shuffled), eval sets after."""
+    count = len(vectors)
+    keys = [f"img{i:05d}" for i in range(count)]
+    rng = np.random.default_rng(1)
+    where = rng.integers(0, partitions, size=count)
+    for part in range(partitions):
+        rows = [int(i) for i in rng.permutation(np.flatnonzero(where == part))]
+        names = [keys[i] for i in rows]
+        roles, sets, matrix = ["pool"] * len(rows), ["pool"] * len(rows), [vectors[rows]]
+        uris, shas, pixels = [f"/lake/{keys[i]}.png" for i in rows], [digests[i] for i in rows], [sizes[i] for i in rows]
+        for name, reference in sorted(evals.items()):
+            mine = np.arange(len(reference))[np.arange(len(reference)) % partitions == part]
+            names += [f"{name}{i:04d}" for i in mine]
+            roles += ["eval"] * len(mine)
+            sets += [name] * len(mine)
+            matrix.append(reference[mine])
+            uris += [f"/eval/{name}{i}.png" for i in mine]
+            shas += [f"e{name}{i}" for i in mine]
+            pixels += [10] * len(mine)
+        n = len(names)
+        tables.write_array(out, "embeddings", part, np.concatenate(matrix))
+        tables.write_part(out, "embeddings", part, pa.table({
+            "key": names, "role": roles, "set": sets, "row": np.arange(n, dtype=np.int32)}))
+        tables.write_part(out, "images", part, pa.table({
+            "key": names, "uri": uris, "role": roles, "set": sets, "partition": np.full(n, part, np.int32),
+            "bytes": np.full(n, 100, np.int64), "sha256": shas, "width": np.array(pixels, np.int32),
+            "height": np.array(pixels, np.int32), "format": ["PNG"] * n, "phash": [None] * n,
+            "status": ["ok"] * n, "error": [None] * n, "provenance": [None] * n}))
+    pool = pa.table({"key": keys, "uri": [f"/lake/{k}.png" for k in keys], "sha256": digests,
+                     "width": np.asarray(sizes, np.int32), "height": np.asarray(sizes, np.int32)})
+    return pool
+
+
+def _rows(table: pa.Table) -> dict[str, dict]:
+    return {row["key"]: row for row in table.to_pylist()}
+
+
+def _same_groups(mine: dict, reference: dict) -> bool:
+    """Equal partitions of the keys into groups, whatever the group ids."""
+    pairs = {(mine[key]["group"], reference[key]["group"]) for key in reference}
+    return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+
+
+@pytest.mark.parametrize("partitions,shard_vectors", [(1, 10_000), (4, 130)])
+def test_sharded_dedup_equals_the_single_task_table(tmp_path, partitions, shard_vectors):
+    vectors, digests, sizes, _ = _planted(400, 16)
+    evals = {"test": vectors[[5, 77]] + 0.3, "val": vectors[[77, 201]] + 0.01}
+    pool = _write_lake(tmp_path, vectors, digests, sizes, partitions, evals)
+    settings = dict(k=8, threshold=0.9, eval_threshold=0.8, index="flat")
+    result = knn_dedup.run_all(tmp_path, _config(**settings, shard_vectors=shard_vectors))
+    mine = _rows(tables.read_table(tmp_path, "duplicates"))
+    reference = _rows(duplicates_table(pool, vectors, evals, DedupConfig(**settings)))
+    assert result == {"in": 400, "out": sum(r["kept"] for r in reference.values())}
+    assert set(mine) == set(reference) and _same_groups(mine, reference)
+    for key, row in reference.items():
+        assert {**mine[key], "group": 0, "similarity": 0} == {**row, "group": 0, "similarity": 0}, key
+        assert mine[key]["similarity"] == pytest.approx(row["similarity"], abs=1e-6)
+    reasons = {row["reason"] for row in reference.values()}
+    assert {"copy", "exact", "leak:val"} <= reasons  # the case covers every rule
+    if partitions == 1:
+        assert [mine[key]["group"] for key in reference] == [row["group"] for row in reference.values()]
+
+
+def test_planted_pairs_are_found_through_ivf_shards(tmp_path):
+    vectors, digests, sizes, copies = _planted(3000, 32, seed=2)
+    _write_lake(tmp_path, vectors, digests, sizes, 3, {})
+    knn_dedup.run_all(tmp_path, _config(k=8, threshold=0.9, index="ivf", nprobe=8, shard_vectors=1100))
+    assert knn_dedup.read_plan(tmp_path).pool.kind == "ivf" and len(knn_dedup.read_plan(tmp_path).pool.shards) == 3
+    rows = tables.read_table(tmp_path, "duplicates").to_pylist()
+    group = {row["key"]: row["group"] for row in rows}
+    found = [group[f"img{c:05d}"] == group[f"img{c - 1:05d}"] for c in copies]
+    assert np.mean(found) == 1.0
+
+
+def test_every_task_holds_one_partition_and_one_shard(tmp_path, monkeypatch):
+    vectors, digests, sizes, _ = _planted(600, 8, seed=3)
+    _write_lake(tmp_path, vectors, digests, sizes, 6, {"test": vectors[:3]})
+    loaded_index, loaded_rows = [], []
+    read_index, read_vectors = knn.index_from_bytes, knn_dedup._vectors
+    monkeypatch.setattr(knn, "index_from_bytes", lambda data: loaded_index.append(read_index(data).ntotal)
+                        or read_index(data))
+    monkeypatch.setattr(knn_dedup, "_vectors", lambda *args: loaded_rows.append(len(args[3])) or read_vectors(*args))
+    knn_dedup.run_all(tmp_path, _config(k=4, threshold=0.9, index="flat", shard_vectors=120))
+    plan = knn_dedup.read_plan(tmp_path)
+    assert len(plan.pool.shards) >= 5 and max(loaded_index) <= 120 + max(plan.pool.counts.values())
+    assert max(loaded_rows) <= max(plan.pool.counts.values())
+
+
+def test_union_find_matches_scipy_whatever_the_batches():
+    rng = np.random.default_rng(0)
+    count = 2000
+    first, second = rng.integers(0, count, 1500), rng.integers(0, count, 1500)
+    graph = coo_matrix((np.ones(1500), (first, second)), shape=(count, count))
+    _, expected = scipy_components(graph, directed=False)
+    for batches in (1, 7):
+        parent = cc.forest(count)
+        order = rng.permutation(1500)
+        for chunk in np.array_split(order, batches):
+            cc.join(parent, first[chunk], second[chunk])
+        roots = cc.labels(parent)
+        assert len(np.unique(roots)) == len(np.unique(expected))
+        assert all(len(set(roots[expected == c])) == 1 for c in np.unique(expected)[:200])
+        assert np.all(roots <= np.arange(count)) and np.all(roots[roots] == roots)  # root = smallest id
+
+
+def test_merged_shard_top_k_equals_one_flat_search():
+    rng = np.random.default_rng(4)
+    vectors = knn.unit_rows(rng.standard_normal((500, 8)))
+    plan = knn.plan_index({0: 200, 1: 150, 2: 150}, 8, "flat", shard_vectors=200)
+    trained = knn.train_index(plan, vectors[:0])
+    shards = [knn.add_to_shard(trained, [(np.arange(plan.offsets[p], plan.offsets[p] + plan.counts[p]),
+                                          vectors[plan.offsets[p]:plan.offsets[p] + plan.counts[p]]) for p in s])
+              for s in plan.shards]
+    ids = np.arange(500)
+    merged = knn.merge_top_k([knn.search_shard(s, ids, vectors, 5, -1.0) for s in shards], 5)
+    whole = knn.search_shard(knn.add_to_shard(trained, [(ids, vectors)]), ids, vectors, 5, -1.0)
+    assert len(plan.shards) == 3
+    assert np.array_equal(merged.query, whole.query) and np.array_equal(merged.neighbor, whole.neighbor)
