@@ -147,6 +147,8 @@ def _row_count(path: Location) -> int:
 def train(out: Location, config: PipelineConfig, layout: Layout = EMBEDDINGS) -> dict[str, int]:
     """The index plans (pool, then each evaluation set), the pool mean, and the trained coarse quantiser."""
     parts = partitions(out)
+    if not parts:
+        raise tables.SchemaError(f"{tables.table_dir(out, 'embeddings')}: no embeddings yet; run the embed stage")
     counts = {p: _row_count(_path(out, layout, "rows", f"part-{p:05d}.parquet")) for p in parts}
     dim = int(_matrix(out, layout, parts[0]).shape[1]) if parts else 0
     settings = config.dedup
@@ -460,6 +462,11 @@ def write(out: Location, config: PipelineConfig, partition: int, layout: Layout 
                       "similarity": similarity}, schema=DUPLICATES.schema)
     tables.write_part(out, "duplicates", partition, table)
     return {"in": count, "out": int(kept.sum())}
+
+
+def clean(out: Location, layout: Layout = EMBEDDINGS) -> None:
+    """Remove the work folder (index shards, search results, links) once the ``duplicates`` parts exist."""
+    output.remove_tree(_path(out, layout))
 
 
 def run_all(out: Location, config: PipelineConfig, layout: Layout = EMBEDDINGS) -> dict[str, int]:

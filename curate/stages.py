@@ -23,8 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import output, tables
-from curate.dedup import duplicates_table
+from curate import knn_dedup, output, tables
 from curate.embed import Embedder, embed_partition
 from curate.ingest import ingest_partition
 from curate.lakes import read_partition
@@ -161,19 +160,9 @@ def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
         from curate.copydetect.stage import copy_dedup
 
         return copy_dedup(out, config, rule)
-    vectors = read_vectors(out)
-    role = vectors.rows.column("role")
-    pool = vectors.where(pc.equal(role, "pool"))
-    images = tables.read_table(out, "images")
-    pool_images = pa.table(_lookup(images, pool.keys(), ["key", "uri", "sha256", "width", "height"]))
-    evals = vectors.where(pc.equal(role, "eval"))
-    references = {
-        name: evals.matrix[np.asarray(pc.equal(evals.rows.column("set"), name))]
-        for name in sorted(set(evals.rows.column("set").to_pylist()))
-    }
-    duplicates = duplicates_table(pool_images, pool.matrix, references, config.dedup)
-    tables.write_part(out, "duplicates", 0, duplicates)
-    return {"in": len(pool.keys()), "out": int(pc.sum(duplicates["kept"]).as_py() or 0)}
+    result = knn_dedup.run_all(out, config)
+    knn_dedup.clean(out)
+    return result
 
 
 def _kept_pool(out: Location, vectors: Vectors) -> Vectors:

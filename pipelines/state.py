@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from curate import output, stages, tables
+from curate import knn_dedup, output, stages, tables
 from curate.lake import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
@@ -31,6 +31,8 @@ def stage_paths(out: Location, stage: str) -> list[Location]:
     paths = [tables.table_dir(out, stages.STAGES[stage].writes)]
     if stage == "ingest":
         paths.append(tables.table_dir(out, "files"))
+    if stage == "dedup":
+        paths.append(output.join(out, *knn_dedup.WORK.split("/")))
     if stage == "shard":
         paths.append(out / stages.SHARD_DIR)
     return paths

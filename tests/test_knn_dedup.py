@@ -148,3 +148,10 @@ def test_merged_shard_top_k_equals_one_flat_search():
     whole = knn.search_shard(knn.add_to_shard(trained, [(ids, vectors)]), ids, vectors, 5, -1.0)
     assert len(plan.shards) == 3
     assert np.array_equal(merged.query, whole.query) and np.array_equal(merged.neighbor, whole.neighbor)
+
+
+def test_a_lake_of_evaluation_images_only_gives_an_empty_table(tmp_path):
+    vectors, digests, sizes, _ = _planted(0, 8)
+    _write_lake(tmp_path, vectors, digests, sizes, 2, {"test": np.eye(8, dtype=np.float32)[:3]})
+    assert knn_dedup.run_all(tmp_path, _config(index="flat")) == {"in": 0, "out": 0}
+    assert tables.read_table(tmp_path, "duplicates").num_rows == 0
