@@ -431,11 +431,10 @@ def write(out: Location, config: PipelineConfig, partition: int, layout: Layout 
     others = np.flatnonzero(group != ids)
     if len(others):
         winners = _read_table(_path(out, layout, "winners.parquet"))
-        winner_ids = winners["kept"].to_numpy()
-        found = np.searchsorted(winner_ids, group[others])
-        for row, at in zip(others.tolist(), found.tolist()):
-            kept_key[row] = winners["kept_key"][at].as_py()
-            kept_sha[row] = winners["kept_sha256"][at].as_py()
+        found = pa.array(np.searchsorted(winners["kept"].to_numpy(), group[others]))
+        for row, key, sha in zip(others.tolist(), winners["kept_key"].take(found).to_pylist(),
+                                 winners["kept_sha256"].take(found).to_pylist()):
+            kept_key[row], kept_sha[row] = key, sha
     own = _vectors(out, layout, partition, rows["row"].to_numpy(), plan.mean) if count else None
     similarity = np.zeros(count, np.float32)
     if count:
