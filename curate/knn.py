@@ -239,9 +239,11 @@ def pool_links(links: Links) -> Links:
     return Links(first[unique], second[unique], similarity[unique])
 
 
-def index_bytes(index: faiss.Index) -> np.ndarray:
-    """``index`` serialised (write it with :func:`curate.output.publish`)."""
-    return faiss.serialize_index(index)
+def write_index(index: faiss.Index, stream) -> None:
+    """``index`` serialised into a binary ``stream`` (no in-memory copy; e.g. inside :func:`curate.output.publish`)."""
+    writer = faiss.PyCallbackIOWriter(stream.write)
+    faiss.write_index(index, writer)
+    del writer  # flushes
 
 
 def index_from_bytes(data: bytes | np.ndarray) -> faiss.Index:

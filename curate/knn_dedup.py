@@ -40,6 +40,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -93,6 +94,13 @@ def _read_npz(path: Location) -> dict[str, np.ndarray]:
 def _matrix(out: Location, layout: Layout, partition: int) -> np.ndarray:
     path = output.join(out, *layout.vectors.split("/"), f"part-{partition:05d}.npy")
     return np.load(path, mmap_mode="r") if not isinstance(path, output.RemotePath) else np.load(output.readable(path))
+
+
+def _load_index(path: Location):
+    """A saved faiss index: read straight from a local file, through one download from a store."""
+    if isinstance(path, output.RemotePath):
+        return knn.index_from_bytes(output.read_bytes(path))
+    return faiss.read_index(str(path))
 
 
 def _vectors(out: Location, layout: Layout, partition: int, rows: np.ndarray, mean: np.ndarray | None) -> np.ndarray:
@@ -172,7 +180,7 @@ def train(out: Location, config: PipelineConfig, layout: Layout = EMBEDDINGS) ->
                                          plan.pq_bytes).to_dict()
     sample = knn.sample_ids(plan, seed=0)
     trained = knn.train_index(plan, _gather(out, layout, plan, sample, mean))
-    output.publish(_path(out, layout, "trained.index"), lambda stream: stream.write(knn.index_bytes(trained)))
+    output.publish(_path(out, layout, "trained.index"), lambda stream: knn.write_index(trained, stream))
     text = json.dumps({"pool": plan.to_dict(), "eval": eval_plans, "mean": None if mean is None else mean.tolist()},
                       sort_keys=True)
     output.write_bytes(_path(out, layout, "plan.json"), text.encode())
@@ -239,7 +247,7 @@ def add(out: Location, config: PipelineConfig, unit: tuple[int, int], layout: La
     plan = read_plan(out, layout)
     index_plan = plan.collection(collection)
     if index_plan.kind in ("ivf", "ivfpq"):
-        trained = knn.index_from_bytes(output.read_bytes(_path(out, layout, "trained.index")))
+        trained = _load_index(_path(out, layout, "trained.index"))
     else:
         trained = knn.train_index(index_plan, np.zeros((0, index_plan.dim), np.float32))
 
@@ -254,7 +262,7 @@ def add(out: Location, config: PipelineConfig, unit: tuple[int, int], layout: La
                                                                                            plan.mean)
 
     shard = knn.add_to_shard(trained, parts())
-    output.publish(_shard_path(out, layout, collection, number), lambda stream: stream.write(knn.index_bytes(shard)))
+    output.publish(_shard_path(out, layout, collection, number), lambda stream: knn.write_index(shard, stream))
     return {"vectors": int(shard.ntotal)}
 
 
@@ -278,7 +286,7 @@ def search(out: Location, config: PipelineConfig, unit: tuple[int, int, int],
     (``k + 1`` at ``dedup.threshold`` in the pool, the best match at ``dedup.eval_threshold`` in an evaluation set)."""
     query, collection, shard = unit
     plan = read_plan(out, layout)
-    index = knn.index_from_bytes(output.read_bytes(_shard_path(out, layout, collection, shard)))
+    index = _load_index(_shard_path(out, layout, collection, shard))
     rows = _rows(out, layout, query, ["row"])["row"].to_numpy()
     ids = np.arange(len(rows), dtype=np.int64) + plan.pool.offsets[query]
     settings = config.dedup
