@@ -53,6 +53,11 @@ from schemas.config import PipelineConfig
 from schemas.tables import DUPLICATES
 
 WORK = "work/dedup"
+WORK_FILES = tuple(f"{WORK}/{name}" for name in (
+    "rows/part-*.parquet", "eval/part-*.parquet", "sums/part-*.npy", "plan.json", "trained.index", "index/*.index",
+    "search/*.npz", "links/part-*.parquet", "leaks/part-*.parquet", "exact/part-*.parquet", "groups/part-*.npz",
+    "winners.parquet"))
+"""Glob patterns (relative to ``OUT``) of every file the steps write under :data:`WORK`: the stage's ``files``."""
 EXACT_BUCKET = 4_000_000
 """Pool rows per sha256 bucket of the exact-copy step (one bucket's digests are held at once)."""
 POOL = 0

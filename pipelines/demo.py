@@ -25,7 +25,8 @@ from pipelines.cli import resolve_config
 from pipelines.cluster import connect
 from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake, curation_quality
 from pipelines.run import Pipeline, write_listing
-from pipelines.state import prepare
+from pipelines.lock import OutputLock
+from pipelines.state import prepare, repair
 from schemas.config import load_config
 
 CURATION = [
@@ -66,8 +67,9 @@ def curate_demo_lake(lake: DemoLake, out: Path, workers: int | None, console: Co
     taken: set[str] = set()
     sets = (name_sets([str(lake.pool)], "pool", taken) + name_sets([str(lake.seeds)], "curated", taken)
             + name_sets([str(lake.evaluation)], "eval", taken))
-    with connect(workers=workers) as client:
+    with OutputLock(out, f"curate demo --out {out}"), connect(workers=workers) as client:
         prepare(out, sets, config)
+        repair(out)
         write_listing(out, sets, config)
         records = Pipeline(client, out, config, console).run(sets)
     return records, curation_quality(lake, out)

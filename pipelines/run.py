@@ -33,6 +33,7 @@ from pipelines.cluster import worker_has_gpu
 from pipelines.listing import list_lake
 from pipelines.plugins import PLUGIN_NAME, EmbedderPlugin
 from pipelines.progress import track
+from pipelines.state import relisted
 from schemas.config import PipelineConfig
 
 TIMINGS_FILE = "timings.json"
@@ -42,24 +43,31 @@ TASK_RETRIES = 1
 
 def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None,
                   pipeline: Pipeline | None = None) -> int:
-    """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists.
+    """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists whole.
+
+    A listing whose recorded parts are not all there (a damaged part was removed) is listed again: the
+    partitions whose part changed are redone (:func:`pipelines.state.relisted`).
 
     Local folder sets are listed here; any other set (URLs, tar files, parquet files) is listed by tasks
     of ``pipeline`` (:mod:`pipelines.listing`). Returns the number of partitions.
     """
     done = tables.done_parts(out, "files")
-    if done and not lake_listing.in_progress(out):
+    before = stages.listing_record(out) if done else None  # a listing with damaged parts is listed again
+    if done and not lake_listing.in_progress(out) and {stages.part_number(name) for name in before or {}} <= done:
         return len(done)
     if listing is None and not all(lake_listing.listed_by_client(image_set) for image_set in sets):
         if pipeline is None:
             raise ValueError("listing URLs, tar or parquet lakes needs a pipeline to run its tasks")
-        return list_lake(pipeline, sets)
+        count = list_lake(pipeline, sets)
+        relisted(out, before)
+        return count
     if listing is None:
         listing = files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
     partition = listing.column("partition").to_numpy()
     parts = sorted(set(partition.tolist()))
     for number in parts:
         tables.write_part(out, "files", number, listing.filter(partition == number))
+    relisted(out, before)
     return len(parts)
 
 
