@@ -27,6 +27,7 @@ def lake_job(job: dict) -> dict:
     import pyarrow as pa
 
     from curate import tables
+    from schemas.tables import utc_now
 
     out, count, parts = Path(job["out"]), job["size"], job["partitions"]
     data, sources, targets = synthetic(count, job["dim"])
@@ -43,7 +44,7 @@ def lake_job(job: dict) -> dict:
             "set": ["pool"] * n, "partition": np.full(n, part, np.int32), "bytes": np.full(n, 1000, np.int64),
             "sha256": [f"{i:064x}" for i in rows], "width": np.full(n, 512, np.int32),
             "height": np.full(n, 384, np.int32), "format": ["JPEG"] * n, "phash": [None] * n,
-            "status": ["ok"] * n, "error": [None] * n, "provenance": [None] * n}))
+            "status": ["ok"] * n, "error": [None] * n, "provenance": [None] * n, "ingested_at": [utc_now()] * n}))
     return {"pairs": [[keys[s], keys[t]] for s, t in zip(sources, targets)]}
 
 

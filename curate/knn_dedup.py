@@ -135,6 +135,7 @@ def prepare(out: Location, config: PipelineConfig, partition: int, layout: Layou
     pool_rows = pa.table({"key": pool["key"], "uri": found["uri"], "sha256": found["sha256"], "pixels": pixels,
                           "row": pool["row"]})
     evals = rows.filter(pc.equal(rows["role"], "eval"))
+    evals = pa.table({"set": pc.cast(evals["set"], pa.string()), "key": evals["key"], "row": evals["row"]})
     evals = evals.take(pc.sort_indices(evals, [("set", "ascending"), ("key", "ascending")]))
     if config.dedup.center:
         matrix = _matrix(out, layout, partition)
@@ -470,7 +471,7 @@ def write(out: Location, config: PipelineConfig, partition: int, layout: Layout 
         reason[row] = f"leak:{plan.set_name(int(leak[row]))}"
         kept[row] = False
     table = pa.table({"key": rows["key"], "uri": rows["uri"], "group": group.astype(np.int64), "kept": kept,
-                      "reason": pa.array(reason, pa.string()), "kept_key": pa.array(kept_key, pa.string()),
+                      "reason": reason, "kept_key": pa.array(kept_key, pa.string()),
                       "similarity": similarity}, schema=DUPLICATES.schema)
     tables.write_part(out, "duplicates", partition, table)
     return {"in": count, "out": int(kept.sum())}

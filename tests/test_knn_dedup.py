@@ -10,6 +10,7 @@ from curate import components as cc
 from curate import knn, knn_dedup, tables
 from curate.dedup import duplicates_table
 from schemas.config import DedupConfig, PipelineConfig
+from schemas.tables import utc_now
 
 
 def _config(**dedup) -> PipelineConfig:
@@ -57,7 +58,7 @@ def _write_lake(out, vectors, digests, sizes, partitions: int, evals: dict[str, 
             "key": names, "uri": uris, "role": roles, "set": sets, "partition": np.full(n, part, np.int32),
             "bytes": np.full(n, 100, np.int64), "sha256": shas, "width": np.array(pixels, np.int32),
             "height": np.array(pixels, np.int32), "format": ["PNG"] * n, "phash": [None] * n,
-            "status": ["ok"] * n, "error": [None] * n, "provenance": [None] * n}))
+            "status": ["ok"] * n, "error": [None] * n, "provenance": [None] * n, "ingested_at": [utc_now()] * n}))
     pool = pa.table({"key": keys, "uri": [f"/lake/{k}.png" for k in keys], "sha256": digests,
                      "width": np.asarray(sizes, np.int32), "height": np.asarray(sizes, np.int32)})
     return pool
