@@ -478,8 +478,40 @@ def write(out: Location, config: PipelineConfig, partition: int, layout: Layout 
 
 
 def clean(out: Location, layout: Layout = EMBEDDINGS) -> None:
-    """Remove the work folder (index shards, search results, links) once the ``duplicates`` parts exist."""
-    output.remove_tree(_path(out, layout))
+    """Remove every work file once the ``duplicates`` parts exist; ``plan.json`` last (see :func:`finished`)."""
+    patterns = [f"{layout.work}/{p.removeprefix(WORK + '/')}" for p in WORK_FILES]
+    for pattern in sorted(patterns, key=lambda p: p.endswith("plan.json")):
+        output.remove_matching(out, pattern)
+    folder = _path(out, layout)
+    if not isinstance(folder, output.RemotePath):
+        for empty in (folder, folder.parent):  # work/dedup, then work/ when nothing else is in it
+            try:
+                empty.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                break
+
+
+def finished(out: Location, layout: Layout = EMBEDDINGS) -> bool:
+    """Whether the last run of the steps completed: ``duplicates`` part 0 exists and no plan is left behind."""
+    return 0 in tables.done_parts(out, "duplicates") and not output.is_file(_path(out, layout, "plan.json"))
+
+
+STEP_FILES = {
+    "prepare": "rows/part-{unit:05d}.parquet", "train": "plan.json", "add": "index/c{unit[0]:03d}-s{unit[1]:05d}.index",
+    "search": "search/q{unit[0]:05d}-c{unit[1]:03d}-s{unit[2]:05d}.npz", "merge": "links/part-{unit:05d}.parquet",
+    "exact": "exact/part-{unit:05d}.parquet", "components": "winners.parquet",
+}
+"""The file whose existence says a unit of a step is done (each step writes it last)."""
+
+
+def done_units(step: str, out: Location, units: list, layout: Layout = EMBEDDINGS) -> list:
+    """The ``units`` of ``step`` whose last file exists (one listing per folder)."""
+    template = STEP_FILES[step]
+    folder, _, _ = template.rpartition("/")
+    present = set(output.names(_path(out, layout, *folder.split("/")) if folder else _path(out, layout)))
+    return [unit for unit in units if template.format(unit=unit).rpartition("/")[2] in present]
 
 
 def run_all(out: Location, config: PipelineConfig, layout: Layout = EMBEDDINGS) -> dict[str, int]:

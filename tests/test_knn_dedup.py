@@ -156,3 +156,18 @@ def test_a_lake_of_evaluation_images_only_gives_an_empty_table(tmp_path):
     _write_lake(tmp_path, vectors, digests, sizes, 2, {"test": np.eye(8, dtype=np.float32)[:3]})
     assert knn_dedup.run_all(tmp_path, _config(index="flat")) == {"in": 0, "out": 0}
     assert tables.read_table(tmp_path, "duplicates").num_rows == 0
+
+
+def test_a_rerun_skips_the_units_whose_files_exist_and_cleaning_finishes(tmp_path):
+    vectors, digests, sizes, _ = _planted(300, 8, seed=5)
+    _write_lake(tmp_path, vectors, digests, sizes, 3, {})
+    config = _config(k=4, threshold=0.9, index="flat", shard_vectors=100)
+    knn_dedup.run_all(tmp_path, config)
+    units = knn_dedup.search_units(tmp_path)
+    assert knn_dedup.done_units("search", tmp_path, units) == units and len(units) == 9
+    assert knn_dedup.done_units("prepare", tmp_path, [0, 1, 2, 3]) == [0, 1, 2]
+    assert knn_dedup.done_units("train", tmp_path, [None]) == [None]
+    assert not knn_dedup.finished(tmp_path)
+    knn_dedup.clean(tmp_path)
+    assert knn_dedup.finished(tmp_path) and not (tmp_path / "work").exists()
+    assert knn_dedup.done_units("search", tmp_path, units) == []
