@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--shard-vectors", type=int, default=1_000_000, help="dedup.shard_vectors")
+    parser.add_argument("--shard-vectors", type=int, default=250_000, help="dedup.shard_vectors")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/knn-dedup-bench"))
     parser.add_argument("--json", type=Path)

@@ -195,19 +195,39 @@ class Links:
                      for name in ("query", "neighbor", "similarity")))
 
 
+def coarse_lists(index: faiss.Index, queries: np.ndarray, nprobe: int = 16) -> tuple[np.ndarray, np.ndarray] | None:
+    """The ``nprobe`` inverted lists each query visits and their centroid similarities, from ``index``'s coarse
+    quantiser (shared by every shard: computed once per query partition), or None for a non-IVF index."""
+    ivf = _ivf(index)
+    if ivf is None or len(queries) == 0:
+        return None
+    sims, lists = ivf.quantizer.search(np.ascontiguousarray(queries, dtype=np.float32), min(nprobe, ivf.nlist))
+    return lists, sims
+
+
 def search_shard(index: faiss.Index, query_ids: np.ndarray, queries: np.ndarray, k: int, threshold: float,
-                 nprobe: int = 16, batch_size: int = 16384) -> Links:
-    """Each query's ``k`` nearest rows of the shard, those at cosine ``>= threshold`` (self-matches included)."""
+                 nprobe: int = 16, batch_size: int = 16384,
+                 lists: tuple[np.ndarray, np.ndarray] | None = None) -> Links:
+    """Each query's ``k`` nearest rows of the shard, those at cosine ``>= threshold`` (self-matches included).
+
+    ``lists``: the queries' :func:`coarse_lists` (IVF; the coarse quantisation is then not repeated per shard).
+    """
     if index.ntotal == 0 or len(queries) == 0:
         return Links.empty()
     ivf = _ivf(index)
     if ivf is not None:
         ivf.nprobe = min(nprobe, ivf.nlist)
     searcher = on_gpus(index, "ivf" if ivf is not None else "flat")
+    preassigned = lists is not None and ivf is not None and searcher is index
     k = min(k, index.ntotal)
     found = []
     for start in range(0, len(queries), batch_size):
-        sims, ids = searcher.search(np.ascontiguousarray(queries[start:start + batch_size]), k)
+        batch = np.ascontiguousarray(queries[start:start + batch_size])
+        if preassigned:
+            sims, ids = ivf.search_preassigned(batch, k, np.ascontiguousarray(lists[0][start:start + batch_size]),
+                                               np.ascontiguousarray(lists[1][start:start + batch_size]))
+        else:
+            sims, ids = searcher.search(batch, k)
         rows = np.repeat(np.asarray(query_ids[start:start + batch_size], np.int64), k).reshape(ids.shape)
         keep = (ids >= 0) & (sims >= threshold)
         found.append(Links(rows[keep], ids[keep].astype(np.int64), sims[keep].astype(np.float32)))

@@ -10,10 +10,11 @@ step       units                          one task
 ========== ============================== ===================================================================
 prepare    lake partition                 the partition's pool rows in key order (+ eval rows, + vector sum)
 train      one                            index plan, mean, coarse quantiser trained on a seeded sample
+assign     query partition (IVF only)     the inverted lists each row visits (reused by every shard)
 add        index shard (collection, s)    one shard of the pool (or of an evaluation set) indexed
 search     (query part, collection, s)    one query partition against one shard: top-k above threshold
-merge      query partition                the shards' top-k merged: ``links`` (+ ``leaks`` hits)
 exact      sha256 bucket                  byte-identical rows of one digest bucket linked
+merge      query partition                the shards' top-k merged: ``links`` (+ ``leaks`` hits)
 components one                            union-find over all links (a few integers per image), keep rule
 write      lake partition                 the partition's ``duplicates`` part
 ========== ============================== ===================================================================
@@ -30,7 +31,7 @@ part being the key's descriptor (the layout the embed stage writes)::
     layout = Layout(work="work/copy-knn", vectors="tables/copy-descriptors")
     for p in partitions: prepare(out, config, p, layout)
     train(out, config, layout)
-    ...                                       # add, search, merge, exact, components, write as above
+    ...                                       # assign, add, search, exact, merge, components, write
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from schemas.tables import DUPLICATES
 WORK = "work/dedup"
 WORK_FILES = tuple(f"{WORK}/{name}" for name in (
     "rows/part-*.parquet", "eval/part-*.parquet", "sums/part-*.npy", "plan.json", "trained.index", "index/*.index",
+    "assign/part-*.npz",
     "search/*.npz", "links/part-*.parquet", "leaks/part-*.parquet", "exact/part-*.parquet", "groups/part-*.npz",
     "winners.parquet"))
 """Glob patterns (relative to ``OUT``) of every file the steps write under :data:`WORK`: the stage's ``files``."""
@@ -272,6 +274,24 @@ def add(out: Location, config: PipelineConfig, unit: tuple[int, int], layout: La
     return {"vectors": int(shard.ntotal)}
 
 
+# -- assign: one task per query partition (IVF) ----------------------------------------------------------------
+
+
+def assign_units(out: Location, layout: Layout = EMBEDDINGS) -> list[int]:
+    """Query partitions, when the pool index is an IVF (its coarse quantiser serves every shard)."""
+    return merge_units(out, layout) if read_plan(out, layout).pool.kind in ("ivf", "ivfpq") else []
+
+
+def assign(out: Location, config: PipelineConfig, query: int, layout: Layout = EMBEDDINGS) -> dict[str, int]:
+    """The inverted lists (and centroid similarities) each row of pool partition ``query`` visits."""
+    plan = read_plan(out, layout)
+    trained = _load_index(_path(out, layout, "trained.index"))
+    rows = _rows(out, layout, query, ["row"])["row"].to_numpy()
+    lists, sims = knn.coarse_lists(trained, _vectors(out, layout, query, rows, plan.mean), config.dedup.nprobe)
+    _write_npz(_path(out, layout, "assign", f"part-{query:05d}.npz"), lists=lists, sims=sims)
+    return {"rows": len(rows)}
+
+
 # -- search: one task per (query partition, shard); merge: one per query partition -------------------------------
 
 
@@ -300,7 +320,12 @@ def search(out: Location, config: PipelineConfig, unit: tuple[int, int, int],
         k, threshold = min(settings.k, max(plan.pool.total - 1, 1)) + 1, settings.threshold
     else:
         k, threshold = 1, settings.eval_threshold
-    found = knn.search_shard(index, ids, _vectors(out, layout, query, rows, plan.mean), k, threshold, settings.nprobe)
+    lists = None
+    if query in assign_units(out, layout) and plan.collection(collection).kind in ("ivf", "ivfpq"):
+        data = _read_npz(_path(out, layout, "assign", f"part-{query:05d}.npz"))
+        lists = data["lists"], data["sims"]
+    found = knn.search_shard(index, ids, _vectors(out, layout, query, rows, plan.mean), k, threshold, settings.nprobe,
+                             lists=lists)
     _write_npz(_search_path(out, layout, unit), query=found.query, neighbor=found.neighbor,
                similarity=found.similarity)
     return {"links": len(found)}
@@ -499,7 +524,8 @@ def finished(out: Location, layout: Layout = EMBEDDINGS) -> bool:
 
 
 STEP_FILES = {
-    "prepare": "rows/part-{unit:05d}.parquet", "train": "plan.json", "add": "index/c{unit[0]:03d}-s{unit[1]:05d}.index",
+    "prepare": "rows/part-{unit:05d}.parquet", "train": "plan.json", "assign": "assign/part-{unit:05d}.npz",
+    "add": "index/c{unit[0]:03d}-s{unit[1]:05d}.index",
     "search": "search/q{unit[0]:05d}-c{unit[1]:03d}-s{unit[2]:05d}.npz", "merge": "links/part-{unit:05d}.parquet",
     "exact": "exact/part-{unit:05d}.parquet", "components": "winners.parquet",
 }
@@ -519,14 +545,16 @@ def run_all(out: Location, config: PipelineConfig, layout: Layout = EMBEDDINGS) 
     for part in partitions(out):
         prepare(out, config, part, layout)
     train(out, config, layout)
+    for query in assign_units(out, layout):
+        assign(out, config, query, layout)
     for unit in add_units(out, layout):
         add(out, config, unit, layout)
     for unit in search_units(out, layout):
         search(out, config, unit, layout)
-    for query in merge_units(out, layout):
-        merge(out, config, query, layout)
     for bucket in exact_units(out, layout):
         exact(out, config, bucket, layout)
+    for query in merge_units(out, layout):
+        merge(out, config, query, layout)
     components(out, config, layout)
     counts = [write(out, config, part, layout) for part in partitions(out)]
     return {"in": sum(c["in"] for c in counts), "out": sum(c["out"] for c in counts)}

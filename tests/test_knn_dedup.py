@@ -171,3 +171,17 @@ def test_a_rerun_skips_the_units_whose_files_exist_and_cleaning_finishes(tmp_pat
     knn_dedup.clean(tmp_path)
     assert knn_dedup.finished(tmp_path) and not (tmp_path / "work").exists()
     assert knn_dedup.done_units("search", tmp_path, units) == []
+
+
+def test_preassigned_lists_give_the_same_ivf_search():
+    rng = np.random.default_rng(6)
+    vectors = knn.unit_rows(rng.standard_normal((4000, 16)))
+    plan = knn.plan_index({0: 2000, 1: 2000}, 16, "ivf", shard_vectors=2000)
+    trained = knn.train_index(plan, vectors[knn.sample_ids(plan)])
+    shard = knn.add_to_shard(trained, [(np.arange(2000, 4000), vectors[2000:])])
+    ids = np.arange(2000)
+    lists = knn.coarse_lists(trained, vectors[:2000], nprobe=4)
+    plain = knn.search_shard(shard, ids, vectors[:2000], 5, 0.0, nprobe=4)
+    reused = knn.search_shard(shard, ids, vectors[:2000], 5, 0.0, nprobe=4, lists=lists)
+    assert len(plain) > 1000 and np.array_equal(plain.neighbor, reused.neighbor)
+    assert np.array_equal(plain.similarity, reused.similarity)
