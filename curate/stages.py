@@ -3,14 +3,18 @@
 ``out`` is a local :class:`~pathlib.Path` or a :class:`curate.output.RemotePath` (an object-store
 prefix carrying its storage options); every read and write goes through :mod:`curate.output`.
 
-Each stage declares its unit of work (:class:`Stage`): per-partition stages (ingest, embed) run once per
-partition of the lake listing, global stages (dedup, cluster, sample, report) once, and the shard stage
-once per shard after a planning step. Every unit reads validated tables, writes its outputs atomically
-under deterministic names, records their sizes and digests (:mod:`curate.manifest`, to find damage later)
-and returns counts (``{"in": ..., "out": ...}``); a unit whose output exists is done. Orchestrators (``pipelines/``: Dask, or a plain loop) decide where units run — nothing here knows::
+Each stage is declared once (:class:`Stage`, in :data:`STAGES`): the tables it reads and writes, every file
+it writes, its counts and its shape, a tuple of steps (:mod:`curate.steps`): per-partition stages (ingest,
+embed) are one step whose units are the partitions of the lake listing, dedup, cluster, sample and report one
+step of one unit, and the shard stage plan → one unit per shard → index. Every unit reads validated tables,
+writes its outputs atomically under deterministic names, records their sizes and digests
+(:mod:`curate.manifest`, to find damage later) and returns small results (counts); a unit whose output
+exists is done. Orchestrators (``pipelines/``: Dask tasks, or a plain loop) run the declared steps and decide
+where units run — nothing here knows::
 
-    for partition in pending(out, "ingest"):
-        ingest(out, partition, config)
+    for step in STAGES["ingest"].steps:
+        for unit in step.units(out, config, []):
+            step.run(out, config, unit, [])
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,25 +30,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import fetched, knn_dedup, manifest, output, tables
-from curate.embed import Embedder, embed_partition
+from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
 from curate.kmeans import clusters_table
 from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
                            write_shard)
+from curate.steps import Shape, Step
 from schemas.config import PipelineConfig
 from schemas.tables import utc_now
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage's contract: the tables it reads, the table it writes, its unit of work and every file it writes.
+    """A stage's contract: the tables it reads, the table it writes, how its work is shaped and everything it writes.
 
+    ``steps`` is its shape (:mod:`curate.steps`): one step over the lake's partitions (ingest, embed), one
+    step of one unit (dedup, cluster, sample, report), or a graph of steps (shard: plan → shards → index).
     ``unit_files`` are the files one unit writes (``{unit}`` is its partition or shard number), ``files``
     the ones the stage writes once (both relative to ``OUT``, glob patterns allowed) and ``caches`` files that
     depend on the earlier stages' outputs alone (kept when only this stage's config changes; each part
     records the rows it was built from). Nothing else in ``OUT`` is the stage's: only these are removed.
+    ``counts(out)`` gives the images into and out of it (from its tables), ``complete(out)`` whether its
+    whole output exists (default: every partition's part, or part 0 of a global stage's table), and
+    ``announce(out, config)`` a line the run prints before the stage runs (``None``: nothing to say).
     """
 
     name: str
@@ -51,39 +62,17 @@ class Stage:
     writes: str
     per_partition: bool
     doc: str
+    steps: Shape = ()
     unit_files: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     caches: tuple[str, ...] = ()
+    counts: Callable[[Location], tuple[int | None, int | None]] | None = None
+    complete: Callable[[Location], bool] | None = None
+    announce: Callable[[Location, PipelineConfig], str | None] | None = None
 
 
 def _part(table: str, suffix: str = ".parquet") -> str:
     return f"tables/{table}/part-{{unit:05d}}{suffix}"
-
-
-STAGES: dict[str, Stage] = {
-    stage.name: stage
-    for stage in (
-        Stage("ingest", ("files",), "images", True, "decode, hash and describe every file",
-              unit_files=(_part("images"),),
-              files=("tables/files/part-*.parquet", "tables/files/.listing/unit-*.parquet",
-                     "fetched/part-*.parquet")),  # the web images' bytes, kept once per run (curate.fetched)
-        Stage("embed", ("images",), "embeddings", True, "one vector per readable image",
-              unit_files=(_part("embeddings", ".npy"), _part("embeddings"))),
-        Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
-              unit_files=(_part("duplicates"),), files=knn_dedup.WORK_FILES, caches=("copydetect/part-*.npz",)),
-        Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",
-              unit_files=(_part("clusters"),)),
-        Stage("sample", ("clusters", "embeddings"), "selection", False, "retrieval or balanced sampling",
-              unit_files=(_part("selection"),)),
-        Stage("shard", ("selection", "images", "duplicates"), "shards", False, "webdataset shards of the selection",
-              unit_files=("shards/shard-{unit:06d}.tar",),
-              files=("shards/.plan.json", "shards/index.json", "tables/shards/part-*.parquet")),
-        Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html",
-              files=("report/report.json", "report/report.html", "report/cluster_sizes.png",  # report.json first
-                     "report/duplicate_groups.png", "report/cluster_members.png")),
-    )
-}
-ORDER: tuple[str, ...] = tuple(STAGES)
 
 
 def unit_paths(out: Location, stage: str, unit: int) -> list[Location]:
@@ -141,11 +130,12 @@ def pending(out: Location, stage: str) -> list[int]:
 
 def is_done(out: Location, stage: str) -> bool:
     """Whether a stage's whole output exists (every partition, or the single global part / the report)."""
-    if stage == "report":  # report.json is written last
-        return output.is_file(output.join(out, *STAGES["report"].files[0].split("/")))
-    if STAGES[stage].per_partition:
+    declared = STAGES[stage]
+    if declared.complete is not None:
+        return declared.complete(out)
+    if declared.per_partition:
         return bool(partitions(out)) and not pending(out, stage)
-    return 0 in tables.done_parts(out, STAGES[stage].writes)
+    return 0 in tables.done_parts(out, declared.writes)
 
 
 # -- per-partition stages ---------------------------------------------------------------------------
@@ -227,6 +217,7 @@ def dedup_rule(config: PipelineConfig, pool_images: int) -> str:
 
 
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
+    """The whole dedup stage in this process (the declared steps, :data:`DEDUP_STEPS`, spread it over tasks)."""
     rule = dedup_rule(config, pool_size(out))
     if rule != "embeddings":
         from curate.copydetect.stage import copy_dedup
@@ -384,23 +375,234 @@ def report(out: Location, config: PipelineConfig, stage_records: list[dict]) -> 
 
 def counts(out: Location, stage: str) -> dict[str, int | None]:
     """Images into and out of ``stage``, read from its tables (``None`` where a table is missing)."""
-
-    def rows(name: str, where: tuple[str, object] | None = None) -> int | None:
-        if not tables.done_parts(out, name):
-            return None
-        table = tables.read_table(out, name)
-        if where is None:
-            return len(table)
-        return int(pc.sum(pc.equal(table[where[0]], where[1])).as_py() or 0)
-
-    table_counts = {
-        "ingest": lambda: (rows("files"), rows("images", ("status", "ok"))),
-        "embed": lambda: (rows("images", ("status", "ok")), rows("embeddings")),
-        "dedup": lambda: (rows("duplicates"), rows("duplicates", ("kept", True))),
-        "cluster": lambda: (rows("duplicates", ("kept", True)), rows("clusters")),
-        "sample": lambda: (rows("clusters"), rows("selection")),
-        "shard": lambda: (rows("selection"), rows("shards")),
-        "report": lambda: (None, None),
-    }
-    images_in, images_out = table_counts[stage]()
+    declared = STAGES[stage].counts
+    images_in, images_out = declared(out) if declared is not None else (None, None)
     return {"images_in": images_in, "images_out": images_out}
+
+
+TIMINGS_FILE = "timings.json"
+"""``OUT/timings.json``: per stage, the seconds and tasks of the run that did it (written by the orchestrator)."""
+
+
+def timings(out: Location) -> dict[str, dict]:
+    path = output.join(out, TIMINGS_FILE)
+    return json.loads(output.read_bytes(path)) if output.is_file(path) else {}
+
+
+def stage_records(out: Location, names: Iterable[str]) -> list[dict]:
+    """Per stage: images in and out (from the tables) and the seconds its tasks took when it ran."""
+    recorded = timings(out)
+    return [{"stage": name, **counts(out, name), **recorded.get(name, {"seconds": None, "tasks": 0})} for name in names]
+
+
+def _rows(out: Location, name: str, where: tuple[str, object] | None = None) -> int | None:
+    if not tables.done_parts(out, name):
+        return None
+    table = tables.read_table(out, name)
+    if where is None:
+        return len(table)
+    return int(pc.sum(pc.equal(table[where[0]], where[1])).as_py() or 0)
+
+
+def _ok_images(out: Location) -> int | None:
+    return _rows(out, "images", ("status", "ok"))
+
+
+def _kept(out: Location) -> int | None:
+    return _rows(out, "duplicates", ("kept", True))
+
+
+# -- the declarations: each stage's steps (:mod:`curate.steps`) ----------------------------------------------
+
+
+def partition_units(out: Location, config: PipelineConfig, previous: list) -> list[int]:
+    """The units of a per-partition step: the partitions of the lake listing."""
+    return partitions(out)
+
+
+def parts_done(table: str) -> Callable[[Location, PipelineConfig, list], dict[int, dict]]:
+    """The ``done`` of a per-partition step: partitions whose part of ``table`` exists (one listing)."""
+
+    def done(out: Location, config: PipelineConfig, units: list) -> dict[int, dict]:
+        return {unit: {} for unit in set(units) & tables.done_parts(out, table)}
+
+    return done
+
+
+@dataclass(frozen=True)
+class Whole:
+    """The step of a stage that is one function ``function(out, config)`` run once."""
+
+    function: Callable[[Location, PipelineConfig], dict]
+
+    def __call__(self, out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
+        return self.function(out, config)
+
+
+def ingest_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict[str, int]:
+    return ingest(out, unit, config)
+
+
+def embed_step(out: Location, config: PipelineConfig, unit: int, previous: list, *, shared: Embedder) -> dict[str, int]:
+    return embed(out, unit, config, shared)
+
+
+def embedder(config: PipelineConfig) -> Embedder:
+    """What every process running embed units loads once: the model."""
+    return load_embedder(config.embed)
+
+
+def plan_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
+    return {"shards": plan(out, config)}
+
+
+def planned_shards(out: Location, config: PipelineConfig, previous: list) -> range:
+    return range(previous[0]["shards"])
+
+
+def shard_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict:
+    return shard(out, unit, config)
+
+
+def index_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
+    return finish_shards(out, sorted(previous, key=lambda info: info["name"]))
+
+
+def report_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
+    return report(out, config, stage_records(out, ORDER[:-1]))
+
+
+def dedup_announcement(out: Location, config: PipelineConfig) -> str:
+    """Which duplicate rule the dedup stage applies, and why when ``auto`` chose it."""
+    pool = pool_size(out)
+    rule = dedup_rule(config, pool)
+    why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
+           f"{config.dedup.local_max_images:,})") if config.dedup.descriptor == "auto" else ""
+    described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
+    return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}"
+
+
+# -- the dedup stage: copy detection in one task, or the kNN steps of curate.knn_dedup -----------------------
+
+
+def uses_knn(out: Location, config: PipelineConfig) -> bool:
+    """Whether dedup runs the kNN steps (rule ``embeddings``) rather than copy detection."""
+    descriptor = config.dedup.descriptor
+    return descriptor == "embeddings" or (descriptor == "auto" and dedup_rule(config, pool_size(out)) == "embeddings")
+
+
+def copy_units(out: Location, config: PipelineConfig, previous: list) -> list:
+    return [] if uses_knn(out, config) else [None]
+
+
+def copy_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
+    from curate.copydetect.stage import copy_dedup
+
+    found = copy_dedup(out, config, dedup_rule(config, pool_size(out)))
+    record_unit(out, "dedup", 0)
+    return found
+
+
+@dataclass(frozen=True)
+class KnnStep:
+    """A step of :mod:`curate.knn_dedup` as the dispatcher runs it: ``function(out, config[, unit])``, its units
+    (none unless :func:`uses_knn`) and the units whose last file exists."""
+
+    name: str
+    function: Callable[..., dict]
+    find: Callable[[Location], Iterable] | None = None
+
+    def __call__(self, out: Location, config: PipelineConfig, unit, previous: list) -> dict:
+        return self.function(out, config) if unit is None else self.function(out, config, unit)
+
+    def units(self, out: Location, config: PipelineConfig, previous: list) -> list:
+        if not uses_knn(out, config):
+            return []
+        return [None] if self.find is None else list(self.find(out))
+
+    def done(self, out: Location, config: PipelineConfig, units: list) -> dict:
+        return {unit: {} for unit in knn_dedup.done_units(self.name, out, units)}
+
+    def step(self, resources: dict | None = None) -> Step:
+        return Step(self.name, self, self.units, self.done if self.name in knn_dedup.STEP_FILES else None,
+                    resources or {})
+
+
+def knn_write(out: Location, config: PipelineConfig, partition: int) -> dict[str, int]:
+    """The ``duplicates`` part of one partition, recorded."""
+    found = knn_dedup.write(out, config, partition)
+    record_unit(out, "dedup", partition)
+    return found
+
+
+def knn_clean(out: Location, config: PipelineConfig) -> dict[str, int]:
+    knn_dedup.clean(out)
+    return {}
+
+
+_KNN_WRITE = KnnStep("write", knn_write, knn_dedup.partitions)
+
+DEDUP_STEPS: Shape = (
+    Step("copy", copy_step, copy_units),
+    KnnStep("prepare", knn_dedup.prepare, knn_dedup.partitions).step(),
+    KnnStep("train", knn_dedup.train).step(),
+    KnnStep("assign", knn_dedup.assign, knn_dedup.assign_units).step(),
+    KnnStep("add", knn_dedup.add, knn_dedup.add_units).step(),
+    KnnStep("search", knn_dedup.search, knn_dedup.search_units).step({"GPU": 1}),
+    KnnStep("exact", knn_dedup.exact, knn_dedup.exact_units).step(),  # after search: it gets few results
+    KnnStep("merge", knn_dedup.merge, knn_dedup.merge_units).step(),
+    KnnStep("components", knn_dedup.components).step(),
+    Step("write", _KNN_WRITE, _KNN_WRITE.units, parts_done("duplicates")),
+    KnnStep("clean", knn_clean).step(),
+)
+"""The dedup stage: copy detection (one unit) or, for the ``embeddings`` rule, the kNN steps (each task one
+partition plus one index shard; :mod:`curate.knn_dedup`)."""
+
+
+def _dedup_complete(out: Location) -> bool:
+    return knn_dedup.finished(out)
+
+
+def _report_written(out: Location) -> bool:
+    return output.is_file(output.join(out, *STAGES["report"].files[0].split("/")))  # report.json is written last
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("ingest", ("files",), "images", True, "decode, hash and describe every file",
+              steps=(Step("ingest", ingest_step, partition_units, parts_done("images")),),
+              unit_files=(_part("images"),),
+              files=("tables/files/part-*.parquet", "tables/files/.listing/unit-*.parquet",
+                     "fetched/part-*.parquet"),  # the web images' bytes, kept once per run (curate.fetched)
+              counts=lambda out: (_rows(out, "files"), _ok_images(out))),
+        Stage("embed", ("images",), "embeddings", True, "one vector per readable image",
+              steps=(Step("embed", embed_step, partition_units, parts_done("embeddings"), {"GPU": 1}, embedder),),
+              unit_files=(_part("embeddings", ".npy"), _part("embeddings")),
+              counts=lambda out: (_ok_images(out), _rows(out, "embeddings"))),
+        Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
+              steps=DEDUP_STEPS,
+              unit_files=(_part("duplicates"),), files=knn_dedup.WORK_FILES, caches=("copydetect/part-*.npz",),
+              counts=lambda out: (_rows(out, "duplicates"), _kept(out)), complete=_dedup_complete,
+              announce=dedup_announcement),
+        Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",
+              steps=(Step("cluster", Whole(cluster)),),
+              unit_files=(_part("clusters"),),
+              counts=lambda out: (_kept(out), _rows(out, "clusters"))),
+        Stage("sample", ("clusters", "embeddings"), "selection", False, "retrieval or balanced sampling",
+              steps=(Step("sample", Whole(sample)),),
+              unit_files=(_part("selection"),),
+              counts=lambda out: (_rows(out, "clusters"), _rows(out, "selection"))),
+        Stage("shard", ("selection", "images", "duplicates"), "shards", False, "webdataset shards of the selection",
+              steps=(Step("plan", plan_step), Step("shard", shard_step, planned_shards), Step("index", index_step)),
+              unit_files=("shards/shard-{unit:06d}.tar",),
+              files=("shards/.plan.json", "shards/index.json", "tables/shards/part-*.parquet"),
+              counts=lambda out: (_rows(out, "selection"), _rows(out, "shards"))),
+        Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html",
+              steps=(Step("report", report_step),),
+              files=("report/report.json", "report/report.html", "report/cluster_sizes.png",  # report.json first
+                     "report/duplicate_groups.png", "report/cluster_members.png"),
+              complete=_report_written),
+    )
+}
+ORDER: tuple[str, ...] = tuple(STAGES)

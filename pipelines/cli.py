@@ -17,18 +17,17 @@ from curate.lake import ImageSet, LakeError, files_table, name_sets
 from curate.lakes import listing as lake_listing
 from curate.output import Location
 from pipelines import pretrain_stage
-from pipelines.cluster import ClusterError, connect
+from pipelines.cluster import ClusterError
 from pipelines.copy_detector_cli import train_copy_detector
-from pipelines.run import Pipeline, write_listing
-from pipelines.lock import OutputLock
-from pipelines.state import RunError, check, prepare, recorded_sets, repair, status
+from pipelines.dispatch import dask_executor
+from pipelines.named_configs import DEFAULT_CONFIG, named_configs, resolve_config
+from pipelines.run import run_curation
+from pipelines.state import RunError, check, recorded_sets, status
 from pretrain.checkpoints.safe_io import CheckpointError
 from schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
 from schemas.storage import StorageOptionError, parse_storage_options
 from schemas.tables import SchemaError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_CONFIG = "lvd"
 USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, StorageOptionError, CheckpointError)
 
 app = typer.Typer(
@@ -37,21 +36,6 @@ app = typer.Typer(
          "report — as Dask tasks that write webdataset shards.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-
-
-def named_configs() -> list[str]:
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
-
-
-def resolve_config(name_or_path: str) -> Path:
-    """A named config (``pipelines/configs/NAME.yaml``) or a YAML file."""
-    named = CONFIG_DIR / f"{name_or_path}.yaml"
-    if named.is_file():
-        return named
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ConfigError(f"no config {name_or_path!r}: give a YAML file or one of {', '.join(named_configs())}")
-    return path
 
 
 Lakes = Annotated[Optional[list[str]], typer.Option("--lake", help="pool to curate: a folder (recursive) or a glob, an fsspec URL prefix (s3://bucket/lake/), tar files (shards/*.tar) or parquet files; repeatable")]
@@ -156,22 +140,12 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
         sets = _sets(out, lakes or [], curated or [], evals or [])
         here = all(lake_listing.listed_by_client(image_set) for image_set in sets)  # else listed by tasks
         listing = (files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
-                   if check(out, sets) is None and here else None)
-        with (OutputLock(out, f"curate {command} --out {out}"),  # prepare checks OUT again, holding it
-              connect(scheduler, workers, memory_limit, cluster=cluster, slurm=config.slurm) as client):
-            if client.dashboard_link and "None" not in client.dashboard_link:
-                console.print(f"dask dashboard: {client.dashboard_link}")
-            redo = prepare(out, sets, config)
-            if redo:
-                console.print(f"config changed: redoing {', '.join(redo)}")
-            for line in repair(out, deep=verify):
-                console.print(f"damaged, redoing it and what depends on it: {line}")
-            if listing is not None:
-                write_listing(out, sets, config, listing)
-            pipeline = Pipeline(client, out, config, console)
-            records = pipeline.run(sets, until=until, report_file=performance_report,
-                                   after_stage=lambda name: _check_curated(out, sets, config.ingest.min_side)
-                                   if name == "ingest" else None)
+                   if check(out, sets) is None and here else None)  # a bad local lake fails before the cluster starts
+        executor = dask_executor(console, scheduler, workers, memory_limit, cluster, config.slurm, performance_report)
+        records = run_curation(out, sets, config, executor, console, until=until, holder=f"curate {command} --out {out}",
+                               listing=listing, verify=verify,
+                               after_stage=lambda name: _check_curated(out, sets, config.ingest.min_side)
+                               if name == "ingest" else None)
     except USER_ERRORS as error:
         _fail(command, error)
     _print_records(console, records)

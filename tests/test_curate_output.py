@@ -94,7 +94,7 @@ def test_memory_objects_appear_whole():
 
 def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages():
     from curate.lake import ImageSet
-    from pipelines.cli import CONFIG_DIR
+    from pipelines.named_configs import CONFIG_DIR
     from pipelines.state import RunError, check, prepare, read_run
     from schemas.config import load_config
 

@@ -126,6 +126,46 @@ def test_worker_killed_mid_stage_the_run_still_completes_identically(reference, 
             kill_group(process)
 
 
+GLOBAL_STAGES = ("dedup", "cluster", "sample", "shard")
+
+
+def test_worker_killed_while_it_runs_a_global_stage_the_rerun_gives_identical_tables_and_shards(reference, tmp_path):
+    """The scheduler is watched for a worker running a task of a global stage; that worker is killed then."""
+    from distributed import Client
+
+    folders, reference_out, _ = reference
+    scheduler_file = tmp_path / "scheduler.json"
+    processes = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                        "--scheduler-file", str(scheduler_file)], tmp_path / "scheduler.log")]
+    try:
+        wait_for(scheduler_file.exists, timeout=60)
+        time.sleep(0.5)
+        address = __import__("json").loads(scheduler_file.read_text())["address"]
+        workers = {f"w{i}": start([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
+                                   "--name", f"w{i}"], tmp_path / f"worker{i}.log") for i in range(2)}
+        processes += workers.values()
+        out = tmp_path / "out"
+        client = start(curate_command(folders, out, "--scheduler", address), tmp_path / "client.log")
+        processes.append(client)
+        with Client(address, timeout=30) as watcher:
+            def running_global() -> str | None:
+                names = {a: w["name"] for a, w in watcher.scheduler_info(n_workers=-1)["workers"].items()}
+                for worker, keys in watcher.processing().items():
+                    if any(str(key).split("-")[0] in GLOBAL_STAGES for key in keys):
+                        return names.get(worker)
+                return None
+
+            found: list[str] = []
+            wait_for(lambda: found.append(running_global()) or found[-1] is not None, timeout=300, process=client)
+            kill_group(workers[found[-1]])
+        assert not (out / "shards" / "index.json").exists(), "the run finished before the kill"
+        assert client.wait(timeout=300) == 0, (tmp_path / "client.log").read_text()[-3000:]
+        assert_same_run(out, reference_out)
+    finally:
+        for process in reversed(processes):
+            kill_group(process)
+
+
 def test_a_worker_with_a_small_memory_limit_embeds_a_larger_lake(tmp_path):
     limit = 1_500_000_000  # a worker holding torch and faiss already uses about 1 GB
     if shutil.disk_usage(tmp_path).free < 3 * limit:
