@@ -185,3 +185,30 @@ def test_preassigned_lists_give_the_same_ivf_search():
     reused = knn.search_shard(shard, ids, vectors[:2000], 5, 0.0, nprobe=4, lists=lists)
     assert len(plain) > 1000 and np.array_equal(plain.neighbor, reused.neighbor)
     assert np.array_equal(plain.similarity, reused.similarity)
+
+
+def test_the_declared_dedup_steps_run_by_the_dispatcher_resume_and_give_the_same_table(tmp_path):
+    from dataclasses import replace
+
+    from curate import stages
+    from pipelines.dispatch import LoopExecutor, run_stage
+
+    vectors, digests, sizes, _ = _planted(400, 16, seed=7)
+    config = _config(k=8, threshold=0.9, eval_threshold=0.8, index="flat", shard_vectors=150, descriptor="embeddings")
+    found, ran = [], {}
+    for name in ("loop", "full", "resumed"):
+        out = tmp_path / name
+        _write_lake(out, vectors, digests, sizes, 3, {"test": vectors[[5, 77]] + 0.01})
+        if name == "loop":
+            knn_dedup.run_all(out, config)
+        elif name == "full":
+            ran[name] = run_stage(LoopExecutor(), out, config, stages.STAGES["dedup"])
+        else:  # interrupted after the index shards, then run again: the done units are not redone
+            partial = replace(stages.STAGES["dedup"], steps=stages.DEDUP_STEPS[:5])
+            ran["partial"] = run_stage(LoopExecutor(), out, config, partial)
+            ran[name] = run_stage(LoopExecutor(), out, config, stages.STAGES["dedup"])
+        if name != "loop":
+            assert stages.is_done(out, "dedup") and not (out / "work").exists()
+        found.append(tables.read_table(out, "duplicates"))
+    assert ran["partial"] > 3 and ran["partial"] + ran["resumed"] == ran["full"]
+    assert found[0].equals(found[1]) and found[0].equals(found[2])
