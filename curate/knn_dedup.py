@@ -19,7 +19,9 @@ components one                            union-find over all links (a few integ
 write      lake partition                 the partition's ``duplicates`` part
 ========== ============================== ===================================================================
 
-Every step reads and writes files under ``OUT/work/dedup`` (:data:`WORK`) with deterministic names, so a
+``curate/stages.py`` declares them as the dedup stage's steps (``DEDUP_STEPS``, with ``exact`` run before
+``merge`` so no task receives the many search results) plus a last ``clean``; :func:`run_all` is the same
+sequence in one process. Every step reads and writes files under ``OUT/work/dedup`` (:data:`WORK`) with deterministic names, so a
 rerun or rescheduled task writes the same bytes; arguments and results are small. Global ids number the
 pool rows partition by partition, in key order within each partition, so the ``group`` column (the id of
 the group's kept image) equals today's "row in key order" when the lake has one partition.
