@@ -74,8 +74,10 @@ def _same_groups(mine: dict, reference: dict) -> bool:
     return len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
 
 
-@pytest.mark.parametrize("partitions,shard_vectors", [(1, 10_000), (4, 130)])
-def test_sharded_dedup_equals_the_single_task_table(tmp_path, partitions, shard_vectors):
+@pytest.mark.parametrize("partitions,shard_vectors,bucket", [(1, 10_000, None), (4, 130, None), (4, 130, 64)])
+def test_sharded_dedup_equals_the_single_task_table(tmp_path, monkeypatch, partitions, shard_vectors, bucket):
+    if bucket:  # several sha256 buckets (7 of 64 rows each)
+        monkeypatch.setattr(knn_dedup, "EXACT_BUCKET", bucket)
     vectors, digests, sizes, _ = _planted(400, 16)
     evals = {"test": vectors[[5, 77]] + 0.3, "val": vectors[[77, 201]] + 0.01}
     pool = _write_lake(tmp_path, vectors, digests, sizes, partitions, evals)
@@ -90,6 +92,8 @@ def test_sharded_dedup_equals_the_single_task_table(tmp_path, partitions, shard_
         assert mine[key]["similarity"] == pytest.approx(row["similarity"], abs=1e-6)
     reasons = {row["reason"] for row in reference.values()}
     assert {"copy", "exact", "leak:val"} <= reasons  # the case covers every rule
+    if bucket:
+        assert len(knn_dedup.exact_units(tmp_path)) == 7
     if partitions == 1:
         assert [mine[key]["group"] for key in reference] == [row["group"] for row in reference.values()]
 
