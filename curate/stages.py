@@ -30,8 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.storage import SHARD_DIR
-from curate import fetched, manifest, output, tables
-from curate.dedup import duplicates_table
+from curate import fetched, knn_dedup, manifest, output, tables
 from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
 from curate.kmeans import clusters_table
@@ -232,28 +231,25 @@ def dedup_rule(config: PipelineConfig, pool_images: int, precomputed: bool = Fal
     return config.dedup.descriptor
 
 
+def resolved_dedup_rule(out: Location, config: PipelineConfig) -> str:
+    """:func:`dedup_rule` for the run in ``out`` (its pool's size, whether its embeddings were precomputed)."""
+    return dedup_rule(config, pool_size(out), precomputed_pool(out))
+
+
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
-    rule = dedup_rule(config, pool_size(out), precomputed_pool(out))
+    """The whole dedup stage in this process (the declared steps, :data:`DEDUP_STEPS`, spread it over tasks)."""
+    rule = resolved_dedup_rule(out, config)
     if rule != "embeddings":
         from curate.copydetect.stage import copy_dedup
 
         found = copy_dedup(out, config, rule)
         record_unit(out, "dedup", 0)
         return found
-    vectors = read_vectors(out)
-    role = vectors.rows.column("role")
-    pool = vectors.where(pc.equal(role, "pool"))
-    images = tables.read_table(out, "images")
-    pool_images = pa.table(_lookup(images, pool.keys(), ["key", "uri", "sha256", "width", "height"]))
-    evals = vectors.where(pc.equal(role, "eval"))
-    references = {
-        name: evals.matrix[np.asarray(pc.equal(evals.rows.column("set"), name))]
-        for name in sorted(set(evals.rows.column("set").to_pylist()))
-    }
-    duplicates = duplicates_table(pool_images, pool.matrix, references, config.dedup)
-    tables.write_part(out, "duplicates", 0, duplicates)
-    record_unit(out, "dedup", 0)
-    return {"in": len(pool.keys()), "out": int(pc.sum(duplicates["kept"]).as_py() or 0)}
+    result = knn_dedup.run_all(out, config)
+    for partition in knn_dedup.partitions(out):
+        record_unit(out, "dedup", partition)
+    knn_dedup.clean(out)
+    return result
 
 
 def _kept_pool(out: Location, vectors: Vectors) -> Vectors:
@@ -518,6 +514,86 @@ def dedup_announcement(out: Location, config: PipelineConfig) -> str:
     return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}"
 
 
+# -- the dedup stage: copy detection in one task, or the kNN steps of curate.knn_dedup -----------------------
+
+
+def uses_knn(out: Location, config: PipelineConfig) -> bool:
+    """Whether dedup runs the kNN steps (rule ``embeddings``) rather than copy detection."""
+    return resolved_dedup_rule(out, config) == "embeddings"
+
+
+def copy_units(out: Location, config: PipelineConfig, previous: list) -> list:
+    return [] if uses_knn(out, config) else [None]
+
+
+def copy_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
+    from curate.copydetect.stage import copy_dedup
+
+    found = copy_dedup(out, config, resolved_dedup_rule(out, config))
+    record_unit(out, "dedup", 0)
+    return found
+
+
+@dataclass(frozen=True)
+class KnnStep:
+    """A step of :mod:`curate.knn_dedup` as the dispatcher runs it: ``function(out, config[, unit])``, its units
+    (none unless :func:`uses_knn`) and the units whose last file exists."""
+
+    name: str
+    function: Callable[..., dict]
+    find: Callable[[Location], Iterable] | None = None
+
+    def __call__(self, out: Location, config: PipelineConfig, unit, previous: list) -> dict:
+        return self.function(out, config) if unit is None else self.function(out, config, unit)
+
+    def units(self, out: Location, config: PipelineConfig, previous: list) -> list:
+        if not uses_knn(out, config):
+            return []
+        return [None] if self.find is None else list(self.find(out))
+
+    def done(self, out: Location, config: PipelineConfig, units: list) -> dict:
+        return {unit: {} for unit in knn_dedup.done_units(self.name, out, units)}
+
+    def step(self, resources: dict | None = None) -> Step:
+        return Step(self.name, self, self.units, self.done if self.name in knn_dedup.STEP_FILES else None,
+                    resources or {})
+
+
+def knn_write(out: Location, config: PipelineConfig, partition: int) -> dict[str, int]:
+    """The ``duplicates`` part of one partition, recorded."""
+    found = knn_dedup.write(out, config, partition)
+    record_unit(out, "dedup", partition)
+    return found
+
+
+def knn_clean(out: Location, config: PipelineConfig) -> dict[str, int]:
+    knn_dedup.clean(out)
+    return {}
+
+
+_KNN_WRITE = KnnStep("write", knn_write, knn_dedup.partitions)
+
+DEDUP_STEPS: Shape = (
+    Step("copy", copy_step, copy_units),
+    KnnStep("prepare", knn_dedup.prepare, knn_dedup.partitions).step(),
+    KnnStep("train", knn_dedup.train).step(),
+    KnnStep("assign", knn_dedup.assign, knn_dedup.assign_units).step(),
+    KnnStep("add", knn_dedup.add, knn_dedup.add_units).step(),
+    KnnStep("search", knn_dedup.search, knn_dedup.search_units).step({"GPU": 1}),
+    KnnStep("exact", knn_dedup.exact, knn_dedup.exact_units).step(),  # after search: it gets few results
+    KnnStep("merge", knn_dedup.merge, knn_dedup.merge_units).step(),
+    KnnStep("components", knn_dedup.components).step(),
+    Step("write", _KNN_WRITE, _KNN_WRITE.units, parts_done("duplicates")),
+    KnnStep("clean", knn_clean).step(),
+)
+"""The dedup stage: copy detection (one unit) or, for the ``embeddings`` rule, the kNN steps (each task one
+partition plus one index shard; :mod:`curate.knn_dedup`)."""
+
+
+def _dedup_complete(out: Location) -> bool:
+    return knn_dedup.finished(out)
+
+
 def _report_written(out: Location) -> bool:
     return output.is_file(output.join(out, *STAGES["report"].files[0].split("/")))  # report.json is written last
 
@@ -537,9 +613,10 @@ STAGES: dict[str, Stage] = {
                           "embeddings/metadata/metadata_{unit:05d}.parquet", _part("embeddings")),
               counts=lambda out: (_ok_images(out), _rows(out, "embeddings"))),
         Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
-              steps=(Step("dedup", Whole(dedup)),),
-              unit_files=(_part("duplicates"),), caches=("copydetect/part-*.npz",),
-              counts=lambda out: (_rows(out, "duplicates"), _kept(out)), announce=dedup_announcement),
+              steps=DEDUP_STEPS,
+              unit_files=(_part("duplicates"),), files=knn_dedup.WORK_FILES, caches=("copydetect/part-*.npz",),
+              counts=lambda out: (_rows(out, "duplicates"), _kept(out)), complete=_dedup_complete,
+              announce=dedup_announcement),
         Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",
               steps=(Step("cluster", Whole(cluster)),),
               unit_files=(_part("clusters"),),

@@ -68,8 +68,12 @@ class DedupConfig:
     """Cosine similarity above which two pool images are copies (the paper's 0.6 on SSCD descriptors)."""
     eval_threshold: float = fraction(0.45, open_low=True)
     """Looser threshold against evaluation sets (the paper's 0.45)."""
-    index: str = one_of("auto", "flat", "ivf", "hnsw")
-    """faiss index: ``auto`` (exact up to 10^5 vectors, IVF above), ``flat``, ``ivf`` or ``hnsw``."""
+    index: str = one_of("auto", "flat", "ivf", "ivfpq", "hnsw")
+    """faiss index: ``auto`` (exact up to 10^5 vectors, IVF up to 10^7, IVF-PQ above), ``flat``, ``ivf``,
+    ``ivfpq`` or ``hnsw``."""
+    shard_vectors: int = at_least(250_000, 1)
+    """kNN dedup: vectors per index shard (runs of whole partitions). A search task holds one shard plus one
+    partition: about ``shard_vectors x dim x 4`` bytes (256 MB at 256-d; IVF-PQ: ``dim / 4`` bytes a vector)."""
     nprobe: int = at_least(16, 1)
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
