@@ -24,6 +24,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from benchmarks._shared.copy_planting import TRANSFORMS, Truth, plant
+from benchmarks._shared.copy_lake import plant_lake
+from benchmarks._shared.copy_planting import TRANSFORMS, Truth
 from curate.copydetect import candidates as candidate_module
 from curate.copydetect.features import image_features
 from curate.copydetect.groups import UnionFind
@@ -57,11 +59,16 @@ def group_pairs(groups: dict[str, int]) -> set[tuple[str, str]]:
     return {(a, b) for names in by.values() for i, a in enumerate(sorted(names)) for b in sorted(names)[i + 1:]}
 
 
+KINDS: dict[str, str] = {}
+"""Pool file name -> what it is (``original``, ``copy``, ``screenshot``, ``gradient``, ...), from truth.json."""
+
+
 def evaluate(name: str, groups: dict[str, int], scored: dict[tuple[str, str], float], truth: Truth,
              seconds: float, leaks: set[str] | None = None) -> dict:
     true = truth.true_pairs()
     predicted = group_pairs(groups)
     hits = len(predicted & true)
+    false_kinds = Counter("+".join(sorted((KINDS.get(a, "?"), KINDS.get(b, "?")))) for a, b in predicted - true)
     originals = {}
     for file, group in truth.pool_group.items():
         if file not in truth.transform:
@@ -76,7 +83,7 @@ def evaluate(name: str, groups: dict[str, int], scored: dict[tuple[str, str], fl
     row = {"method": name, "precision": hits / max(1, len(predicted)), "recall": hits / len(true),
            "uAP": micro_ap(scores, correct, len(true)), "s/img": seconds / len(truth.pool_group),
            "largest_group": max(np.unique(list(groups.values()), return_counts=True)[1]),
-           "per_transform": per_transform}
+           "per_transform": per_transform, "false_pairs_by_kind": dict(false_kinds.most_common(8))}
     if leaks is not None:
         copies = set(truth.eval_copy)
         row["decontamination"] = len(leaks & copies) / max(1, len(copies))
@@ -179,12 +186,19 @@ def print_table(rows: list[dict]) -> None:
     print(f"{'transform':22s} " + " ".join(f"{r['method'][:12]:>12s}" for r in rows))
     for transform in TRANSFORMS:
         print(f"{transform:22s} " + " ".join(f"{r['per_transform'][transform]:12.2f}" for r in rows))
+    print("\nfalse pairs by the kinds of their two images")
+    for r in rows:
+        print(f"{r['method']:34s} {r['false_pairs_by_kind']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("dev", "test"), default="test",
+                        help="choose thresholds on dev; report test (built from other photos)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--originals", type=int, default=20)
+    parser.add_argument("--groups", type=int, default=60, help="duplicate groups (2-5 images each)")
+    parser.add_argument("--distractor-ratio", type=float, default=10.0, help="distractors per planted copy")
+    parser.add_argument("--pad", type=int, default=0, help="extra procedural distractors padding the pool")
     parser.add_argument("--methods", default="default,sscd-arch,phash,cls")
     parser.add_argument("--sscd", help="an SSCD torchvision state dict (else random ResNet-50 weights)")
     parser.add_argument("--backbone", default="vit_small", help="backbone for the CLS peer (weights or an architecture)")
@@ -195,10 +209,13 @@ def main() -> None:
     methods = args.methods.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        truth = plant(root, seed=args.seed, originals=args.originals)
+        truth = plant_lake(root, split=args.split, seed=args.seed, groups=args.groups,
+                           distractor_ratio=args.distractor_ratio, extra_distractors=args.pad)
         names = sorted(truth.pool_group)
-        print(f"planted set: {len(names)} pool images ({len(truth.transform)} copies, {len(truth.true_pairs())} true "
-              f"pairs), {len(list((root / 'eval').iterdir()))} evaluation images, seed {args.seed}", flush=True)
+        KINDS.update(json.loads((root / "truth.json").read_text())["kind"])
+        print(f"{args.split} split, seed {args.seed}: {len(names)} pool images ({len(truth.transform)} copies, "
+              f"{len(truth.true_pairs())} true pairs), {len(list((root / 'eval').iterdir()))} evaluation images",
+              flush=True)
         rows = []
         if "default" in methods:
             rows.append(run_pipeline("default (local+verify+structural)", root, names, truth, DedupConfig()))

@@ -148,15 +148,13 @@ def pool_size(out: Location) -> int:
     return int(pc.sum(pc.and_(pc.equal(images["status"], "ok"), pc.equal(images["role"], "pool"))).as_py() or 0)
 
 
-def dedup_rule(config: PipelineConfig, pool_images: int) -> str:
-    """``local``, ``embeddings`` or a checkpoint path: ``dedup.descriptor`` with ``auto`` resolved by pool size."""
-    if config.dedup.descriptor == "auto":
-        return "local" if pool_images <= config.dedup.local_max_images else "embeddings"
+def dedup_rule(config: PipelineConfig) -> str:
+    """``local``, ``embeddings`` or a checkpoint path (``dedup.descriptor``): one rule whatever the pool size."""
     return config.dedup.descriptor
 
 
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
-    rule = dedup_rule(config, pool_size(out))
+    rule = dedup_rule(config)
     if rule != "embeddings":
         from curate.copydetect.stage import copy_dedup
 

@@ -118,12 +118,12 @@ class Pipeline:
         return 1
 
     def _say_dedup_rule(self) -> None:
+        rule = stages.dedup_rule(self.config)
         pool = stages.pool_size(self.out)
-        rule = stages.dedup_rule(self.config, pool)
-        why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
-               f"{self.config.dedup.local_max_images:,})") if self.config.dedup.descriptor == "auto" else ""
-        described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
-        self.console.print(f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}", highlight=False)
+        described = {"local": "local features, lake templates discounted, verification",
+                     "embeddings": "cosine on the embeddings (dedup.descriptor=embeddings)"}
+        self.console.print(f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')} "
+                           f"({pool:,} pool images)", highlight=False)
 
     def _submit(self, label: str, function, *args, resources: dict | None = None):
         return self.client.submit(function, *args, key=f"{label}-{self.run_id}-{uuid.uuid4().hex[:6]}",

@@ -26,6 +26,8 @@ from curate.copydetect.candidates import knn_candidates, vote_candidates
 from curate.copydetect.features import ImageFeatures
 from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links
 from curate.copydetect.score_norm import background_bias, with_bias
+from curate.copydetect.templates import bursty_descriptors, content_features
+from curate.copydetect.vlad import VladModel, vlad_candidates
 from curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
 from curate.copydetect.verify import VerifyConfig, verify_aligned, verify_pair
 from schemas.config import DedupConfig
@@ -63,8 +65,39 @@ def _codes(features: Sequence[ImageFeatures]) -> dict[str, np.ndarray]:
     return {name: hash_codes([f.hashes.get(name) for f in features]) for name in HASHES}
 
 
+def content_only(features: Sequence[ImageFeatures], config: DedupConfig) -> list:
+    """Each image's local features without what recurs across the pool (:mod:`.templates`)."""
+    local = [f.local for f in features]
+    if config.burst_images <= 0:
+        return local
+    return [content_features(f, mask) for f, mask in zip(local, bursty_descriptors(local, config.burst_images))]
+
+
+def global_candidates(local: Sequence, config: DedupConfig, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs by the VLAD descriptor's kNN (:mod:`.vlad`, learned on a seeded pool sample)."""
+    empty = np.zeros(0, np.int64)
+    if config.global_candidates <= 0 or len(local) < 3:
+        return empty, empty, np.zeros(0, np.float32)
+    chosen = np.random.default_rng(seed).permutation(len(local))[: config.vlad_sample]
+    model = VladModel.fit([local[i] for i in np.sort(chosen)], config.vlad_words, config.vlad_dim, seed)
+    vectors = model.describe(local)
+    mirrored = model.describe([f.mirror if f.mirror is not None else f for f in local])
+    return vlad_candidates(vectors, mirrored, config.k, config.global_candidates, -1.0)
+
+
+def frequent_codes(first: np.ndarray, second: np.ndarray, count: int, limit: int) -> np.ndarray:
+    """Mask of the hash pairs both of whose codes have fewer than ``limit`` neighbours (a frequent code is a
+    template's: screenshots of different photos in one frame, flat pictures)."""
+    if limit <= 0 or not len(first):
+        return np.ones(len(first), dtype=bool)
+    degree = np.bincount(np.concatenate([first, second]), minlength=count)
+    return np.maximum(degree[first], degree[second]) < limit
+
+
 def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config: DedupConfig,
-               descriptors: np.ndarray | None = None) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
+               descriptors: np.ndarray | None = None, local: list | None = None
+               ) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
     """Union-find of the pool and, per row, its strongest link (kind, similarity).
 
     Exact links are taken as they are; hash pairs and vote / kNN candidates are all verified, and the
@@ -77,10 +110,14 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
         if head != row:
             links[(head, row)] = ("exact", 1.0)
     first, second, distance = hash_pairs(_codes(features), config.hash_distance)
+    usable = frequent_codes(first, second, count, config.burst_images)
+    first, second, distance = first[usable], second[usable], distance[usable]
     hashed = {(a, b): 1.0 - d / 64 for a, b, d in zip(first.tolist(), second.tolist(), distance.tolist())}
-    local = [f.local for f in features]
+    local = content_only(features, config) if local is None else local
     first, second, _ = vote_candidates(local, local, True, max_candidates=config.candidates, min_votes=config.min_votes)
     pairs = set(zip(first.tolist(), second.tolist())) | set(hashed)
+    first, second, _ = global_candidates(local, config)
+    pairs |= set(zip(first.tolist(), second.tolist()))
     if descriptors is not None:
         database, queries = normalised_scores(descriptors, config)
         dfirst, dsecond, _ = knn_candidates(database, config.k, config.threshold, queries, same_set=True)
@@ -89,7 +126,9 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
     for a, b in sorted(pairs - set(links)):
         # a hash match is verified too: a shared frame dominates the hashes of two screenshots
         result = verify_pair(local[a], local[b], verify)
-        if not result.accepted and (a, b) in hashed:
+        if not result.accepted and (a, b) in hashed and local[a].template is None and local[b].template is None:
+            # on pixels alone only when neither image carries a lake template: a shared frame around two flat
+            # pictures agrees on its own edges, so such images are linked on their own keypoints only
             result = verify_aligned(local[a], local[b], verify)
         if result.accepted:
             links[(a, b)] = ("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score)
@@ -109,14 +148,14 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
 
 
 def evaluation_links(pool: Sequence[ImageFeatures], digests: Sequence[str], reference: ReferenceSet,
-                     config: DedupConfig, descriptors: np.ndarray | None = None) -> np.ndarray:
+                     config: DedupConfig, descriptors: np.ndarray | None = None, local: list | None = None) -> np.ndarray:
     """Pool rows linked to an image of ``reference`` (exact, hash or verified copy at the looser threshold)."""
     linked = set()
     ref_digests = set(reference.digests)
     linked |= {row for row, digest in enumerate(digests) if digest in ref_digests}
     rows, _ = cross_hash_pairs(_codes(pool), _codes(reference.features), config.hash_distance)
     linked |= set(rows.tolist())
-    local = [f.local for f in pool]
+    local = [f.local for f in pool] if local is None else local
     ref_local = [f.local for f in reference.features]
     query, other, _ = vote_candidates(local, ref_local, same_set=False, max_candidates=config.candidates,
                                       min_votes=config.min_votes)
@@ -146,7 +185,8 @@ def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], ref
               * pool.column("height").to_numpy(zero_copy_only=False).astype(np.int64))[order]
     features = [features[i] for i in order]
     descriptors = None if descriptors is None else np.asarray(descriptors, np.float32)[order]
-    uf, best = copy_links(features, digests, config, descriptors)
+    local = content_only(features, config)
+    uf, best = copy_links(features, digests, config, descriptors, local)
     labels = uf.labels()
     keep = keep_largest(labels, keys, pixels)
     kept_row = np.zeros(len(keys), dtype=np.int64)
@@ -166,7 +206,7 @@ def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], ref
     for set_name, reference in sorted(references.items()):
         if not reference.features or not len(keys):
             continue
-        linked = evaluation_links(features, digests, reference, config, descriptors)
+        linked = evaluation_links(features, digests, reference, config, descriptors, local)
         if not len(linked):
             continue
         for row in np.flatnonzero(leaking_rows(labels, linked)):
