@@ -97,24 +97,39 @@ def components(names: list[str], first: np.ndarray, second: np.ndarray) -> dict[
     return dict(zip(names, uf.labels().tolist()))
 
 
+_FEATURES: dict[Path, tuple] = {}
+
+
+def lake_features(root: Path, names: list[str]) -> tuple[list, list, float]:
+    """Pool and evaluation features (computed once per lake and shared by the methods) and their seconds."""
+    if root not in _FEATURES:
+        start = time.perf_counter()
+        pool = [image_features(Image.open(root / "pool" / n).convert("RGB")) for n in names]
+        evals = [image_features(Image.open(root / "eval" / n).convert("RGB"))
+                 for n in sorted(p.name for p in (root / "eval").iterdir())]
+        _FEATURES[root] = (pool, evals, time.perf_counter() - start)
+    return _FEATURES[root]
+
+
 def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: DedupConfig,
                  descriptor_model=None) -> dict:
-    """The dedup stage's own code (``copy_duplicates_table``), scores of every verified candidate recorded."""
+    """The dedup stage's own code (``copy_duplicates_table``), scores of every verified candidate recorded;
+    the seconds include the feature pass (timed once, shared by the methods)."""
     from curate.copydetect import pipeline as pipeline_module
     from curate.copydetect import verify as verify_module
 
-    start = time.perf_counter()
-    images = [Image.open(root / "pool" / n).convert("RGB") for n in names]
-    features = [image_features(im) for im in images]
+    features, eval_features, feature_seconds = lake_features(root, names)
+    start = time.perf_counter() - feature_seconds
+    images = [Image.open(root / "pool" / n) for n in names]
     eval_names = sorted(p.name for p in (root / "eval").iterdir())
     eval_images = [Image.open(root / "eval" / n).convert("RGB") for n in eval_names]
-    reference = ReferenceSet([image_features(im) for im in eval_images],
+    reference = ReferenceSet(eval_features,
                              [hashlib.sha256((root / "eval" / n).read_bytes()).hexdigest() for n in eval_names])
     descriptors = None
     if descriptor_model is not None:
         from curate.copydetect.descriptor import describe_images
 
-        descriptors = describe_images(descriptor_model, images)
+        descriptors = describe_images(descriptor_model, [im.convert("RGB") for im in images])
         reference.descriptors = describe_images(descriptor_model, eval_images)
     table = pa.table({"key": [n.rsplit(".", 1)[0] for n in names], "uri": [str(root / "pool" / n) for n in names],
                       "sha256": [hashlib.sha256((root / "pool" / n).read_bytes()).hexdigest() for n in names],
@@ -148,6 +163,31 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
         if row["reason"] in ("exact", "near"):
             scored[tuple(sorted((row["key"] + ".jpg", row["kept_key"] + ".jpg")))] = 1.0 + row["similarity"]
     return evaluate(name, groups, scored, truth, seconds, leaks)
+
+
+def candidate_recall(root: Path, names: list[str], truth: Truth, config: DedupConfig) -> dict[str, tuple[int, float]]:
+    """Per candidate generator of ``config``: (candidate pairs, share of the true pairs among them)."""
+    from curate.copydetect.candidates import vote_candidates
+    from curate.copydetect.pipeline import _codes, content_only, frequent_codes, global_candidates
+    from curate.copydetect.hashes import hash_pairs
+
+    features = lake_features(root, names)[0]
+    row = {name: i for i, name in enumerate(names)}
+    true = {(min(row[a], row[b]), max(row[a], row[b])) for a, b in truth.true_pairs()}
+    local = content_only(features, config)
+    first, second, _ = hash_pairs(_codes(features), config.hash_distance)
+    keep = frequent_codes(first, second, len(features), config.burst_images)
+    found = {f"hash <= {config.hash_distance} bits (frequent codes dropped)": (first[keep], second[keep])}
+    found[f"RootSIFT votes (top {config.candidates})"] = vote_candidates(
+        local, local, True, max_candidates=config.candidates, min_votes=config.min_votes)[:2]
+    found[f"VLAD kNN k={config.k} (top {config.global_candidates})"] = global_candidates(local, config)[:2]
+    result = {}
+    for name, (first, second) in found.items():
+        pairs = set(zip(first.tolist(), second.tolist()))
+        result[name] = (len(pairs), len(pairs & true) / max(1, len(true)))
+    every = set().union(*(set(zip(f.tolist(), s.tolist())) for f, s in found.values()))
+    result["all generators"] = (len(every), len(every & true) / max(1, len(true)))
+    return result
 
 
 def run_phash(root: Path, names: list[str], truth: Truth, radius: int = 10) -> dict:
@@ -199,7 +239,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=60, help="duplicate groups (2-5 images each)")
     parser.add_argument("--distractor-ratio", type=float, default=10.0, help="distractors per planted copy")
     parser.add_argument("--pad", type=int, default=0, help="extra procedural distractors padding the pool")
-    parser.add_argument("--methods", default="default,sscd-arch,phash,cls")
+    parser.add_argument("--methods", default="default,previous,phash", help="also: sscd-arch, cls")
     parser.add_argument("--sscd", help="an SSCD torchvision state dict (else random ResNet-50 weights)")
     parser.add_argument("--backbone", default="vit_small", help="backbone for the CLS peer (weights or an architecture)")
     parser.add_argument("--threads", type=int, default=2)
@@ -218,8 +258,12 @@ def main() -> None:
               flush=True)
         rows = []
         if "default" in methods:
-            rows.append(run_pipeline("default (local+verify+structural)", root, names, truth, DedupConfig()))
+            rows.append(run_pipeline("default (templates+vlad+verify)", root, names, truth, DedupConfig()))
             print(f"default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
+        if "previous" in methods:  # the default before issue 22: no lake templates, no VLAD candidates
+            rows.append(run_pipeline("previous default (local+verify)", root, names, truth,
+                                     DedupConfig(burst_images=0, global_candidates=0)))
+            print(f"previous default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         if "sscd-arch" in methods:
             from curate.copydetect.descriptor import SSCD, load_descriptor
 
@@ -236,6 +280,10 @@ def main() -> None:
             rows.append(run_cls(root, names, truth, args.backbone))
             print(f"cls done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         print_table(rows)
+        if "default" in methods:
+            print("\ncandidate recall of the default's generators (share of all true pairs among the candidates)")
+            for name, (count, recall) in candidate_recall(root, names, truth, DedupConfig()).items():
+                print(f"{name:48s} {count:8d} pairs  recall {recall:.3f}")
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1, default=lambda value: value.item()))
 
