@@ -110,3 +110,18 @@ def test_vlad_puts_a_copy_among_the_nearest_and_candidates_are_each_pair_once():
     copy = len(images) - 1
     best = max((s, a if b == copy else b) for a, b, s in zip(first, second, score) if copy in (a, b))
     assert best[1] == PHOTOS.index("chelsea")
+
+
+def test_verification_blocks_cover_every_candidate_once_and_read_few_partitions():
+    from curate.copydetect.pipeline import candidate_blocks
+
+    rng = np.random.default_rng(0)
+    partition = np.repeat(np.arange(10), 50)  # 500 images in 10 partitions
+    pairs = np.unique(np.sort(rng.integers(0, 500, (3000, 2)), axis=1), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+    blocks = candidate_blocks(pairs, partition, size=200)
+    joined = np.concatenate(blocks)
+    assert len(joined) == len(pairs) and len(np.unique(joined, axis=0)) == len(pairs)
+    assert all(len(b) <= 200 for b in blocks)
+    read = [len(np.unique(partition[b[:, 0]])) + len(np.unique(partition[b[:, 1]])) for b in blocks]
+    assert np.mean(read) <= 6  # shuffled, each block would touch all 10 partitions on both sides

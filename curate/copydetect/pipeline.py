@@ -95,12 +95,44 @@ def frequent_codes(first: np.ndarray, second: np.ndarray, count: int, limit: int
     return np.maximum(degree[first], degree[second]) < limit
 
 
+VERIFY_BLOCK = 4096
+"""Candidate pairs per verification block (one task's worth)."""
+
+
+def candidate_blocks(pairs: np.ndarray, partition: np.ndarray, size: int = VERIFY_BLOCK) -> list[np.ndarray]:
+    """Candidate pairs ``[m, 2]`` in blocks of at most ``size``, ordered by the feature partitions of their two
+    images, so that each block (a verification task) reads few partitions."""
+    if not len(pairs):
+        return []
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], partition[pairs[:, 1]], partition[pairs[:, 0]]))
+    pairs = pairs[order]
+    return [pairs[start : start + size] for start in range(0, len(pairs), size)]
+
+
+def verify_block(block: np.ndarray, local: Sequence, hashed: dict[tuple[int, int], float], config: DedupConfig
+                 ) -> list[tuple[int, int, str, float]]:
+    """The verified links ``(a, b, kind, similarity)`` of one block of candidate pairs: every candidate, a
+    hash match too (a shared frame dominates the hashes of two screenshots), checked by :func:`verify_pair`;
+    a hash match whose images carry no lake template may also pass on pixels alone (:func:`verify_aligned`)."""
+    verify = verify_config(config)
+    found = []
+    for a, b in block.tolist():
+        result = verify_pair(local[a], local[b], verify)
+        if not result.accepted and (a, b) in hashed and local[a].template is None and local[b].template is None:
+            # a shared frame around two flat pictures agrees on its own edges: such images link on keypoints only
+            result = verify_aligned(local[a], local[b], verify)
+        if result.accepted:
+            found.append((a, b, *(("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score))))
+    return found
+
+
 def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config: DedupConfig,
-               descriptors: np.ndarray | None = None, local: list | None = None
+               descriptors: np.ndarray | None = None, local: list | None = None, partition: np.ndarray | None = None
                ) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
     """Union-find of the pool and, per row, its strongest link (kind, similarity).
 
-    Exact links are taken as they are; hash pairs and vote / kNN candidates are all verified, and the
+    Exact links are taken as they are; hash pairs and vote / VLAD / kNN candidates are all verified, in
+    blocks ordered by ``partition`` (each row's feature partition; :func:`candidate_blocks`), and the
     verified links pass the structural filter (:func:`.groups.structural_links`) before the union."""
     count = len(features)
     links: dict[tuple[int, int], tuple[str, float]] = {}
@@ -122,16 +154,10 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
         database, queries = normalised_scores(descriptors, config)
         dfirst, dsecond, _ = knn_candidates(database, config.k, config.threshold, queries, same_set=True)
         pairs |= set(zip(dfirst.tolist(), dsecond.tolist()))
-    verify = verify_config(config)
-    for a, b in sorted(pairs - set(links)):
-        # a hash match is verified too: a shared frame dominates the hashes of two screenshots
-        result = verify_pair(local[a], local[b], verify)
-        if not result.accepted and (a, b) in hashed and local[a].template is None and local[b].template is None:
-            # on pixels alone only when neither image carries a lake template: a shared frame around two flat
-            # pictures agrees on its own edges, so such images are linked on their own keypoints only
-            result = verify_aligned(local[a], local[b], verify)
-        if result.accepted:
-            links[(a, b)] = ("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score)
+    todo = np.array(sorted(pairs - set(links)), dtype=np.int64).reshape(-1, 2)
+    for block in candidate_blocks(todo, np.zeros(count, np.int64) if partition is None else partition):
+        for a, b, kind, score in verify_block(block, local, hashed, config):
+            links[(a, b)] = (kind, score)
     linked = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
     exact = np.array([links[(a, b)][0] == "exact" for a, b in linked.tolist()], dtype=bool)
     keep = exact | structural_links(linked[:, 0], linked[:, 1], count, config.min_structural)
@@ -173,9 +199,11 @@ def evaluation_links(pool: Sequence[ImageFeatures], digests: Sequence[str], refe
 
 
 def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], references: dict[str, ReferenceSet],
-                          config: DedupConfig, descriptors: np.ndarray | None = None) -> pa.Table:
+                          config: DedupConfig, descriptors: np.ndarray | None = None,
+                          partition: np.ndarray | None = None) -> pa.Table:
     """The ``duplicates`` table. ``pool`` rows (``key``, ``uri``, ``sha256``, ``width``, ``height``) match
-    ``features`` (and ``descriptors``) row for row; rows come out in key order."""
+    ``features`` (and ``descriptors``, and ``partition``: each row's feature partition) row for row; rows come
+    out in key order."""
     keys = pool.column("key").to_pylist()
     order = np.argsort(np.array(keys, dtype=object), kind="stable").astype(np.int64)
     keys = [keys[i] for i in order]
@@ -186,7 +214,8 @@ def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], ref
     features = [features[i] for i in order]
     descriptors = None if descriptors is None else np.asarray(descriptors, np.float32)[order]
     local = content_only(features, config)
-    uf, best = copy_links(features, digests, config, descriptors, local)
+    partition = None if partition is None else np.asarray(partition, np.int64)[order]
+    uf, best = copy_links(features, digests, config, descriptors, local, partition)
     labels = uf.labels()
     keep = keep_largest(labels, keys, pixels)
     kept_row = np.zeros(len(keys), dtype=np.int64)
