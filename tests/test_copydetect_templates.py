@@ -125,3 +125,14 @@ def test_verification_blocks_cover_every_candidate_once_and_read_few_partitions(
     assert all(len(b) <= 200 for b in blocks)
     read = [len(np.unique(partition[b[:, 0]])) + len(np.unique(partition[b[:, 1]])) for b in blocks]
     assert np.mean(read) <= 6  # shuffled, each block would touch all 10 partitions on both sides
+
+
+def test_a_hash_code_shared_by_many_images_gives_no_candidates():
+    from curate.copydetect.pipeline import frequent_codes
+
+    # rows 0-9 all within the radius of each other (a frame's hash), rows 10-11 one pair
+    first = np.array([a for a in range(10) for b in range(a + 1, 10)] + [10])
+    second = np.array([b for a in range(10) for b in range(a + 1, 10)] + [11])
+    keep = frequent_codes(first, second, 12, limit=8)
+    assert keep.tolist() == [False] * 45 + [True]
+    assert frequent_codes(first, second, 12, limit=0).all()  # off

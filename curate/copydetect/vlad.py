@@ -23,6 +23,10 @@ import numpy as np
 from curate.copydetect.local import DESCRIPTOR_DIM, LocalFeatures
 
 
+PCA_IMAGES = 4_000
+"""Images (a seeded sample) the whitening is learned on."""
+
+
 def _sample(features: Sequence[LocalFeatures], count: int, seed: int) -> np.ndarray:
     vectors = np.concatenate([f.descriptors for f in features if len(f.descriptors)] or
                              [np.zeros((0, DESCRIPTOR_DIM), np.float32)])
@@ -60,7 +64,9 @@ class VladModel:
         kmeans = faiss.Kmeans(DESCRIPTOR_DIM, words, niter=20, seed=seed, spherical=False)
         kmeans.train(vectors)
         model = cls(np.ascontiguousarray(kmeans.centroids, np.float32), None)
-        raw = model.describe(features, whiten=False)
+        # fewer images than VLAD dimensions: faiss learns the PCA from their Gram matrix, not a 8192^2 covariance
+        chosen = np.random.default_rng(seed).permutation(len(features))[:PCA_IMAGES]
+        raw = model.describe([features[i] for i in np.sort(chosen)], whiten=False)
         dim = min(dim, raw.shape[1], len(raw) - 1)
         if dim >= 8:
             pca = faiss.PCAMatrix(raw.shape[1], dim, -0.5)
