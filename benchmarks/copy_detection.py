@@ -1,20 +1,21 @@
-"""Copy-detection benchmark on planted copies of real photos: the default pipeline vs the peers, in one run.
+"""Copy-detection benchmark on a lake that looks like real data: the default vs the previous default and pHash.
 
-Builds the planted set of :mod:`benchmarks._shared.copy_planting` (real offline photos cut into non-overlapping pieces, 22
-strong transforms and pairs of them, shared emoji / captions / screenshot frame, distractors, an
-evaluation set with copies in the pool; random file names), then for each method reports pair
-precision and recall of its duplicate groups at its default threshold, recall per transform (copy in
-its original's group), µAP as ISC2021 defines it (all predictions pooled, sorted by score, ties
-non-matches first; µAP = Σ (R_i − R_{i−1}) P_i over all ground-truth pairs) and seconds per image.
+Builds the lake of :mod:`benchmarks._shared.copy_lake` (``--split dev`` to choose thresholds, ``--split
+test`` to report: built from other photos; groups of 2-5 images, 22 transforms, 50 screenshots of different
+photos in one frame, memes, gradients, wallpapers, logos, text pages, distractors 10x the copies, an
+evaluation set), then for each method reports pair precision and recall of its duplicate groups, recall
+per transform (copy in its original's group), µAP as ISC2021 defines it (all predictions pooled, sorted by
+score, ties non-matches first; µAP = Σ (R_i − R_{i−1}) P_i over all ground-truth pairs), seconds per
+image, decontamination, the false pairs by the kinds of their images, and the candidate recall of each
+candidate generator of the default.
 
-Methods: ``default`` (``dedup.descriptor=local``: sha256, pHash+dHash, RootSIFT votes, verified pairs,
-structural filter);
-``sscd-arch`` (the SSCD architecture's kNN, k = 64, score-normalised, > 0.6, then verified: give the
-released weights with ``--sscd``; without them random ResNet-50 weights, which measures the path, not
-SSCD); ``phash@10`` (imagededup's pHash Hamming ≤ 10); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random
-weights unless ``--backbone``)::
+Methods: ``default`` (``dedup.descriptor=local``: templates learned from the lake, hash / vote / VLAD
+candidates, verification, structural filter); ``previous`` (the default before issue 22: no templates,
+no VLAD); ``phash`` (imagededup's pHash Hamming ≤ 10); ``sscd-arch`` (the SSCD architecture's kNN, k = 64,
+score-normalised, then verified: the released weights with ``--sscd``, else random weights, which measures
+the path, not SSCD); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random weights unless ``--backbone``)::
 
-    python -m benchmarks.copy_detection --seed 0 [--sscd sscd_disc_mixup.torchvision.pt] [--methods default,phash]
+    python -m benchmarks.copy_detection --split test [--groups 24] [--pad 20000] [--methods default,previous,phash]
 """
 
 from __future__ import annotations

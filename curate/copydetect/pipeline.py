@@ -26,7 +26,7 @@ from curate.copydetect.candidates import knn_candidates, vote_candidates
 from curate.copydetect.features import ImageFeatures
 from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links
 from curate.copydetect.score_norm import background_bias, with_bias
-from curate.copydetect.templates import bursty_descriptors, content_features
+from curate.copydetect.templates import bursty_descriptors, content_features, template_share
 from curate.copydetect.vlad import VladModel, vlad_candidates
 from curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
 from curate.copydetect.verify import VerifyConfig, verify_aligned, verify_pair
@@ -95,6 +95,8 @@ def frequent_codes(first: np.ndarray, second: np.ndarray, count: int, limit: int
     return np.maximum(degree[first], degree[second]) < limit
 
 
+TEMPLATE_SHARE = 0.1
+"""An image whose template region (a frame, a caption bar) covers this share of it links on keypoints only."""
 VERIFY_BLOCK = 4096
 """Candidate pairs per verification block (one task's worth)."""
 
@@ -113,12 +115,13 @@ def verify_block(block: np.ndarray, local: Sequence, hashed: dict[tuple[int, int
                  ) -> list[tuple[int, int, str, float]]:
     """The verified links ``(a, b, kind, similarity)`` of one block of candidate pairs: every candidate, a
     hash match too (a shared frame dominates the hashes of two screenshots), checked by :func:`verify_pair`;
-    a hash match whose images carry no lake template may also pass on pixels alone (:func:`verify_aligned`)."""
+    a hash match whose images are not mostly lake template may also pass on pixels alone (:func:`verify_aligned`)."""
     verify = verify_config(config)
     found = []
     for a, b in block.tolist():
         result = verify_pair(local[a], local[b], verify)
-        if not result.accepted and (a, b) in hashed and local[a].template is None and local[b].template is None:
+        if (not result.accepted and (a, b) in hashed
+                and max(template_share(local[a]), template_share(local[b])) < TEMPLATE_SHARE):
             # a shared frame around two flat pictures agrees on its own edges: such images link on keypoints only
             result = verify_aligned(local[a], local[b], verify)
         if result.accepted:

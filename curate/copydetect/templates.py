@@ -25,8 +25,9 @@ GRID = 8
 """Pixels (of the analysis image) per cell of the stored template region."""
 RADIUS = 12
 """Half side (px) of the square each bursty keypoint marks as template."""
-DISTANCE = 0.35
-"""RootSIFT L2 distance under which two descriptors count as the same visual element."""
+DISTANCE = 0.25
+"""RootSIFT L2 distance under which two descriptors count as the same visual element (a rendering of the
+same frame or caption: unrelated descriptors are ~0.8-1.1 apart, copies of natural texture ~0.2-0.5)."""
 
 
 def bursty_descriptors(features: Sequence[LocalFeatures], min_images: int, distance: float = DISTANCE,
@@ -62,6 +63,11 @@ def template_region(features: LocalFeatures, bursty: np.ndarray) -> np.ndarray |
         region[max(0, int((y - RADIUS) // GRID)) : int((y + RADIUS) // GRID) + 1,
                max(0, int((x - RADIUS) // GRID)) : int((x + RADIUS) // GRID) + 1] = True
     return region
+
+
+def template_share(features: LocalFeatures) -> float:
+    """The share of the image that is template region (0 without one)."""
+    return 0.0 if features.template is None else float(features.template.mean())
 
 
 def in_region(xy: np.ndarray, region: np.ndarray | None) -> np.ndarray:
