@@ -1,20 +1,21 @@
-"""Copy-detection benchmark on planted copies of real photos: the default pipeline vs the peers, in one run.
+"""Copy-detection benchmark on a lake that looks like real data: the default vs the previous default and pHash.
 
-Builds the planted set of :mod:`benchmarks._shared.copy_planting` (real offline photos cut into non-overlapping pieces, 22
-strong transforms and pairs of them, shared emoji / captions / screenshot frame, distractors, an
-evaluation set with copies in the pool; random file names), then for each method reports pair
-precision and recall of its duplicate groups at its default threshold, recall per transform (copy in
-its original's group), µAP as ISC2021 defines it (all predictions pooled, sorted by score, ties
-non-matches first; µAP = Σ (R_i − R_{i−1}) P_i over all ground-truth pairs) and seconds per image.
+Builds the lake of :mod:`benchmarks._shared.copy_lake` (``--split dev`` to choose thresholds, ``--split
+test`` to report: built from other photos; groups of 2-5 images, 22 transforms, 50 screenshots of different
+photos in one frame, memes, gradients, wallpapers, logos, text pages, distractors 10x the copies, an
+evaluation set), then for each method reports pair precision and recall of its duplicate groups, recall
+per transform (copy in its original's group), µAP as ISC2021 defines it (all predictions pooled, sorted by
+score, ties non-matches first; µAP = Σ (R_i − R_{i−1}) P_i over all ground-truth pairs), seconds per
+image, decontamination, the false pairs by the kinds of their images, and the candidate recall of each
+candidate generator of the default.
 
-Methods: ``default`` (``dedup.descriptor=local``: sha256, pHash+dHash, RootSIFT votes, verified pairs,
-structural filter);
-``sscd-arch`` (the SSCD architecture's kNN, k = 64, score-normalised, > 0.6, then verified: give the
-released weights with ``--sscd``; without them random ResNet-50 weights, which measures the path, not
-SSCD); ``phash@10`` (imagededup's pHash Hamming ≤ 10); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random
-weights unless ``--backbone``)::
+Methods: ``default`` (``dedup.descriptor=local``: templates learned from the lake, hash / vote / VLAD
+candidates, verification, structural filter); ``previous`` (the default before issue 22: no templates,
+no VLAD); ``phash`` (imagededup's pHash Hamming ≤ 10); ``sscd-arch`` (the SSCD architecture's kNN, k = 64,
+score-normalised, then verified: the released weights with ``--sscd``, else random weights, which measures
+the path, not SSCD); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random weights unless ``--backbone``)::
 
-    python -m benchmarks.copy_detection --seed 0 [--sscd sscd_disc_mixup.torchvision.pt] [--methods default,phash]
+    python -m benchmarks.copy_detection --split test [--groups 24] [--pad 20000] [--methods default,previous,phash]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import json
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,8 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
-from benchmarks._shared.copy_planting import TRANSFORMS, Truth, plant
+from benchmarks._shared.copy_lake import plant_lake
+from benchmarks._shared.copy_planting import TRANSFORMS, Truth
 from curate.copydetect import candidates as candidate_module
 from curate.copydetect.features import image_features
 from curate.copydetect.groups import UnionFind
@@ -57,11 +60,16 @@ def group_pairs(groups: dict[str, int]) -> set[tuple[str, str]]:
     return {(a, b) for names in by.values() for i, a in enumerate(sorted(names)) for b in sorted(names)[i + 1:]}
 
 
+KINDS: dict[str, str] = {}
+"""Pool file name -> what it is (``original``, ``copy``, ``screenshot``, ``gradient``, ...), from truth.json."""
+
+
 def evaluate(name: str, groups: dict[str, int], scored: dict[tuple[str, str], float], truth: Truth,
              seconds: float, leaks: set[str] | None = None) -> dict:
     true = truth.true_pairs()
     predicted = group_pairs(groups)
     hits = len(predicted & true)
+    false_kinds = Counter("+".join(sorted((KINDS.get(a, "?"), KINDS.get(b, "?")))) for a, b in predicted - true)
     originals = {}
     for file, group in truth.pool_group.items():
         if file not in truth.transform:
@@ -76,7 +84,7 @@ def evaluate(name: str, groups: dict[str, int], scored: dict[tuple[str, str], fl
     row = {"method": name, "precision": hits / max(1, len(predicted)), "recall": hits / len(true),
            "uAP": micro_ap(scores, correct, len(true)), "s/img": seconds / len(truth.pool_group),
            "largest_group": max(np.unique(list(groups.values()), return_counts=True)[1]),
-           "per_transform": per_transform}
+           "per_transform": per_transform, "false_pairs_by_kind": dict(false_kinds.most_common(8))}
     if leaks is not None:
         copies = set(truth.eval_copy)
         row["decontamination"] = len(leaks & copies) / max(1, len(copies))
@@ -90,24 +98,39 @@ def components(names: list[str], first: np.ndarray, second: np.ndarray) -> dict[
     return dict(zip(names, uf.labels().tolist()))
 
 
+_FEATURES: dict[Path, tuple] = {}
+
+
+def lake_features(root: Path, names: list[str]) -> tuple[list, list, float]:
+    """Pool and evaluation features (computed once per lake and shared by the methods) and their seconds."""
+    if root not in _FEATURES:
+        start = time.perf_counter()
+        pool = [image_features(Image.open(root / "pool" / n).convert("RGB")) for n in names]
+        evals = [image_features(Image.open(root / "eval" / n).convert("RGB"))
+                 for n in sorted(p.name for p in (root / "eval").iterdir())]
+        _FEATURES[root] = (pool, evals, time.perf_counter() - start)
+    return _FEATURES[root]
+
+
 def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: DedupConfig,
                  descriptor_model=None) -> dict:
-    """The dedup stage's own code (``copy_duplicates_table``), scores of every verified candidate recorded."""
+    """The dedup stage's own code (``copy_duplicates_table``), scores of every verified candidate recorded;
+    the seconds include the feature pass (timed once, shared by the methods)."""
     from curate.copydetect import pipeline as pipeline_module
     from curate.copydetect import verify as verify_module
 
-    start = time.perf_counter()
-    images = [Image.open(root / "pool" / n).convert("RGB") for n in names]
-    features = [image_features(im) for im in images]
+    features, eval_features, feature_seconds = lake_features(root, names)
+    start = time.perf_counter() - feature_seconds
+    images = [Image.open(root / "pool" / n) for n in names]
     eval_names = sorted(p.name for p in (root / "eval").iterdir())
     eval_images = [Image.open(root / "eval" / n).convert("RGB") for n in eval_names]
-    reference = ReferenceSet([image_features(im) for im in eval_images],
+    reference = ReferenceSet(eval_features,
                              [hashlib.sha256((root / "eval" / n).read_bytes()).hexdigest() for n in eval_names])
     descriptors = None
     if descriptor_model is not None:
         from curate.copydetect.descriptor import describe_images
 
-        descriptors = describe_images(descriptor_model, images)
+        descriptors = describe_images(descriptor_model, [im.convert("RGB") for im in images])
         reference.descriptors = describe_images(descriptor_model, eval_images)
     table = pa.table({"key": [n.rsplit(".", 1)[0] for n in names], "uri": [str(root / "pool" / n) for n in names],
                       "sha256": [hashlib.sha256((root / "pool" / n).read_bytes()).hexdigest() for n in names],
@@ -141,6 +164,31 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
         if row["reason"] in ("exact", "near"):
             scored[tuple(sorted((row["key"] + ".jpg", row["kept_key"] + ".jpg")))] = 1.0 + row["similarity"]
     return evaluate(name, groups, scored, truth, seconds, leaks)
+
+
+def candidate_recall(root: Path, names: list[str], truth: Truth, config: DedupConfig) -> dict[str, tuple[int, float]]:
+    """Per candidate generator of ``config``: (candidate pairs, share of the true pairs among them)."""
+    from curate.copydetect.candidates import vote_candidates
+    from curate.copydetect.pipeline import _codes, content_only, frequent_codes, global_candidates
+    from curate.copydetect.hashes import hash_pairs
+
+    features = lake_features(root, names)[0]
+    row = {name: i for i, name in enumerate(names)}
+    true = {(min(row[a], row[b]), max(row[a], row[b])) for a, b in truth.true_pairs()}
+    local = content_only(features, config)
+    first, second, _ = hash_pairs(_codes(features), config.hash_distance)
+    keep = frequent_codes(first, second, len(features), config.burst_images)
+    found = {f"hash <= {config.hash_distance} bits (frequent codes dropped)": (first[keep], second[keep])}
+    found[f"RootSIFT votes (top {config.candidates})"] = vote_candidates(
+        local, local, True, max_candidates=config.candidates, min_votes=config.min_votes)[:2]
+    found[f"VLAD kNN k={config.k} (top {config.global_candidates})"] = global_candidates(local, config)[:2]
+    result = {}
+    for name, (first, second) in found.items():
+        pairs = set(zip(first.tolist(), second.tolist()))
+        result[name] = (len(pairs), len(pairs & true) / max(1, len(true)))
+    every = set().union(*(set(zip(f.tolist(), s.tolist())) for f, s in found.values()))
+    result["all generators"] = (len(every), len(every & true) / max(1, len(true)))
+    return result
 
 
 def run_phash(root: Path, names: list[str], truth: Truth, radius: int = 10) -> dict:
@@ -179,13 +227,20 @@ def print_table(rows: list[dict]) -> None:
     print(f"{'transform':22s} " + " ".join(f"{r['method'][:12]:>12s}" for r in rows))
     for transform in TRANSFORMS:
         print(f"{transform:22s} " + " ".join(f"{r['per_transform'][transform]:12.2f}" for r in rows))
+    print("\nfalse pairs by the kinds of their two images")
+    for r in rows:
+        print(f"{r['method']:34s} {r['false_pairs_by_kind']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--split", choices=("dev", "test"), default="test",
+                        help="choose thresholds on dev; report test (built from other photos)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--originals", type=int, default=20)
-    parser.add_argument("--methods", default="default,sscd-arch,phash,cls")
+    parser.add_argument("--groups", type=int, default=60, help="duplicate groups (2-5 images each)")
+    parser.add_argument("--distractor-ratio", type=float, default=10.0, help="distractors per planted copy")
+    parser.add_argument("--pad", type=int, default=0, help="extra procedural distractors padding the pool")
+    parser.add_argument("--methods", default="default,previous,phash", help="also: sscd-arch, cls")
     parser.add_argument("--sscd", help="an SSCD torchvision state dict (else random ResNet-50 weights)")
     parser.add_argument("--backbone", default="vit_small", help="backbone for the CLS peer (weights or an architecture)")
     parser.add_argument("--threads", type=int, default=2)
@@ -195,14 +250,21 @@ def main() -> None:
     methods = args.methods.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        truth = plant(root, seed=args.seed, originals=args.originals)
+        truth = plant_lake(root, split=args.split, seed=args.seed, groups=args.groups,
+                           distractor_ratio=args.distractor_ratio, extra_distractors=args.pad)
         names = sorted(truth.pool_group)
-        print(f"planted set: {len(names)} pool images ({len(truth.transform)} copies, {len(truth.true_pairs())} true "
-              f"pairs), {len(list((root / 'eval').iterdir()))} evaluation images, seed {args.seed}", flush=True)
+        KINDS.update(json.loads((root / "truth.json").read_text())["kind"])
+        print(f"{args.split} split, seed {args.seed}: {len(names)} pool images ({len(truth.transform)} copies, "
+              f"{len(truth.true_pairs())} true pairs), {len(list((root / 'eval').iterdir()))} evaluation images",
+              flush=True)
         rows = []
         if "default" in methods:
-            rows.append(run_pipeline("default (local+verify+structural)", root, names, truth, DedupConfig()))
+            rows.append(run_pipeline("default (templates+vlad+verify)", root, names, truth, DedupConfig()))
             print(f"default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
+        if "previous" in methods:  # the default before issue 22: no lake templates, no VLAD candidates
+            rows.append(run_pipeline("previous default (local+verify)", root, names, truth,
+                                     DedupConfig(burst_images=0, global_candidates=0)))
+            print(f"previous default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         if "sscd-arch" in methods:
             from curate.copydetect.descriptor import SSCD, load_descriptor
 
@@ -219,6 +281,10 @@ def main() -> None:
             rows.append(run_cls(root, names, truth, args.backbone))
             print(f"cls done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         print_table(rows)
+        if "default" in methods:
+            print("\ncandidate recall of the default's generators (share of all true pairs among the candidates)")
+            for name, (count, recall) in candidate_recall(root, names, truth, DedupConfig()).items():
+                print(f"{name:48s} {count:8d} pairs  recall {recall:.3f}")
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1, default=lambda value: value.item()))
 

@@ -221,19 +221,17 @@ def precomputed_pool(out: Location) -> bool:
     return bool(len(pool)) and bool(pc.any(pc.starts_with(pool["uri"], lake_embeddings.EMB)).as_py())
 
 
-def dedup_rule(config: PipelineConfig, pool_images: int, precomputed: bool = False) -> str:
-    """``local``, ``embeddings`` or a checkpoint path: ``dedup.descriptor`` with ``auto`` resolved by pool size;
+def dedup_rule(config: PipelineConfig, precomputed: bool = False) -> str:
+    """``local``, ``embeddings`` or a checkpoint path (``dedup.descriptor``): one rule whatever the pool size;
     always ``embeddings`` for a pool of ``precomputed`` embeddings (its images are never read)."""
     if precomputed:
         return "embeddings"
-    if config.dedup.descriptor == "auto":
-        return "local" if pool_images <= config.dedup.local_max_images else "embeddings"
     return config.dedup.descriptor
 
 
 def resolved_dedup_rule(out: Location, config: PipelineConfig) -> str:
     """:func:`dedup_rule` for the run in ``out`` (its pool's size, whether its embeddings were precomputed)."""
-    return dedup_rule(config, pool_size(out), precomputed_pool(out))
+    return dedup_rule(config, precomputed_pool(out))
 
 
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
@@ -506,12 +504,10 @@ def dedup_announcement(out: Location, config: PipelineConfig) -> str:
     if precomputed_pool(out):
         return ("dedup: kNN cosine on the precomputed embeddings (their images are not read; for copy detection "
                 "give copy descriptors, e.g. SSCD's, as the lake's embeddings)")
-    pool = pool_size(out)
-    rule = dedup_rule(config, pool)
-    why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
-           f"{config.dedup.local_max_images:,})") if config.dedup.descriptor == "auto" else ""
-    described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
-    return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}"
+    rule = dedup_rule(config)
+    described = {"local": "local features, lake templates discounted, verification",
+                 "embeddings": "cosine on the embeddings (dedup.descriptor=embeddings)"}
+    return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')} ({pool_size(out):,} pool images)"
 
 
 # -- the dedup stage: copy detection in one task, or the kNN steps of curate.knn_dedup -----------------------

@@ -78,21 +78,28 @@ class DedupConfig:
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
     center: bool = False
     """Subtract the pool's mean vector first (spreads the similarities of features with a common component)."""
-    descriptor: str = "auto"
-    """Copy detection (docs/copy-detection.md): ``local`` (sha256, pHash+dHash, RootSIFT votes, verified
-    pairs, structural filter; no weights, ~0.12 s and ~0.5 MB of memory an image in one task), an SSCD
-    copy-descriptor checkpoint (torchvision state dict; its kNN adds candidates, verified like ``local``),
-    ``embeddings`` (sha256 groups, then cosine on the embed stage's vectors: fast at any size, and for tiny
-    images such as the demo's 28-px ones), or ``auto`` (the default): ``local`` up to ``local_max_images``
-    pool images, ``embeddings`` above."""
-    local_max_images: int = at_least(20_000, 0)
-    """``descriptor=auto``: the largest pool copy-detected with local features (their memory grows with the pool)."""
+    descriptor: str = "local"
+    """Copy detection (docs/copy-detection.md), the same rule at every pool size: ``local`` (the default, no
+    weights: sha256, hash and RootSIFT-vote candidates, templates learned from the lake discounted, verified
+    pairs, structural filter), the path of an SSCD copy-descriptor checkpoint (torchvision state dict; its kNN
+    adds candidates, verified like ``local``), or ``embeddings`` (sha256 groups, then cosine on the embed
+    stage's vectors: not a copy detector, only for images too small for local features, such as the demo's
+    28-px ones)."""
     allow_torchscript: bool = False
     """Accept a TorchScript copy-descriptor file (it runs code from the file; off unless you trust it)."""
     hash_distance: int = ranged(4, 0, 64)
     """Hamming distance (of 64 bits) within which both pHash and dHash must be for a ``near`` link."""
     candidates: int = at_least(16, 1)
     """Candidates verified per image (local-descriptor votes)."""
+    global_candidates: int = at_least(8, 0)
+    """Candidates per image from the global copy descriptor (VLAD over RootSIFT, PCA-whitened; its kNN with
+    ``k`` neighbours), verified like the others (0: off)."""
+    vlad_words: int = at_least(64, 1)
+    """VLAD vocabulary size (k-means of RootSIFT descriptors of a seeded pool sample)."""
+    vlad_dim: int = at_least(256, 8)
+    """VLAD dimensions after PCA-whitening."""
+    vlad_sample: int = at_least(20_000, 2)
+    """Pool images (a seeded sample) the vocabulary and the whitening are learned on."""
     min_votes: int = at_least(3, 1)
     """Local descriptors that must match for an image pair to be a candidate."""
     min_agreement: float = fraction(0.5)
@@ -102,6 +109,11 @@ class DedupConfig:
     eval_min_agreement: float = fraction(0.45)
     """The looser agreement against evaluation sets."""
     eval_max_blob: float = fraction(0.3)
+    burst_images: int = at_least(8, 0)
+    """Template learning (docs/copy-detection.md): a local feature with near twins in this many other pool
+    images is a shared template (frame, caption, watermark, logo), no evidence of a copy: its keypoints cast
+    no votes, match nothing and its region is left out of the pixel check; hash matches of a code with this
+    many neighbours are no candidates (0: off)."""
     min_structural: float = fraction(0.3)
     """Verified links whose two images share fewer neighbours than this (structural similarity, 0-1) are
     dropped before the groups are formed (0: keep every link); docs/copy-detection.md."""

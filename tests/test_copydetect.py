@@ -307,12 +307,11 @@ def test_curate_run_with_a_descriptor_checkpoint_and_whitening_groups_the_copies
     assert all(rows[name]["kept"] for name in ("camera", "rocket", "immunohistochemistry"))
 
 
-def test_auto_copy_detection_uses_local_features_up_to_local_max_images():
+def test_copy_detection_is_one_rule_at_every_pool_size():
     from curate.stages import dedup_rule
-    from schemas.config import PipelineConfig
+    from schemas.config import PipelineConfig, load_config
 
-    auto = PipelineConfig(dedup=DedupConfig(local_max_images=100))
-    assert DedupConfig().descriptor == "auto"
-    assert dedup_rule(auto, 100) == "local" and dedup_rule(auto, 101) == "embeddings"
-    assert dedup_rule(PipelineConfig(dedup=DedupConfig(descriptor="local")), 10**9) == "local"
-    assert dedup_rule(PipelineConfig(dedup=DedupConfig(descriptor="/w/sscd.pt")), 5) == "/w/sscd.pt"
+    assert DedupConfig().descriptor == "local" and dedup_rule(PipelineConfig()) == "local"
+    assert not hasattr(DedupConfig(), "local_max_images")  # no switch to embedding cosine by pool size
+    assert dedup_rule(PipelineConfig(dedup=DedupConfig(descriptor="/w/sscd.pt"))) == "/w/sscd.pt"
+    assert load_config(None, ["dedup.descriptor=embeddings"]).dedup.descriptor == "embeddings"  # only when asked

@@ -28,12 +28,14 @@ DESCRIPTOR_DIM = 128
 
 @dataclass
 class LocalFeatures:
-    """Keypoints ``xy`` ``[m, 2]`` (pixels of ``gray``), RootSIFT ``descriptors`` ``[m, 128]`` and the grey image."""
+    """Keypoints ``xy`` ``[m, 2]`` (pixels of ``gray``), RootSIFT ``descriptors`` ``[m, 128]`` and the grey image;
+    ``template``: the region (coarse mask, :mod:`.templates`) that recurs across the lake, when one is known."""
 
     xy: np.ndarray
     descriptors: np.ndarray
     gray: np.ndarray
     mirror: "LocalFeatures | None" = None
+    template: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.xy)

@@ -26,6 +26,8 @@ from curate.copydetect.candidates import knn_candidates, vote_candidates
 from curate.copydetect.features import ImageFeatures
 from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links
 from curate.copydetect.score_norm import background_bias, with_bias
+from curate.copydetect.templates import bursty_descriptors, content_features, template_share
+from curate.copydetect.vlad import VladModel, vlad_candidates
 from curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
 from curate.copydetect.verify import VerifyConfig, verify_aligned, verify_pair
 from schemas.config import DedupConfig
@@ -63,11 +65,77 @@ def _codes(features: Sequence[ImageFeatures]) -> dict[str, np.ndarray]:
     return {name: hash_codes([f.hashes.get(name) for f in features]) for name in HASHES}
 
 
+def content_only(features: Sequence[ImageFeatures], config: DedupConfig) -> list:
+    """Each image's local features without what recurs across the pool (:mod:`.templates`)."""
+    local = [f.local for f in features]
+    if config.burst_images <= 0:
+        return local
+    return [content_features(f, mask) for f, mask in zip(local, bursty_descriptors(local, config.burst_images))]
+
+
+def global_candidates(local: Sequence, config: DedupConfig, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs by the VLAD descriptor's kNN (:mod:`.vlad`, learned on a seeded pool sample)."""
+    empty = np.zeros(0, np.int64)
+    if config.global_candidates <= 0 or len(local) < 3:
+        return empty, empty, np.zeros(0, np.float32)
+    chosen = np.random.default_rng(seed).permutation(len(local))[: config.vlad_sample]
+    model = VladModel.fit([local[i] for i in np.sort(chosen)], config.vlad_words, config.vlad_dim, seed)
+    vectors = model.describe(local)
+    mirrored = model.describe([f.mirror if f.mirror is not None else f for f in local])
+    return vlad_candidates(vectors, mirrored, config.k, config.global_candidates, -1.0)
+
+
+def frequent_codes(first: np.ndarray, second: np.ndarray, count: int, limit: int) -> np.ndarray:
+    """Mask of the hash pairs both of whose codes have fewer than ``limit`` neighbours (a frequent code is a
+    template's: screenshots of different photos in one frame, flat pictures)."""
+    if limit <= 0 or not len(first):
+        return np.ones(len(first), dtype=bool)
+    degree = np.bincount(np.concatenate([first, second]), minlength=count)
+    return np.maximum(degree[first], degree[second]) < limit
+
+
+TEMPLATE_SHARE = 0.1
+"""An image whose template region (a frame, a caption bar) covers this share of it links on keypoints only."""
+VERIFY_BLOCK = 4096
+"""Candidate pairs per verification block (one task's worth)."""
+
+
+def candidate_blocks(pairs: np.ndarray, partition: np.ndarray, size: int = VERIFY_BLOCK) -> list[np.ndarray]:
+    """Candidate pairs ``[m, 2]`` in blocks of at most ``size``, ordered by the feature partitions of their two
+    images, so that each block (a verification task) reads few partitions."""
+    if not len(pairs):
+        return []
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], partition[pairs[:, 1]], partition[pairs[:, 0]]))
+    pairs = pairs[order]
+    return [pairs[start : start + size] for start in range(0, len(pairs), size)]
+
+
+def verify_block(block: np.ndarray, local: Sequence, hashed: dict[tuple[int, int], float], config: DedupConfig
+                 ) -> list[tuple[int, int, str, float]]:
+    """The verified links ``(a, b, kind, similarity)`` of one block of candidate pairs: every candidate, a
+    hash match too (a shared frame dominates the hashes of two screenshots), checked by :func:`verify_pair`;
+    a hash match whose images are not mostly lake template may also pass on pixels alone (:func:`verify_aligned`)."""
+    verify = verify_config(config)
+    found = []
+    for a, b in block.tolist():
+        result = verify_pair(local[a], local[b], verify)
+        if (not result.accepted and (a, b) in hashed
+                and max(template_share(local[a]), template_share(local[b])) < TEMPLATE_SHARE):
+            # a shared frame around two flat pictures agrees on its own edges: such images link on keypoints only
+            result = verify_aligned(local[a], local[b], verify)
+        if result.accepted:
+            found.append((a, b, *(("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score))))
+    return found
+
+
 def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config: DedupConfig,
-               descriptors: np.ndarray | None = None) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
+               descriptors: np.ndarray | None = None, local: list | None = None, partition: np.ndarray | None = None
+               ) -> tuple[UnionFind, dict[int, tuple[str, float]]]:
     """Union-find of the pool and, per row, its strongest link (kind, similarity).
 
-    Exact links are taken as they are; hash pairs and vote / kNN candidates are all verified, and the
+    Exact links are taken as they are; hash pairs and vote / VLAD / kNN candidates are all verified, in
+    blocks ordered by ``partition`` (each row's feature partition; :func:`candidate_blocks`), and the
     verified links pass the structural filter (:func:`.groups.structural_links`) before the union."""
     count = len(features)
     links: dict[tuple[int, int], tuple[str, float]] = {}
@@ -77,22 +145,22 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
         if head != row:
             links[(head, row)] = ("exact", 1.0)
     first, second, distance = hash_pairs(_codes(features), config.hash_distance)
+    usable = frequent_codes(first, second, count, config.burst_images)
+    first, second, distance = first[usable], second[usable], distance[usable]
     hashed = {(a, b): 1.0 - d / 64 for a, b, d in zip(first.tolist(), second.tolist(), distance.tolist())}
-    local = [f.local for f in features]
+    local = content_only(features, config) if local is None else local
     first, second, _ = vote_candidates(local, local, True, max_candidates=config.candidates, min_votes=config.min_votes)
     pairs = set(zip(first.tolist(), second.tolist())) | set(hashed)
+    first, second, _ = global_candidates(local, config)
+    pairs |= set(zip(first.tolist(), second.tolist()))
     if descriptors is not None:
         database, queries = normalised_scores(descriptors, config)
         dfirst, dsecond, _ = knn_candidates(database, config.k, config.threshold, queries, same_set=True)
         pairs |= set(zip(dfirst.tolist(), dsecond.tolist()))
-    verify = verify_config(config)
-    for a, b in sorted(pairs - set(links)):
-        # a hash match is verified too: a shared frame dominates the hashes of two screenshots
-        result = verify_pair(local[a], local[b], verify)
-        if not result.accepted and (a, b) in hashed:
-            result = verify_aligned(local[a], local[b], verify)
-        if result.accepted:
-            links[(a, b)] = ("near", hashed[(a, b)]) if (a, b) in hashed else ("copy", result.score)
+    todo = np.array(sorted(pairs - set(links)), dtype=np.int64).reshape(-1, 2)
+    for block in candidate_blocks(todo, np.zeros(count, np.int64) if partition is None else partition):
+        for a, b, kind, score in verify_block(block, local, hashed, config):
+            links[(a, b)] = (kind, score)
     linked = np.array(sorted(links), dtype=np.int64).reshape(-1, 2)
     exact = np.array([links[(a, b)][0] == "exact" for a, b in linked.tolist()], dtype=bool)
     keep = exact | structural_links(linked[:, 0], linked[:, 1], count, config.min_structural)
@@ -109,14 +177,14 @@ def copy_links(features: Sequence[ImageFeatures], digests: Sequence[str], config
 
 
 def evaluation_links(pool: Sequence[ImageFeatures], digests: Sequence[str], reference: ReferenceSet,
-                     config: DedupConfig, descriptors: np.ndarray | None = None) -> np.ndarray:
+                     config: DedupConfig, descriptors: np.ndarray | None = None, local: list | None = None) -> np.ndarray:
     """Pool rows linked to an image of ``reference`` (exact, hash or verified copy at the looser threshold)."""
     linked = set()
     ref_digests = set(reference.digests)
     linked |= {row for row, digest in enumerate(digests) if digest in ref_digests}
     rows, _ = cross_hash_pairs(_codes(pool), _codes(reference.features), config.hash_distance)
     linked |= set(rows.tolist())
-    local = [f.local for f in pool]
+    local = [f.local for f in pool] if local is None else local
     ref_local = [f.local for f in reference.features]
     query, other, _ = vote_candidates(local, ref_local, same_set=False, max_candidates=config.candidates,
                                       min_votes=config.min_votes)
@@ -134,9 +202,11 @@ def evaluation_links(pool: Sequence[ImageFeatures], digests: Sequence[str], refe
 
 
 def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], references: dict[str, ReferenceSet],
-                          config: DedupConfig, descriptors: np.ndarray | None = None) -> pa.Table:
+                          config: DedupConfig, descriptors: np.ndarray | None = None,
+                          partition: np.ndarray | None = None) -> pa.Table:
     """The ``duplicates`` table. ``pool`` rows (``key``, ``uri``, ``sha256``, ``width``, ``height``) match
-    ``features`` (and ``descriptors``) row for row; rows come out in key order."""
+    ``features`` (and ``descriptors``, and ``partition``: each row's feature partition) row for row; rows come
+    out in key order."""
     keys = pool.column("key").to_pylist()
     order = np.argsort(np.array(keys, dtype=object), kind="stable").astype(np.int64)
     keys = [keys[i] for i in order]
@@ -146,7 +216,9 @@ def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], ref
               * pool.column("height").to_numpy(zero_copy_only=False).astype(np.int64))[order]
     features = [features[i] for i in order]
     descriptors = None if descriptors is None else np.asarray(descriptors, np.float32)[order]
-    uf, best = copy_links(features, digests, config, descriptors)
+    local = content_only(features, config)
+    partition = None if partition is None else np.asarray(partition, np.int64)[order]
+    uf, best = copy_links(features, digests, config, descriptors, local, partition)
     labels = uf.labels()
     keep = keep_largest(labels, keys, pixels)
     kept_row = np.zeros(len(keys), dtype=np.int64)
@@ -166,7 +238,7 @@ def copy_duplicates_table(pool: pa.Table, features: Sequence[ImageFeatures], ref
     for set_name, reference in sorted(references.items()):
         if not reference.features or not len(keys):
             continue
-        linked = evaluation_links(features, digests, reference, config, descriptors)
+        linked = evaluation_links(features, digests, reference, config, descriptors, local)
         if not len(linked):
             continue
         for row in np.flatnonzero(leaking_rows(labels, linked)):

@@ -23,13 +23,17 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-def all_features(out: Path, config: PipelineConfig) -> dict[str, ImageFeatures]:
+def all_features(out: Path, config: PipelineConfig) -> tuple[dict[str, ImageFeatures], dict[str, int]]:
+    """Every image's features by key, and the partition each came from."""
     features: dict[str, ImageFeatures] = {}
+    partition_of: dict[str, int] = {}
     for partition in sorted(tables.done_parts(out, "images")):
         part = tables.read_part(out, "images", partition)
-        features |= partition_features(out, partition, part, config.ingest.max_pixels,
-                                       read=fetched.reader(out, config.lake.storage_options, [partition]))
-    return features
+        found = partition_features(out, partition, part, config.ingest.max_pixels,
+                                   read=fetched.reader(out, config.lake.storage_options, [partition]))
+        features |= found
+        partition_of |= dict.fromkeys(found, partition)
+    return features, partition_of
 
 
 def descriptors_for(out: Path, uris: list[str], config: PipelineConfig, model: nn.Module) -> np.ndarray:
@@ -46,7 +50,7 @@ def descriptors_for(out: Path, uris: list[str], config: PipelineConfig, model: n
 
 def copy_dedup(out: Path, config: PipelineConfig, rule: str) -> dict[str, int]:
     """The ``duplicates`` table by ``rule``: ``local``, or the path of a copy-descriptor checkpoint."""
-    features = all_features(out, config)
+    features, partition_of = all_features(out, config)
     images = tables.read_table(out, "images")
     ok = images.filter(pc.and_(pc.equal(images["status"], "ok"),
                                pc.is_in(images["key"], pa.array(sorted(features), pa.string()))))
@@ -73,6 +77,7 @@ def copy_dedup(out: Path, config: PipelineConfig, rule: str) -> dict[str, int]:
         chosen = evals.filter(pc.equal(evals["set"], name))
         references[name] = ReferenceSet([features[k] for k in chosen.column("key").to_pylist()],
                                         chosen.column("sha256").to_pylist(), eval_descriptors.get(name))
-    duplicates = copy_duplicates_table(pool, [features[k] for k in pool_keys], references, config.dedup, descriptors)
+    duplicates = copy_duplicates_table(pool, [features[k] for k in pool_keys], references, config.dedup, descriptors,
+                                       np.array([partition_of[k] for k in pool_keys], np.int64))
     tables.write_part(out, "duplicates", 0, duplicates)
     return {"in": len(pool_keys), "out": int(pc.sum(duplicates["kept"]).as_py() or 0)}

@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from curate.copydetect.local import LocalFeatures
+from curate.copydetect.templates import GRID
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class VerifyConfig:
     min_cells: int = 24
     min_agreement: float = 0.6
     """Fraction of the overlap's textured cells that must agree for the pair to be a copy."""
+    max_template: float = 0.25
+    """A cell more than this share of which lies in a template region (:mod:`.templates`) is not counted."""
     max_blob: float = 0.15
     """Largest contiguous disagreeing block (share of the overlap) a copy may have: an overlay hides a part
     of the photo, but two photos in one frame disagree on one big block, the photos themselves."""
@@ -96,11 +99,25 @@ class Agreement:
     """The largest 4-connected block of disagreeing cells, as a share of the counted cells."""
 
 
-def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, config: VerifyConfig) -> Agreement:
-    """``source`` warped by ``affine`` onto ``target``: (fraction of textured overlap cells that agree, cells)."""
+def full_size(region: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """A coarse template region (:mod:`.templates`) at the pixel size ``shape`` (all false when ``None``)."""
+    if region is None:
+        return np.zeros(shape, np.float32)
+    return np.repeat(np.repeat(region, GRID, 0), GRID, 1)[: shape[0], : shape[1]].astype(np.float32)
+
+
+def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, config: VerifyConfig,
+                   source_template: np.ndarray | None = None, target_template: np.ndarray | None = None) -> Agreement:
+    """``source`` warped by ``affine`` onto ``target``: (fraction of textured overlap cells that agree, cells).
+
+    Cells in either image's template region (what recurs across the lake) are not counted either way."""
     height, width = target.shape
     warped = cv2.warpAffine(source.astype(np.float32), affine, (width, height), flags=cv2.INTER_LINEAR)
     mask = cv2.warpAffine(np.ones_like(source, np.float32), affine, (width, height), flags=cv2.INTER_NEAREST)
+    template = full_size(target_template, target.shape)
+    if source_template is not None:
+        template = np.maximum(template, cv2.warpAffine(full_size(source_template, source.shape), affine, (width, height),
+                                                       flags=cv2.INTER_NEAREST))
     sigma = config.blur
     warped = cv2.GaussianBlur(warped, (0, 0), sigma)
     target = cv2.GaussianBlur(target.astype(np.float32), (0, 0), sigma)
@@ -113,7 +130,7 @@ def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, c
         return array[: rows * c, : cols * c].reshape(rows, c, cols, c).transpose(0, 2, 1, 3).reshape(rows * cols, c * c)
 
     a, b, m = cells(warped), cells(target), cells(mask)
-    covered = m.min(axis=1) > 0
+    covered = (m.min(axis=1) > 0) & (cells(template).mean(axis=1) <= config.max_template)
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     std_a, std_b = a.std(axis=1), b.std(axis=1)
@@ -151,8 +168,8 @@ def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: 
                 mirrored: bool = False) -> Verification:
     """The photometric half: :func:`cell_agreement` both ways under ``affine`` (``a`` → ``b``), judged on the
     side with more evidence; accepted on enough cells, enough agreement and no large disagreeing block."""
-    forward = cell_agreement(a.gray, b.gray, affine, config)
-    backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(affine), config)
+    forward = cell_agreement(a.gray, b.gray, affine, config, a.template, b.template)
+    backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(affine), config, b.template, a.template)
     best = max(forward, backward, key=lambda result: result.cells)  # the side with more evidence
     blob = max(forward.blob, backward.blob)
     accepted = best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
