@@ -36,7 +36,9 @@ def lake_job(job: dict) -> dict:
     for part in range(parts):
         rows = np.arange(bounds[part], bounds[part + 1])
         n = len(rows)
-        tables.write_array(out, "embeddings", part, data[rows])
+        tables.write_array(out, "embeddings", part, data[rows],
+                           pa.table({"key": keys[rows].tolist(), "image_path": [f"synthetic/{k}" for k in keys[rows]],
+                                     "set": ["pool"] * n, "role": ["pool"] * n}))
         tables.write_part(out, "embeddings", part, pa.table({
             "key": keys[rows].tolist(), "role": ["pool"] * n, "set": ["pool"] * n, "row": np.arange(n, dtype=np.int32)}))
         tables.write_part(out, "images", part, pa.table({

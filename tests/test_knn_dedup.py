@@ -51,7 +51,8 @@ def _write_lake(out, vectors, digests, sizes, partitions: int, evals: dict[str, 
             shas += [f"e{name}{i}" for i in mine]
             pixels += [10] * len(mine)
         n = len(names)
-        tables.write_array(out, "embeddings", part, np.concatenate(matrix))
+        tables.write_array(out, "embeddings", part, np.concatenate(matrix),
+                           pa.table({"key": names, "image_path": uris, "set": sets, "role": roles}))
         tables.write_part(out, "embeddings", part, pa.table({
             "key": names, "role": roles, "set": sets, "row": np.arange(n, dtype=np.int32)}))
         tables.write_part(out, "images", part, pa.table({
