@@ -1,0 +1,235 @@
+"""The cluster stage as steps over partitions: distributed hierarchical k-means with resampling (Vo et al. 2024).
+
+Level 1 (the only level as large as the pool) runs as map/reduce rounds of :mod:`curate.lloyd`; the upper
+levels cluster the level-1 centroids in one small task with :func:`curate.kmeans.resampled_kmeans`, as the
+single-task :func:`curate.kmeans.hierarchical_kmeans` does. Steps, in order (``P`` = per partition, ``1`` =
+one task); every step reads and writes files under ``OUT/work/cluster/`` only, so its arguments and results
+stay small:
+
+==================  ====  =====================================================================================
+``prepare``          P    the partition's kept pool as unit vectors (``pool/part-NNNNN.npy``) and its ``k``
+                          lowest seed scores (``seed/part-NNNNN.npz``)
+``seed``             1    pool size, ``ks``, the first centroids (``centroids/round-0000.npy``)
+``assign-R``         P    round ``R``: sums and counts by nearest centroid (``sums/round-R/part-NNNNN.npz``)
+``update-R``         1    round ``R``'s centroids from the summed parts (``centroids/round-R+1.npy``)
+``resample-S``       P    before resampling step ``S``: each vector's (label, similarity) to the centroids
+``radius-S``         1    each cluster's ``r``-th largest similarity: the sample is every vector at least as close
+``upper``            1    levels 2 and up, from the level-1 centroids (``tree.npz``)
+``write``            P    the ``clusters`` part of the partition
+==================  ====  =====================================================================================
+
+Rounds: ``niter`` on the whole pool, then ``niter`` on the sample of each of the ``resampling_steps``
+steps. Memory per task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the
+reduce); ``radius-S`` holds one (int32, float32) pair per pool image. Centroids do not depend on how the
+pool is partitioned (seeds are per key, sums are exact), so neither does the table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from curate import output, tables
+from curate.kmeans import default_ks, resampled_kmeans
+from curate.lloyd import Assigner, Lowest, Sums, cluster_sums, key_scores, lowest, merge_lowest, sample_thresholds, unit, update
+from curate.output import Location
+from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
+from schemas.config import PipelineConfig
+from schemas.tables import CLUSTERS
+
+STAGE = "cluster"
+
+
+def _dir(out: Location) -> Location:
+    return work(out, STAGE)
+
+
+def _part(name: str, partition: int, suffix: str = ".npz") -> str:
+    return f"{name}/part-{partition:05d}{suffix}"
+
+
+def _at(out: Location, name: str) -> Location:
+    folder = _dir(out)
+    for piece in name.split("/"):
+        folder = folder / piece
+    return folder
+
+
+def rounds(config: PipelineConfig) -> int:
+    """Lloyd rounds of level 1: ``niter`` for the k-means and for each resampling step."""
+    return config.cluster.niter * (1 + config.cluster.resampling_steps)
+
+
+def _pool_vectors(out: Location, partition: int) -> np.ndarray:
+    path = _at(out, _part("pool", partition, ".npy"))
+    return np.load(path, mmap_mode="r") if not isinstance(path, output.RemotePath) else load_array(path)
+
+
+def _info(out: Location) -> dict:
+    return {name: value for name, value in load_arrays(_at(out, "seed.npz")).items()}
+
+
+# -- steps -------------------------------------------------------------------------------------------------
+
+
+def prepare(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
+    """Partition ``partition``'s kept pool as unit vectors, and its lowest seed scores (as many as level 1 can use)."""
+    pool = kept_pool(out, partition)
+    vectors = unit(pool.vectors) if len(pool.keys) else np.zeros((0, 0), dtype=np.float32)
+    save_array(_at(out, _part("pool", partition, ".npy")), vectors)
+    ks = config.cluster.ks
+    most = ks[0] if ks else len(pool.keys)  # default_ks never asks for more clusters than images
+    seeds = lowest(key_scores(pool.keys, config.cluster.seed), vectors, most)
+    save_arrays(_at(out, _part("seed", partition)), scores=seeds.scores, vectors=seeds.vectors,
+                rows=np.array(len(pool.keys)))
+    return {"in": len(pool.keys)}
+
+
+def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Pool size, cluster counts and the first level-1 centroids: the ``k`` lowest-scoring vectors of the pool."""
+    paths = [_dir(out) / "seed" / name for name in output.names(_dir(out) / "seed", "part-*.npz")]
+    parts = [load_arrays(path) for path in paths]
+    size = int(sum(int(part["rows"]) for part in parts))
+    ks = list(config.cluster.ks) or default_ks(size, config.cluster.levels)
+    k = min(ks[0], size)
+    seeded = [Lowest(p["scores"], p["vectors"]) for p in parts if len(p["scores"])]
+    centroids = merge_lowest(seeded, k).vectors if seeded else np.zeros((0, 1), dtype=np.float32)
+    save_array(_at(out, "centroids/round-0000.npy"), centroids)
+    save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64))
+    return {"in": size, "k": k}
+
+
+def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) -> np.ndarray | None:
+    """Rows of the partition in the current resampling sample (``None``: all rows, before any resampling)."""
+    step = round_ // config.cluster.niter
+    if step == 0:
+        return None
+    state = load_arrays(_at(out, _part(f"resample-{step}", partition)))
+    radius = load_array(_at(out, f"resample-{step}/radius.npy"))
+    return state["similarity"] >= radius[state["label"]]
+
+
+def _exact_max_k(config: PipelineConfig) -> int:
+    return config.cluster.exact_max_k
+
+
+def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previous=None) -> dict:
+    """Round ``R`` on partition ``p`` (``unit_ = (R, p)``): per-cluster sums and counts of its (sampled) vectors."""
+    round_, partition = unit_
+    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
+    vectors = _pool_vectors(out, partition)
+    keep = _keep(out, config, round_, partition) if len(vectors) else None
+    points = np.asarray(vectors if keep is None else vectors[keep], dtype=np.float32)
+    sims, labels = Assigner(centroids, _exact_max_k(config))(points) if len(points) else (np.zeros(0, np.float32),
+                                                                                             np.zeros(0, np.int64))
+    sums = cluster_sums(points.reshape(len(points), centroids.shape[1]), labels, sims, len(centroids))
+    present = np.flatnonzero(sums.counts)  # only the clusters the partition touches: bounded by its rows
+    save_arrays(_at(out, _part(f"sums/round-{round_:04d}", partition)), clusters=present, sums=sums.sums[present],
+                counts=sums.counts[present], similarity=np.array(sums.similarity))
+    return {"in": len(points)}
+
+
+def update_centroids(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
+    """Round ``R``'s reduce: add every partition's sums (exactly; any order) and normalise the means."""
+    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
+    folder = _at(out, f"sums/round-{round_:04d}")
+    total = Sums(np.zeros(centroids.shape, dtype=np.int64), np.zeros(len(centroids), dtype=np.int64), 0.0)
+    for name in output.names(folder, "part-*.npz"):
+        part = load_arrays(folder / name)
+        total.sums[part["clusters"]] += part["sums"]
+        total.counts[part["clusters"]] += part["counts"]
+        total = Sums(total.sums, total.counts, total.similarity + float(part["similarity"]))
+    save_array(_at(out, f"centroids/round-{round_ + 1:04d}.npy"), update(total, centroids))
+    output.remove_tree(folder)  # the next round's files replace them; a rerun of this round recomputes them
+    return {"in": int(total.counts.sum()), "similarity": total.similarity}
+
+
+def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int], previous=None) -> dict:
+    """Before resampling step ``S`` (``unit_ = (S, p)``): each vector's nearest centroid and similarity to it."""
+    step, partition = unit_
+    centroids = load_array(_at(out, f"centroids/round-{step * config.cluster.niter:04d}.npy"))
+    vectors = np.asarray(_pool_vectors(out, partition), dtype=np.float32)
+    if len(vectors):
+        sims, labels = Assigner(centroids, _exact_max_k(config))(vectors)
+    else:
+        sims, labels = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    save_arrays(_at(out, _part(f"resample-{step}", partition)), label=labels.astype(np.int32), similarity=sims)
+    return {"in": len(vectors)}
+
+
+def radius(out: Location, config: PipelineConfig, step: int, previous=None) -> dict:
+    """Resampling step ``S``'s sample: each cluster's ``r``-th largest similarity (``r`` = mean cluster size)."""
+    folder = _at(out, f"resample-{step}")
+    parts = [load_arrays(folder / name) for name in output.names(folder, "part-*.npz")]
+    labels = np.concatenate([p["label"] for p in parts]).astype(np.int64)
+    sims = np.concatenate([p["similarity"] for p in parts])
+    k = len(load_array(_at(out, f"centroids/round-{step * config.cluster.niter:04d}.npy")))
+    per_cluster = max(1, len(labels) // k)
+    save_array(folder / "radius.npy", sample_thresholds(labels, sims, k, per_cluster))
+    return {"in": len(labels)}
+
+
+def upper(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Levels 2 and up: k-means of each level's centroids, one small task (as the single-task version)."""
+    info = _info(out)
+    ks = [int(k) for k in info["ks"]]
+    points = load_array(_at(out, f"centroids/round-{rounds(config):04d}.npy"))
+    parents = {}
+    cfg = config.cluster
+    for level, k in enumerate(ks[1:], start=1):
+        if not len(points):
+            parents[f"level{level + 1}"] = np.zeros(0, np.int64)
+            continue
+        centroids, labels = resampled_kmeans(points, min(k, len(points)), cfg.niter, cfg.resampling_steps,
+                                             None, cfg.seed + 1000 * level)
+        parents[f"level{level + 1}"] = labels
+        points = centroids
+    save_arrays(_at(out, "tree.npz"), **parents)
+    return {"levels": len(ks)}
+
+
+def write(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
+    """The ``clusters`` part of partition ``partition``: each kept pool image's cluster at every level."""
+    pool = kept_pool(out, partition)
+    centroids = load_array(_at(out, f"centroids/round-{rounds(config):04d}.npy"))
+    tree = load_arrays(_at(out, "tree.npz"))
+    if len(pool.keys):
+        labels = Assigner(centroids, _exact_max_k(config))(unit(pool.vectors))[1]
+    else:
+        labels = np.zeros(0, np.int64)
+    columns = [labels]
+    for level in range(2, len(tree) + 2):
+        columns.append(tree[f"level{level}"][columns[-1]])
+    levels = np.stack(columns, axis=1).astype(np.int32) if len(labels) else np.zeros((0, len(columns)), np.int32)
+    table = pa.table({"key": pool.keys, "uri": pool.uris, "cluster": levels[:, 0], "levels": levels.tolist()},
+                     schema=CLUSTERS.schema)
+    tables.write_part(out, "clusters", partition, table)
+    return {"in": len(pool.keys), "out": len(pool.keys)}
+
+
+def cleanup(out: Location) -> None:
+    """Remove the stage's work folder (once every ``clusters`` part is written)."""
+    output.remove_tree(_dir(out))
+
+
+def _partitions(out: Location) -> list[int]:
+    return sorted(tables.done_parts(out, "files"))
+
+
+def steps(config: PipelineConfig) -> list[tuple[str, object, object]]:
+    """``(name, function, units)`` of every step in order; ``units(out)`` lists the units of a step."""
+    niter = config.cluster.niter
+    found: list[tuple[str, object, object]] = [
+        ("prepare", prepare, _partitions),
+        ("seed", seed, lambda out: [0]),
+    ]
+    for round_ in range(rounds(config)):
+        step = round_ // niter
+        if step and round_ % niter == 0:
+            found.append((f"resample-{step}", resample, lambda out, s=step: [(s, p) for p in _partitions(out)]))
+            found.append((f"radius-{step}", radius, lambda out, s=step: [s]))
+        found.append((f"assign-{round_:04d}", assign, lambda out, r=round_: [(r, p) for p in _partitions(out)]))
+        found.append((f"update-{round_:04d}", update_centroids, lambda out, r=round_: [r]))
+    found.append(("upper", upper, lambda out: [0]))
+    found.append(("write", write, _partitions))
+    return found
