@@ -17,12 +17,14 @@ from curate import tables
 
 def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int], roles: Sequence[str] | None = None,
                         kept: Sequence[bool] | None = None, duplicates_parts: bool = True,
-                        sizes: Sequence[int] | None = None) -> list[str]:
+                        sizes: Sequence[int] | None = None, uris: Sequence[str] | None = None,
+                        formats: Sequence[str] | None = None) -> list[str]:
     """Write ``files``, ``images``, ``embeddings`` (+ ``.npy``) and ``duplicates`` tables for ``vectors``.
 
     Row ``i`` is key ``img-<i>`` in partition ``partition[i]`` with role ``roles[i]`` (default pool), kept by
     dedup unless ``kept[i]`` is false; ``duplicates`` has one part per partition, or one part in all when
-    ``duplicates_parts`` is false (as the single-task dedup writes). Returns the keys.
+    ``duplicates_parts`` is false (as the single-task dedup writes); ``uris``, ``formats`` and ``sizes`` (bytes)
+    describe the image files (default: JPEG files of 1000 bytes that need not exist). Returns the keys.
     """
     n = len(vectors)
     partition = np.asarray(partition, dtype=np.int64)
@@ -30,7 +32,8 @@ def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int]
     kept = np.ones(n, dtype=bool) if kept is None else np.asarray(kept, dtype=bool)
     sizes = np.asarray(sizes if sizes is not None else np.full(n, 1000), dtype=np.int64)
     keys = [f"img-{i:08d}" for i in range(n)]
-    uris = [f"/lake/{role}/{key}.jpg" for role, key in zip(roles, keys)]
+    uris = list(uris) if uris is not None else [f"/lake/{role}/{key}.jpg" for role, key in zip(roles, keys)]
+    formats = list(formats) if formats is not None else ["JPEG"] * n
     duplicate_rows = []
     for part in sorted(set(partition.tolist())):
         rows = np.flatnonzero(partition == part)
@@ -39,7 +42,7 @@ def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int]
         tables.write_part(out, "files", part, pa.table(common))
         tables.write_part(out, "images", part, pa.table({
             **common, "bytes": sizes[rows], "sha256": [f"{i:064x}" for i in rows], "width": [32] * len(rows),
-            "height": [32] * len(rows), "format": ["JPEG"] * len(rows), "phash": [None] * len(rows),
+            "height": [32] * len(rows), "format": [formats[i] for i in rows], "phash": [None] * len(rows),
             "status": ["ok"] * len(rows), "error": [None] * len(rows), "provenance": [None] * len(rows)}))
         tables.write_array(out, "embeddings", part, vectors[rows])
         tables.write_part(out, "embeddings", part, pa.table({
