@@ -58,7 +58,7 @@ def test_sums_are_exact_so_grouping_does_not_matter():
 
 def test_an_empty_cluster_splits_the_largest():
     previous = unit(np.eye(3, dtype=np.float32))
-    sums = np.array([[3 << 30, 3 << 30, 0], [0, 0, 0], [0, 0, 1 << 30]], dtype=np.int64)
+    sums = np.array([[3 << 20, 3 << 20, 0], [0, 0, 0], [0, 0, 1 << 20]], dtype=np.int64)
     centroids = update(Sums(sums, np.array([3, 0, 1]), 0.0), previous)
     assert np.array_equal(centroids[2], previous[2])
     assert centroids[0] @ centroids[1] > 0.999 and centroids[0][0] < centroids[0][1] and centroids[1][0] > centroids[1][1]
