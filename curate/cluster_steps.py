@@ -19,7 +19,9 @@ stay small:
 ==================  ====  =====================================================================================
 
 Rounds: ``niter`` on the whole pool, then ``niter`` on the sample of each of the ``resampling_steps``
-steps. Memory per task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the
+steps; like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a
+subsample drawn by key score, so level 1 costs ``min(n, 256 k) * k * d * 2`` flops a round (exact
+assignment; with the inverted file above ``cluster.exact_max_k``, ``~17 sqrt(k) * d * 2`` a vector). Memory per task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the
 reduce); ``radius-S`` holds one (int32, float32) pair per pool image. Centroids do not depend on how the
 pool is partitioned (seeds are per key, sums are exact), so neither does the table.
 """
@@ -30,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import output, tables
-from curate.kmeans import default_ks, resampled_kmeans
+from curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
 from curate.lloyd import Assigner, Lowest, Sums, cluster_sums, key_scores, lowest, merge_lowest, sample_thresholds, unit, update
 from curate.output import Location
 from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
@@ -77,9 +79,11 @@ def prepare(out: Location, config: PipelineConfig, partition: int, previous=None
     pool = kept_pool(out, partition)
     vectors = unit(pool.vectors) if len(pool.keys) else np.zeros((0, 0), dtype=np.float32)
     save_array(_at(out, _part("pool", partition, ".npy")), vectors)
+    scores = key_scores(pool.keys, config.cluster.seed)
+    save_array(_at(out, _part("pool", partition, ".scores.npy")), scores)
     ks = config.cluster.ks
     most = ks[0] if ks else len(pool.keys)  # default_ks never asks for more clusters than images
-    seeds = lowest(key_scores(pool.keys, config.cluster.seed), vectors, most)
+    seeds = lowest(scores, vectors, most)
     save_arrays(_at(out, _part("seed", partition)), scores=seeds.scores, vectors=seeds.vectors,
                 rows=np.array(len(pool.keys)))
     return {"in": len(pool.keys)}
@@ -95,18 +99,27 @@ def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> di
     seeded = [Lowest(p["scores"], p["vectors"]) for p in parts if len(p["scores"])]
     centroids = merge_lowest(seeded, k).vectors if seeded else np.zeros((0, 1), dtype=np.float32)
     save_array(_at(out, "centroids/round-0000.npy"), centroids)
-    save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64))
+    # Lloyd rounds use at most MAX_POINTS_PER_CENTROID points a centroid, drawn by key score (faiss subsamples too)
+    fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0
+    limit = np.uint64(np.iinfo(np.uint64).max) if fraction >= 1 else np.uint64(int(fraction * 2.0**64))
+    save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64), limit=np.array(limit))
     return {"in": size, "k": k}
 
 
 def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) -> np.ndarray | None:
-    """Rows of the partition in the current resampling sample (``None``: all rows, before any resampling)."""
+    """Rows of the partition that round ``round_`` trains on: those of the training subsample (all of them up to
+    ``MAX_POINTS_PER_CENTROID * k`` pool images) in the current resampling sample (``None``: every row)."""
+    limit = load_arrays(_at(out, "seed.npz"))["limit"]
+    keep = None
+    if limit != np.iinfo(np.uint64).max:
+        keep = load_array(_at(out, _part("pool", partition, ".scores.npy"))) <= limit
     step = round_ // config.cluster.niter
     if step == 0:
-        return None
+        return keep
     state = load_arrays(_at(out, _part(f"resample-{step}", partition)))
     radius = load_array(_at(out, f"resample-{step}/radius.npy"))
-    return state["similarity"] >= radius[state["label"]]
+    sample = state["similarity"] >= radius[state["label"]]
+    return sample if keep is None else sample & keep
 
 
 def _exact_max_k(config: PipelineConfig) -> int:

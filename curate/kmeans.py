@@ -28,6 +28,8 @@ import pyarrow as pa
 from schemas.config import ClusterConfig
 from schemas.tables import CLUSTERS
 
+MAX_POINTS_PER_CENTROID = 256
+"""faiss trains each k-means on at most this many points a centroid (a random subsample)."""
 DEFAULT_SHRINK = (50, 10, 5, 5)  # items per cluster at levels 1, 2, 3, 4+ for default_ks
 
 
@@ -86,7 +88,7 @@ def kmeans(
         spherical=spherical,
         gpu=faiss.get_num_gpus() > 0,
         min_points_per_centroid=1,
-        max_points_per_centroid=256,
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID,
         verbose=False,
     )
     if init_centroids is not None:

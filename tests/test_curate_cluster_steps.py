@@ -147,3 +147,19 @@ def test_work_files_of_a_round_are_removed_once_reduced(tmp_path):
     assert sums == [f"round-{r:04d}.npy" for r in range(4)]
     cluster_steps.cleanup(tmp_path)
     assert not work.exists() and len(tables.read_table(tmp_path, "clusters")) == 80
+
+
+def test_rounds_train_on_at_most_256_points_a_centroid_the_same_ones_for_any_partitioning(tmp_path):
+    vectors = _blobs(2, 1000)
+    config = load_config(None, ["cluster.ks=[2, 1]", "cluster.niter=2"])
+    trained, tables_ = [], []
+    for name, parts in (("three", 3), ("eight", 8)):
+        out = tmp_path / name
+        write_embedding_out(out, vectors, np.arange(len(vectors)) % parts)
+        for step, function, units in cluster_steps.steps(config):
+            results = [function(out, config, unit_) for unit_ in units(out)]
+            if step == "update-0000":
+                trained.append(results[0]["in"])
+        tables_.append(_table(out))
+    assert trained[0] == trained[1] and 400 < trained[0] < 640  # ~512 of 2000
+    assert tables_[0] == tables_[1] and len(tables_[0]) == 2000
