@@ -57,15 +57,19 @@ class Pool:
     vectors: np.ndarray
 
 
-def _kept_keys(out: Location, partition: int, keys: pa.Array) -> np.ndarray:
-    """Which of ``keys`` the ``duplicates`` table keeps: its part ``partition`` when it has one part per lake
-    partition, else the whole table filtered to ``keys`` (a dedup that wrote a single part)."""
+def duplicates_of(out: Location, partition: int, keys: pa.Array) -> pa.Table:
+    """The ``duplicates`` rows of ``keys`` (images of partition ``partition``): that part of the table when dedup
+    writes one part per partition, else the whole table filtered to ``keys`` (a dedup that wrote one part)."""
     parts = tables.done_parts(out, "duplicates")
-    if partition in parts and parts == set(tables.done_parts(out, "files")):
-        duplicates = tables.read_part(out, "duplicates", partition)
-    else:
-        duplicates = tables.read_table(out, "duplicates")
-        duplicates = duplicates.filter(pc.is_in(duplicates["key"], value_set=keys))
+    if partition in parts and (len(parts) > 1 or tables.done_parts(out, "files") == {partition}):
+        return tables.read_part(out, "duplicates", partition)
+    duplicates = tables.read_table(out, "duplicates")
+    return duplicates.filter(pc.is_in(duplicates["key"], value_set=keys))
+
+
+def _kept_keys(out: Location, partition: int, keys: pa.Array) -> np.ndarray:
+    """Which of ``keys`` the ``duplicates`` table keeps."""
+    duplicates = duplicates_of(out, partition, keys)
     kept = duplicates.filter(duplicates["kept"]).column("key")
     return np.asarray(pc.is_in(keys, value_set=kept).to_numpy(zero_copy_only=False), dtype=bool)
 

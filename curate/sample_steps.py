@@ -146,7 +146,10 @@ def plan(out: Location, config: PipelineConfig, unit_=None, previous=None) -> di
     method = _method(out)
     cfg = config.sample
     if method == "balanced":
-        scans = _parts(out, "scan")
+        scans = [s for s in _parts(out, "scan") if len(s["sizes"])]
+        if not scans:
+            save_arrays(_dir(out) / "plan.npz", quota=np.zeros(0, dtype=np.int64))
+            return {"in": 0, "out": 0}
         paths = np.concatenate([s["paths"] for s in scans if len(s["sizes"])])
         sizes = np.concatenate([s["sizes"] for s in scans if len(s["sizes"])])
         total = int(sizes.sum())

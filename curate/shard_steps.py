@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 from curate import output, tables
 from curate.lakes import read_partition
 from curate.output import Location
-from curate.partitions import work
+from curate.partitions import duplicates_of, work
 from curate.shards import (ShardInfo, ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name,
                            write_index, write_shard)
 from schemas.config import PipelineConfig
@@ -56,15 +56,6 @@ def _rows(table: pa.Table, keys: pa.Array, columns: list[str]) -> dict[str, list
     return {name: taken.column(name).to_pylist() for name in columns}
 
 
-def _duplicates_for(out: Location, part: int, keys: pa.Array) -> pa.Table:
-    """``duplicates`` rows of ``keys``: its same-numbered part when dedup wrote one per partition."""
-    parts = tables.done_parts(out, "duplicates")
-    if part in parts and parts == set(tables.done_parts(out, "files")):
-        return tables.read_part(out, "duplicates", part)
-    table = tables.read_table(out, "duplicates")
-    return table.filter(pc.is_in(table["key"], value_set=keys))
-
-
 def _parts(out: Location) -> list[int]:
     return sorted(tables.done_parts(out, "selection"))
 
@@ -75,7 +66,7 @@ def plan(out: Location, config: PipelineConfig, part: int, previous=None) -> dic
     keys = selection["key"].combine_chunks() if len(selection) else pa.array([], pa.string())
     images = tables.read_part(out, "images", part)  # the selection part of a partition holds its images only
     info = _rows(images, keys, ["uri", "bytes", "sha256", "width", "height", "format", "provenance"])
-    group = _rows(_duplicates_for(out, part, keys), keys, ["group"])["group"]
+    group = _rows(duplicates_of(out, part, keys), keys, ["group"])["group"]
     chosen = selection.to_pylist()
     samples = []
     for i, row in enumerate(chosen):

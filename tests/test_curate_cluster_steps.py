@@ -99,7 +99,7 @@ def test_steps_give_the_same_table_for_any_partitioning_and_keep_only_kept_image
     roles = ["curated" if i % 17 == 0 else "pool" for i in range(len(vectors))]
     config = load_config(None, ["cluster.ks=[12, 3]", "cluster.niter=8", "cluster.resampling_steps=1"])
     results = []
-    for name, partition, parts in (("one", np.zeros(len(vectors)), False), ("five", rng.integers(0, 5, len(vectors)), True),
+    for name, partition, parts in (("one", np.zeros(len(vectors)), False), ("five", rng.integers(0, 5, len(vectors)), False),
                                    ("nine", np.arange(len(vectors)) % 9, True)):
         out = tmp_path / name
         write_embedding_out(out, vectors, partition, roles, kept, duplicates_parts=parts)
