@@ -35,10 +35,12 @@ import faiss
 import numpy as np
 import scipy.sparse
 
+from curate.faiss_gpu import gpu_count, on_gpus
+
 SCALE = float(1 << 20)
 """Fixed-point scale of the partial sums: a unit vector's components, in [-1, 1], are rounded to multiples of
-2^-20 (finer than float32's ~6e-8 relative step only near 1; about 1e-6 absolute), so a sum of up to 2^33 of
-them is an integer that float64 holds exactly, whatever the order of the additions."""
+2^-20 (an error of at most 5e-7 each), so a sum of up to 2^33 of them is an integer that float64 holds
+exactly, whatever the order of the additions."""
 CHUNK = 8192
 """Rows assigned at once: bounds the ``[rows, k]`` similarity block."""
 EXACT_MAX_K = 8192
@@ -106,11 +108,18 @@ def ivf_over(centroids: np.ndarray, nprobe: int = NPROBE) -> faiss.Index:
 
 class Assigner:
     """Nearest centroid (largest inner product) of unit vectors: exact up to ``exact_max_k`` centroids, else
-    through :func:`ivf_over` (built once per assigner)."""
+    through :func:`ivf_over` (built once per assigner). On a worker whose faiss has GPUs both run there
+    (:func:`curate.faiss_gpu.on_gpus`); on the CPU the exact path is one matrix product a block of rows."""
 
     def __init__(self, centroids: np.ndarray, exact_max_k: int = EXACT_MAX_K, nprobe: int = NPROBE) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
-        self.index = ivf_over(self.centroids, nprobe) if len(self.centroids) > exact_max_k else None
+        self.index = None
+        if len(self.centroids) > exact_max_k:
+            self.index = on_gpus(ivf_over(self.centroids, nprobe), "ivf")
+        elif gpu_count() > 0:
+            flat = faiss.IndexFlatIP(self.centroids.shape[1])
+            flat.add(self.centroids)
+            self.index = on_gpus(flat, "flat")
 
     def __call__(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(similarity, label) of each row of ``points`` (unit vectors)."""
