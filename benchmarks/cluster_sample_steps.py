@@ -32,6 +32,7 @@ def write_out(out: Path, count: int, centres: int, partition_size: int, dim: int
 
 
 def job(spec: dict) -> dict:
+    from benchmarks._shared.in_process import run_shape
     from curate import cluster_steps, sample_steps, stages, tables
     from schemas.config import load_config
 
@@ -44,9 +45,7 @@ def job(spec: dict) -> dict:
             stages.sample(out, config)
         else:
             for module in (cluster_steps, sample_steps):
-                for _, function, units in module.steps(config):
-                    for unit_ in units(out):
-                        function(out, config, unit_)
+                run_shape(out, config, module.STEPS)
         return {"selected": len(tables.read_table(out, "selection"))}
 
     return timed(spec, work)

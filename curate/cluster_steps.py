@@ -6,24 +6,28 @@ single-task :func:`curate.kmeans.hierarchical_kmeans` does. Steps, in order (``P
 one task); every step reads and writes files under ``OUT/work/cluster/`` only, so its arguments and results
 stay small:
 
-==================  ====  =====================================================================================
-``prepare``          P    the partition's kept pool as unit vectors (``pool/part-NNNNN.npy``) and its ``k``
-                          lowest seed scores (``seed/part-NNNNN.npz``)
-``seed``             1    pool size, ``ks``, the first centroids (``centroids/round-0000.npy``)
-``assign-R``         P    round ``R``: sums and counts by nearest centroid (``sums/round-R/part-NNNNN.npz``)
-``update-R``         1    round ``R``'s centroids from the summed parts (``centroids/round-R+1.npy``)
-``resample-S``       P    before resampling step ``S``: each vector's (label, similarity) to the centroids
-``radius-S``         1    each cluster's ``r``-th largest similarity: the sample is every vector at least as close
-``upper``            1    levels 2 and up, from the level-1 centroids (``tree.npz``)
-``write``            P    the ``clusters`` part of the partition
-==================  ====  =====================================================================================
+==============  ====  =========================================================================================
+``prepare``      P    the partition's kept pool as unit vectors (``pool/part-NNNNN.npy``), their draw scores,
+                      and its ``k`` lowest-scoring vectors (``seed/part-NNNNN.npz``)
+``seed``         1    pool size, ``ks``, the first centroids (``centroids/round-0000.npy``)
+then, once per round ``R`` (a ``Repeat`` of four steps, ``R`` carried in their results):
+``resample``     P    when a resampling step starts at ``R``: each vector's (label, similarity) to the centroids
+``radius``       1    then each cluster's ``r``-th largest similarity: the sample is every vector at least as close
+``assign``       P    sums and counts by nearest centroid (``sums/round-R/part-NNNNN.npz``)
+``update``       1    the centroids of round ``R + 1`` from the summed parts (``centroids/round-R+1.npy``)
+and last:
+``upper``        1    levels 2 and up, from the level-1 centroids (``tree.npz``)
+``write``        P    the ``clusters`` part of the partition
+``clean``        1    the work folder goes
+==============  ====  =========================================================================================
 
 Rounds: ``niter`` on the whole pool, then ``niter`` on the sample of each of the ``resampling_steps``
 steps; like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a
-subsample drawn by key score, so level 1 costs ``min(n, 256 k) * k * d * 2`` flops a round (exact
-assignment; with the inverted file above ``cluster.exact_max_k``, ``~17 sqrt(k) * d * 2`` a vector). Memory per task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the
-reduce); ``radius-S`` holds one (int32, float32) pair per pool image. Centroids do not depend on how the
-pool is partitioned (seeds are per key, sums are exact), so neither does the table.
+subsample drawn by key score, so level 1 costs ``2 min(n, 256 k) k d`` flops a round (exact assignment;
+with the inverted file above ``cluster.exact_max_k``, about ``2 * 17 sqrt(k) d`` a vector). Memory per
+task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the reduce); ``radius``
+holds one (int32, float32) pair per pool image. Centroids do not depend on how the pool is partitioned
+(seeds are per key, sums are exact), so neither does the table.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from curate import output, tables
 from curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
 from curate.lloyd import Assigner, Lowest, Sums, cluster_sums, key_scores, lowest, merge_lowest, sample_thresholds, unit, update
 from curate.output import Location
+from curate.steps import Repeat, Step
 from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
 from schemas.config import PipelineConfig
 from schemas.tables import CLUSTERS
@@ -103,7 +108,7 @@ def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> di
     fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0
     limit = np.uint64(np.iinfo(np.uint64).max) if fraction >= 1 else np.uint64(int(fraction * 2.0**64))
     save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64), limit=np.array(limit))
-    return {"in": size, "k": k}
+    return {"in": size, "k": k, "round": 0}
 
 
 def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) -> np.ndarray | None:
@@ -139,7 +144,7 @@ def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previo
     present = np.flatnonzero(sums.counts)  # only the clusters the partition touches: bounded by its rows
     save_arrays(_at(out, _part(f"sums/round-{round_:04d}", partition)), clusters=present, sums=sums.sums[present],
                 counts=sums.counts[present], similarity=np.array(sums.similarity))
-    return {"in": len(points)}
+    return {"round": round_, "in": len(points)}
 
 
 def update_centroids(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
@@ -154,32 +159,45 @@ def update_centroids(out: Location, config: PipelineConfig, round_: int, previou
         total = Sums(total.sums, total.counts, total.similarity + float(part["similarity"]))
     save_array(_at(out, f"centroids/round-{round_ + 1:04d}.npy"), update(total, centroids))
     output.remove_tree(folder)  # the next round's files replace them; a rerun of this round recomputes them
-    return {"in": int(total.counts.sum()), "similarity": total.similarity}
+    return {"round": round_ + 1, "in": int(total.counts.sum()), "similarity": total.similarity}
 
 
-def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int], previous=None) -> dict:
-    """Before resampling step ``S`` (``unit_ = (S, p)``): each vector's nearest centroid and similarity to it."""
-    step, partition = unit_
-    centroids = load_array(_at(out, f"centroids/round-{step * config.cluster.niter:04d}.npy"))
+def _resampling_step(config: PipelineConfig, round_: int) -> int:
+    """The resampling step that starts at round ``round_`` (0: none starts there)."""
+    niter = config.cluster.niter
+    return round_ // niter if round_ and round_ % niter == 0 else 0
+
+
+def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int | None], previous=None) -> dict:
+    """Before the rounds of a resampling step (``unit_ = (R, p)``, ``R`` its first round): each vector's nearest
+    centroid and similarity to it. ``(R, None)``: no step starts at round ``R``, nothing to do."""
+    round_, partition = unit_
+    step = _resampling_step(config, round_)
+    if partition is None or not step:
+        return {"round": round_}
+    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
     vectors = np.asarray(_pool_vectors(out, partition), dtype=np.float32)
     if len(vectors):
         sims, labels = Assigner(centroids, _exact_max_k(config))(vectors)
     else:
         sims, labels = np.zeros(0, np.float32), np.zeros(0, np.int64)
     save_arrays(_at(out, _part(f"resample-{step}", partition)), label=labels.astype(np.int32), similarity=sims)
-    return {"in": len(vectors)}
+    return {"round": round_, "in": len(vectors)}
 
 
-def radius(out: Location, config: PipelineConfig, step: int, previous=None) -> dict:
-    """Resampling step ``S``'s sample: each cluster's ``r``-th largest similarity (``r`` = mean cluster size)."""
+def radius(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
+    """A resampling step's sample: each cluster's ``r``-th largest similarity (``r`` = mean cluster size)."""
+    step = _resampling_step(config, round_)
+    if not step:
+        return {"round": round_}
     folder = _at(out, f"resample-{step}")
     parts = [load_arrays(folder / name) for name in output.names(folder, "part-*.npz")]
     labels = np.concatenate([p["label"] for p in parts]).astype(np.int64)
     sims = np.concatenate([p["similarity"] for p in parts])
-    k = len(load_array(_at(out, f"centroids/round-{step * config.cluster.niter:04d}.npy")))
+    k = len(load_array(_at(out, f"centroids/round-{round_:04d}.npy")))
     per_cluster = max(1, len(labels) // k)
     save_array(folder / "radius.npy", sample_thresholds(labels, sims, k, per_cluster))
-    return {"in": len(labels)}
+    return {"round": round_, "in": len(labels)}
 
 
 def upper(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
@@ -220,29 +238,40 @@ def write(out: Location, config: PipelineConfig, partition: int, previous=None) 
     return {"in": len(pool.keys), "out": len(pool.keys)}
 
 
-def cleanup(out: Location) -> None:
-    """Remove the stage's work folder (once every ``clusters`` part is written)."""
+def clean(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Remove the stage's work folder once every part of its table is written."""
     output.remove_tree(_dir(out))
+    return {}
 
 
-def _partitions(out: Location) -> list[int]:
+def _partitions(out: Location, config: PipelineConfig, previous: list) -> list[int]:
     return sorted(tables.done_parts(out, "files"))
 
 
-def steps(config: PipelineConfig) -> list[tuple[str, object, object]]:
-    """``(name, function, units)`` of every step in order; ``units(out)`` lists the units of a step."""
-    niter = config.cluster.niter
-    found: list[tuple[str, object, object]] = [
-        ("prepare", prepare, _partitions),
-        ("seed", seed, lambda out: [0]),
-    ]
-    for round_ in range(rounds(config)):
-        step = round_ // niter
-        if step and round_ % niter == 0:
-            found.append((f"resample-{step}", resample, lambda out, s=step: [(s, p) for p in _partitions(out)]))
-            found.append((f"radius-{step}", radius, lambda out, s=step: [s]))
-        found.append((f"assign-{round_:04d}", assign, lambda out, r=round_: [(r, p) for p in _partitions(out)]))
-        found.append((f"update-{round_:04d}", update_centroids, lambda out, r=round_: [r]))
-    found.append(("upper", upper, lambda out: [0]))
-    found.append(("write", write, _partitions))
-    return found
+def _round(previous: list) -> int:
+    return int(previous[0]["round"])
+
+
+def _resample_units(out: Location, config: PipelineConfig, previous: list) -> list[tuple[int, int | None]]:
+    round_ = _round(previous)
+    if not _resampling_step(config, round_):
+        return [(round_, None)]
+    return [(round_, partition) for partition in _partitions(out, config, previous)]
+
+
+STEPS = (
+    Step("prepare", prepare, units=_partitions),
+    Step("seed", seed),
+    Repeat(
+        (Step("resample", resample, units=_resample_units),
+         Step("radius", radius, units=lambda out, config, previous: [_round(previous)]),
+         Step("assign", assign, units=lambda out, config, previous: [(_round(previous), p)
+                                                                     for p in _partitions(out, config, previous)]),
+         Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)])),
+        times=rounds,
+    ),
+    Step("upper", upper),
+    Step("write", write, units=_partitions),
+    Step("clean", clean),
+)
+"""The cluster stage's shape: one ``Repeat`` iteration per Lloyd round, the round number carried in the results."""

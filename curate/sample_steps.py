@@ -36,6 +36,7 @@ from curate.kmeans import cluster_budgets
 from curate.lloyd import cluster_sums, key_scores, unit
 from curate.output import Location
 from curate.partitions import kept_pool, load_arrays, save_arrays, work
+from curate.steps import Step
 from schemas.config import PipelineConfig
 from schemas.tables import SELECTION
 
@@ -47,7 +48,7 @@ def _dir(out: Location) -> Location:
     return work(out, STAGE)
 
 
-def _partitions(out: Location) -> list[int]:
+def _partitions(out: Location, config: PipelineConfig | None = None, previous: list | None = None) -> list[int]:
     return sorted(tables.done_parts(out, "files"))
 
 
@@ -297,12 +298,19 @@ def write(out: Location, config: PipelineConfig, partition: int, previous=None) 
     return {"in": len(labels), "out": len(rows)}
 
 
-def steps(config: PipelineConfig) -> list[tuple[str, object, object]]:
-    """``(name, function, units)`` of every step in order; ``units(out)`` lists the units of a step."""
-    one = lambda out: [0]  # noqa: E731
-    return [("prepare", prepare, one), ("scan", scan, _partitions), ("plan", plan, one), ("draw", draw, _partitions),
-            ("limit", limit, one), ("write", write, _partitions)]
-
-
-def cleanup(out: Location) -> None:
+def clean(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Remove the stage's work folder once every part of its table is written."""
     output.remove_tree(_dir(out))
+    return {}
+
+
+STEPS = (
+    Step("prepare", prepare),
+    Step("scan", scan, units=_partitions),
+    Step("plan", plan),
+    Step("draw", draw, units=_partitions),
+    Step("limit", limit),
+    Step("write", write, units=_partitions),
+    Step("clean", clean),
+)
+"""The sample stage's shape."""

@@ -29,6 +29,7 @@ from curate import output, tables
 from curate.lakes import read_partition
 from curate.output import Location
 from curate.partitions import duplicates_of, work
+from curate.steps import Step
 from curate.shards import (ShardInfo, ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name,
                            write_index, write_shard)
 from schemas.config import PipelineConfig
@@ -150,7 +151,10 @@ def finish(out: Location, config: PipelineConfig, unit_=None, previous=None) -> 
     return {"in": count, "out": count}
 
 
-def steps(config: PipelineConfig) -> list[tuple[str, object, object]]:
-    """``(name, function, units)`` of every step in order; ``units(out)`` lists the units of a step."""
-    return [("plan", plan, _parts), ("number", number, lambda out: [0]), ("write", write, shard_numbers),
-            ("finish", finish, lambda out: [0])]
+STEPS = (
+    Step("plan", plan, units=lambda out, config, previous: _parts(out)),
+    Step("number", number),
+    Step("write", write, units=lambda out, config, previous: range(previous[0]["shards"])),
+    Step("finish", finish),
+)
+"""The shard stage's shape: plan per selection part, number, one write per shard, finish."""

@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from benchmarks._shared.embedding_tables import write_embedding_out
+from benchmarks._shared.in_process import run_shape
 from curate import cluster_steps, tables
 from curate.kmeans import clusters_table
 from curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
@@ -21,9 +22,7 @@ def _blobs(centres: int, per_centre: int, dim: int = 16, seed: int = 0, spread: 
 
 
 def run_steps(out, config) -> None:
-    for _, function, units in cluster_steps.steps(config):
-        for unit_ in units(out):
-            function(out, config, unit_)
+    run_shape(out, config, cluster_steps.STEPS)
 
 
 def _table(out) -> dict[str, list[int]]:
@@ -136,16 +135,16 @@ def test_steps_reach_the_single_task_objective(tmp_path):
     assert objective(distributed) >= 0.98 * objective(single)
 
 
-def test_work_files_of_a_round_are_removed_once_reduced(tmp_path):
+def test_work_files_of_a_round_are_removed_once_reduced_and_the_folder_at_the_end(tmp_path):
     vectors = _blobs(4, 20)
     config = load_config(None, ["cluster.ks=[4, 2]", "cluster.niter=3"])
     write_embedding_out(tmp_path, vectors, np.arange(len(vectors)) % 3)
-    run_steps(tmp_path, config)
+    run_shape(tmp_path, config, cluster_steps.STEPS[:-1])
     work = tmp_path / "work" / "cluster"
     assert not any((work / "sums").iterdir())
     sums = sorted(path.name for path in (work / "centroids").iterdir())
     assert sums == [f"round-{r:04d}.npy" for r in range(4)]
-    cluster_steps.cleanup(tmp_path)
+    run_shape(tmp_path, config, cluster_steps.STEPS[-1:])
     assert not work.exists() and len(tables.read_table(tmp_path, "clusters")) == 80
 
 
@@ -156,10 +155,9 @@ def test_rounds_train_on_at_most_256_points_a_centroid_the_same_ones_for_any_par
     for name, parts in (("three", 3), ("eight", 8)):
         out = tmp_path / name
         write_embedding_out(out, vectors, np.arange(len(vectors)) % parts)
-        for step, function, units in cluster_steps.steps(config):
-            results = [function(out, config, unit_) for unit_ in units(out)]
-            if step == "update-0000":
-                trained.append(results[0]["in"])
+        seen = []
+        run_shape(out, config, cluster_steps.STEPS, seen=seen)
+        trained.append([results[0]["in"] for step, results in seen if step == "update"][0])
         tables_.append(_table(out))
     assert trained[0] == trained[1] and 400 < trained[0] < 640  # ~512 of 2000
     assert tables_[0] == tables_[1] and len(tables_[0]) == 2000

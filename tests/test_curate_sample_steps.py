@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks._shared.embedding_tables import write_embedding_out
+from benchmarks._shared.in_process import run_shape
 from curate import cluster_steps, sample_steps, tables
 from curate.sample import selection_table
 from schemas.config import load_config
@@ -19,9 +20,7 @@ def _vectors(n: int = 400, dim: int = 16, seed: int = 0) -> np.ndarray:
 
 
 def _run(module, out, config) -> None:
-    for _, function, units in module.steps(config):
-        for unit_ in units(out):
-            function(out, config, unit_)
+    run_shape(out, config, module.STEPS)
 
 
 def _selection(out) -> dict[str, tuple]:

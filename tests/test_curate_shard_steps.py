@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks._shared.embedding_tables import write_embedding_out
+from benchmarks._shared.in_process import run_shape
 from curate import shard_steps, stages, tables
 from schemas.config import load_config
 
@@ -36,9 +37,7 @@ def _lake(out, partition, count: int = 60):
 
 
 def _run(out, config) -> None:
-    for _, function, units in shard_steps.steps(config):
-        for unit_ in units(out):
-            function(out, config, unit_)
+    run_shape(out, config, shard_steps.STEPS)
 
 
 def _shards(out) -> dict[str, bytes]:
@@ -91,14 +90,9 @@ def test_parts_are_planned_apart_and_reruns_are_byte_identical(tmp_path):
 def test_a_shard_written_before_an_interruption_is_kept(tmp_path):
     config = load_config(None, ["shard.max_samples=5"])
     _lake(tmp_path, np.arange(60) % 2)
-    steps = shard_steps.steps(config)
-    for _, function, units in steps[:2]:
-        for unit_ in units(tmp_path):
-            function(tmp_path, config, unit_)
+    numbered = run_shape(tmp_path, config, shard_steps.STEPS[:2])
     shard_steps.write(tmp_path, config, 1)
     written = (tmp_path / "shards" / "shard-000001.tar").stat().st_mtime_ns
-    for _, function, units in steps[2:]:
-        for unit_ in units(tmp_path):
-            function(tmp_path, config, unit_)
+    run_shape(tmp_path, config, shard_steps.STEPS[2:], numbered)
     assert (tmp_path / "shards" / "shard-000001.tar").stat().st_mtime_ns == written
     assert len(tables.read_table(tmp_path, "shards")) == 30
