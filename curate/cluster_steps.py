@@ -244,6 +244,69 @@ def clean(out: Location, config: PipelineConfig, unit_=None, previous=None) -> d
     return {}
 
 
+# -- what already exists (a rerun skips those units) -------------------------------------------------------
+
+
+def _exists(out: Location, name: str) -> bool:
+    return output.is_file(_at(out, name))
+
+
+def _prepared(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for partition in units:
+        name = _part("seed", partition)
+        if _exists(out, name):  # written last by prepare
+            found[partition] = {"in": int(load_arrays(_at(out, name))["rows"])}
+    return found
+
+
+def _seeded(out: Location, config: PipelineConfig, units: list) -> dict:
+    if not _exists(out, "seed.npz"):
+        return {}
+    info = load_arrays(_at(out, "seed.npz"))
+    size = int(info["size"])
+    return {units[0]: {"in": size, "k": min(int(info["ks"][0]), size), "round": 0}}
+
+
+def _round_done(round_: int, out: Location) -> bool:
+    """Round ``round_`` is reduced: the next round's centroids exist."""
+    return _exists(out, f"centroids/round-{round_ + 1:04d}.npy")
+
+
+def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for round_, partition in units:
+        step = _resampling_step(config, round_)
+        if partition is None or not step or _round_done(round_, out) or _exists(out, _part(f"resample-{step}", partition)):
+            found[(round_, partition)] = {"round": round_}
+    return found
+
+
+def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    round_ = units[0]
+    step = _resampling_step(config, round_)
+    if not step or _round_done(round_, out) or _exists(out, f"resample-{step}/radius.npy"):
+        return {round_: {"round": round_}}
+    return {}
+
+
+def _assigned(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {unit_: {"round": unit_[0]} for unit_ in units if _round_done(unit_[0], out)}
+
+
+def _updated(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {round_: {"round": round_ + 1} for round_ in units if _round_done(round_, out)}
+
+
+def _upper_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {units[0]: {"levels": len(load_arrays(_at(out, "seed.npz"))["ks"])}} if _exists(out, "tree.npz") else {}
+
+
+def _written(out: Location, config: PipelineConfig, units: list) -> dict:
+    parts = tables.done_parts(out, "clusters")
+    return {partition: {} for partition in units if partition in parts}
+
+
 def _partitions(out: Location, config: PipelineConfig, previous: list) -> list[int]:
     return sorted(tables.done_parts(out, "files"))
 
@@ -260,18 +323,19 @@ def _resample_units(out: Location, config: PipelineConfig, previous: list) -> li
 
 
 STEPS = (
-    Step("prepare", prepare, units=_partitions),
-    Step("seed", seed),
+    Step("prepare", prepare, units=_partitions, done=_prepared),
+    Step("seed", seed, done=_seeded),
     Repeat(
-        (Step("resample", resample, units=_resample_units),
-         Step("radius", radius, units=lambda out, config, previous: [_round(previous)]),
+        (Step("resample", resample, units=_resample_units, done=_resampled),
+         Step("radius", radius, units=lambda out, config, previous: [_round(previous)], done=_radius_done),
          Step("assign", assign, units=lambda out, config, previous: [(_round(previous), p)
-                                                                     for p in _partitions(out, config, previous)]),
-         Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)])),
+                                                                     for p in _partitions(out, config, previous)],
+              done=_assigned),
+         Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)], done=_updated)),
         times=rounds,
     ),
-    Step("upper", upper),
-    Step("write", write, units=_partitions),
+    Step("upper", upper, done=_upper_done),
+    Step("write", write, units=_partitions, done=_written),
     Step("clean", clean),
 )
 """The cluster stage's shape: one ``Repeat`` iteration per Lloyd round, the round number carried in the results."""

@@ -1,9 +1,12 @@
 """Distributed k-means (curate/lloyd.py) and the cluster stage's steps (curate/cluster_steps.py): the same
 Lloyd iterations as faiss, the same table however the pool is partitioned, bounded work files."""
 
+import dataclasses
+
 import faiss
 import numpy as np
 import pyarrow.compute as pc
+import pytest
 
 from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
@@ -11,6 +14,7 @@ from curate import cluster_steps, tables
 from curate.kmeans import clusters_table
 from curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
                           unit, update)
+from curate.steps import Repeat
 from schemas.config import ClusterConfig, load_config
 
 
@@ -161,3 +165,38 @@ def test_rounds_train_on_at_most_256_points_a_centroid_the_same_ones_for_any_par
         tables_.append(_table(out))
     assert trained[0] == trained[1] and 400 < trained[0] < 640  # ~512 of 2000
     assert tables_[0] == tables_[1] and len(tables_[0]) == 2000
+
+
+def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path):
+    vectors = _blobs(6, 30)
+    config = load_config(None, ["cluster.ks=[6, 2]", "cluster.niter=4", "cluster.resampling_steps=1"])
+    write_embedding_out(tmp_path / "whole", vectors, np.arange(len(vectors)) % 3)
+    run_steps(tmp_path / "whole", config)
+    out = tmp_path / "stopped"
+    write_embedding_out(out, vectors, np.arange(len(vectors)) % 3)
+
+    def failing(out_, config_, unit_, previous=None):
+        if unit_ == (6, 1):  # round 6 of 8: inside the resampling step
+            raise RuntimeError("worker lost")
+        return cluster_steps.assign(out_, config_, unit_, previous)
+
+    with pytest.raises(RuntimeError):
+        run_shape(out, config, _with_assign(cluster_steps.STEPS, failing))
+    seen = []
+    run_shape(out, config, cluster_steps.STEPS, seen=seen)
+    ran = [unit for name, unit in (entry[1] for entry in seen if entry[0] == "ran") if name == "assign"]
+    assert min(unit[0] for unit in ran) == 6 and len(ran) == 2 * 3  # rounds 6 and 7 only
+    assert _table(out) == _table(tmp_path / "whole")
+
+
+def _with_assign(shape, function):
+    """``shape`` with the ``assign`` step running ``function``."""
+    out = []
+    for item in shape:
+        if isinstance(item, Repeat):
+            out.append(Repeat(_with_assign(item.steps, function), item.times, item.until))
+        elif item.name == "assign":
+            out.append(dataclasses.replace(item, run=function))
+        else:
+            out.append(item)
+    return tuple(out)
