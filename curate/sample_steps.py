@@ -304,13 +304,30 @@ def clean(out: Location, config: PipelineConfig, unit_=None, previous=None) -> d
     return {}
 
 
+# -- what already exists (a rerun skips those units) -------------------------------------------------------
+
+
+def _files_done(name: str):
+    """``done`` of a step whose unit ``u`` writes ``name.format(u)`` under the work folder."""
+
+    def done(out: Location, config: PipelineConfig, units: list) -> dict:
+        return {u: {} for u in units if output.is_file(_dir(out) / name.format(u))}
+
+    return done
+
+
+def _written(out: Location, config: PipelineConfig, units: list) -> dict:
+    parts = tables.done_parts(out, "selection")
+    return {partition: {} for partition in units if partition in parts}
+
+
 STEPS = (
-    Step("prepare", prepare),
-    Step("scan", scan, units=_partitions),
-    Step("plan", plan),
-    Step("draw", draw, units=_partitions),
-    Step("limit", limit),
-    Step("write", write, units=_partitions),
+    Step("prepare", prepare, done=_files_done("method.json")),  # written after queries.npz
+    Step("scan", scan, units=_partitions, done=_files_done("scan/part-{:05d}.npz")),
+    Step("plan", plan, done=_files_done("plan.npz")),
+    Step("draw", draw, units=_partitions, done=_files_done("draw/part-{:05d}.npz")),
+    Step("limit", limit, done=_files_done("limits.npz")),
+    Step("write", write, units=_partitions, done=_written),
     Step("clean", clean),
 )
 """The sample stage's shape."""

@@ -151,10 +151,33 @@ def finish(out: Location, config: PipelineConfig, unit_=None, previous=None) -> 
     return {"in": count, "out": count}
 
 
+def _planned_parts(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for part in units:
+        path = _dir(out) / f"count-{part:05d}.json"  # written after the part's plan
+        if output.is_file(path):
+            found[part] = {"shards": _read_json(path)}
+    return found
+
+
+def _numbered(out: Location, config: PipelineConfig, units: list) -> dict:
+    path = _dir(out) / "offsets.json"
+    return {units[0]: {"shards": _read_json(path)["total"]}} if output.is_file(path) else {}
+
+
+def _shards_written(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for shard in units:
+        path = _dir(out) / "infos" / f"{shard:06d}.json"  # written after the shard
+        if output.is_file(path):
+            found[shard] = _read_json(path)
+    return found
+
+
 STEPS = (
-    Step("plan", plan, units=lambda out, config, previous: _parts(out)),
-    Step("number", number),
-    Step("write", write, units=lambda out, config, previous: range(previous[0]["shards"])),
+    Step("plan", plan, units=lambda out, config, previous: _parts(out), done=_planned_parts),
+    Step("number", number, done=_numbered),
+    Step("write", write, units=lambda out, config, previous: list(range(previous[0]["shards"])), done=_shards_written),
     Step("finish", finish),
 )
 """The shard stage's shape: plan per selection part, number, one write per shard, finish."""
