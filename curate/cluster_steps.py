@@ -32,12 +32,14 @@ holds one (int32, float32) pair per pool image. Centroids do not depend on how t
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pyarrow as pa
 
 from curate import output, tables
 from curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
-from curate.lloyd import Assigner, Lowest, Sums, cluster_sums, key_scores, lowest, merge_lowest, sample_thresholds, unit, update
+from curate.lloyd import (Assigner, Lowest, Sums, cluster_sums, ivf_over, key_scores, lowest, merge_lowest,
+                          sample_thresholds, unit, update)
 from curate.output import Location
 from curate.steps import Repeat, Step
 from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
@@ -76,6 +78,22 @@ def _info(out: Location) -> dict:
     return {name: value for name, value in load_arrays(_at(out, "seed.npz")).items()}
 
 
+def _save_centroids(out: Location, config: PipelineConfig, round_: int, centroids: np.ndarray) -> None:
+    """Round ``round_``'s centroids and, above ``cluster.exact_max_k``, the inverted file over them (built once
+    here rather than in every partition's task)."""
+    if len(centroids) > config.cluster.exact_max_k:
+        save_array(_at(out, f"centroids/round-{round_:04d}.ivf.npy"), faiss.serialize_index(ivf_over(centroids)))
+    save_array(_at(out, f"centroids/round-{round_:04d}.npy"), centroids)
+
+
+def _assigner(out: Location, config: PipelineConfig, round_: int) -> Assigner:
+    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
+    ivf = None
+    if len(centroids) > config.cluster.exact_max_k:
+        ivf = faiss.deserialize_index(load_array(_at(out, f"centroids/round-{round_:04d}.ivf.npy")))
+    return Assigner(centroids, config.cluster.exact_max_k, ivf=ivf)
+
+
 # -- steps -------------------------------------------------------------------------------------------------
 
 
@@ -103,7 +121,7 @@ def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> di
     k = min(ks[0], size)
     seeded = [Lowest(p["scores"], p["vectors"]) for p in parts if len(p["scores"])]
     centroids = merge_lowest(seeded, k).vectors if seeded else np.zeros((0, 1), dtype=np.float32)
-    save_array(_at(out, "centroids/round-0000.npy"), centroids)
+    _save_centroids(out, config, 0, centroids)
     # Lloyd rounds use at most MAX_POINTS_PER_CENTROID points a centroid, drawn by key score (faiss subsamples too)
     fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0
     limit = np.uint64(np.iinfo(np.uint64).max) if fraction >= 1 else np.uint64(int(fraction * 2.0**64))
@@ -127,19 +145,15 @@ def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) ->
     return sample if keep is None else sample & keep
 
 
-def _exact_max_k(config: PipelineConfig) -> int:
-    return config.cluster.exact_max_k
-
-
 def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previous=None) -> dict:
     """Round ``R`` on partition ``p`` (``unit_ = (R, p)``): per-cluster sums and counts of its (sampled) vectors."""
     round_, partition = unit_
-    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
+    assigner = _assigner(out, config, round_)
+    centroids = assigner.centroids
     vectors = _pool_vectors(out, partition)
     keep = _keep(out, config, round_, partition) if len(vectors) else None
     points = np.asarray(vectors if keep is None else vectors[keep], dtype=np.float32)
-    sims, labels = Assigner(centroids, _exact_max_k(config))(points) if len(points) else (np.zeros(0, np.float32),
-                                                                                             np.zeros(0, np.int64))
+    sims, labels = assigner(points) if len(points) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
     sums = cluster_sums(points.reshape(len(points), centroids.shape[1]), labels, sims, len(centroids))
     present = np.flatnonzero(sums.counts)  # only the clusters the partition touches: bounded by its rows
     save_arrays(_at(out, _part(f"sums/round-{round_:04d}", partition)), clusters=present, sums=sums.sums[present],
@@ -157,7 +171,7 @@ def update_centroids(out: Location, config: PipelineConfig, round_: int, previou
         total.sums[part["clusters"]] += part["sums"]
         total.counts[part["clusters"]] += part["counts"]
         total = Sums(total.sums, total.counts, total.similarity + float(part["similarity"]))
-    save_array(_at(out, f"centroids/round-{round_ + 1:04d}.npy"), update(total, centroids))
+    _save_centroids(out, config, round_ + 1, update(total, centroids))
     output.remove_tree(folder)  # the next round's files replace them; a rerun of this round recomputes them
     return {"round": round_ + 1, "in": int(total.counts.sum()), "similarity": total.similarity}
 
@@ -175,10 +189,9 @@ def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int | None
     step = _resampling_step(config, round_)
     if partition is None or not step:
         return {"round": round_}
-    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
     vectors = np.asarray(_pool_vectors(out, partition), dtype=np.float32)
     if len(vectors):
-        sims, labels = Assigner(centroids, _exact_max_k(config))(vectors)
+        sims, labels = _assigner(out, config, round_)(vectors)
     else:
         sims, labels = np.zeros(0, np.float32), np.zeros(0, np.int64)
     save_arrays(_at(out, _part(f"resample-{step}", partition)), label=labels.astype(np.int32), similarity=sims)
@@ -222,10 +235,9 @@ def upper(out: Location, config: PipelineConfig, unit_=None, previous=None) -> d
 def write(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
     """The ``clusters`` part of partition ``partition``: each kept pool image's cluster at every level."""
     pool = kept_pool(out, partition)
-    centroids = load_array(_at(out, f"centroids/round-{rounds(config):04d}.npy"))
     tree = load_arrays(_at(out, "tree.npz"))
     if len(pool.keys):
-        labels = Assigner(centroids, _exact_max_k(config))(unit(pool.vectors))[1]
+        labels = _assigner(out, config, rounds(config))(unit(pool.vectors))[1]
     else:
         labels = np.zeros(0, np.int64)
     columns = [labels]

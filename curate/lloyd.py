@@ -111,11 +111,12 @@ class Assigner:
     through :func:`ivf_over` (built once per assigner). On a worker whose faiss has GPUs both run there
     (:func:`curate.faiss_gpu.on_gpus`); on the CPU the exact path is one matrix product a block of rows."""
 
-    def __init__(self, centroids: np.ndarray, exact_max_k: int = EXACT_MAX_K, nprobe: int = NPROBE) -> None:
+    def __init__(self, centroids: np.ndarray, exact_max_k: int = EXACT_MAX_K, nprobe: int = NPROBE,
+                 ivf: faiss.Index | None = None) -> None:
         self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self.index = None
-        if len(self.centroids) > exact_max_k:
-            self.index = on_gpus(ivf_over(self.centroids, nprobe), "ivf")
+        if len(self.centroids) > exact_max_k:  # ``ivf``: the same index, built once by the caller
+            self.index = on_gpus(ivf if ivf is not None else ivf_over(self.centroids, nprobe), "ivf")
         elif gpu_count() > 0:
             flat = faiss.IndexFlatIP(self.centroids.shape[1])
             flat.add(self.centroids)

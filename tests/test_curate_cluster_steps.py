@@ -200,3 +200,16 @@ def _with_assign(shape, function):
         else:
             out.append(item)
     return tuple(out)
+
+
+def test_the_inverted_file_over_many_centroids_is_built_once_a_round_and_the_table_stays_partition_free(tmp_path):
+    vectors = _blobs(40, 10, dim=8)
+    config = load_config(None, ["cluster.ks=[40, 4]", "cluster.niter=3", "cluster.exact_max_k=16"])
+    results = []
+    for name, parts in (("two", 2), ("five", 5)):
+        out = tmp_path / name
+        write_embedding_out(out, vectors, np.arange(len(vectors)) % parts)
+        run_shape(out, config, cluster_steps.STEPS[:-1])
+        assert len(list((out / "work" / "cluster" / "centroids").glob("*.ivf.npy"))) == 4  # rounds 0..3
+        results.append(_table(out))
+    assert results[0] == results[1] and len({levels[0] for levels in results[0].values()}) > 30
