@@ -4,10 +4,10 @@ One lake of real images is written once: ``--images`` pool images (Fashion-MNIST
 plus ``--photos`` JPEG crops of the scikit-image sample photos) and a curated set of ``--curated`` other
 Fashion-MNIST images. Then, each in a fresh output folder and in this order:
 
-(a) **loop**: the stage functions of :mod:`curate.stages` called in a plain loop in this process, in stage
-    order (the embedder built once with ``load_embedder``, then every partition);
+(a) **loop**: ``pipelines.run.run_curation`` with the in-process executor (``LoopExecutor``): every unit
+    of every stage's steps called in this process, in stage order (the embedder built once);
 (b) **1 worker**: what ``curate run --workers 1`` does (``pipelines.cli.execute``): ``connect(workers=1)``,
-    ``prepare`` + ``write_listing``, ``Pipeline(...).run``; per-stage seconds are read from the
+    then ``run_curation`` with the Dask executor; per-stage seconds are read from the
     ``OUT/timings.json`` the pipeline writes (they exclude cluster start-up, reported separately);
 (c) **2 workers**: the same with ``connect(workers=2)``.
 
@@ -54,6 +54,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -64,12 +65,11 @@ from distributed import get_task_stream  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from curate import stages, tables  # noqa: E402
-from curate.embed import load_embedder  # noqa: E402
 from curate.lake import ImageSet, files_table, name_sets  # noqa: E402
 from pipelines.cluster import connect  # noqa: E402
 from pipelines.lake_writer import write_fashion_lake  # noqa: E402
-from pipelines.run import TIMINGS_FILE, Pipeline, write_listing  # noqa: E402
-from pipelines.state import prepare  # noqa: E402
+from pipelines.dispatch import DaskExecutor, LoopExecutor  # noqa: E402
+from pipelines.run import run_curation  # noqa: E402
 from schemas.config import PipelineConfig, load_config  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
@@ -129,57 +129,20 @@ def image_sets(folders: dict[str, Path]) -> list[ImageSet]:
     return name_sets([str(folders["pool"])], "pool", taken) + name_sets([str(folders["curated"])], "curated", taken)
 
 
-# -- (a) the plain loop --------------------------------------------------------------------------------------
-# ``loop_stage`` repeats, stage by stage, which stage function runs on which unit (what the Dask pipeline's
-# task sets do). It can only go once the pipelines package has one entry that runs the curation stages
-# with an executor chosen by the caller (issue 24's single ``run_curation``): (a) would then be that entry
-# with an in-process executor instead of this copy.
-
-
-def loop_shards(out: Path, config: PipelineConfig) -> int:
-    count = stages.plan(out, config)
-    infos = sorted((stages.shard(out, number) for number in range(count)), key=lambda info: info["name"])
-    stages.finish_shards(out, infos)
-    return count + 2
-
-
-def loop_stage(out: Path, name: str, config: PipelineConfig, timings: dict) -> int:
-    """Run stage ``name`` in this process; returns its unit count (tasks, in the pipeline's terms)."""
-    if name == "ingest":
-        todo = stages.pending(out, name)
-        for partition in todo:
-            stages.ingest(out, partition, config)
-        return len(todo)
-    if name == "embed":
-        embedder = load_embedder(config.embed)
-        todo = stages.pending(out, name)
-        for partition in todo:
-            stages.embed(out, partition, config, embedder)
-        return len(todo)
-    if name == "shard":
-        return loop_shards(out, config)
-    if name == "report":  # the same records Pipeline.records gives the report stage
-        records = [{"stage": stage, **stages.counts(out, stage), **timings[stage]} for stage in stages.ORDER[:-1]]
-        stages.report(out, config, records)
-        return 1
-    {"dedup": stages.dedup, "cluster": stages.cluster, "sample": stages.sample}[name](out, config)
-    return 1
+# -- (a) the plain loop, (b), (c) the Dask pipeline: the same ``run_curation``, two executors ---------------
 
 
 def run_loop(out: Path, sets: list[ImageSet], config: PipelineConfig) -> dict:
+    """(a): ``run_curation`` with the in-process executor (every unit called in this process, in order)."""
     torch.set_num_threads(1)
     begin = time.perf_counter()
-    write_listing(out, sets, config)
-    result = {"listing": time.perf_counter() - begin, "startup": 0.0, "stages": {}}
-    for name in stages.ORDER:
-        start = time.perf_counter()
-        tasks = loop_stage(out, name, config, result["stages"])
-        result["stages"][name] = {"seconds": round(time.perf_counter() - start, 3), "tasks": tasks}
-    result["end_to_end"] = time.perf_counter() - begin
-    return result
-
-
-# -- (b), (c) the Dask pipeline ------------------------------------------------------------------------------
+    listing = files_table(sets, config.ingest.partition_size)
+    listed = time.perf_counter() - begin
+    console = Console(file=io.StringIO(), highlight=False)
+    run_curation(out, sets, config, nullcontext(LoopExecutor(console)), console, holder="benchmarks.pipeline (a)",
+                 listing=listing)
+    return {"listing": listed, "startup": 0.0, "end_to_end": time.perf_counter() - begin,
+            "stages": {name: record for name, record in stages.timings(out).items() if name in stages.ORDER}}
 
 
 def run_dask(out: Path, sets: list[ImageSet], config: PipelineConfig, workers: int) -> dict:
@@ -190,17 +153,14 @@ def run_dask(out: Path, sets: list[ImageSet], config: PipelineConfig, workers: i
     console = Console(file=io.StringIO(), highlight=False)  # progress lines off the benchmark's output
     up = time.perf_counter()
     with connect(workers=workers) as client:
-        pipeline = Pipeline(client, out, config, console)  # loads the stage code on the workers
+        executor = DaskExecutor(client, console)  # loads the stage code on the workers
         startup = time.perf_counter() - up
-        start = time.perf_counter()
-        prepare(out, sets, config)
-        write_listing(out, sets, config, listing)
-        listed += time.perf_counter() - start
         with get_task_stream(client) as stream:
-            pipeline.run(sets, until="report")
+            run_curation(out, sets, config, nullcontext(executor), console,
+                         holder=f"benchmarks.pipeline {workers} workers", listing=listing)
         shutdown_start = time.perf_counter()
     shutdown = time.perf_counter() - shutdown_start
-    timings = json.loads((out / TIMINGS_FILE).read_text())
+    timings = stages.timings(out)
     return {"listing": listed, "startup": startup, "shutdown": shutdown, "end_to_end": time.perf_counter() - begin,
             "stages": {name: timings[name] for name in stages.ORDER}, "work": task_work(stream.data)}
 
@@ -210,6 +170,8 @@ def task_work(records: list[dict]) -> dict[str, dict]:
     work: dict[str, dict] = {name: {"compute": 0.0, "per_worker": {}} for name in stages.ORDER}
     for record in records:
         stage = str(record["key"]).split("-")[0]
+        if stage not in work:
+            continue
         seconds = sum(s["stop"] - s["start"] for s in record["startstops"] if s["action"] == "compute")
         work[stage]["compute"] += seconds
         per_worker = work[stage]["per_worker"]

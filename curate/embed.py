@@ -11,6 +11,7 @@ whole (no crop, so copy detection sees the borders) to the embedder's square inp
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from curate.lakes import read_partition
+from curate.lakes import Reader, read_partition
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import EmbedConfig
 from schemas.tables import EMBEDDINGS
@@ -115,17 +116,19 @@ def embed_images(embedder: Embedder, images: Sequence[Image.Image], batch_size: 
 
 def embed_partition(
     images: pa.Table, embedder: Embedder, max_pixels: int, batch_size: int = 64,
-    storage_options: Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None, read: Reader | None = None,
 ) -> tuple[pa.Table, np.ndarray]:
     """Embed the ``ok`` rows of one partition of ``images``: (``embeddings`` rows, ``[n, dim]`` matrix).
 
-    Each container of the lake is opened once (:func:`curate.lakes.read_partition`). A file that no
-    longer reads or decodes (changed since ingest) is left out rather than failing the task.
+    Files are read by ``read`` (default: the lake, each container opened once,
+    :func:`curate.lakes.read_partition`). A file that no longer reads or decodes (changed since ingest) is
+    left out rather than failing the task.
     """
+    read = read or functools.partial(read_partition, storage_options=storage_options)
     decode_side = max(4 * embedder.image_size, 256)
     rows = images.filter(pc.equal(images["status"], "ok")).to_pylist()
     pictures: dict[str, Image.Image] = {}
-    for uri, data in read_partition([row["uri"] for row in rows], storage_options):
+    for uri, data in read([row["uri"] for row in rows]):
         if isinstance(data, BaseException) and not isinstance(data, OSError):
             raise data  # not a missing or changed file: let the task fail and be retried
         try:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from PIL import ExifTags, Image
 from curate.lakes import RefusedFile, RefusedMember, provenance, read_partition
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import IngestConfig
-from schemas.tables import FILES, IMAGES
+from schemas.tables import FILES, IMAGES, utc_now
 
 HASH_SIDE = 256
 """Longer side images are decoded at (at most) for hashing: phash sees 32x32, and 256 keeps panoramas up to
@@ -99,24 +100,32 @@ def ingest_data(uri: str, data: bytes | BaseException, config: IngestConfig) -> 
     return result
 
 
-def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Mapping[str, Any] | None = None
+def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Mapping[str, Any] | None = None,
+                     on_read: Callable[[str, bytes], None] | None = None, ingested_at: datetime | None = None
                      ) -> pa.Table:
     """The ``images`` table of a ``files`` table (one row per file, in input order).
 
     Each container (tar, parquet file) and store is opened once (:func:`curate.lakes.read_partition`);
-    local files are read by :func:`read_bytes`.
+    local files are read by :func:`read_bytes`. ``on_read(uri, data)`` sees every file's bytes as read
+    (the ingest stage keeps remote ones, :mod:`curate.fetched`). ``ingested_at`` (default: now, UTC) fills
+    the column of that name.
     """
+    ingested_at = ingested_at or utc_now()
     files = files.select(FILES.schema.names).cast(FILES.schema)
     uris = files.column("uri").to_pylist()
     lake_metadata: dict[str, dict[str, Any]] = {}
-    found = {uri: ingest_data(uri, data, config)
-             for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path),
-                                             provenance=lake_metadata)}
+    found = {}
+    for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path),
+                                    provenance=lake_metadata):
+        if on_read is not None and isinstance(data, bytes):
+            on_read(uri, data)
+        found[uri] = ingest_data(uri, data, config)
     results = [found[uri] for uri in uris]
     columns: dict[str, Any] = {name: files.column(name) for name in FILES.schema.names}
     for name in _RESULT_COLUMNS:
         columns[name] = [getattr(result, name) for result in results]
     columns["provenance"] = [provenance.as_text(lake_metadata.get(uri, {})) for uri in uris]
+    columns["ingested_at"] = [ingested_at] * len(results)
     return pa.table(columns, schema=IMAGES.schema)
 
 

@@ -20,11 +20,11 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 
-from curate.lakes.uris import SKIP, SKIPPED, TAR, LakeError, parse, skipped, source_name
+from curate.lakes.uris import SKIP, SKIPPED, TAR, LakeError, is_url, parse, skipped, source_name
 from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
 from schemas.tables import FILES, ROLES
 
-__all__ = ["ImageSet", "LakeError", "files_table", "list_set", "make_key", "name_sets"]
+__all__ = ["ImageSet", "LakeError", "files_table", "list_set", "make_key", "name_sets", "resolve_location"]
 
 
 @dataclass(frozen=True)
@@ -169,12 +169,18 @@ def _valid_name(path: str) -> bool:
     return True
 
 
+def resolve_location(uri: str) -> str:
+    """Where ``uri`` is, independent of the current folder: a URL as given, a local path made absolute."""
+    return uri if is_url(uri) else str(Path(uri).expanduser().resolve())
+
+
 def name_sets(uris: list[str], role: str, taken: set[str]) -> list[ImageSet]:
-    """An :class:`ImageSet` per URI of one role, named after the folder (made unique against ``taken``)."""
+    """An :class:`ImageSet` per URI of one role, at its resolved location (:func:`resolve_location`), named
+    after the folder (made unique against ``taken``)."""
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     sets = []
-    for uri in uris:
+    for uri in map(resolve_location, uris):
         base = _UNSAFE.sub("_", Path(uri.rstrip("/")).name.split("*")[0]).strip("_") or role
         name, suffix = base, 2
         while name in taken:

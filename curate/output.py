@@ -15,6 +15,7 @@ complete and resuming is a listing, as locally::
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import io
 import os
 import secrets
@@ -198,3 +199,50 @@ def remove_tree(path: Location) -> None:
             fs.invalidate_cache(key)
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_matching(out: Location, pattern: str) -> list[str]:
+    """Delete the files of ``out`` matching ``pattern`` (``folder/name-glob``, relative to ``out``) and the
+    temporary files :func:`publish` left beside them; returns the names removed. Nothing else is touched."""
+    folder_name, _, name = pattern.rpartition("/")
+    folder = join(out, *folder_name.split("/")) if folder_name else location(out)
+    found = names(folder, name) + names(folder, f".{name}.*.tmp")
+    for found_name in found:
+        remove(folder / found_name)
+    if found and not isinstance(folder, RemotePath):
+        try:
+            Path(folder).rmdir()  # only when nothing else is left in it
+        except OSError:
+            pass
+    return found
+
+
+def sizes(folder: Location) -> dict[str, int]:
+    """Size in bytes of every file right in ``folder``, by name, from one listing (none when it does not exist)."""
+    if isinstance(folder, RemotePath):
+        fs, key = _refreshed(folder)
+        try:
+            entries = fs.ls(key, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        return {entry["name"].rstrip("/").rsplit("/", 1)[-1]: int(entry["size"])
+                for entry in entries if entry.get("type") == "file"}
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {entry.name: entry.stat().st_size for entry in os.scandir(folder) if entry.is_file()}
+
+
+def md5(path: Location) -> str:
+    """The MD5 hex digest of the file at ``path`` (read in chunks; what the shard index records too)."""
+    digest = hashlib.md5()
+    if isinstance(path, RemotePath):
+        fs, key = path.filesystem()
+        with fs.open(key, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    else:
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -4,7 +4,11 @@ Reads whatever tables of ``OUT/tables/`` exist (an absent table is reported as `
 one with a wrong schema raises :class:`~schemas.tables.SchemaError`) and writes ``OUT/report/``:
 ``report.json``, a self-contained ``report.html`` and, when their tables exist, ``cluster_sizes.png``
 (histogram of finest-level cluster sizes), ``duplicate_groups.png`` (kept image, then its copies) and
-``cluster_members.png`` (random members of random clusters, chosen with ``config.seed``)::
+``cluster_members.png`` (random members of random clusters, chosen with ``config.seed``).
+
+``report.html`` travels alone: every picture is embedded (``data:`` URIs), each shown image is captioned
+with its key (a link to its source file), and relative links lead to the tables, shards and
+``report.json`` when it sits in ``OUT/report/``::
 
     report = write_report(out, ReportConfig(examples=8, seed=0), stage_records)
     report["duplicates"]["removed"], report["figures"]
@@ -15,9 +19,12 @@ members become Python objects.
 
 from __future__ import annotations
 
+import base64
+import functools
 import html
 import io
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +35,10 @@ import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageOps
 
 from curate import output
+from curate.lakes import Reader, read_partition, read_uri
 from curate.lakes import parse as parse_uri
-from curate.lakes import read_uri
 from curate.output import Location, RemotePath
-from curate.tables import done_parts, read_table
+from curate.tables import done_parts, read_table, table_dir
 from features.retrieval.contact_sheet import contact_sheet
 from pretrain.data.images import ImageDecodeError, decode_image, load_image
 from schemas.config import ReportConfig
@@ -47,6 +54,8 @@ GROUP_MEMBERS = 100
 """Members listed per duplicate group."""
 UNREADABLE_LISTED = 1000
 """Rejected files listed in the report."""
+LINKED = 50
+"""Files of each table (and shards) linked from the report; the rest are counted."""
 SHEET_TILE = 128
 THUMB = 96
 LABEL_WIDTH = 200
@@ -209,14 +218,29 @@ def _per_level(table: pa.Table) -> list[int]:
     return [len(np.unique(labels[depth == level])) for level in range(int(lengths.max()))]
 
 
-def _clusters(table: pa.Table | None) -> dict[str, Any]:
+def _cluster_examples(table: pa.Table, examples: int, seed: int) -> list[dict[str, Any]]:
+    """Up to ``examples`` random clusters (``seed``), each with up to ``examples`` random members (keys, uris)."""
+    labels = table["cluster"].to_numpy()
+    ids, sizes = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(seed)
+    shown = []
+    for i in np.sort(rng.choice(len(ids), size=min(examples, len(ids)), replace=False)):
+        members = np.flatnonzero(labels == ids[i])
+        chosen = pa.array(np.sort(rng.choice(members, size=min(examples, len(members)), replace=False)))
+        shown.append({"cluster": int(ids[i]), "size": int(sizes[i]), "keys": table["key"].take(chosen).to_pylist(),
+                      "uris": table["uri"].take(chosen).to_pylist()})
+    return shown
+
+
+def _clusters(table: pa.Table | None, config: ReportConfig) -> dict[str, Any]:
     if table is None:
         return {"present": False}
     sizes = _finest_sizes(table)
     finest = ({"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
               if len(sizes) else {"min": None, "median": None, "max": None})
     return {"present": True, "images": len(table), "clusters": len(sizes), "per_level": _per_level(table),
-            "finest_sizes": finest}
+            "finest_sizes": finest,
+            "shown": _cluster_examples(table, config.examples, config.seed) if config.examples > 0 else []}
 
 
 def _selection(table: pa.Table | None) -> dict[str, Any]:
@@ -246,6 +270,32 @@ def _unreadable(table: pa.Table | None) -> dict[str, Any]:
     return {"present": True, "total": len(rejected), "listed": rows, "truncated": len(rejected) > len(rows)}
 
 
+def _outputs(out: Location, tables: Tables) -> dict[str, Any]:
+    """The run's files a reader may open, relative to ``OUT`` (the first :data:`LINKED` of each kind): table
+    parts, shards, their index and run.json; ``counts`` says how many there are."""
+    parts = {name: output.names(table_dir(out, name), "part-*.parquet") for name, table in tables.items()
+             if table is not None}
+    shards = output.names(out / SHARD_DIR, "*.tar")
+    index = [f"{SHARD_DIR}/index.json"] if output.is_file(out / SHARD_DIR / "index.json") else []
+    run = ["run.json"] if output.is_file(out / "run.json") else []
+    return {"tables": {name: [f"tables/{name}/{part}" for part in found[:LINKED]] for name, found in parts.items()},
+            "shards": [f"{SHARD_DIR}/{name}" for name in shards[:LINKED]], "index": index, "run": run,
+            "counts": {"shards": len(shards)} | {f"tables/{name}": len(found) for name, found in parts.items()}}
+
+
+def _shown_groups(duplicates: dict[str, Any], tables: Tables, examples: int) -> None:
+    """Mark the first ``examples`` listed groups ``shown`` and give each its kept image's uri (a leak's is outside)."""
+    largest = duplicates.get("largest", [])
+    outside = [g["kept_key"] for g in largest[:examples]
+               if g["kept_key"] is not None and g["kept_key"] not in g["keys"]]
+    uris = _uris(outside, tables)
+    for number, group in enumerate(largest):
+        group["shown"] = number < examples
+        if group["shown"]:
+            inside = dict(zip(group["keys"], group["uris"]))
+            group["kept_uri"] = inside.get(group["kept_key"], uris.get(group["kept_key"]))
+
+
 def _figures(report: dict[str, Any], config: ReportConfig) -> list[str]:
     """The pictures the tables allow, in :data:`PICTURES` order."""
     clusters = report["clusters"].get("images", 0) > 0
@@ -268,11 +318,13 @@ def _collect(out: Location, tables: Tables, config: ReportConfig, stages: Sequen
         "images": _images(tables["images"]),
         "embeddings": _total(tables["embeddings"]),
         "duplicates": _duplicates(tables["duplicates"], config),
-        "clusters": _clusters(tables["clusters"]),
+        "clusters": _clusters(tables["clusters"], config),
         "selection": _selection(tables["selection"]),
         "shards": _shards(tables["shards"], out),
         "unreadable": _unreadable(tables["images"]),
+        "outputs": _outputs(out, tables),
     }
+    _shown_groups(report["duplicates"], tables, config.examples)
     return report | {"figures": _figures(report, config)}
 
 
@@ -295,6 +347,43 @@ def _open(uri: str | None, side: int, storage_options: Mapping[str, Any] | None 
         return decode_image(read_uri(uri, storage_options), uri, max_side=side, min_side=1).image
     except (ImageDecodeError, OSError, ValueError):
         return None
+
+
+Pictures = Mapping[str, "Image.Image | None"]
+"""Decoded pictures by uri (``None``: unreadable), shrunk to at most :data:`SHEET_TILE` pixels."""
+
+
+def load_pictures(uris: Sequence[str | None], read: Reader) -> dict[str, Image.Image | None]:
+    """Every picture the report shows, read in one call of ``read`` (local files directly)."""
+    pictures: dict[str, Image.Image | None] = {}
+    others = []
+    for uri in dict.fromkeys(uri for uri in uris if uri is not None):
+        try:
+            local = parse_uri(uri).kind == "local"
+        except ValueError:
+            pictures[uri] = None
+            continue
+        if local:
+            pictures[uri] = _open(uri, SHEET_TILE)
+        else:
+            others.append(uri)
+    for uri, data in read(others) if others else ():
+        try:
+            pictures[uri] = None if isinstance(data, BaseException) else decode_image(
+                data, uri, max_side=SHEET_TILE, min_side=1).image
+        except (ImageDecodeError, OSError, ValueError):
+            pictures[uri] = None
+    return pictures
+
+
+def _shown_uris(report: dict[str, Any]) -> list[str | None]:
+    uris: list[str | None] = []
+    for group in report["duplicates"].get("largest", []):
+        if group.get("shown"):
+            uris += [group["kept_uri"], *group["uris"]]
+    for cluster in report["clusters"].get("shown", []):
+        uris += cluster["uris"]
+    return uris
 
 
 def _png(image: Image.Image) -> bytes:
@@ -320,86 +409,91 @@ def cluster_size_plot(sizes: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def duplicate_sheet(groups: Sequence[dict[str, Any]], tables: Tables, examples: int,
-                    storage_options: Mapping[str, Any] | None = None) -> Image.Image:
-    """Contact sheet of ``examples`` listed groups: the kept image, then up to ``examples`` removed members."""
-    groups = list(groups)[:examples]
-    outside = [g["kept_key"] for g in groups if g["kept_key"] is not None and g["kept_key"] not in g["keys"]]
-    uris = _uris(outside, tables)
+def duplicate_sheet(groups: Sequence[dict[str, Any]], examples: int, pictures: Pictures) -> Image.Image:
+    """Contact sheet of the ``shown`` groups: the kept image, then up to ``examples`` removed members."""
     rows = []
-    for group in groups:
+    for group in [g for g in groups if g.get("shown")]:
         members = list(zip(group["keys"], group["uris"], group["reasons"], group["similarities"]))
-        kept_uri = next((uri for key, uri, *_ in members if key == group["kept_key"]), uris.get(group["kept_key"]))
-        copies = [(_open(uri, SHEET_TILE, storage_options), key,
-                   sim if sim is not None else 1.0 if reason == "exact" else float("nan"))
+        copies = [(pictures.get(uri), key, sim if sim is not None else 1.0 if reason == "exact" else float("nan"))
                   for key, uri, reason, sim in members if key != group["kept_key"]][:examples]
-        rows.append((_open(kept_uri, SHEET_TILE, storage_options), str(group["kept_key"]), copies))
+        rows.append((pictures.get(group["kept_uri"]), str(group["kept_key"]), copies))
     return contact_sheet(rows, tile=SHEET_TILE)
 
 
-def _tile(uri: str, storage_options: Mapping[str, Any] | None = None) -> Image.Image:
-    image = _open(uri, THUMB, storage_options)
+def _tile(image: Image.Image | None) -> Image.Image:
     if image is None:
         tile = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
         ImageDraw.Draw(tile).line((0, 0, THUMB, THUMB), fill="red", width=3)
         return tile
-    return ImageOps.pad(image, (THUMB, THUMB), color="white")
+    return ImageOps.pad(ImageOps.contain(image.convert("RGB"), (THUMB, THUMB)), (THUMB, THUMB), color="white")
 
 
-def cluster_sheet(table: pa.Table, examples: int, seed: int, storage_options: Mapping[str, Any] | None = None
-                  ) -> Image.Image:
-    """Up to ``examples`` random clusters, one row each: a label, then up to ``examples`` random members."""
-    labels = table["cluster"].to_numpy()
-    ids, sizes = np.unique(labels, return_counts=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in np.sort(rng.choice(len(ids), size=min(examples, len(ids)), replace=False)):
-        members = np.flatnonzero(labels == ids[i])
-        chosen = np.sort(rng.choice(members, size=min(examples, len(members)), replace=False))
-        rows.append((f"cluster {ids[i]} / {sizes[i]:,} images", table["uri"].take(pa.array(chosen)).to_pylist()))
-    columns = max(len(uris) for _, uris in rows)
-    sheet = Image.new("RGB", (LABEL_WIDTH + columns * (THUMB + GAP), len(rows) * (THUMB + GAP)), "white")
+def cluster_sheet(shown: Sequence[dict[str, Any]], pictures: Pictures) -> Image.Image:
+    """The ``shown`` clusters, one row each: a label, then their members."""
+    columns = max(len(cluster["uris"]) for cluster in shown)
+    sheet = Image.new("RGB", (LABEL_WIDTH + columns * (THUMB + GAP), len(shown) * (THUMB + GAP)), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (label, uris) in enumerate(rows):
+    for r, cluster in enumerate(shown):
         top = r * (THUMB + GAP)
+        label = f"cluster {cluster['cluster']} / {cluster['size']:,} images"
         draw.text((GAP, top + THUMB // 2 - 6), label, fill="black")
-        for c, uri in enumerate(uris):
-            sheet.paste(_tile(uri, storage_options), (LABEL_WIDTH + c * (THUMB + GAP), top))
+        for c, uri in enumerate(cluster["uris"]):
+            sheet.paste(_tile(pictures.get(uri)), (LABEL_WIDTH + c * (THUMB + GAP), top))
     return sheet
 
 
-def _picture(name: str, report: dict[str, Any], tables: Tables, config: ReportConfig,
-             storage_options: Mapping[str, Any] | None = None) -> bytes:
+def _picture(name: str, report: dict[str, Any], tables: Tables, config: ReportConfig, pictures: Pictures) -> bytes:
     if name == "cluster_sizes.png":
         return cluster_size_plot(_finest_sizes(tables["clusters"]))
     if name == "duplicate_groups.png":
-        return _png(duplicate_sheet(report["duplicates"]["largest"], tables, config.examples, storage_options))
-    return _png(cluster_sheet(tables["clusters"], config.examples, config.seed, storage_options))
+        return _png(duplicate_sheet(report["duplicates"]["largest"], config.examples, pictures))
+    return _png(cluster_sheet(report["clusters"]["shown"], pictures))
+
+
+def _thumbnail_uri(image: Image.Image | None) -> str | None:
+    """A ``data:`` URI of ``image`` as a small JPEG (``None`` for an unreadable one)."""
+    if image is None:
+        return None
+    buffer = io.BytesIO()
+    ImageOps.contain(image.convert("RGB"), (SHEET_TILE, SHEET_TILE)).save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 
 def write_report(out: str | Path | RemotePath, config: ReportConfig, stages: Sequence[dict] = (),
-                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                 storage_options: Mapping[str, Any] | None = None, read: Reader | None = None) -> dict[str, Any]:
     """Write ``OUT/report/`` (pictures, ``report.html``, then ``report.json``); returns the report as JSON reads it.
 
     Pictures of an earlier run whose table is gone are deleted; nothing else in the folder is touched.
-    ``storage_options`` reach the lake's remote images shown in the contact sheets.
+    The images shown are read by ``read`` (default: the lake, with ``storage_options``). ``stages`` gets a
+    ``report`` row (its seconds up to the HTML) unless it has one.
     """
+    started = time.perf_counter()
+    read = read or functools.partial(read_partition, storage_options=storage_options)
     out = output.location(out, storage_options)
     folder = out / REPORT_DIR
     output.makedirs(folder)
     tables = _load(out)
     report = _collect(out, tables, config, stages)
+    pictures = load_pictures(_shown_uris(report), read)
+    figures = {}
     for name in PICTURES:
         if name in report["figures"]:
-            output.write_bytes(folder / name, _picture(name, report, tables, config, storage_options))
+            figures[name] = _picture(name, report, tables, config, pictures)
+            output.write_bytes(folder / name, figures[name])
         else:
             output.remove(folder / name)
+    if not any(stage.get("stage") == "report" for stage in report["stages"]):
+        report["stages"].append({"stage": "report", "images_in": None, "images_out": None,
+                                 "seconds": round(time.perf_counter() - started, 3), "tasks": 1})
     text = json.dumps(report, indent=1, ensure_ascii=False, allow_nan=False)
     report = json.loads(text)
-    output.write_bytes(folder / "report.html", render_html(report).encode())
+    embedded = {"figures": {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+                            for name, data in figures.items()},
+                "thumbnails": {uri: _thumbnail_uri(image) for uri, image in pictures.items()}}
+    output.write_bytes(folder / "report.html", render_html(report, embedded).encode())
     output.write_bytes(folder / "report.json", (text + "\n").encode())
     return report
 
@@ -413,6 +507,10 @@ table{border-collapse:collapse;margin:.5em 0}th,td{padding:.2em .6em;border-bott
 vertical-align:top}th{background:#f4f4f4}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .absent{color:#a33}.uri{font-family:monospace;font-size:.9em;word-break:break-all}
 figure{margin:1em 0}img{max-width:100%;border:1px solid #ddd}
+.gallery{display:flex;flex-wrap:wrap;gap:.5em;margin:.5em 0 1em}.gallery figure{width:136px;margin:0}
+.gallery figcaption,.keys{font-family:monospace;font-size:.85em;word-break:break-all}
+.gallery .kept img{border:3px solid #2860c8}.unreadable{width:128px;height:128px;background:#ccc;display:flex;
+align-items:center;justify-content:center}ul.files{columns:2;font-family:monospace;font-size:.9em}
 """
 
 
@@ -527,15 +625,100 @@ def _unreadable_html(report: dict[str, Any]) -> str:
     return f"<h2>Unreadable files</h2>{note}" + (f"<table><tr>{head}</tr>{rows}</table>" if rows else "")
 
 
-def _pictures_html(report: dict[str, Any]) -> str:
-    figures = "".join(f'<figure><img src="{_escape(name)}" alt="{_escape(name)}"><figcaption>{_escape(name)}'
-                      "</figcaption></figure>" for name in report["figures"])
-    return "<h2>Pictures</h2>" + (figures or '<p class="absent">no pictures: their tables are absent</p>')
+def _source_href(uri: str | None) -> str | None:
+    """A link a browser follows to the source of ``uri``: the file, URL or container; ``None`` if there is none."""
+    try:
+        source = parse_uri(uri) if uri else None
+    except ValueError:
+        return None
+    if source is None:
+        return None
+    if source.kind == "local":
+        return Path(uri).absolute().as_uri()
+    return source.location if source.location.split("://", 1)[0].lower() in ("http", "https", "file") else None
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page; pictures are referenced by file name beside it."""
-    sections = (_stages_html, _sets_html, _counts_html, _duplicates_html, _unreadable_html, _pictures_html)
-    body = "".join(section(report) for section in sections)
+def _link(text: str, href: str | None) -> str:
+    return f'<a href="{_escape(href)}">{_escape(text)}</a>' if href else _escape(text)
+
+
+def _thumb(key: str, uri: str | None, detail: str, embedded: dict[str, Any], kept: bool = False) -> str:
+    data = embedded.get("thumbnails", {}).get(uri)
+    picture = (f'<img src="{data}" alt="{_escape(key)}">' if data else '<div class="unreadable">unreadable</div>')
+    caption = f"{_link(key, _source_href(uri))}<br>{_escape(detail)}"
+    return f'<figure{" class=kept" if kept else ""}>{picture}<figcaption>{caption}</figcaption></figure>'
+
+
+def _keys(keys: Sequence[str], more: int = 0) -> str:
+    listed = ", ".join(_escape(key) for key in keys) + (f", … {more:,} more" if more > 0 else "")
+    return f'<p class="keys">keys: {listed}</p>'
+
+
+def _groups_gallery(report: dict[str, Any], embedded: dict[str, Any]) -> str:
+    parts = []
+    for group in report["duplicates"].get("largest", []):
+        if not group.get("shown"):
+            continue
+        members = list(zip(group["keys"], group["uris"], group["reasons"], group["similarities"]))
+        figures = [] if group["kept_key"] in group["keys"] else [
+            _thumb(str(group["kept_key"]), group.get("kept_uri"), "kept (outside the pool)", embedded, kept=True)]
+        for key, uri, reason, sim in members:
+            score = "" if sim is None else f" {sim:.3f}"
+            detail = "kept" if key == group["kept_key"] else (reason or "unknown") + score
+            figures.append(_thumb(key, uri, detail, embedded, kept=key == group["kept_key"]))
+        parts.append(f"<h4>group {group['group']}: {group['size']:,} images, kept {_escape(group['kept_key'])}</h4>"
+                     f'<div class="gallery">{"".join(figures)}</div>'
+                     + _keys(group["keys"], group["size"] - len(group["keys"])))
+    return "".join(parts)
+
+
+def _clusters_gallery(report: dict[str, Any], embedded: dict[str, Any]) -> str:
+    parts = []
+    for cluster in report["clusters"].get("shown", []):
+        figures = "".join(_thumb(key, uri, f"cluster {cluster['cluster']}", embedded)
+                          for key, uri in zip(cluster["keys"], cluster["uris"]))
+        parts.append(f"<h4>cluster {cluster['cluster']}: {cluster['size']:,} images, {len(cluster['keys'])} shown</h4>"
+                     f'<div class="gallery">{figures}</div>' + _keys(cluster["keys"]))
+    return "".join(parts)
+
+
+def _pictures_html(report: dict[str, Any], embedded: dict[str, Any]) -> str:
+    """The histogram, then every duplicate group and cluster shown: embedded pictures captioned with their keys."""
+    sections = []
+    figures = embedded.get("figures", {})
+    if "cluster_sizes.png" in report["figures"] and "cluster_sizes.png" in figures:
+        sections.append(f'<figure><img src="{figures["cluster_sizes.png"]}" alt="cluster sizes">'
+                        f'<figcaption>{_link("cluster_sizes.png", "cluster_sizes.png")}</figcaption></figure>')
+    for name, title, gallery in (("duplicate_groups.png", "Duplicate groups shown", _groups_gallery),
+                                 ("cluster_members.png", "Clusters shown", _clusters_gallery)):
+        if name in report["figures"]:
+            sections.append(f"<h3>{title}</h3><p>(also as one picture: {_link(name, name)})</p>"
+                            + gallery(report, embedded))
+    return "<h2>Pictures</h2>" + ("".join(sections) or '<p class="absent">no pictures: their tables are absent</p>')
+
+
+def _files_html(report: dict[str, Any]) -> str:
+    """Links to the run's files, relative to ``OUT/report/`` (they work in the output folder)."""
+    outputs = report.get("outputs", {})
+    items = [f"<li>{_link('report/report.json', 'report.json')}</li>"]
+    items += [f"<li>{_link(path, '../' + path)}</li>" for path in outputs.get("run", []) + outputs.get("index", [])]
+    counts = outputs.get("counts", {})
+
+    def listed(paths: list[str], total: int, folder: str) -> list[str]:
+        more = [f"<li>… {total - len(paths):,} more in {_escape(folder)}/</li>"] if total > len(paths) else []
+        return [f"<li>{_link(path, '../' + path)}</li>" for path in paths] + more
+
+    for name, parts in outputs.get("tables", {}).items():
+        items += listed(parts, counts.get(f"tables/{name}", len(parts)), f"tables/{name}")
+    items += listed(outputs.get("shards", []), counts.get("shards", 0), SHARD_DIR)
+    return f'<h2>Files</h2><p>Relative to the output folder.</p><ul class="files">{"".join(items)}</ul>'
+
+
+def render_html(report: dict[str, Any], embedded: Mapping[str, Any] | None = None) -> str:
+    """The report as one self-contained HTML page: ``embedded`` holds the ``data:`` URIs of its pictures
+    (``figures`` by file name, ``thumbnails`` by uri); without them only the captions show."""
+    embedded = dict(embedded or {})
+    sections = (_stages_html, _sets_html, _counts_html, _duplicates_html, _unreadable_html)
+    body = "".join(section(report) for section in sections) + _pictures_html(report, embedded) + _files_html(report)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Curation report</title>'
             f"<style>{STYLE}</style></head><body><h1>Curation report</h1>{body}</body></html>\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,7 @@ import pyarrow as pa
 from curate.dedup import IndexKind, nearest_neighbors, normalized
 from curate.kmeans import ClusterTree, balanced_sample, tree_from_levels
 from schemas.config import SampleConfig
-from schemas.tables import SELECTION
+from schemas.tables import SELECTION, utc_now
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,15 @@ def selection_table(
     curated_keys: Sequence[str],
     curated_vectors: np.ndarray,
     config: SampleConfig,
+    selected_at: datetime | None = None,
 ) -> pa.Table:
     """The ``selection`` table: which deduplicated pool images are kept for training, and why.
 
     ``method=auto`` retrieves with the curated images as queries when there are any (the paper's
     sample-based retrieval, ``neighbours``, or cluster-based, ``clusters``) and otherwise samples the
     cluster tree evenly (``balanced``, ``config.target`` images, default half the pool); ``all`` keeps
-    every deduplicated image. ``pool_levels`` is ``[n, L]`` from the ``clusters`` table.
+    every deduplicated image. ``pool_levels`` is ``[n, L]`` from the ``clusters`` table; ``selected_at``
+    (default: now, UTC) fills the column of that name.
     """
     method = config.method
     if method == "auto":
@@ -171,6 +174,7 @@ def selection_table(
             "query_key": [curated_keys[q] if q >= 0 else None for q in selection.query_index],
             "cluster": labels[rows].astype(np.int32),
             "similarity": [None if np.isnan(s) else float(s) for s in selection.similarity],
+            "selected_at": [selected_at or utc_now()] * len(rows),
         },
         schema=SELECTION.schema,
     )

@@ -27,6 +27,7 @@ import re
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import PurePosixPath
 from typing import BinaryIO
 from urllib.parse import urlparse
@@ -34,6 +35,7 @@ from urllib.parse import urlparse
 from curate import output
 from curate.lakes.uris import source_name
 from curate.output import Location
+from schemas.tables import utc_now
 
 SHARD_MTIME = 0
 """mtime of every tar member (the epoch), so that a rerun writes the same bytes."""
@@ -272,9 +274,11 @@ def write_index(path: Location, index: dict) -> None:
     output.write_bytes(output.location(path), index_bytes(index), fsync=True)
 
 
-def shard_rows(shard: str, samples: Sequence[ShardSample]) -> list[dict]:
-    """Rows of the ``shards`` table for one shard: key, shard file name, image member and position in it."""
+def shard_rows(shard: str, samples: Sequence[ShardSample], written_at: datetime | None = None) -> list[dict]:
+    """Rows of the ``shards`` table for one shard: key, shard file name, image member, position in it and
+    ``written_at`` (default: now, UTC)."""
+    written_at = written_at or utc_now()
     return [
-        {"key": sample.key, "shard": shard, "member": sample.member, "index": position}
+        {"key": sample.key, "shard": shard, "member": sample.member, "index": position, "written_at": written_at}
         for position, sample in enumerate(samples)
     ]

@@ -3,63 +3,119 @@
 ``out`` is a local :class:`~pathlib.Path` or a :class:`curate.output.RemotePath` (an object-store
 prefix carrying its storage options); every read and write goes through :mod:`curate.output`.
 
-Each stage declares its unit of work (:class:`Stage`): per-partition stages (ingest, embed) run once per
-partition of the lake listing, global stages (dedup, cluster, sample, report) once, and the shard stage
-once per shard after a planning step. Every unit reads validated tables, writes its outputs atomically
-under deterministic names and returns counts (``{"in": ..., "out": ...}``); a unit whose output exists is
-done. Orchestrators (``pipelines/``: Dask, or a plain loop) decide where units run — nothing here knows::
+Each stage is declared once (:class:`Stage`, in :data:`STAGES`): the tables it reads and writes, every file
+it writes, its counts and its shape, a tuple of steps (:mod:`curate.steps`): per-partition stages (ingest,
+embed) are one step whose units are the partitions of the lake listing, dedup, cluster, sample and report one
+step of one unit, and the shard stage plan → one unit per shard → index. Every unit reads validated tables,
+writes its outputs atomically under deterministic names, records their sizes and digests
+(:mod:`curate.manifest`, to find damage later) and returns small results (counts); a unit whose output
+exists is done. Orchestrators (``pipelines/``: Dask tasks, or a plain loop) run the declared steps and decide
+where units run — nothing here knows::
 
-    for partition in pending(out, "ingest"):
-        ingest(out, partition, config)
+    for step in STAGES["ingest"].steps:
+        for unit in step.units(out, config, []):
+            step.run(out, config, unit, [])
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import output, tables
+from curate import fetched, manifest, output, tables
 from curate.dedup import duplicates_table
-from curate.embed import Embedder, embed_partition
+from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
-from curate.lakes import read_partition
 from curate.kmeans import clusters_table
 from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
                            write_shard)
+from curate.steps import Shape, Step
 from schemas.config import PipelineConfig
+from schemas.tables import utc_now
 
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage's contract: the tables it reads, the table it writes, and its unit of work."""
+    """A stage's contract: the tables it reads, the table it writes, how its work is shaped and everything it writes.
+
+    ``steps`` is its shape (:mod:`curate.steps`): one step over the lake's partitions (ingest, embed), one
+    step of one unit (dedup, cluster, sample, report), or a graph of steps (shard: plan → shards → index).
+    ``unit_files`` are the files one unit writes (``{unit}`` is its partition or shard number), ``files``
+    the ones the stage writes once (both relative to ``OUT``, glob patterns allowed) and ``caches`` files that
+    depend on the earlier stages' outputs alone (kept when only this stage's config changes; each part
+    records the rows it was built from). Nothing else in ``OUT`` is the stage's: only these are removed.
+    ``counts(out)`` gives the images into and out of it (from its tables), ``complete(out)`` whether its
+    whole output exists (default: every partition's part, or part 0 of a global stage's table), and
+    ``announce(out, config)`` a line the run prints before the stage runs (``None``: nothing to say).
+    """
 
     name: str
     reads: tuple[str, ...]
     writes: str
     per_partition: bool
     doc: str
+    steps: Shape = ()
+    unit_files: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    caches: tuple[str, ...] = ()
+    counts: Callable[[Location], tuple[int | None, int | None]] | None = None
+    complete: Callable[[Location], bool] | None = None
+    announce: Callable[[Location, PipelineConfig], str | None] | None = None
 
 
-STAGES: dict[str, Stage] = {
-    stage.name: stage
-    for stage in (
-        Stage("ingest", ("files",), "images", True, "decode, hash and describe every file"),
-        Stage("embed", ("images",), "embeddings", True, "one vector per readable image"),
-        Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks"),
-        Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool"),
-        Stage("sample", ("clusters", "embeddings"), "selection", False, "retrieval or balanced sampling"),
-        Stage("shard", ("selection", "images", "duplicates"), "shards", False, "webdataset shards of the selection"),
-        Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html"),
-    )
-}
-ORDER: tuple[str, ...] = tuple(STAGES)
+def _part(table: str, suffix: str = ".parquet") -> str:
+    return f"tables/{table}/part-{{unit:05d}}{suffix}"
+
+
+def unit_paths(out: Location, stage: str, unit: int) -> list[Location]:
+    """The files unit ``unit`` of ``stage`` writes."""
+    return [output.join(out, *pattern.format(unit=unit).split("/")) for pattern in STAGES[stage].unit_files]
+
+
+def output_patterns(stage: str, caches: bool = True) -> list[str]:
+    """Glob patterns (relative to ``OUT``) of everything ``stage`` writes, its caches unless ``caches`` is false."""
+    units = [re.sub(r"\{unit[^}]*\}", "*", pattern) for pattern in STAGES[stage].unit_files]
+    return units + list(STAGES[stage].files) + (list(STAGES[stage].caches) if caches else [])
+
+
+def unit_name(stage: str, unit: int) -> str:
+    """A unit's name in its record (:mod:`curate.manifest`): ``part-00003``, or ``shard-000003`` for a shard."""
+    return f"shard-{unit:06d}" if stage == "shard" else f"part-{unit:05d}"
+
+
+def record_unit(out: Location, stage: str, unit: int, known: dict[str, dict] | None = None) -> None:
+    """Record the sizes and digests of what unit ``unit`` of ``stage`` wrote (after it wrote it)."""
+    manifest.record(out, stage, unit_name(stage, unit), unit_paths(out, stage, unit), known)
+
+
+LISTING_UNIT = "listing"
+"""The lake listing (every ``files`` part) as recorded with the ingest stage: one unit, since its
+partition numbers span the whole lake."""
+
+
+def record_listing(out: Location) -> None:
+    """Record the ``files`` parts once the whole listing is published."""
+    manifest.record(out, "ingest", LISTING_UNIT, [tables.part_path(out, "files", p) for p in partitions(out)])
+
+
+def listing_record(out: Location) -> dict[str, dict] | None:
+    """The recorded listing: ``files`` part (relative path) -> ``{size, md5}``; ``None`` when none is."""
+    return manifest.recorded(out, "ingest").get(LISTING_UNIT)
+
+
+def part_number(name: str) -> int | None:
+    """The partition of a ``part-NNNNN.*`` file name or path (``None`` for another name)."""
+    found = re.fullmatch(r"part-(\d+)\.\w+", name.rsplit("/", 1)[-1])
+    return int(found.group(1)) if found else None
 
 
 def partitions(out: Location) -> list[int]:
@@ -75,11 +131,12 @@ def pending(out: Location, stage: str) -> list[int]:
 
 def is_done(out: Location, stage: str) -> bool:
     """Whether a stage's whole output exists (every partition, or the single global part / the report)."""
-    if stage == "report":
-        return output.is_file(out / "report" / "report.json")
-    if STAGES[stage].per_partition:
+    declared = STAGES[stage]
+    if declared.complete is not None:
+        return declared.complete(out)
+    if declared.per_partition:
         return bool(partitions(out)) and not pending(out, stage)
-    return 0 in tables.done_parts(out, STAGES[stage].writes)
+    return 0 in tables.done_parts(out, declared.writes)
 
 
 # -- per-partition stages ---------------------------------------------------------------------------
@@ -87,17 +144,22 @@ def is_done(out: Location, stage: str) -> bool:
 
 def ingest(out: Location, partition: int, config: PipelineConfig) -> dict[str, int]:
     files = tables.read_part(out, "files", partition)
-    images = ingest_partition(files, config.ingest, config.lake.storage_options)
+    remote: dict[str, bytes] = {}
+    images = ingest_partition(files, config.ingest, config.lake.storage_options,
+                              on_read=lambda uri, data: remote.update({uri: data}) if fetched.is_remote(uri) else None)
+    fetched.keep(out, partition, remote)  # before the images part, which marks the partition done
     tables.write_part(out, "images", partition, images)
+    record_unit(out, "ingest", partition)
     return {"in": len(files), "out": int(pc.sum(pc.equal(images["status"], "ok")).as_py() or 0)}
 
 
 def embed(out: Location, partition: int, config: PipelineConfig, embedder: Embedder) -> dict[str, int]:
     images = tables.read_part(out, "images", partition)
     rows, vectors = embed_partition(images, embedder, config.ingest.max_pixels, config.embed.batch_size,
-                                    config.lake.storage_options)
+                                    read=fetched.reader(out, config.lake.storage_options, [partition]))
     tables.write_array(out, "embeddings", partition, vectors)  # the matrix first: the part marks it done
     tables.write_part(out, "embeddings", partition, rows)
+    record_unit(out, "embed", partition)
     return {"in": len(images), "out": len(rows)}
 
 
@@ -129,7 +191,7 @@ def read_vectors(out: Location) -> Vectors:
         matrices.append(np.asarray(matrix[part.column("row").to_numpy()], dtype=np.float32))
     if not parts:
         raise tables.SchemaError(f"{tables.table_dir(out, 'embeddings')}: no embeddings yet; run the embed stage")
-    rows = pa.concat_tables(parts)
+    rows = pa.concat_tables(parts).unify_dictionaries()
     matrix = np.concatenate(matrices)
     order = np.argsort(np.array(rows.column("key").to_pylist(), dtype=object), kind="stable")
     return Vectors(rows.take(pa.array(order)), matrix[order])
@@ -160,7 +222,9 @@ def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
     if rule != "embeddings":
         from curate.copydetect.stage import copy_dedup
 
-        return copy_dedup(out, config, rule)
+        found = copy_dedup(out, config, rule)
+        record_unit(out, "dedup", 0)
+        return found
     vectors = read_vectors(out)
     role = vectors.rows.column("role")
     pool = vectors.where(pc.equal(role, "pool"))
@@ -173,6 +237,7 @@ def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
     }
     duplicates = duplicates_table(pool_images, pool.matrix, references, config.dedup)
     tables.write_part(out, "duplicates", 0, duplicates)
+    record_unit(out, "dedup", 0)
     return {"in": len(pool.keys()), "out": int(pc.sum(duplicates["kept"]).as_py() or 0)}
 
 
@@ -188,6 +253,7 @@ def cluster(out: Location, config: PipelineConfig) -> dict[str, int]:
     uris = _lookup(images, pool.keys(), ["uri"])["uri"]
     clusters = clusters_table(pool.keys(), uris, pool.matrix, config.cluster)
     tables.write_part(out, "clusters", 0, clusters)
+    record_unit(out, "cluster", 0)
     return {"in": len(pool.keys()), "out": len(pool.keys())}
 
 
@@ -201,6 +267,7 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
     levels = np.array(info["levels"], dtype=np.int64).reshape(len(pool.keys()), -1)
     selection = selection_table(pool.keys(), info["uri"], pool.matrix, levels, curated.keys(), curated.matrix, config.sample)
     tables.write_part(out, "selection", 0, selection)
+    record_unit(out, "sample", 0)
     return {"in": len(pool.keys()), "out": len(selection)}
 
 
@@ -208,6 +275,8 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
 
 SHARD_DIR = "shards"
 PLAN_FILE = ".plan.json"
+INDEX_UNIT = "index"
+"""The shard stage's last unit (``shards/index.json`` and the ``shards`` table), as recorded."""
 INDEX_NAME = "dinolab-curated"
 """The dataset name in ``shards/index.json`` (not the output folder's, so a moved run reads the same)."""
 
@@ -215,19 +284,20 @@ INDEX_NAME = "dinolab-curated"
 def plan(out: Location, config: PipelineConfig) -> int:
     """Split the selection (key order) into shards by image format, ``shard.max_samples`` and ``shard.max_bytes``.
 
-    Each sample is ``{key, uri, ext, meta}``; the plan is written to ``shards/.plan.json`` so every shard
-    unit reads its own samples from disk rather than from its arguments. Returns the number of shards.
+    Each sample is ``{key, uri, partition, ext, meta}``; the plan is written to ``shards/.plan.json`` so every
+    shard unit reads its own samples from disk rather than from its arguments. Returns the number of shards.
     """
     selection = tables.read_table(out, "selection")
     keys = selection.column("key").to_pylist()
     images = _lookup(tables.read_table(out, "images"), keys,
-                     ["uri", "bytes", "sha256", "width", "height", "format", "provenance"])
+                     ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
     duplicates = _lookup(tables.read_table(out, "duplicates"), keys, ["group"])
     chosen = selection.to_pylist()
     samples = [
         {
             "key": key,
             "uri": images["uri"][i],
+            "partition": images["partition"][i],
             "ext": image_extension(images["uri"][i], images["format"][i]),
             "meta": sample_meta(
                 key=key, uri=images["uri"][i], sha256=images["sha256"][i], width=images["width"][i],
@@ -258,18 +328,27 @@ def shard(out: Location, number: int, config: PipelineConfig | None = None) -> d
     path = out / SHARD_DIR / shard_name(number)
     if output.is_file(path):
         data = output.read_bytes(path)
-        return {"name": path.name, "nsamples": len(read_plan(out)[number]), "filesize": len(data),
+        info = {"name": path.name, "nsamples": len(read_plan(out)[number]), "filesize": len(data),
                 "md5sum": hashlib.md5(data).hexdigest()}
+        _record_shard(out, number, info)
+        return info
     planned = read_plan(out)[number]
     options = config.lake.storage_options if config is not None else None
     contents = {}
-    for uri, data in read_partition([s["uri"] for s in planned], options):
+    parts = {s.get("partition") for s in planned}  # the remote bytes ingest kept (:mod:`curate.fetched`)
+    for uri, data in fetched.read(out, [s["uri"] for s in planned], options, None if None in parts else parts):
         if isinstance(data, BaseException):
             raise OSError(f"shard {number}: cannot read {uri} ({type(data).__name__}: {data})") from data
         contents[uri] = data
     samples = [ShardSample(s["key"], contents[s["uri"]], s["ext"], s["meta"]) for s in planned]
     info = write_shard(path, samples)
-    return {"name": info.name, "nsamples": info.nsamples, "filesize": info.filesize, "md5sum": info.md5sum}
+    found = {"name": info.name, "nsamples": info.nsamples, "filesize": info.filesize, "md5sum": info.md5sum}
+    _record_shard(out, number, found)
+    return found
+
+
+def _record_shard(out: Location, number: int, info: dict) -> None:
+    record_unit(out, "shard", number, {f"{SHARD_DIR}/{info['name']}": {"size": info["filesize"], "md5": info["md5sum"]}})
 
 
 def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
@@ -286,37 +365,171 @@ def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
             rows["shard"].append(shard_name(number))
             rows["member"].append(f"{sample['key']}.{sample['ext']}")
             rows["index"].append(position)
+    rows["written_at"] = [utc_now()] * len(rows["key"])  # in the table only: the tars stay byte-identical
     tables.write_part(out, "shards", 0, pa.table(rows))
     output.remove(out / SHARD_DIR / PLAN_FILE)
+    manifest.record(out, "shard", INDEX_UNIT, [out / SHARD_DIR / "index.json", tables.part_path(out, "shards", 0)])
     return {"in": sum(len(s) for s in shards), "out": sum(info["nsamples"] for info in infos)}
 
 
 def report(out: Location, config: PipelineConfig, stage_records: list[dict]) -> dict[str, int]:
     from curate.report import write_report
 
-    summary = write_report(out, config.report, stage_records, config.lake.storage_options)
+    summary = write_report(out, config.report, stage_records, config.lake.storage_options,
+                           read=fetched.reader(out, config.lake.storage_options))
+    written = [path for pattern in STAGES["report"].files if output.is_file(path := output.join(out, *pattern.split("/")))]
+    manifest.record(out, "report", "report", written)
     return {"in": 0, "out": 0, "summary": summary}
 
 
 def counts(out: Location, stage: str) -> dict[str, int | None]:
     """Images into and out of ``stage``, read from its tables (``None`` where a table is missing)."""
-
-    def rows(name: str, where: tuple[str, object] | None = None) -> int | None:
-        if not tables.done_parts(out, name):
-            return None
-        table = tables.read_table(out, name)
-        if where is None:
-            return len(table)
-        return int(pc.sum(pc.equal(table[where[0]], where[1])).as_py() or 0)
-
-    table_counts = {
-        "ingest": lambda: (rows("files"), rows("images", ("status", "ok"))),
-        "embed": lambda: (rows("images", ("status", "ok")), rows("embeddings")),
-        "dedup": lambda: (rows("duplicates"), rows("duplicates", ("kept", True))),
-        "cluster": lambda: (rows("duplicates", ("kept", True)), rows("clusters")),
-        "sample": lambda: (rows("clusters"), rows("selection")),
-        "shard": lambda: (rows("selection"), rows("shards")),
-        "report": lambda: (None, None),
-    }
-    images_in, images_out = table_counts[stage]()
+    declared = STAGES[stage].counts
+    images_in, images_out = declared(out) if declared is not None else (None, None)
     return {"images_in": images_in, "images_out": images_out}
+
+
+TIMINGS_FILE = "timings.json"
+"""``OUT/timings.json``: per stage, the seconds and tasks of the run that did it (written by the orchestrator)."""
+
+
+def timings(out: Location) -> dict[str, dict]:
+    path = output.join(out, TIMINGS_FILE)
+    return json.loads(output.read_bytes(path)) if output.is_file(path) else {}
+
+
+def stage_records(out: Location, names: Iterable[str]) -> list[dict]:
+    """Per stage: images in and out (from the tables) and the seconds its tasks took when it ran."""
+    recorded = timings(out)
+    return [{"stage": name, **counts(out, name), **recorded.get(name, {"seconds": None, "tasks": 0})} for name in names]
+
+
+def _rows(out: Location, name: str, where: tuple[str, object] | None = None) -> int | None:
+    if not tables.done_parts(out, name):
+        return None
+    table = tables.read_table(out, name)
+    if where is None:
+        return len(table)
+    return int(pc.sum(pc.equal(table[where[0]], where[1])).as_py() or 0)
+
+
+def _ok_images(out: Location) -> int | None:
+    return _rows(out, "images", ("status", "ok"))
+
+
+def _kept(out: Location) -> int | None:
+    return _rows(out, "duplicates", ("kept", True))
+
+
+# -- the declarations: each stage's steps (:mod:`curate.steps`) ----------------------------------------------
+
+
+def partition_units(out: Location, config: PipelineConfig, previous: list) -> list[int]:
+    """The units of a per-partition step: the partitions of the lake listing."""
+    return partitions(out)
+
+
+def parts_done(table: str) -> Callable[[Location, PipelineConfig, list], dict[int, dict]]:
+    """The ``done`` of a per-partition step: partitions whose part of ``table`` exists (one listing)."""
+
+    def done(out: Location, config: PipelineConfig, units: list) -> dict[int, dict]:
+        return {unit: {} for unit in set(units) & tables.done_parts(out, table)}
+
+    return done
+
+
+@dataclass(frozen=True)
+class Whole:
+    """The step of a stage that is one function ``function(out, config)`` run once."""
+
+    function: Callable[[Location, PipelineConfig], dict]
+
+    def __call__(self, out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
+        return self.function(out, config)
+
+
+def ingest_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict[str, int]:
+    return ingest(out, unit, config)
+
+
+def embed_step(out: Location, config: PipelineConfig, unit: int, previous: list, *, shared: Embedder) -> dict[str, int]:
+    return embed(out, unit, config, shared)
+
+
+def embedder(config: PipelineConfig) -> Embedder:
+    """What every process running embed units loads once: the model."""
+    return load_embedder(config.embed)
+
+
+def plan_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
+    return {"shards": plan(out, config)}
+
+
+def planned_shards(out: Location, config: PipelineConfig, previous: list) -> range:
+    return range(previous[0]["shards"])
+
+
+def shard_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict:
+    return shard(out, unit, config)
+
+
+def index_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
+    return finish_shards(out, sorted(previous, key=lambda info: info["name"]))
+
+
+def report_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
+    return report(out, config, stage_records(out, ORDER[:-1]))
+
+
+def dedup_announcement(out: Location, config: PipelineConfig) -> str:
+    """Which duplicate rule the dedup stage applies, and why when ``auto`` chose it."""
+    pool = pool_size(out)
+    rule = dedup_rule(config, pool)
+    why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
+           f"{config.dedup.local_max_images:,})") if config.dedup.descriptor == "auto" else ""
+    described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
+    return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}"
+
+
+def _report_written(out: Location) -> bool:
+    return output.is_file(output.join(out, *STAGES["report"].files[0].split("/")))  # report.json is written last
+
+
+STAGES: dict[str, Stage] = {
+    stage.name: stage
+    for stage in (
+        Stage("ingest", ("files",), "images", True, "decode, hash and describe every file",
+              steps=(Step("ingest", ingest_step, partition_units, parts_done("images")),),
+              unit_files=(_part("images"),),
+              files=("tables/files/part-*.parquet", "tables/files/.listing/unit-*.parquet",
+                     "fetched/part-*.parquet"),  # the web images' bytes, kept once per run (curate.fetched)
+              counts=lambda out: (_rows(out, "files"), _ok_images(out))),
+        Stage("embed", ("images",), "embeddings", True, "one vector per readable image",
+              steps=(Step("embed", embed_step, partition_units, parts_done("embeddings"), {"GPU": 1}, embedder),),
+              unit_files=(_part("embeddings", ".npy"), _part("embeddings")),
+              counts=lambda out: (_ok_images(out), _rows(out, "embeddings"))),
+        Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
+              steps=(Step("dedup", Whole(dedup)),),
+              unit_files=(_part("duplicates"),), caches=("copydetect/part-*.npz",),
+              counts=lambda out: (_rows(out, "duplicates"), _kept(out)), announce=dedup_announcement),
+        Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",
+              steps=(Step("cluster", Whole(cluster)),),
+              unit_files=(_part("clusters"),),
+              counts=lambda out: (_kept(out), _rows(out, "clusters"))),
+        Stage("sample", ("clusters", "embeddings"), "selection", False, "retrieval or balanced sampling",
+              steps=(Step("sample", Whole(sample)),),
+              unit_files=(_part("selection"),),
+              counts=lambda out: (_rows(out, "clusters"), _rows(out, "selection"))),
+        Stage("shard", ("selection", "images", "duplicates"), "shards", False, "webdataset shards of the selection",
+              steps=(Step("plan", plan_step), Step("shard", shard_step, planned_shards), Step("index", index_step)),
+              unit_files=("shards/shard-{unit:06d}.tar",),
+              files=("shards/.plan.json", "shards/index.json", "tables/shards/part-*.parquet"),
+              counts=lambda out: (_rows(out, "selection"), _rows(out, "shards"))),
+        Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html",
+              steps=(Step("report", report_step),),
+              files=("report/report.json", "report/report.html", "report/cluster_sizes.png",  # report.json first
+                     "report/duplicate_groups.png", "report/cluster_members.png"),
+              complete=_report_written),
+    )
+}
+ORDER: tuple[str, ...] = tuple(STAGES)

@@ -43,11 +43,15 @@ def write_array(out: str | Path | RemotePath, name: str, partition: int, array: 
 
 
 def read_array(out: str | Path | RemotePath, name: str, partition: int, mmap: bool = True) -> np.ndarray:
-    """The ``.npy`` matrix of part ``partition``: memory-mapped locally, read into memory from a store."""
+    """The ``.npy`` matrix of part ``partition``: memory-mapped locally, read into memory from a store (never
+    with pickles: :class:`SchemaError` for anything but a plain array)."""
     path = part_path(out, name, partition, ".npy")
-    if isinstance(path, RemotePath):
-        return np.load(output.readable(path))
-    return np.load(path, mmap_mode="r" if mmap else None)
+    try:
+        if isinstance(path, RemotePath):
+            return np.load(output.readable(path), allow_pickle=False)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, EOFError) as error:  # never unpickled: an array of Python objects is refused
+        raise SchemaError(f"{path}: not a plain array ({error})") from None
 
 
 def done_parts(out: str | Path | RemotePath, name: str) -> set[int]:
@@ -67,7 +71,7 @@ def read_table(out: str | Path | RemotePath, name: str) -> pa.Table:
     if not paths:
         raise SchemaError(f"{directory}: no '{name}' table yet; run the stage that writes it")
     parts = [validate(_read(path), name, str(path)) for path in paths]
-    return pa.concat_tables(parts)
+    return pa.concat_tables(parts).unify_dictionaries()  # one dictionary per column: group_by needs it
 
 
 def _read(path: Location) -> pa.Table:

@@ -1,7 +1,8 @@
 """Where and how the curation stages run: Dask clusters, task sets per stage, resume, progress, the CLI.
 
-``curate/`` holds the stage logic as plain functions; this package submits them as Dask tasks
-(:mod:`pipelines.run`), connects to or starts a cluster (:mod:`pipelines.cluster`), loads the embedding
-model once per worker (:mod:`pipelines.plugins`), records what a run is (:mod:`pipelines.state`) and
-shows progress (:mod:`pipelines.progress`). Named configs live in ``pipelines/configs/``.
+``curate/`` holds the stage logic as plain functions and declares each stage's steps; this package runs
+them: one entry (:func:`pipelines.run.run_curation`), one dispatcher that runs any stage's steps as Dask
+tasks or in a loop and loads what a step shares (the embedding model) once per worker
+(:mod:`pipelines.dispatch`), a cluster to run them on (:mod:`pipelines.cluster`), what a run is
+(:mod:`pipelines.state`) and progress (:mod:`pipelines.progress`). Named configs live in ``pipelines/configs/``.
 """

@@ -17,17 +17,17 @@ from curate.lake import ImageSet, LakeError, files_table, name_sets
 from curate.lakes import listing as lake_listing
 from curate.output import Location
 from pipelines import pretrain_stage
-from pipelines.cluster import ClusterError, connect
+from pipelines.cluster import ClusterError
 from pipelines.copy_detector_cli import train_copy_detector
-from pipelines.run import Pipeline, write_listing
-from pipelines.state import RunError, check, prepare, recorded_sets, status
+from pipelines.dispatch import dask_executor
+from pipelines.named_configs import DEFAULT_CONFIG, named_configs, resolve_config
+from pipelines.run import run_curation
+from pipelines.state import RunError, check, recorded_sets, status
 from pretrain.checkpoints.safe_io import CheckpointError
 from schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
 from schemas.storage import StorageOptionError, parse_storage_options
 from schemas.tables import SchemaError
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DEFAULT_CONFIG = "lvd"
 USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, StorageOptionError, CheckpointError)
 
 app = typer.Typer(
@@ -36,21 +36,6 @@ app = typer.Typer(
          "report — as Dask tasks that write webdataset shards.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
-
-
-def named_configs() -> list[str]:
-    return sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
-
-
-def resolve_config(name_or_path: str) -> Path:
-    """A named config (``pipelines/configs/NAME.yaml``) or a YAML file."""
-    named = CONFIG_DIR / f"{name_or_path}.yaml"
-    if named.is_file():
-        return named
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise ConfigError(f"no config {name_or_path!r}: give a YAML file or one of {', '.join(named_configs())}")
-    return path
 
 
 Lakes = Annotated[Optional[list[str]], typer.Option("--lake", help="pool to curate: a folder (recursive) or a glob, an fsspec URL prefix (s3://bucket/lake/), tar files (shards/*.tar) or parquet files; repeatable")]
@@ -69,6 +54,7 @@ ClusterKind = Annotated[str, typer.Option("--cluster", help="where workers run w
 PretrainPreset = Annotated[Optional[str], typer.Option("--pretrain", metavar="PRESET", help="after the report, pretrain on OUT/shards with this preset (pretrain train --preset; e.g. fmnist-tiny) into OUT/pretrain, as its own process, resumed by a rerun")]
 PretrainArgs = Annotated[Optional[list[str]], typer.Option("--pretrain-arg", metavar="KEY=VALUE", help="pretraining override for --pretrain, e.g. optim.epochs=2 or run.num_workers=2; repeatable")]
 PretrainOut = Annotated[Optional[Path], typer.Option("--pretrain-out", help="with --pretrain: the trainer's local output folder (default OUT/pretrain; needed when --out is a URL)")]
+Verify = Annotated[bool, typer.Option("--verify", help="also read every recorded output and compare its MD5 digest (a rerun always finds missing and truncated ones)")]
 PretrainNproc = Annotated[int, typer.Option("--pretrain-nproc", min=1, help="with --pretrain: processes (>1 runs torchrun --standalone --nproc-per-node N)")]
 
 
@@ -137,8 +123,10 @@ def check_embedder(config: PipelineConfig) -> None:
 
 
 def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler, workers, embedder, config_name,
-            performance_report, memory_limit, overrides, storage_options=None, cluster: str = "local") -> Location:
-    """Run the stages up to ``until``; returns where the run's output is."""
+            performance_report, memory_limit, overrides, storage_options=None, cluster: str = "local",
+            verify: bool = False) -> Location:
+    """Run the stages up to ``until`` holding ``OUT``'s lock (damaged outputs redone first); returns where
+    the run's output is."""
     console = Console(highlight=False)
     try:
         extra = list(overrides or []) + ([f"embed.embedder={embedder}"] if embedder else [])
@@ -152,19 +140,12 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
         sets = _sets(out, lakes or [], curated or [], evals or [])
         here = all(lake_listing.listed_by_client(image_set) for image_set in sets)  # else listed by tasks
         listing = (files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
-                   if check(out, sets) is None and here else None)
-        with connect(scheduler, workers, memory_limit, cluster=cluster, slurm=config.slurm) as client:
-            if client.dashboard_link and "None" not in client.dashboard_link:
-                console.print(f"dask dashboard: {client.dashboard_link}")
-            redo = prepare(out, sets, config)
-            if redo:
-                console.print(f"config changed: redoing {', '.join(redo)}")
-            if listing is not None:
-                write_listing(out, sets, config, listing)
-            pipeline = Pipeline(client, out, config, console)
-            records = pipeline.run(sets, until=until, report_file=performance_report,
-                                   after_stage=lambda name: _check_curated(out, sets, config.ingest.min_side)
-                                   if name == "ingest" else None)
+                   if check(out, sets) is None and here else None)  # a bad local lake fails before the cluster starts
+        executor = dask_executor(console, scheduler, workers, memory_limit, cluster, config.slurm, performance_report)
+        records = run_curation(out, sets, config, executor, console, until=until, holder=f"curate {command} --out {out}",
+                               listing=listing, verify=verify,
+                               after_stage=lambda name: _check_curated(out, sets, config.ingest.min_side)
+                               if name == "ingest" else None)
     except USER_ERRORS as error:
         _fail(command, error)
     _print_records(console, records)
@@ -193,10 +174,10 @@ def _stage_command(stage: str, help_text: str):
         out: Out, lake: Lakes = None, curated: Curated = None, eval_: Evals = None, scheduler: Scheduler = None,
         workers: Workers = None, embedder: Embedder = None, config: ConfigOption = DEFAULT_CONFIG,
         performance_report: PerfReport = None, memory_limit: MemoryLimit = None, overrides: Overrides = None,
-        storage_option: StorageOptions = None, cluster: ClusterKind = "local",
+        storage_option: StorageOptions = None, cluster: ClusterKind = "local", verify: Verify = False,
     ) -> None:
         execute(stage, stage, lake, curated, eval_, out, scheduler, workers, embedder, config, performance_report,
-                memory_limit, overrides, storage_option, cluster)
+                memory_limit, overrides, storage_option, cluster, verify)
 
     command.__doc__ = help_text
     return command
@@ -214,6 +195,7 @@ def run(
     performance_report: PerfReport = None, memory_limit: MemoryLimit = None, overrides: Overrides = None,
     pretrain: PretrainPreset = None, pretrain_arg: PretrainArgs = None, pretrain_nproc: PretrainNproc = 1,
     storage_option: StorageOptions = None, cluster: ClusterKind = "local", pretrain_out: PretrainOut = None,
+    verify: Verify = False,
 ) -> None:
     """The whole pipeline: ingest, embed, dedup, cluster, sample, shard, report (then, with --pretrain, the
     trainer on the new shards). A rerun on the same --out resumes."""
@@ -224,7 +206,7 @@ def run(
         except pretrain_stage.PretrainStageError as error:
             _fail("run", error)
     where = execute("run", "report", lake, curated, eval_, out, scheduler, workers, embedder, config,
-                    performance_report, memory_limit, overrides, storage_option, cluster)
+                    performance_report, memory_limit, overrides, storage_option, cluster, verify)
     if pretrain is not None:
         trainer_out = pretrain_out.expanduser().resolve() if pretrain_out is not None else None
         command = pretrain_stage.pretrain_command(where, pretrain, pretrain_arg or [], pretrain_nproc,
@@ -273,13 +255,15 @@ def demo_command(
 
 @app.command("status")
 def status_command(out: Annotated[str, typer.Argument(help="the output folder (or URL prefix) of a run")],
-                   storage_option: StorageOptions = None) -> None:
-    """What is done and what is left in a run's output folder."""
+                   storage_option: StorageOptions = None,
+                   verify: Annotated[bool, typer.Option("--verify", help="also read every recorded output and compare its MD5 digest; exit code 1 when a unit is damaged")] = False) -> None:
+    """What is done and what is left in a run's output folder, and which units are damaged (a recorded
+    output missing or of another size; with --verify, of another digest)."""
     console = Console(highlight=False)
     try:
         out = output.location(out, parse_storage_options(storage_option or []))
         sets = recorded_sets(out)
-        rows = status(out)
+        rows = status(out, deep=verify)
     except USER_ERRORS as error:
         _fail("status", error)
     for image_set in sets:
@@ -290,7 +274,13 @@ def status_command(out: Annotated[str, typer.Argument(help="the output folder (o
     for row in rows:
         table.add_row(row["stage"], row["state"], row["detail"])
     console.print(table)
-
+    problems = [f"{row['stage']} {problem}" for row in rows for problem in row["problems"]]
+    for problem in problems:
+        console.print(f"damaged: {problem}", soft_wrap=True)
+    if problems:
+        console.print("a rerun of curate run on this --out redoes the damaged units and what depends on them")
+        if verify:
+            raise typer.Exit(1)
 
 
 app.command("train-copy-detector")(train_copy_detector)

@@ -21,11 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from curate.lake import name_sets
-from pipelines.cli import resolve_config
-from pipelines.cluster import connect
 from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake, curation_quality
-from pipelines.run import Pipeline, write_listing
-from pipelines.state import prepare
+from pipelines.dispatch import dask_executor
+from pipelines.named_configs import resolve_config
+from pipelines.run import run_curation
 from schemas.config import load_config
 
 CURATION = [
@@ -66,10 +65,8 @@ def curate_demo_lake(lake: DemoLake, out: Path, workers: int | None, console: Co
     taken: set[str] = set()
     sets = (name_sets([str(lake.pool)], "pool", taken) + name_sets([str(lake.seeds)], "curated", taken)
             + name_sets([str(lake.evaluation)], "eval", taken))
-    with connect(workers=workers) as client:
-        prepare(out, sets, config)
-        write_listing(out, sets, config)
-        records = Pipeline(client, out, config, console).run(sets)
+    records = run_curation(out, sets, config, dask_executor(console, workers=workers), console,
+                           holder=f"curate demo --out {out}")
     return records, curation_quality(lake, out)
 
 

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from curate.lake import ImageSet
 from curate.lakes import LakeError, listing
+from curate.output import Location
+from schemas.config import PipelineConfig
 
 
-def _in_order(pipeline, futures: list, label: str) -> list:
-    """The results of ``futures`` in submission order (the progress shows them as they finish); the first
-    :class:`LakeError` a task returned is raised here, on the client."""
-    pipeline._gather(futures, label)
-    results = [future.result() for future in futures]
+def _checked(results: list) -> list:
+    """``results`` as they are; the first :class:`LakeError` a task returned is raised here, on the client."""
     for result in results:
         if isinstance(result, LakeError):
             raise result
@@ -30,22 +29,19 @@ def _user_errors_returned(function, *args):
         return error
 
 
-def list_lake(pipeline, sets: list[ImageSet]) -> int:
-    """Write the ``files`` table of ``sets`` through ``pipeline``'s client; returns the number of partitions."""
-    config, out = pipeline.config, pipeline.out
-    split = [pipeline._submit(f"list-split-{i:04d}", _user_errors_returned, listing.units, image_set, config)
-             for i, image_set in enumerate(sets)]
-    per_set = _in_order(pipeline, split, f"listing: split {len(sets)} sets")
+def list_lake(executor, out: Location, sets: list[ImageSet], config: PipelineConfig) -> int:
+    """Write the ``files`` table of ``sets`` through ``executor`` (:mod:`pipelines.dispatch`); returns the
+    number of partitions."""
+    per_set = _checked(executor.map(f"listing: split {len(sets)} sets", _user_errors_returned,
+                                    [(listing.units, image_set, config) for image_set in sets]))
     units = [unit for found in per_set for unit in found]
     owners = [index for index, found in enumerate(per_set) for _ in found]
-    listed = [pipeline._submit(f"list-unit-{n:06d}", _user_errors_returned, listing.list_unit, out, n, unit, config)
-              for n, unit in enumerate(units)]
-    counts = _in_order(pipeline, listed, f"listing: {len(units)} units")
+    counts = _checked(executor.map(f"listing: {len(units)} units", _user_errors_returned,
+                                   [(listing.list_unit, out, n, unit, config) for n, unit in enumerate(units)]))
     listing.check_counts(sets, owners, counts)
     size = config.ingest.partition_size
     firsts = listing.first_partitions(counts, size)
-    published = [pipeline._submit(f"list-publish-{n:06d}", listing.publish_unit, out, n, unit, firsts[n], size)
-                 for n, unit in enumerate(units)]
-    total = sum(pipeline._gather(published, "listing: files table"))
+    total = sum(executor.map("listing: files table", listing.publish_unit,
+                             [(out, n, unit, firsts[n], size) for n, unit in enumerate(units)]))
     listing.finish(out)
     return total

@@ -1,166 +1,107 @@
-"""Run the stages as Dask tasks over one output folder, skipping what is done, recording what each took.
+"""``run_curation``: the one entry that runs the curation stages over an output folder, on any executor.
 
-Per-partition stages submit one task per pending partition; global stages one task; the shard stage a
-planning task, one task per shard, then the index. Every task writes its outputs under deterministic
-names (temporary name, then rename; one put on an object store), so a task rescheduled after a worker
-died, or a rerun after the client was killed, produces the same files as an uninterrupted run. The
-output folder may be an object-store prefix (:class:`curate.output.RemotePath`): it travels in every
-task's arguments with its storage options::
+It takes ``OUT``'s lock, records the run (a changed config redoes its stage and what follows; damaged
+outputs are removed to be redone), lists the lake, then runs each stage up to ``until`` through the one
+dispatcher (:mod:`pipelines.dispatch`), skipping stages that are done and recording the seconds each took
+in ``OUT/timings.json``. The CLI, the demo and the benchmarks all call it::
 
-    with connect(workers=2) as client:
-        Pipeline(client, out, config, console).run(until="report")
+    records = run_curation(out, sets, config, dask_executor(console, workers=2), console)
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable
-from contextlib import nullcontext
-from pathlib import Path
+from contextlib import AbstractContextManager
 
 import pyarrow as pa
-from distributed import Client, performance_report
 from rich.console import Console
 
 from curate import output, stages, tables
 from curate.lake import ImageSet, files_table
 from curate.lakes import listing as lake_listing
 from curate.output import Location
-from pipelines import tasks
-from pipelines.cluster import worker_has_gpu
+from pipelines.dispatch import Executor, run_stage
 from pipelines.listing import list_lake
-from pipelines.plugins import PLUGIN_NAME, EmbedderPlugin
-from pipelines.progress import track
+from pipelines.lock import OutputLock
+from pipelines.state import prepare, relisted, repair
 from schemas.config import PipelineConfig
 
-TIMINGS_FILE = "timings.json"
-TASK_RETRIES = 1
-"""Retries of a task that raised (a worker that died is rescheduled by the scheduler on its own)."""
+TIMINGS_FILE = stages.TIMINGS_FILE
 
 
 def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None,
-                  pipeline: Pipeline | None = None) -> int:
-    """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists.
+                  executor: Executor | None = None) -> int:
+    """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists whole.
+
+    A listing whose recorded parts are not all there (a damaged part was removed) is listed again: the
+    partitions whose part changed are redone (:func:`pipelines.state.relisted`).
 
     Local folder sets are listed here; any other set (URLs, tar files, parquet files) is listed by tasks
-    of ``pipeline`` (:mod:`pipelines.listing`). Returns the number of partitions.
+    of ``executor`` (:mod:`pipelines.listing`). Returns the number of partitions.
     """
     done = tables.done_parts(out, "files")
-    if done and not lake_listing.in_progress(out):
+    before = stages.listing_record(out) if done else None  # a listing with damaged parts is listed again
+    if done and not lake_listing.in_progress(out) and {stages.part_number(name) for name in before or {}} <= done:
         return len(done)
     if listing is None and not all(lake_listing.listed_by_client(image_set) for image_set in sets):
-        if pipeline is None:
-            raise ValueError("listing URLs, tar or parquet lakes needs a pipeline to run its tasks")
-        return list_lake(pipeline, sets)
+        if executor is None:
+            raise ValueError("listing URLs, tar or parquet lakes needs an executor to run its tasks")
+        count = list_lake(executor, out, sets, config)
+        relisted(out, before)
+        return count
     if listing is None:
         listing = files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
     partition = listing.column("partition").to_numpy()
     parts = sorted(set(partition.tolist()))
     for number in parts:
         tables.write_part(out, "files", number, listing.filter(partition == number))
+    relisted(out, before)
     return len(parts)
 
 
-def _load_stage_code() -> None:
-    import curate.stages  # noqa: F401  (torch, faiss and pyarrow come with it)
+def run_curation(out: Location, sets: list[ImageSet], config: PipelineConfig,
+                 executor: AbstractContextManager[Executor], console: Console, until: str = "report", holder: str = "curate", listing: pa.Table | None = None,
+                 verify: bool = False, after_stage: Callable[[str], None] | None = None) -> list[dict]:
+    """Run every stage up to ``until`` over ``out`` holding its lock (``holder`` names this run to another
+    one); returns one record per stage (images in/out, seconds, tasks). ``executor`` is entered once the
+    lock is held (a cluster starts only for a run that may write ``OUT``):
+    :func:`pipelines.dispatch.dask_executor`, or ``nullcontext(LoopExecutor())``.
+
+    ``listing`` is the ``files`` table when the caller listed the lake already; ``verify`` also compares
+    the digests of the recorded outputs; ``after_stage(name)`` is called when a stage is complete.
+    """
+    with OutputLock(out, holder), executor as running:
+        redo = prepare(out, sets, config)
+        if redo:
+            console.print(f"config changed: redoing {', '.join(redo)}", highlight=False)
+        for line in repair(out, deep=verify):
+            console.print(f"damaged, redoing it and what depends on it: {line}", highlight=False)
+        names = stages.ORDER[: stages.ORDER.index(until) + 1]
+        for name in names:
+            start = time.perf_counter()
+            if name == "ingest":
+                write_listing(out, sets, config, listing, running)
+            ran = _run(running, out, config, stages.STAGES[name], console)
+            if ran:
+                _record_time(out, name, time.perf_counter() - start, ran)
+            if after_stage is not None:
+                after_stage(name)
+        return stages.stage_records(out, names)
 
 
-class Pipeline:
-    """The stages of one run over ``out``, submitted to ``client``."""
+def _run(executor: Executor, out: Location, config: PipelineConfig, stage: stages.Stage, console: Console) -> int:
+    """Run what is left of ``stage``; returns the number of tasks run (0: already done)."""
+    if stage.name != "report" and stages.is_done(out, stage.name):  # the report is always written again
+        console.print(f"{stage.name}: done already, skipped", highlight=False)
+        return 0
+    if stage.announce is not None and (line := stage.announce(out, config)):
+        console.print(line, highlight=False)
+    return run_stage(executor, out, config, stage)
 
-    def __init__(self, client: Client, out: Location, config: PipelineConfig, console: Console) -> None:
-        self.client, self.out, self.config, self.console = client, out, config, console
-        self.run_id = uuid.uuid4().hex[:8]
-        client.run(_load_stage_code)  # part of starting the workers, not of the first stage's time
 
-    def run(self, sets: list[ImageSet], until: str = "report", report_file: Path | None = None,
-            after_stage: Callable[[str], None] | None = None) -> list[dict]:
-        """Run every stage up to ``until``; returns one record per stage (images in/out, seconds).
-
-        ``after_stage(name)`` is called when a stage is complete (e.g. to check its output).
-        """
-        last = stages.ORDER.index(until)
-        with performance_report(filename=str(report_file)) if report_file else nullcontext():
-            for name in stages.ORDER[: last + 1]:
-                start = time.perf_counter()
-                if name == "ingest":
-                    write_listing(self.out, sets, self.config, pipeline=self)
-                ran = self._run_stage(name)
-                if ran:
-                    self._record_time(name, time.perf_counter() - start, ran)
-                if after_stage is not None:
-                    after_stage(name)
-        return self.records(stages.ORDER[: last + 1])
-
-    def _run_stage(self, name: str) -> int:
-        """Submit what is left of stage ``name``; returns the number of tasks run (0: already done)."""
-        if name != "report" and stages.is_done(self.out, name):
-            self.console.print(f"{name}: done already, skipped", highlight=False)
-            return 0
-        if name == "ingest":
-            return self._per_partition(name, stages.ingest)
-        if name == "embed":
-            self.client.register_plugin(EmbedderPlugin(self.config.embed), name=PLUGIN_NAME)
-            resources = {"GPU": 1} if worker_has_gpu(self.client) else None
-            return self._per_partition(name, tasks.embed, resources)
-        if name == "shard":
-            return self._shards()
-        if name == "report":
-            records = self.records(stages.ORDER[:-1])
-            self._gather([self._submit("report", stages.report, self.out, self.config, records)], "report")
-            return 1
-        if name == "dedup":
-            self._say_dedup_rule()
-        function = {"dedup": stages.dedup, "cluster": stages.cluster, "sample": stages.sample}[name]
-        self._gather([self._submit(name, function, self.out, self.config)], name)
-        return 1
-
-    def _say_dedup_rule(self) -> None:
-        pool = stages.pool_size(self.out)
-        rule = stages.dedup_rule(self.config, pool)
-        why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
-               f"{self.config.dedup.local_max_images:,})") if self.config.dedup.descriptor == "auto" else ""
-        described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
-        self.console.print(f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}", highlight=False)
-
-    def _submit(self, label: str, function, *args, resources: dict | None = None):
-        return self.client.submit(function, *args, key=f"{label}-{self.run_id}-{uuid.uuid4().hex[:6]}",
-                                  pure=False, retries=TASK_RETRIES, resources=resources)
-
-    def _gather(self, futures: list, label: str) -> list:
-        results = []
-        for future in track(futures, label, self.console):
-            results.append(future.result())
-        return results
-
-    def _per_partition(self, name: str, function, resources: dict | None = None) -> int:
-        todo = stages.pending(self.out, name)
-        futures = [self._submit(f"{name}-{p:05d}", function, self.out, p, self.config, resources=resources) for p in todo]
-        self._gather(futures, f"{name} ({len(todo)} partitions)")
-        return len(todo)
-
-    def _shards(self) -> int:
-        [count] = self._gather([self._submit("shard-plan", stages.plan, self.out, self.config)], "shard plan")
-        futures = [self._submit(f"shard-{n:06d}", stages.shard, self.out, n, self.config) for n in range(count)]
-        infos = sorted(self._gather(futures, f"shard ({count} shards)"), key=lambda info: info["name"])
-        self._gather([self._submit("shard-index", stages.finish_shards, self.out, infos)], "shard index")
-        return count + 2
-
-    def _record_time(self, name: str, seconds: float, task_count: int) -> None:
-        timings = self._timings()
-        timings[name] = {"seconds": round(seconds, 3), "tasks": task_count}
-        output.write_bytes(self.out / TIMINGS_FILE, json.dumps(timings, indent=1, sort_keys=True).encode())
-
-    def _timings(self) -> dict:
-        path = self.out / TIMINGS_FILE
-        return json.loads(output.read_bytes(path)) if output.is_file(path) else {}
-
-    def records(self, names) -> list[dict]:
-        """Per stage: images in and out (from the tables) and the seconds its tasks took when it ran."""
-        timings = self._timings()
-        return [
-            {"stage": name, **stages.counts(self.out, name), **timings.get(name, {"seconds": None, "tasks": 0})}
-            for name in names
-        ]
+def _record_time(out: Location, name: str, seconds: float, task_count: int) -> None:
+    timings = stages.timings(out)
+    timings[name] = {"seconds": round(seconds, 3), "tasks": task_count}
+    output.write_bytes(output.join(out, TIMINGS_FILE), json.dumps(timings, indent=1, sort_keys=True).encode())

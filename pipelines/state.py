@@ -2,19 +2,25 @@
 
 A rerun with the same sets resumes; a changed config section redoes its stage and every stage after
 it; other sets, or an ``OUT`` holding tables of no recorded run, are refused so nothing is written over.
-``OUT`` is a local folder or an object-store prefix (:mod:`curate.output`); ``run.json`` records the
-config with storage-option secrets redacted.
+Sets are recorded and compared by their resolved location (an absolute path or a full URL). A damaged
+unit (a recorded output missing, truncated or overwritten: :mod:`curate.manifest`) is redone with
+everything that depends on it. Only what the stages declare they write (:class:`curate.stages.Stage`) is
+ever removed. ``OUT`` is a local folder or an object-store prefix (:mod:`curate.output`); ``run.json``
+records the config with storage-option secrets redacted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
+from pathlib import Path
 
-from curate import output, stages, tables
+from curate import manifest, output, stages, tables
 from curate.lake import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
+from schemas.tables import utc_now
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "dinolab-curate-run"
@@ -24,16 +30,11 @@ class RunError(ValueError):
     """An output folder that this run must not use or resume."""
 
 
-def stage_paths(out: Location, stage: str) -> list[Location]:
-    """Everything a stage writes (the ingest stage also owns the lake listing)."""
-    if stage == "report":
-        return [out / "report"]
-    paths = [tables.table_dir(out, stages.STAGES[stage].writes)]
-    if stage == "ingest":
-        paths.append(tables.table_dir(out, "files"))
-    if stage == "shard":
-        paths.append(out / stages.SHARD_DIR)
-    return paths
+def remove_outputs(out: Location, stage: str, caches: bool = True) -> None:
+    """Delete everything ``stage`` declares it writes (its caches too unless ``caches`` is false) and its records."""
+    for pattern in stages.output_patterns(stage, caches):
+        output.remove_matching(out, pattern)
+    manifest.forget(out, stage)
 
 
 def read_run(out: Location) -> dict | None:
@@ -58,7 +59,7 @@ def check(out: Location, sets: list[ImageSet]) -> dict | None:
         if output.exists(out / "tables"):
             raise RunError(f"{out} holds tables of another run (no {RUN_FILE}); choose a new --out")
         return None
-    if run["sets"] != [asdict(s) for s in sets]:
+    if [_resolved(s) for s in run["sets"]] != [_resolved(asdict(s)) for s in sets]:
         described = ", ".join(f"{s['role']} {s['uri']}" for s in run["sets"])
         raise RunError(f"{out} holds another run (its sets: {described}); choose a new --out")
     return run
@@ -77,14 +78,103 @@ def prepare(out: Location, sets: list[ImageSet], config: PipelineConfig) -> list
     changed = [stage for stage in stages.ORDER if old.get(stage) != new.get(stage)]
     redo = list(stages.ORDER[stages.ORDER.index(changed[0]):]) if changed else []
     for stage in redo:
-        for path in stage_paths(out, stage):
-            output.remove_tree(path)
-    _write(out, wanted, config)
+        remove_outputs(out, stage, caches=stage != redo[0])  # a stage's caches depend on earlier stages alone
+    _write(out, wanted, config, run.get("created_at"))
     return redo
 
 
-def _write(out: Location, sets: list[dict], config: PipelineConfig) -> None:
-    record = {"format": RUN_FORMAT, "version": 1, "sets": sets, "config": config.to_dict()}
+def _resolved(recorded: dict) -> dict:
+    """A recorded set with its location resolved: records written before locations were resolved hold
+    paths relative to the folder the run was started from, read (as then) against the current one."""
+    uri = recorded["uri"]
+    if "://" in uri or os.path.isabs(uri):
+        return recorded
+    return {**recorded, "uri": str(Path(uri).expanduser().resolve())}
+
+
+def damage(out: Location, deep: bool = False) -> dict[str, dict[str, dict[str, str]]]:
+    """Per stage, its damaged units (:func:`curate.manifest.damaged`); ``deep`` also compares digests."""
+    return {stage: found for stage in stages.ORDER if (found := manifest.damaged(out, stage, deep))}
+
+
+def repair(out: Location, deep: bool = False) -> list[str]:
+    """Remove every damaged unit and what depends on it so that a run redoes them; returns one line each.
+
+    A damaged partition of a per-partition stage is redone in that stage and the per-partition stages
+    after it, then every global stage; a damaged ``files`` part is listed again (:func:`relisted`) and its
+    partition redone; a damaged shard (or the shard index) is redone with the index and the report; a
+    damaged global stage with the stages after it. Caches stay: each part records the rows it was built
+    from (:mod:`curate.copydetect.features`).
+    """
+    found = damage(out, deep)
+    if not found:
+        return []
+    redo_from = len(stages.ORDER)
+    partitions: set[int] = set()
+    for stage, units in found.items():
+        position = stages.ORDER.index(stage)
+        if stage == "ingest" and stages.LISTING_UNIT in units:
+            lost = {stages.part_number(name) for name in units[stages.LISTING_UNIT]}
+            if None in lost:  # not a files part: the record itself is unreadable
+                redo_from = 0
+                continue
+            for number in lost:
+                output.remove(tables.part_path(out, "files", number))
+            partitions |= lost
+            position = 0
+        if stages.STAGES[stage].per_partition:
+            partitions |= {int(unit.split("-")[1]) for unit in units if unit.startswith("part-")}
+            for later in stages.ORDER[position:]:
+                if stages.STAGES[later].per_partition:
+                    _remove_units(out, later, sorted(partitions))
+            redo_from = min(redo_from, stages.ORDER.index("dedup"))
+        elif stage == "shard":
+            _remove_units(out, stage, [int(unit.split("-")[1]) for unit in units if unit.startswith("shard-")])
+            for pattern in stages.STAGES[stage].files:  # the index, the shards table, a plan
+                output.remove_matching(out, pattern)
+            manifest.forget(out, stage, [stages.INDEX_UNIT])
+            redo_from = min(redo_from, position + 1)
+        else:
+            redo_from = min(redo_from, position)
+    for stage in stages.ORDER[redo_from:]:
+        remove_outputs(out, stage, caches=False)
+    return [f"{stage} {unit}: {'; '.join(f'{name}: {problem}' for name, problem in problems.items())}"
+            for stage, units in found.items() for unit, problems in units.items()]
+
+
+def relisted(out: Location, before: dict[str, dict] | None) -> None:
+    """After the lake was listed again over a listing recorded as ``before``: redo the partitions whose
+    ``files`` part changed (all of them when the lake changed since), and record the new listing."""
+    stages.record_listing(out)
+    after = stages.listing_record(out) or {}
+    if before is None:
+        return
+    changed = {stages.part_number(name) for name in set(before) | set(after) if before.get(name) != after.get(name)}
+    for number in sorted(changed - {None}):
+        if tables.part_path(out, "files", number).name not in {Path(name).name for name in after}:
+            output.remove(tables.part_path(out, "files", number))  # a partition the lake no longer has
+    if changed:
+        for stage in stages.ORDER:
+            if stages.STAGES[stage].per_partition:
+                _remove_units(out, stage, sorted(changed - {None}))
+            else:
+                remove_outputs(out, stage, caches=False)
+        stages.record_listing(out)
+
+
+def _remove_units(out: Location, stage: str, units: list[int]) -> None:
+    """Delete the declared files of ``units`` (partition or shard numbers) of ``stage`` and their records."""
+    for unit in units:
+        for path in stages.unit_paths(out, stage, unit):
+            output.remove(path)
+    manifest.forget(out, stage, [stages.unit_name(stage, unit) for unit in units])
+
+
+def _write(out: Location, sets: list[dict], config: PipelineConfig, created_at: str | None = None) -> None:
+    """Record the run; ``created_at`` (ISO 8601, UTC) is kept from the first run, ``updated_at`` is now."""
+    now = utc_now().isoformat()
+    record = {"format": RUN_FORMAT, "version": 1, "sets": sets, "config": config.to_dict(),
+              "created_at": created_at or now, "updated_at": now}
     output.write_bytes(out / RUN_FILE, json.dumps(record, indent=1, sort_keys=True).encode())
 
 
@@ -95,18 +185,24 @@ def recorded_sets(out: Location) -> list[ImageSet]:
     return [ImageSet(**s) for s in run["sets"]]
 
 
-def status(out: Location) -> list[dict]:
-    """Per stage: ``done``, ``partial`` (with partitions done / total) or ``pending``."""
+def status(out: Location, deep: bool = False) -> list[dict]:
+    """Per stage: ``done``, ``partial`` (with partitions done / total), ``pending`` or ``damaged`` (with the
+    damaged units; missing files and sizes always, digests with ``deep``)."""
     rows = []
     total = len(stages.partitions(out))
+    found = damage(out, deep)
     for name in stages.ORDER:
         stage = stages.STAGES[name]
-        if stages.is_done(out, name):
+        if name in found:
+            state, detail = "damaged", ", ".join(sorted(found[name]))
+        elif stages.is_done(out, name):
             state, detail = "done", ""
         elif stage.per_partition and total:
             done = total - len(stages.pending(out, name))
             state, detail = ("partial" if done else "pending"), f"{done}/{total} partitions"
         else:
             state, detail = "pending", ""
-        rows.append({"stage": name, "state": state, "detail": detail})
+        rows.append({"stage": name, "state": state, "detail": detail,
+                     "problems": [f"{unit}: {path}: {problem}" for unit, problems in found.get(name, {}).items()
+                                  for path, problem in problems.items()]})
     return rows

@@ -94,7 +94,7 @@ def test_memory_objects_appear_whole():
 
 def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages():
     from curate.lake import ImageSet
-    from pipelines.cli import CONFIG_DIR
+    from pipelines.named_configs import CONFIG_DIR
     from pipelines.state import RunError, check, prepare, read_run
     from schemas.config import load_config
 
@@ -113,3 +113,32 @@ def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages(
     with pytest.raises(RunError, match="holds another run"):
         check(out, [ImageSet("s3://bucket/other", "pool", "pool")])
     output.remove_tree(out)
+
+
+def test_removing_a_stages_outputs_keeps_every_other_file(out):
+    from pipelines.state import remove_outputs
+
+    for name in ("shards/shard-000000.tar", "shards/index.json", "shards/holiday.jpg", "report/notes.txt",
+                 "tables/shards/part-00000.parquet", "shards/.shard-000001.tar.123.abcd.tmp"):
+        output.write_bytes(output.join(out, *name.split("/")), b"x")
+    remove_outputs(out, "shard")
+    assert output.names(output.join(out, "shards")) == ["holiday.jpg"]
+    assert not output.names(output.join(out, "tables", "shards"))
+    assert output.names(output.join(out, "report")) == ["notes.txt"]
+
+
+def test_a_unit_record_finds_missing_truncated_and_overwritten_files(out):
+    from curate import manifest
+
+    paths = [output.join(out, "shards", f"shard-00000{i}.tar") for i in range(3)]
+    for path in paths:
+        output.write_bytes(path, b"0123456789")
+        manifest.record(out, "shard", path.name.removesuffix(".tar"), [path])
+    assert manifest.damaged(out, "shard", deep=True) == {}
+    output.remove(paths[0])
+    output.write_bytes(paths[1], b"012345")
+    output.write_bytes(paths[2], b"9876543210")
+    assert manifest.damaged(out, "shard") == {"shard-000000": {"shards/shard-000000.tar": "missing"},
+                                              "shard-000001": {"shards/shard-000001.tar": "6 bytes, 10 written"}}
+    assert manifest.damaged(out, "shard", deep=True)["shard-000002"] == {
+        "shards/shard-000002.tar": "overwritten (another MD5 digest)"}

@@ -1,7 +1,15 @@
 """The run report: planted tables in, the same counts, an escaped HTML page and non-blank pictures out."""
 
+import base64
+import io
 import json
+import shutil
 import tarfile
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
 import pyarrow as pa
@@ -11,9 +19,10 @@ from PIL import Image
 from curate.report import write_report
 from curate.tables import read_table, write_part
 from schemas.config import ReportConfig
-from schemas.tables import TABLES
+from schemas.tables import TABLES, time_columns
 
 HOSTILE = "<b>x&y.png"
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 STAGES = [
     {"stage": "ingest", "images_in": 9, "images_out": 7, "seconds": 1.25, "tasks": 2},
     {"stage": "dedup", "images_in": 6, "images_out": 4, "seconds": 0.5, "tasks": 1},
@@ -21,7 +30,8 @@ STAGES = [
 
 
 def _table(name, rows):
-    return pa.Table.from_pylist(rows, schema=TABLES[name].schema)
+    stamped = [{column: WHEN for column in time_columns(name)} | row for row in rows]
+    return pa.Table.from_pylist(stamped, schema=TABLES[name].schema)
 
 
 def _image_file(path, seed, size=(48, 40)):
@@ -91,7 +101,7 @@ def full_out(tmp_path, lake):
 def test_counts_equal_the_planted_tables(full_out):
     report = write_report(full_out, ReportConfig(examples=4, seed=0), STAGES)
     assert report == json.loads((full_out / "report" / "report.json").read_text())
-    assert report["stages"] == STAGES
+    assert report["stages"][:-1] == STAGES and report["stages"][-1]["stage"] == "report"  # the report's own row
     assert report["sets"]["pool"] == {"role": "pool", "files": 8, "ok": 6, "error": 1, "filtered": 1, "embedded": 6}
     assert report["sets"]["bench"] == {"role": "eval", "files": 1, "ok": 1, "error": 0, "filtered": 0, "embedded": 1}
     assert report["images"]["by_status"] == {"ok": 7, "error": 1, "filtered": 1}
@@ -126,8 +136,9 @@ def test_html_escapes_names_and_shows_stages_and_pictures(full_out):
     assert "<td>ingest</td>" in page and "<td>dedup</td>" in page and '<td class="n">1.250</td>' in page
     assert "&lt;b&gt;x&amp;y.png" in page and HOSTILE not in page
     assert "cannot identify image file" in page
+    assert "<td>report</td>" in page
     for name in report["figures"]:
-        assert f'src="{name}"' in page
+        assert f'href="{name}"' in page
         assert (full_out / "report" / name).is_file()
     assert not list((full_out / "report").glob(".*tmp"))
 
@@ -188,3 +199,55 @@ def test_leaked_image_names_the_eval_image_it_copies(full_out, lake):
     assert dup["largest"][1]["uris"] == [uri["f"]]
     with Image.open(full_out / "report" / "duplicate_groups.png") as sheet:
         assert sheet.height == 2 * (128 + 28 + 2 * 4)  # two rows of contact_sheet cells
+
+
+class _Page(HTMLParser):
+    """Every ``<img src>``, ``<a href>`` and the visible text of a page."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.images, self.links, self.text = [], [], []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag == "a":
+            self.links.append(attrs.get("href", ""))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_page_travels_alone_with_its_pictures_links_and_keys(full_out, tmp_path):
+    report = write_report(full_out, ReportConfig(examples=4, seed=0), STAGES)
+    moved = tmp_path / "elsewhere" / "report.html"
+    moved.parent.mkdir()
+    shutil.copy(full_out / "report" / "report.html", moved)  # the file alone
+    page = _Page(moved.read_text())
+    assert page.images and all(src.startswith("data:image/") for src in page.images)
+    for src in page.images:
+        Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    shown = [g for g in report["duplicates"]["largest"] if g["shown"]]
+    readable = {k for g in shown for k in g["keys"]} | {k for c in report["clusters"]["shown"] for k in c["keys"]}
+    pictured = sum(len(g["keys"]) for g in shown) + sum(len(c["keys"]) for c in report["clusters"]["shown"])
+    assert len(page.images) >= 1 + pictured  # the histogram, then every image shown
+    text = " ".join(page.text)
+    for key in readable:  # every key shown is written out in full, beside its picture and in the key list
+        assert key in text.split()
+    for group in shown:
+        assert "keys: " + ", ".join(group["keys"]) in text
+    for cluster in report["clusters"]["shown"]:
+        assert "keys: " + ", ".join(cluster["keys"]) in text
+    assert {"report"} <= {row["stage"] for row in report["stages"]} and "report" in text.split()
+    resolved = set()
+    for href in page.links:
+        target = Path(url2pathname(urlsplit(href).path)) if href.startswith("file://") else full_out / "report" / href
+        assert target.resolve().is_file(), href
+        resolved.add(target.resolve())
+    out = full_out.resolve()
+    for needed in ("tables/images/part-00000.parquet", "tables/shards/part-00000.parquet", "shards/index.json",
+                   "shards/shard-000000.tar", "report/report.json"):
+        assert out / needed in resolved, needed
+    assert Path(shown[0]["uris"][0]).resolve() in resolved  # the source file of a shown image

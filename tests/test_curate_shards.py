@@ -5,6 +5,7 @@ import json
 import shutil
 import tarfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -236,9 +237,10 @@ def test_index_json_is_deterministic(samples, tmp_path):
 
 
 def test_shard_rows_fit_schema(samples):
-    rows = shard_rows("shard-000004.tar", samples[:3])
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    rows = shard_rows("shard-000004.tar", samples[:3], when)
     assert rows == [
-        {"key": s.key, "shard": "shard-000004.tar", "member": f"{s.key}.{s.ext}", "index": i}
+        {"key": s.key, "shard": "shard-000004.tar", "member": f"{s.key}.{s.ext}", "index": i, "written_at": when}
         for i, s in enumerate(samples[:3])
     ]
     validate(pa.Table.from_pylist(rows, schema=SHARDS.schema), "shards")

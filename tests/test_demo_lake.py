@@ -1,5 +1,6 @@
 """The embedded demo lake: its parts, names that tell nothing, the ground truth, and the curation measure."""
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,7 +37,8 @@ def test_curation_quality_counts_precision_surviving_copies_and_leaks(tmp_path):
     chosen = [copy["file"], copy["copy_of"], next(r["file"] for r in truth if r["source"] == "noise"),
               next(r["file"] for r in truth if r["source"] == "leak")]
     rows = [{"key": f"k{i}", "uri": str(lake.pool / name), "method": "all", "query_key": None, "cluster": 0,
-             "similarity": None} for i, name in enumerate(chosen)]
+             "similarity": None, "selected_at": datetime(2026, 1, 2, tzinfo=timezone.utc)}
+            for i, name in enumerate(chosen)]
     tables.write_part(tmp_path / "out", "selection", 0, pa.Table.from_pylist(rows, schema=SELECTION.schema))
     quality = curation_quality(lake, tmp_path / "out")
     assert quality["selected"] == 4 and quality["precision"] == 0.5

@@ -291,3 +291,44 @@ def test_pretrain_train_reads_shards_in_a_bucket(s3, tmp_path, capsys):
     assert code == 0, printed.err
     assert "40 samples in 2 shards" in printed.out and "trained 5 steps" in printed.out
     assert "skipped" not in printed.out
+
+
+def test_one_run_holds_an_out_in_a_bucket_and_a_dead_holders_lock_is_taken_over(s3):
+    """docs/curation.md, "What the output folder guarantees": the lock on an object store (conditional put, heartbeat, lease)."""
+    import time
+
+    from pipelines.lock import LOCK_FILE, LockError, OutputLock
+
+    endpoint, fs, _ = s3
+    out = output.location(f"s3://{BUCKET}/locked-run", {"endpoint_url": endpoint})
+    with OutputLock(out, "curate run first", lease=1.0, heartbeat=0.2):
+        time.sleep(1.5)  # longer than the lease: the heartbeat keeps it
+        with pytest.raises(LockError, match=r"in use by another run \(host .*command: curate run first\)"):
+            OutputLock(out, "curate run second", lease=1.0).__enter__()
+    assert not fs.exists(f"{BUCKET}/locked-run/{LOCK_FILE}")  # released
+    dead = OutputLock(out, "curate run killed", lease=1.0, heartbeat=3600.0).__enter__()  # never beats again
+    with pytest.raises(LockError, match="killed"):
+        OutputLock(out, "curate run early", lease=1.0).__enter__()
+    time.sleep(1.5)
+    with OutputLock(out, "curate run later", lease=1.0):
+        assert json.loads(fs.cat(f"{BUCKET}/locked-run/{LOCK_FILE}"))["command"] == "curate run later"
+    dead._stop.set()  # (the dead run's heartbeat thread, idle all along, ends)
+
+
+def test_damage_in_a_bucket_is_listed_by_status_verify_and_repaired_by_a_rerun(s3):
+    """docs/curation.md, "What the output folder guarantees": damage found and repaired on an object store too."""
+    endpoint, fs, folders = s3
+    out = f"s3://{out_bucket(fs)}/runs/damaged"
+    options = ["--storage-option", f"endpoint_url={endpoint}"]
+    command = ["run", "--lake", folders["pool"], "--out", out, "--workers", 1, *options, *DEMO]
+    assert curate(*command).exit_code == 0
+    fs.rm(f"{OUT_BUCKET}/runs/damaged/shards/shard-000001.tar")
+    fs.rm(f"{OUT_BUCKET}/runs/damaged/tables/embeddings/part-00001.npy")
+    status = curate("status", out, "--verify", *options)
+    assert status.exit_code == 1
+    assert "damaged: embed part-00001: tables/embeddings/part-00001.npy: missing" in status.stdout
+    assert "damaged: shard shard-000001: shards/shard-000001.tar: missing" in status.stdout
+    rerun = curate(*command)
+    assert rerun.exit_code == 0, rerun.stdout + rerun.stderr
+    assert "ingest: done already" in rerun.stdout and "embed (1 partitions)" in rerun.stdout
+    assert curate("status", out, "--verify", *options).exit_code == 0

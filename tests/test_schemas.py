@@ -1,5 +1,7 @@
 """Table schemas refuse foreign or stale tables; the pipeline config refuses unknown keys and wrong types."""
 
+from datetime import datetime, timezone
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -13,14 +15,17 @@ CONFIGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "pipeli
 
 def _selection(rows: int = 2) -> pa.Table:
     return pa.table({"key": [f"k{i}" for i in range(rows)], "uri": ["u"] * rows, "method": ["all"] * rows,
-                     "query_key": [None] * rows, "cluster": [0] * rows, "similarity": [None] * rows},
+                     "query_key": [None] * rows, "cluster": [0] * rows, "similarity": [None] * rows,
+                     "selected_at": [datetime(2026, 1, 2, tzinfo=timezone.utc)] * rows},
                     schema=TABLES["selection"].schema)
 
 
 def test_every_table_names_itself_and_its_version():
     for name, spec in TABLES.items():
         metadata = spec.schema.metadata
-        assert metadata[b"dinolab.table"] == name.encode() and metadata[b"dinolab.schema_version"] == str(spec.version).encode()
+        assert metadata[b"dinolab.table"] == name.encode() and metadata[b"dinolab.schema_version"] == str(
+            spec.version).encode()
+        assert all(field.metadata[b"description"] for field in spec.fields), name
 
 
 def test_a_foreign_stale_or_reshaped_table_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import tables
+from curate import fetched, tables
 from curate.copydetect.features import ImageFeatures, partition_features
 from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
 from schemas.config import PipelineConfig
@@ -27,18 +27,18 @@ def all_features(out: Path, config: PipelineConfig) -> dict[str, ImageFeatures]:
     features: dict[str, ImageFeatures] = {}
     for partition in sorted(tables.done_parts(out, "images")):
         part = tables.read_part(out, "images", partition)
-        features |= partition_features(out, partition, part, config.ingest.max_pixels, config.lake.storage_options)
+        features |= partition_features(out, partition, part, config.ingest.max_pixels,
+                                       read=fetched.reader(out, config.lake.storage_options, [partition]))
     return features
 
 
-def descriptors_for(uris: list[str], config: PipelineConfig, model: nn.Module) -> np.ndarray:
+def descriptors_for(out: Path, uris: list[str], config: PipelineConfig, model: nn.Module) -> np.ndarray:
     """Copy descriptors of ``uris`` with ``model`` (a loaded copy-descriptor checkpoint)."""
     from curate.copydetect.descriptor import describe_images
     from curate.copydetect.features import DECODE_SIDE
-    from curate.lakes import read_partition
     from pretrain.data.images import decode_image
 
-    contents = dict(read_partition(uris, config.lake.storage_options))
+    contents = dict(fetched.read(out, uris, config.lake.storage_options))
     images = [decode_image(contents[uri], uri, max_side=DECODE_SIDE, max_pixels=config.ingest.max_pixels,
                            min_side=1).image for uri in uris]
     return describe_images(model, images)
@@ -59,10 +59,10 @@ def copy_dedup(out: Path, config: PipelineConfig, rule: str) -> dict[str, int]:
         from curate.copydetect.descriptor import Whitening, load_descriptor
 
         model = load_descriptor(rule, config.dedup.allow_torchscript)
-        descriptors = descriptors_for(pool.column("uri").to_pylist(), config, model)
+        descriptors = descriptors_for(out, pool.column("uri").to_pylist(), config, model)
         for name in sorted(set(evals.column("set").to_pylist())):
             chosen = evals.filter(pc.equal(evals["set"], name))
-            eval_descriptors[name] = descriptors_for(chosen.column("uri").to_pylist(), config, model)
+            eval_descriptors[name] = descriptors_for(out, chosen.column("uri").to_pylist(), config, model)
         if config.dedup.whitening and len(descriptors) > 1:
 
             whiten = Whitening.fit_sample(descriptors, config.dedup.whitening)

@@ -12,7 +12,7 @@ raised, so one bad file or container never loses the others::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from curate.lakes import provenance as lake_provenance
 from curate.lakes.uris import RefusedFile, Source, parse, skip_reason
 
 Result = tuple[str, "bytes | BaseException"]
+Reader = Callable[[Sequence[str]], Iterator[Result]]
+"""Anything that reads uris as :func:`read_partition` does (e.g. :func:`curate.fetched.reader`)."""
 
 
 def read_local(path: str) -> bytes:

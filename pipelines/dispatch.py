@@ -1,0 +1,168 @@
+"""One dispatcher: any stage's declared steps (:mod:`curate.steps`) run as tasks of an executor.
+
+For each step the dispatcher finds its units, leaves out those its ``done`` says exist, runs the others
+through the executor (all the units of a step at once, the steps in order) and hands their results, in
+unit order, to the next step. Executors know nothing of stages: :class:`DaskExecutor` submits one task per
+unit to a Dask client (a task rescheduled after a worker died writes the same files), :class:`LoopExecutor`
+calls them in this process, one after the other::
+
+    executor = DaskExecutor(client, console)
+    run_stage(executor, out, config, stages.STAGES["shard"])   # plan, then one task per shard, then the index
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from functools import partial
+from pathlib import Path
+from typing import Any, Protocol
+
+from distributed import Client, get_worker, performance_report
+from distributed.diagnostics.plugin import WorkerPlugin
+from rich.console import Console
+
+from curate.output import Location
+from curate.stages import Stage, partition_units
+from curate.steps import Repeat, Shape, Step
+from pipelines.cluster import connect
+from pipelines.progress import track
+from schemas.config import PipelineConfig, SlurmConfig
+
+TASK_RETRIES = 1
+"""Retries of a task that raised (a worker that died is rescheduled by the scheduler on its own)."""
+
+
+class Executor(Protocol):
+    """Runs ``function(*arguments)`` for each tuple of ``calls``; the results in the order of ``calls``."""
+
+    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None) -> list: ...
+
+    def shared(self, step: Step, config: PipelineConfig) -> Callable:
+        """``step.run`` with what its ``shared`` builds once per process passed as ``shared=``."""
+        ...
+
+
+def _load_stage_code() -> None:
+    import torch
+
+    import curate.stages  # noqa: F401  (torch, faiss and pyarrow come with it)
+
+    torch.set_num_threads(1)  # one thread per worker process, as Dask's nanny sets for the other pools
+
+
+class SharedPlugin(WorkerPlugin):
+    """Builds ``factory(config)`` once when a worker starts (or when registered), for the tasks it runs."""
+
+    def __init__(self, factory: Callable[[PipelineConfig], Any], config: PipelineConfig) -> None:
+        self.factory, self.config, self.value = factory, config, None
+
+    def setup(self, worker) -> None:
+        self.value = self.factory(self.config)
+
+    def teardown(self, worker) -> None:
+        self.value = None
+
+
+def _with_plugin(name: str, run: Callable, *arguments) -> dict:
+    return run(*arguments, shared=get_worker().plugins[name].value)
+
+
+class DaskExecutor:
+    """One task per call on ``client``'s workers; progress on ``console``."""
+
+    def __init__(self, client: Client, console: Console) -> None:
+        self.client, self.console = client, console
+        self.run_id = uuid.uuid4().hex[:8]
+        client.run(_load_stage_code)  # part of starting the workers, not of the first stage's time
+
+    def submit(self, label: str, function: Callable, *arguments, resources: dict | None = None):
+        slug = re.sub(r"[^\w-]+", "-", label).strip("-")
+        key = f"{slug}-{self.run_id}-{uuid.uuid4().hex[:6]}"
+        return self.client.submit(function, *arguments, key=key, pure=False, retries=TASK_RETRIES,
+                                  resources=self._available(resources))
+
+    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None) -> list:
+        futures = [self.submit(label, function, *arguments, resources=resources) for arguments in calls]
+        for future in track(futures, label, self.console):
+            future.result()  # the first task that failed raises here
+        return [future.result() for future in futures]
+
+    def shared(self, step: Step, config: PipelineConfig) -> Callable:
+        name = f"dinolab-shared-{step.name}"
+        self.client.register_plugin(SharedPlugin(step.shared, config), name=name)
+        return partial(_with_plugin, name, step.run)
+
+    def _available(self, resources: dict | None) -> dict | None:
+        """``resources`` when some worker advertises them all (``--resources GPU=1``), else none asked."""
+        if not resources:
+            return None
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {}).values()
+        return dict(resources) if any(set(resources) <= set(w.get("resources", {})) for w in workers) else None
+
+
+@contextmanager
+def dask_executor(console: Console, scheduler: str | None = None, workers: int | None = None,
+                  memory_limit: str | None = None, cluster: str = "local", slurm: SlurmConfig | None = None,
+                  report_file: Path | None = None) -> Iterator[DaskExecutor]:
+    """A :class:`DaskExecutor` on a cluster (:func:`pipelines.cluster.connect`), closed on exit; ``report_file``:
+    Dask's HTML performance report of what ran."""
+    with (connect(scheduler, workers, memory_limit, cluster=cluster, slurm=slurm) as client,
+          performance_report(filename=str(report_file)) if report_file else nullcontext()):
+        if client.dashboard_link and "None" not in client.dashboard_link:
+            console.print(f"dask dashboard: {client.dashboard_link}", highlight=False)
+        yield DaskExecutor(client, console)
+
+
+class LoopExecutor:
+    """Every call in this process, in order (what one worker does, without Dask)."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(quiet=True)
+
+    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None) -> list:
+        return [function(*arguments) for arguments in calls]
+
+    def shared(self, step: Step, config: PipelineConfig) -> Callable:
+        value = step.shared(config)
+        return partial(step.run, shared=value)
+
+
+def run_stage(executor: Executor, out: Location, config: PipelineConfig, stage: Stage) -> int:
+    """Run what is left of ``stage``'s steps; returns the number of units run."""
+    return _run_shape(executor, out, config, stage, stage.steps, [])[1]
+
+
+def _run_shape(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, shape: Shape,
+               previous: list) -> tuple[list, int]:
+    ran = 0
+    for item in shape:
+        if isinstance(item, Repeat):
+            for _ in range(item.times(config)):
+                previous, count = _run_shape(executor, out, config, stage, item.steps, previous)
+                ran += count
+                if item.until is not None and item.until(previous):
+                    break
+            continue
+        previous, count = _run_step(executor, out, config, stage, item, previous)
+        ran += count
+    return previous, ran
+
+
+def _run_step(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, step: Step,
+              previous: list) -> tuple[list, int]:
+    units = list(step.units(out, config, previous))
+    found = dict(step.done(out, config, units)) if step.done is not None else {}
+    todo = [unit for unit in units if unit not in found]
+    if todo:
+        label = stage.name if step.name == stage.name else f"{stage.name} {step.name}"
+        if step.units is partition_units:
+            label += f" ({len(todo)} partitions)"
+        elif len(units) > 1:
+            label += f" ({len(todo)} units)"
+        run = executor.shared(step, config) if step.shared is not None else step.run
+        results = executor.map(label, run, [(out, config, unit, previous) for unit in todo], dict(step.resources))
+        found.update(zip(todo, results))
+    return [found[unit] for unit in units], len(todo)
