@@ -13,7 +13,7 @@ stay small:
 then, once per round ``R`` (a ``Repeat`` of four steps, ``R`` carried in their results):
 ``resample``     P    when a resampling step starts at ``R``: each vector's (label, similarity) to the centroids
 ``radius``       1    then each cluster's ``r``-th largest similarity: the sample is every vector at least as close
-``assign``       P    sums and counts by nearest centroid (``sums/round-R/part-NNNNN.npz``)
+``assign``       P    sums and counts by nearest centroid (``sums/round-RRRR-part-NNNNN.npz``)
 ``update``       1    the centroids of round ``R + 1`` from the summed parts (``centroids/round-R+1.npy``)
 and last:
 ``upper``        1    levels 2 and up, from the level-1 centroids (``tree.npz``)
@@ -36,17 +36,19 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from curate import output, tables
+from curate import manifest, output, tables
 from curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
 from curate.lloyd import (Assigner, Lowest, Sums, cluster_sums, ivf_over, key_scores, lowest, merge_lowest,
                           sample_thresholds, unit, update)
 from curate.output import Location
-from curate.steps import Repeat, Step
 from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
+from curate.steps import Repeat, Step
 from schemas.config import PipelineConfig
 from schemas.tables import CLUSTERS
 
 STAGE = "cluster"
+WORK_FILES = tuple(f"work/cluster/{folder}*" for folder in ("", "pool/", "seed/", "centroids/", "sums/", "resample/"))
+"""Everything the steps write besides the ``clusters`` parts (removed by the last step, or with the stage)."""
 
 
 def _dir(out: Location) -> Location:
@@ -55,6 +57,10 @@ def _dir(out: Location) -> Location:
 
 def _part(name: str, partition: int, suffix: str = ".npz") -> str:
     return f"{name}/part-{partition:05d}{suffix}"
+
+
+def _resampled_part(step: int, partition: int) -> str:
+    return f"resample/step-{step}-part-{partition:05d}.npz"
 
 
 def _at(out: Location, name: str) -> Location:
@@ -139,8 +145,8 @@ def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) ->
     step = round_ // config.cluster.niter
     if step == 0:
         return keep
-    state = load_arrays(_at(out, _part(f"resample-{step}", partition)))
-    radius = load_array(_at(out, f"resample-{step}/radius.npy"))
+    state = load_arrays(_at(out, _resampled_part(step, partition)))
+    radius = load_array(_at(out, f"resample/radius-{step}.npy"))
     sample = state["similarity"] >= radius[state["label"]]
     return sample if keep is None else sample & keep
 
@@ -156,7 +162,7 @@ def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previo
     sims, labels = assigner(points) if len(points) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
     sums = cluster_sums(points.reshape(len(points), centroids.shape[1]), labels, sims, len(centroids))
     present = np.flatnonzero(sums.counts)  # only the clusters the partition touches: bounded by its rows
-    save_arrays(_at(out, _part(f"sums/round-{round_:04d}", partition)), clusters=present, sums=sums.sums[present],
+    save_arrays(_at(out, f"sums/round-{round_:04d}-part-{partition:05d}.npz"), clusters=present, sums=sums.sums[present],
                 counts=sums.counts[present], similarity=np.array(sums.similarity))
     return {"round": round_, "in": len(points)}
 
@@ -164,15 +170,15 @@ def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previo
 def update_centroids(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
     """Round ``R``'s reduce: add every partition's sums (exactly; any order) and normalise the means."""
     centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
-    folder = _at(out, f"sums/round-{round_:04d}")
+    folder = _at(out, "sums")
     total = Sums(np.zeros(centroids.shape, dtype=np.int64), np.zeros(len(centroids), dtype=np.int64), 0.0)
-    for name in output.names(folder, "part-*.npz"):
+    for name in output.names(folder, f"round-{round_:04d}-part-*.npz"):
         part = load_arrays(folder / name)
         total.sums[part["clusters"]] += part["sums"]
         total.counts[part["clusters"]] += part["counts"]
         total = Sums(total.sums, total.counts, total.similarity + float(part["similarity"]))
     _save_centroids(out, config, round_ + 1, update(total, centroids))
-    output.remove_tree(folder)  # the next round's files replace them; a rerun of this round recomputes them
+    output.remove_matching(_dir(out), f"sums/round-{round_:04d}-part-*.npz")  # a rerun of the round redoes them
     return {"round": round_ + 1, "in": int(total.counts.sum()), "similarity": total.similarity}
 
 
@@ -194,7 +200,7 @@ def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int | None
         sims, labels = _assigner(out, config, round_)(vectors)
     else:
         sims, labels = np.zeros(0, np.float32), np.zeros(0, np.int64)
-    save_arrays(_at(out, _part(f"resample-{step}", partition)), label=labels.astype(np.int32), similarity=sims)
+    save_arrays(_at(out, _resampled_part(step, partition)), label=labels.astype(np.int32), similarity=sims)
     return {"round": round_, "in": len(vectors)}
 
 
@@ -203,13 +209,13 @@ def radius(out: Location, config: PipelineConfig, round_: int, previous=None) ->
     step = _resampling_step(config, round_)
     if not step:
         return {"round": round_}
-    folder = _at(out, f"resample-{step}")
-    parts = [load_arrays(folder / name) for name in output.names(folder, "part-*.npz")]
+    folder = _at(out, "resample")
+    parts = [load_arrays(folder / name) for name in output.names(folder, f"step-{step}-part-*.npz")]
     labels = np.concatenate([p["label"] for p in parts]).astype(np.int64)
     sims = np.concatenate([p["similarity"] for p in parts])
     k = len(load_array(_at(out, f"centroids/round-{round_:04d}.npy")))
     per_cluster = max(1, len(labels) // k)
-    save_array(folder / "radius.npy", sample_thresholds(labels, sims, k, per_cluster))
+    save_array(folder / f"radius-{step}.npy", sample_thresholds(labels, sims, k, per_cluster))
     return {"round": round_, "in": len(labels)}
 
 
@@ -246,7 +252,8 @@ def write(out: Location, config: PipelineConfig, partition: int, previous=None) 
     levels = np.stack(columns, axis=1).astype(np.int32) if len(labels) else np.zeros((0, len(columns)), np.int32)
     table = pa.table({"key": pool.keys, "uri": pool.uris, "cluster": levels[:, 0], "levels": levels.tolist()},
                      schema=CLUSTERS.schema)
-    tables.write_part(out, "clusters", partition, table)
+    path = tables.write_part(out, "clusters", partition, table)
+    manifest.record(out, STAGE, f"part-{partition:05d}", [path])
     return {"in": len(pool.keys), "out": len(pool.keys)}
 
 
@@ -289,7 +296,7 @@ def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
     found = {}
     for round_, partition in units:
         step = _resampling_step(config, round_)
-        if partition is None or not step or _round_done(round_, out) or _exists(out, _part(f"resample-{step}", partition)):
+        if partition is None or not step or _round_done(round_, out) or _exists(out, _resampled_part(step, partition)):
             found[(round_, partition)] = {"round": round_}
     return found
 
@@ -297,7 +304,7 @@ def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
 def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
     round_ = units[0]
     step = _resampling_step(config, round_)
-    if not step or _round_done(round_, out) or _exists(out, f"resample-{step}/radius.npy"):
+    if not step or _round_done(round_, out) or _exists(out, f"resample/radius-{step}.npy"):
         return {round_: {"round": round_}}
     return {}
 

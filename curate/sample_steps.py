@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import output, tables
+from curate import manifest, output, tables
 from curate.dedup import nearest_neighbors
 from curate.kmeans import cluster_budgets
 from curate.lloyd import cluster_sums, key_scores, unit
@@ -38,9 +38,11 @@ from curate.output import Location
 from curate.partitions import kept_pool, load_arrays, save_arrays, work
 from curate.steps import Step
 from schemas.config import PipelineConfig
-from schemas.tables import SELECTION
+from schemas.tables import SELECTION, utc_now
 
 STAGE = "sample"
+WORK_FILES = ("work/sample/*", "work/sample/scan/*", "work/sample/draw/*")
+"""Everything the steps write besides the ``selection`` parts (removed by the last step, or with the stage)."""
 NO_LIMIT = np.iinfo(np.uint64).max
 
 
@@ -293,8 +295,10 @@ def write(out: Location, config: PipelineConfig, partition: int, previous=None) 
         "query_key": [str(query_keys[query[r]]) if query[r] >= 0 else None for r in rows],
         "cluster": labels[rows].astype(np.int32),
         "similarity": [None if np.isnan(similarity[r]) else float(similarity[r]) for r in rows],
+        "selected_at": [utc_now()] * len(rows),
     }, schema=SELECTION.schema)
-    tables.write_part(out, "selection", partition, table)
+    path = tables.write_part(out, "selection", partition, table)
+    manifest.record(out, STAGE, f"part-{partition:05d}", [path])
     return {"in": len(labels), "out": len(rows)}
 
 

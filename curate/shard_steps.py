@@ -25,17 +25,21 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import output, tables
-from curate.lakes import read_partition
+from curate import fetched, manifest, output, tables
 from curate.output import Location
 from curate.partitions import duplicates_of, work
 from curate.steps import Step
 from curate.shards import (ShardInfo, ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name,
                            write_index, write_shard)
 from schemas.config import PipelineConfig
+from schemas.tables import utc_now
 
 STAGE = "shard"
 SHARD_DIR = "shards"
+INDEX_UNIT = "index"
+"""The last unit (``shards/index.json`` and the ``shards`` table), as recorded."""
+WORK_FILES = ("work/shard/*", "work/shard/infos/*")
+"""Everything the steps write besides the shards, the index and the table (removed by ``finish``)."""
 INDEX_NAME = "dinolab-curated"
 """The dataset name in ``shards/index.json`` (not the output folder's, so a moved run reads the same)."""
 
@@ -66,14 +70,14 @@ def plan(out: Location, config: PipelineConfig, part: int, previous=None) -> dic
     selection = tables.read_part(out, "selection", part).sort_by("key")
     keys = selection["key"].combine_chunks() if len(selection) else pa.array([], pa.string())
     images = tables.read_part(out, "images", part)  # the selection part of a partition holds its images only
-    info = _rows(images, keys, ["uri", "bytes", "sha256", "width", "height", "format", "provenance"])
+    info = _rows(images, keys, ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
     group = _rows(duplicates_of(out, part, keys), keys, ["group"])["group"]
     chosen = selection.to_pylist()
     samples = []
     for i, row in enumerate(chosen):
         uri = info["uri"][i]
         samples.append({
-            "key": row["key"], "uri": uri, "ext": image_extension(uri, info["format"][i]),
+            "key": row["key"], "uri": uri, "partition": info["partition"][i], "ext": image_extension(uri, info["format"][i]),
             "meta": sample_meta(key=row["key"], uri=uri, sha256=info["sha256"][i], width=info["width"][i],
                                 height=info["height"][i], format=info["format"][i], group=group[i],
                                 cluster=row["cluster"], method=row["method"], query_key=row["query_key"],
@@ -122,11 +126,14 @@ def write(out: Location, config: PipelineConfig, shard: int, previous=None) -> d
         info = ShardInfo(path.name, len(planned), len(data), hashlib.md5(data).hexdigest())
     else:
         contents = {}
-        for uri, data in read_partition([s["uri"] for s in planned], config.lake.storage_options):
+        parts = {s["partition"] for s in planned}  # the remote bytes ingest kept (:mod:`curate.fetched`)
+        for uri, data in fetched.read(out, [s["uri"] for s in planned], config.lake.storage_options, parts):
             if isinstance(data, BaseException):
                 raise OSError(f"shard {shard}: cannot read {uri} ({type(data).__name__}: {data})") from data
             contents[uri] = data
         info = write_shard(path, [ShardSample(s["key"], contents[s["uri"]], s["ext"], s["meta"]) for s in planned])
+    manifest.record(out, STAGE, f"shard-{shard:06d}", [path],
+                    {f"{SHARD_DIR}/{info.name}": {"size": info.filesize, "md5": info.md5sum}})
     _write_json(_dir(out) / "infos" / f"{shard:06d}.json", dict(info.__dict__))
     return dict(info.__dict__)
 
@@ -135,7 +142,7 @@ def finish(out: Location, config: PipelineConfig, unit_=None, previous=None) -> 
     """``shards/index.json`` and the ``shards`` table (one part per selection part), then the work folder goes."""
     offsets, total = _offsets(out)
     infos = [ShardInfo(**_read_json(_dir(out) / "infos" / f"{shard:06d}.json")) for shard in range(total)]
-    count = 0
+    count, written, now = 0, [], utc_now()
     for part, first in offsets:
         rows = {"key": [], "shard": [], "member": [], "index": []}
         for local, samples in enumerate(_read_json(_dir(out) / f"plan-{part:05d}.json")):
@@ -144,9 +151,12 @@ def finish(out: Location, config: PipelineConfig, unit_=None, previous=None) -> 
                 rows["shard"].append(shard_name(first + local))
                 rows["member"].append(f"{sample['key']}.{sample['ext']}")
                 rows["index"].append(position)
-        tables.write_part(out, "shards", part, pa.table(rows))
+        rows["written_at"] = [now] * len(rows["key"])  # in the table only: the tars stay byte-identical
+        written.append(tables.write_part(out, "shards", part, pa.table(rows)))
         count += len(rows["key"])
-    write_index(output.join(out, SHARD_DIR, "index.json"), shard_index(infos, name=INDEX_NAME))
+    index = output.join(out, SHARD_DIR, "index.json")
+    write_index(index, shard_index(infos, name=INDEX_NAME))
+    manifest.record(out, STAGE, INDEX_UNIT, [index, *written])
     output.remove_tree(_dir(out))
     return {"in": count, "out": count}
 

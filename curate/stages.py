@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import fetched, manifest, output, tables
+from curate import cluster_steps, fetched, manifest, output, sample_steps, shard_steps, tables
 from curate.dedup import duplicates_table
 from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
@@ -461,22 +461,6 @@ def embedder(config: PipelineConfig) -> Embedder:
     return load_embedder(config.embed)
 
 
-def plan_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
-    return {"shards": plan(out, config)}
-
-
-def planned_shards(out: Location, config: PipelineConfig, previous: list) -> range:
-    return range(previous[0]["shards"])
-
-
-def shard_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict:
-    return shard(out, unit, config)
-
-
-def index_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
-    return finish_shards(out, sorted(previous, key=lambda info: info["name"]))
-
-
 def report_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
     return report(out, config, stage_records(out, ORDER[:-1]))
 
@@ -489,6 +473,11 @@ def dedup_announcement(out: Location, config: PipelineConfig) -> str:
            f"{config.dedup.local_max_images:,})") if config.dedup.descriptor == "auto" else ""
     described = {"local": "local features + verification", "embeddings": "cosine on the embeddings"}
     return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')}{why}"
+
+
+def _every_part(out: Location, table: str) -> bool:
+    """Whether ``table`` has a part for every partition of the lake (a global stage written per partition)."""
+    return bool(partitions(out)) and set(partitions(out)) <= tables.done_parts(out, table)
 
 
 def _report_written(out: Location) -> bool:
@@ -513,17 +502,17 @@ STAGES: dict[str, Stage] = {
               unit_files=(_part("duplicates"),), caches=("copydetect/part-*.npz",),
               counts=lambda out: (_rows(out, "duplicates"), _kept(out)), announce=dedup_announcement),
         Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",
-              steps=(Step("cluster", Whole(cluster)),),
-              unit_files=(_part("clusters"),),
+              steps=cluster_steps.STEPS, unit_files=(_part("clusters"),), files=cluster_steps.WORK_FILES,
+              complete=lambda out: _every_part(out, "clusters"),
               counts=lambda out: (_kept(out), _rows(out, "clusters"))),
         Stage("sample", ("clusters", "embeddings"), "selection", False, "retrieval or balanced sampling",
-              steps=(Step("sample", Whole(sample)),),
-              unit_files=(_part("selection"),),
+              steps=sample_steps.STEPS, unit_files=(_part("selection"),), files=sample_steps.WORK_FILES,
+              complete=lambda out: _every_part(out, "selection"),
               counts=lambda out: (_rows(out, "clusters"), _rows(out, "selection"))),
         Stage("shard", ("selection", "images", "duplicates"), "shards", False, "webdataset shards of the selection",
-              steps=(Step("plan", plan_step), Step("shard", shard_step, planned_shards), Step("index", index_step)),
-              unit_files=("shards/shard-{unit:06d}.tar",),
-              files=("shards/.plan.json", "shards/index.json", "tables/shards/part-*.parquet"),
+              steps=shard_steps.STEPS, unit_files=("shards/shard-{unit:06d}.tar",),
+              files=("shards/index.json", "tables/shards/part-*.parquet", *shard_steps.WORK_FILES),
+              complete=lambda out: output.is_file(output.join(out, "shards", "index.json")),  # written last
               counts=lambda out: (_rows(out, "selection"), _rows(out, "shards"))),
         Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html",
               steps=(Step("report", report_step),),

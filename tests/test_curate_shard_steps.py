@@ -13,6 +13,7 @@ from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
 from curate import shard_steps, stages, tables
 from schemas.config import load_config
+from schemas.tables import utc_now
 
 
 def _lake(out, partition, count: int = 60):
@@ -32,12 +33,17 @@ def _lake(out, partition, count: int = 60):
         rows = [i for i in range(count) if partition[i] == part and i % 2 == 0]
         tables.write_part(out, "selection", part, pa.table({
             "key": [keys[i] for i in rows], "uri": [uris[i] for i in rows], "method": ["balanced"] * len(rows),
-            "query_key": [None] * len(rows), "cluster": [i % 4 for i in rows], "similarity": [None] * len(rows)}))
+            "query_key": [None] * len(rows), "cluster": [i % 4 for i in rows], "similarity": [None] * len(rows),
+            "selected_at": [utc_now()] * len(rows)}))
     return keys
 
 
 def _run(out, config) -> None:
     run_shape(out, config, shard_steps.STEPS)
+
+
+def _rows(out) -> list[dict]:
+    return tables.read_table(out, "shards").drop_columns(["written_at"]).to_pylist()
 
 
 def _shards(out) -> dict[str, bytes]:
@@ -50,11 +56,11 @@ def test_one_part_gives_the_single_task_shards_byte_for_byte(tmp_path):
     _lake(tmp_path, np.zeros(60, dtype=int))
     count = stages.plan(tmp_path, config)
     stages.finish_shards(tmp_path, [stages.shard(tmp_path, n, config) for n in range(count)])
-    single, single_rows = _shards(tmp_path), tables.read_table(tmp_path, "shards").to_pylist()
+    single, single_rows = _shards(tmp_path), _rows(tmp_path)
     shutil.rmtree(tmp_path / "shards")
     shutil.rmtree(tmp_path / "tables" / "shards")
     _run(tmp_path, config)
-    assert _shards(tmp_path) == single and tables.read_table(tmp_path, "shards").to_pylist() == single_rows
+    assert _shards(tmp_path) == single and _rows(tmp_path) == single_rows
     assert not (tmp_path / "work" / "shard").exists()
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate import tables
+from schemas.tables import utc_now
 
 
 def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int], roles: Sequence[str] | None = None,
@@ -43,7 +44,8 @@ def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int]
         tables.write_part(out, "images", part, pa.table({
             **common, "bytes": sizes[rows], "sha256": [f"{i:064x}" for i in rows], "width": [32] * len(rows),
             "height": [32] * len(rows), "format": [formats[i] for i in rows], "phash": [None] * len(rows),
-            "status": ["ok"] * len(rows), "error": [None] * len(rows), "provenance": [None] * len(rows)}))
+            "status": ["ok"] * len(rows), "error": [None] * len(rows), "provenance": [None] * len(rows),
+            "ingested_at": [utc_now()] * len(rows)}))
         tables.write_array(out, "embeddings", part, vectors[rows])
         tables.write_part(out, "embeddings", part, pa.table({
             "key": common["key"], "role": common["role"], "set": common["set"],
