@@ -106,7 +106,7 @@ def _assigner(out: Location, config: PipelineConfig, round_: int) -> Assigner:
 def prepare(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
     """Partition ``partition``'s kept pool as unit vectors, and its lowest seed scores (as many as level 1 can use)."""
     pool = kept_pool(out, partition)
-    vectors = unit(pool.vectors) if len(pool.keys) else np.zeros((0, 0), dtype=np.float32)
+    vectors = unit(pool.vectors)
     save_array(_at(out, _part("pool", partition, ".npy")), vectors)
     scores = key_scores(pool.keys, config.cluster.seed)
     save_array(_at(out, _part("pool", partition, ".scores.npy")), scores)

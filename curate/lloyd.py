@@ -75,7 +75,7 @@ class Lowest:
 def lowest(scores: np.ndarray, vectors: np.ndarray, count: int) -> Lowest:
     """The ``count`` lowest-scoring rows of one partition."""
     order = np.argsort(scores, kind="stable")[:count]
-    return Lowest(scores[order], np.asarray(vectors[order], dtype=np.float32).reshape(len(order), -1))
+    return Lowest(scores[order], np.asarray(vectors[order], dtype=np.float32))
 
 
 def merge_lowest(parts: Iterable[Lowest], count: int) -> Lowest:
@@ -86,7 +86,7 @@ def merge_lowest(parts: Iterable[Lowest], count: int) -> Lowest:
             merged = lowest(part.scores, part.vectors, count)
             continue
         scores = np.concatenate([merged.scores, part.scores])
-        vectors = np.concatenate([merged.vectors, part.vectors.reshape(len(part.scores), -1)])
+        vectors = np.concatenate([merged.vectors, part.vectors])
         merged = lowest(scores, vectors, count)
     if merged is None:
         raise ValueError("no partitions to seed from")
@@ -159,7 +159,9 @@ class Sums:
 
 def cluster_sums(points: np.ndarray, labels: np.ndarray, sims: np.ndarray, k: int) -> Sums:
     """:class:`Sums` of ``points`` grouped by ``labels`` (exact: fixed point, added by a sparse product)."""
-    points = np.asarray(points, dtype=np.float32).reshape(len(labels), -1)
+    points = np.asarray(points, dtype=np.float32)
+    if not len(labels):
+        return Sums(np.zeros((k, points.shape[1] if points.ndim == 2 else 0), np.int64), np.zeros(k, np.int64), 0.0)
     fixed = points * np.float32(SCALE)  # exact (a power of two); rounded to integers, which float64 sums exactly
     np.rint(fixed, out=fixed)
     membership = scipy.sparse.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))

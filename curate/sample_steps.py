@@ -139,7 +139,7 @@ def scan(out: Location, config: PipelineConfig, partition: int, previous=None) -
     else:  # clusters: sums of unit vectors per level-1 cluster, for the centroids
         labels = levels[:, 0]
         k = int(labels.max()) + 1 if len(labels) else 0
-        sums = cluster_sums(unit(pool.vectors).reshape(len(labels), -1), labels, np.zeros(len(labels)), k)
+        sums = cluster_sums(unit(pool.vectors), labels, np.zeros(len(labels)), k)
         present = np.flatnonzero(sums.counts)
         save_arrays(path, clusters=present, sums=sums.sums[present])
     return {"in": len(pool.keys)}

@@ -247,6 +247,10 @@ def _kept_pool(out: Location, vectors: Vectors) -> Vectors:
     return vectors.where(np.array([key in kept for key in vectors.keys()], dtype=bool))
 
 
+# The single-task cluster and sample (every vector in one process): the reference that curate.cluster_steps
+# and curate.sample_steps, which the stages run, are tested and benchmarked against.
+
+
 def cluster(out: Location, config: PipelineConfig) -> dict[str, int]:
     pool = _kept_pool(out, read_vectors(out))
     images = tables.read_table(out, "images")
@@ -271,7 +275,7 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
     return {"in": len(pool.keys()), "out": len(selection)}
 
 
-# -- shard stage: a plan, one unit per shard, then the index ---------------------------------------------
+# -- the single-task shard plan: the reference curate.shard_steps is tested against ------------------------
 
 SHARD_DIR = "shards"
 PLAN_FILE = ".plan.json"

@@ -213,3 +213,19 @@ def test_the_inverted_file_over_many_centroids_is_built_once_a_round_and_the_tab
         assert len(list((out / "work" / "cluster" / "centroids").glob("*.ivf.npy"))) == 4  # rounds 0..3
         results.append(_table(out))
     assert results[0] == results[1] and len({levels[0] for levels in results[0].values()}) > 30
+
+
+def test_partitions_with_no_kept_pool_image_get_empty_parts(tmp_path):
+    vectors = _blobs(4, 30)
+    partition = np.arange(len(vectors)) % 4
+    kept = partition != 2  # dedup removed every pool image of partition 2
+    roles = ["curated" if p == 3 else "pool" for p in partition]  # partition 3 holds curated images only
+    write_embedding_out(tmp_path, vectors, partition, roles, kept)
+    config = load_config(None, ["cluster.ks=[4, 2]", "cluster.niter=3", "cluster.resampling_steps=1",
+                                "sample.method=balanced"])
+    run_steps(tmp_path, config)
+    from curate import sample_steps
+    run_shape(tmp_path, config, sample_steps.STEPS)
+    assert tables.done_parts(tmp_path, "clusters") == tables.done_parts(tmp_path, "selection") == {0, 1, 2, 3}
+    assert len(tables.read_part(tmp_path, "clusters", 2)) == len(tables.read_part(tmp_path, "clusters", 3)) == 0
+    assert len(tables.read_table(tmp_path, "clusters")) == 60 and len(tables.read_table(tmp_path, "selection")) == 30
