@@ -78,12 +78,12 @@ def kept_pool(out: Location, partition: int) -> Pool:
     """Partition ``partition``'s readable pool images that dedup keeps (none for a curated or eval partition)."""
     rows = tables.read_part(out, "embeddings", partition)
     rows = rows.filter(pc.equal(rows["role"], "pool"))
+    matrix = tables.read_array(out, "embeddings", partition)
     if not len(rows):
-        return Pool([], [], np.zeros((0, 0), dtype=np.float32))
+        return Pool([], [], np.zeros((0, matrix.shape[1] if matrix.ndim == 2 else 0), dtype=np.float32))
     keys = rows.column("key").combine_chunks()
     mask = _kept_keys(out, partition, keys)
     rows = rows.filter(pa.array(mask))
-    matrix = tables.read_array(out, "embeddings", partition)
     vectors = np.asarray(matrix[rows.column("row").to_numpy()], dtype=np.float32)
     images = tables.read_part(out, "images", partition)
     at = pc.index_in(rows["key"], value_set=images["key"])

@@ -76,6 +76,8 @@ def _pool(out: Location, partition: int):
 def _cosine(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Row-wise cosine similarity, computed one row at a time (the same bits whatever the batch: a matrix
     product's rounding depends on its shape, and the table must not depend on the partitioning)."""
+    if not len(first):
+        return np.zeros(0, dtype=np.float32)
     return np.sum(unit(first) * unit(second), axis=1, dtype=np.float32)
 
 

@@ -2,6 +2,7 @@
 Lloyd iterations as faiss, the same table however the pool is partitioned, bounded work files."""
 
 import dataclasses
+import shutil
 
 import faiss
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
-from curate import cluster_steps, tables
+from curate import cluster_steps, sample_steps, tables
 from curate.kmeans import clusters_table
 from curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
                           unit, update)
@@ -221,11 +222,13 @@ def test_partitions_with_no_kept_pool_image_get_empty_parts(tmp_path):
     kept = partition != 2  # dedup removed every pool image of partition 2
     roles = ["curated" if p == 3 else "pool" for p in partition]  # partition 3 holds curated images only
     write_embedding_out(tmp_path, vectors, partition, roles, kept)
-    config = load_config(None, ["cluster.ks=[4, 2]", "cluster.niter=3", "cluster.resampling_steps=1",
-                                "sample.method=balanced"])
+    config = load_config(None, ["cluster.ks=[4, 2]", "cluster.niter=3", "cluster.resampling_steps=1"])
     run_steps(tmp_path, config)
-    from curate import sample_steps
-    run_shape(tmp_path, config, sample_steps.STEPS)
-    assert tables.done_parts(tmp_path, "clusters") == tables.done_parts(tmp_path, "selection") == {0, 1, 2, 3}
+    assert tables.done_parts(tmp_path, "clusters") == {0, 1, 2, 3}
     assert len(tables.read_part(tmp_path, "clusters", 2)) == len(tables.read_part(tmp_path, "clusters", 3)) == 0
-    assert len(tables.read_table(tmp_path, "clusters")) == 60 and len(tables.read_table(tmp_path, "selection")) == 30
+    assert len(tables.read_table(tmp_path, "clusters")) == 60
+    for method in (["sample.method=balanced"], ["sample.per_query=2"], ["sample.retrieval=clusters"]):
+        shutil.rmtree(tmp_path / "tables" / "selection", ignore_errors=True)
+        run_shape(tmp_path, load_config(None, method), sample_steps.STEPS)
+        assert tables.done_parts(tmp_path, "selection") == {0, 1, 2, 3}
+        assert len(tables.read_part(tmp_path, "selection", 2)) == len(tables.read_part(tmp_path, "selection", 3)) == 0
