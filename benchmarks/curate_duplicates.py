@@ -25,7 +25,7 @@ from PIL import Image, ImageEnhance
 
 from benchmarks._shared.embedding import embed_files, encoders
 from curate.dedup import near_duplicate_pairs
-from curate.lake import list_set
+from curate.lakes.sets import list_set
 from pretrain.data import load_fashion_mnist
 
 TRANSFORMS = ("exact", "hflip", "crop", "jpeg", "jitter", "tint")

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from benchmarks._shared.embedding import embed_files, encoders
-from curate.lake import list_set
+from curate.lakes.sets import list_set
 from curate.kmeans import hierarchical_kmeans
 from curate.sample import retrieve_from_clusters, retrieve_nearest
 from pretrain.data import load_fashion_mnist

@@ -65,7 +65,7 @@ from distributed import get_task_stream  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from curate import stages, tables  # noqa: E402
-from curate.lake import ImageSet, files_table, name_sets  # noqa: E402
+from curate.lakes.sets import ImageSet, files_table, name_sets  # noqa: E402
 from pipelines.cluster import connect  # noqa: E402
 from pipelines.lake_writer import write_fashion_lake  # noqa: E402
 from pipelines.dispatch import DaskExecutor, LoopExecutor  # noqa: E402

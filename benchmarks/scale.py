@@ -84,7 +84,7 @@ def write_photos(folder: Path, side: int, count: int, seed: int = 0) -> float:
 def ingest_job(job: dict) -> dict:
     """Our ingest stage on every file of ``job['folder']``, one thread."""
     from curate.ingest import ingest_partition
-    from curate.lake import ImageSet, files_table
+    from curate.lakes.sets import ImageSet, files_table
     from schemas.config import IngestConfig
 
     files = files_table([ImageSet(job["folder"], "pool", "photos")], partition_size=1 << 30)
@@ -161,7 +161,7 @@ def profile_ingest(folder: Path, lines: int = 14) -> None:
     import pstats
 
     from curate.ingest import ingest_partition
-    from curate.lake import ImageSet, files_table
+    from curate.lakes.sets import ImageSet, files_table
     from schemas.config import IngestConfig
 
     files = files_table([ImageSet(str(folder), "pool", "photos")], partition_size=1 << 30)

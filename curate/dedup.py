@@ -189,11 +189,14 @@ def best_matches(
     return sims[:, 0], ids[:, 0]
 
 
-def exact_pairs(digests: list[str]) -> DuplicatePairs:
-    """Pairs linking every row to the first row with the same content hash (byte-identical files)."""
+def exact_pairs(digests: list[str | None]) -> DuplicatePairs:
+    """Pairs linking every row to the first row with the same content hash (byte-identical files); a row of
+    no hash (a precomputed embedding whose file was never read) links to none."""
     first_of: dict[str, int] = {}
     first, second = [], []
     for row, digest in enumerate(digests):
+        if digest is None:
+            continue
         head = first_of.setdefault(digest, row)
         if head != row:
             first.append(head)
@@ -229,8 +232,8 @@ def duplicates_table(
     keys = [keys[i] for i in order]
     uris = [pool.column("uri")[int(i)].as_py() for i in order]
     digests = [pool.column("sha256")[int(i)].as_py() for i in order]
-    pixels = (pool.column("width").to_numpy(zero_copy_only=False).astype(np.int64)
-              * pool.column("height").to_numpy(zero_copy_only=False).astype(np.int64))[order]
+    sides = [np.array([side or 0 for side in pool.column(name).to_pylist()], np.int64) for name in ("width", "height")]
+    pixels = (sides[0] * sides[1])[order]  # 0 where unknown (a precomputed embedding's image is not read)
     embeddings = np.asarray(vectors, dtype=np.float32)[order]
     if config.center and count:
         mean = embeddings.mean(axis=0, keepdims=True)

@@ -25,6 +25,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from curate.lakes import Reader, read_partition
+from curate.lakes import embeddings as lake_embeddings
+from curate.lakes.uris import LakeError
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import EmbedConfig
 from schemas.tables import EMBEDDINGS
@@ -122,11 +124,14 @@ def embed_partition(
 
     Files are read by ``read`` (default: the lake, each container opened once,
     :func:`curate.lakes.read_partition`). A file that no longer reads or decodes (changed since ingest) is
-    left out rather than failing the task.
+    left out rather than failing the task. Rows of a precomputed-embeddings lake (``emb://`` uris,
+    :mod:`curate.lakes.embeddings`) take their vector from it, after the embedded ones.
     """
     read = read or functools.partial(read_partition, storage_options=storage_options)
     decode_side = max(4 * embedder.image_size, 256)
     rows = images.filter(pc.equal(images["status"], "ok")).to_pylist()
+    given = [row for row in rows if lake_embeddings.is_row(row["uri"])]
+    rows = [row for row in rows if not lake_embeddings.is_row(row["uri"])]
     pictures: dict[str, Image.Image] = {}
     for uri, data in read([row["uri"] for row in rows]):
         if isinstance(data, BaseException) and not isinstance(data, OSError):
@@ -145,6 +150,16 @@ def embed_partition(
         roles.append(row["role"])
         sets.append(row["set"])
     vectors = embed_images(embedder, decoded, batch_size)
+    if given:
+        precomputed = lake_embeddings.vectors([row["uri"] for row in given])
+        if keys and vectors.shape[1] != precomputed.shape[1]:
+            raise LakeError(f"precomputed embeddings of dimension {precomputed.shape[1]} beside images the embedder "
+                            f"turns into {vectors.shape[1]}: give every set as embeddings of one model, or none")
+        vectors = np.concatenate([vectors, precomputed]) if keys else precomputed
+        for row in given:
+            keys.append(row["key"])
+            roles.append(row["role"])
+            sets.append(row["set"])
     table = pa.table(
         {"key": keys, "role": roles, "set": sets, "row": np.arange(len(keys), dtype=np.int32)},
         schema=EMBEDDINGS.schema,

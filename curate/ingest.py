@@ -26,6 +26,7 @@ import pyarrow as pa
 from PIL import ExifTags, Image
 
 from curate.lakes import RefusedFile, RefusedMember, provenance, read_partition
+from curate.lakes import embeddings as lake_embeddings
 from pretrain.data.images import ImageDecodeError, decode_image
 from schemas.config import IngestConfig
 from schemas.tables import FILES, IMAGES, utc_now
@@ -107,16 +108,17 @@ def ingest_partition(files: pa.Table, config: IngestConfig, storage_options: Map
 
     Each container (tar, parquet file) and store is opened once (:func:`curate.lakes.read_partition`);
     local files are read by :func:`read_bytes`. ``on_read(uri, data)`` sees every file's bytes as read
-    (the ingest stage keeps remote ones, :mod:`curate.fetched`). ``ingested_at`` (default: now, UTC) fills
+    (the ingest stage keeps remote ones, :mod:`curate.fetched`). A precomputed embedding's row
+    (:mod:`curate.lakes.embeddings`) is ``ok`` without reading its image. ``ingested_at`` (default: now, UTC) fills
     the column of that name.
     """
     ingested_at = ingested_at or utc_now()
     files = files.select(FILES.schema.names).cast(FILES.schema)
     uris = files.column("uri").to_pylist()
     lake_metadata: dict[str, dict[str, Any]] = {}
-    found = {}
-    for uri, data in read_partition(uris, storage_options, read_file=lambda path: read_bytes(path),
-                                    provenance=lake_metadata):
+    found = {uri: IngestResult(status="ok") for uri in uris if lake_embeddings.is_row(uri)}  # its vector is the lake
+    for uri, data in read_partition([uri for uri in uris if uri not in found], storage_options,
+                                    read_file=lambda path: read_bytes(path), provenance=lake_metadata):
         if on_read is not None and isinstance(data, bytes):
             on_read(uri, data)
         found[uri] = ingest_data(uri, data, config)

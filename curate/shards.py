@@ -32,6 +32,7 @@ from pathlib import PurePosixPath
 from typing import BinaryIO
 from urllib.parse import urlparse
 
+from core.storage import INDEX_KIND
 from curate import output
 from curate.lakes.uris import source_name
 from curate.output import Location
@@ -42,7 +43,6 @@ SHARD_MTIME = 0
 MEMBER_MODE = 0o444
 OWNER = ""  # uname and gname of every member; uid and gid are 0
 USTAR_NAME_MAX = 100  # a USTAR member name without a "/" holds at most 100 bytes
-INDEX_KIND = "wids-shard-index-v1"
 
 _KEY = re.compile(r"[A-Za-z0-9_-]+")
 _EXT = re.compile(r"[a-z0-9]+")

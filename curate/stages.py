@@ -29,11 +29,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.storage import SHARD_DIR
 from curate import cluster_steps, fetched, manifest, output, sample_steps, shard_steps, tables
 from curate.dedup import duplicates_table
 from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
 from curate.kmeans import clusters_table
+from curate.lakes import embeddings as lake_embeddings
+from curate.lakes.uris import is_url
 from curate.output import Location
 from curate.sample import selection_table
 from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
@@ -157,7 +160,9 @@ def embed(out: Location, partition: int, config: PipelineConfig, embedder: Embed
     images = tables.read_part(out, "images", partition)
     rows, vectors = embed_partition(images, embedder, config.ingest.max_pixels, config.embed.batch_size,
                                     read=fetched.reader(out, config.lake.storage_options, [partition]))
-    tables.write_array(out, "embeddings", partition, vectors)  # the matrix first: the part marks it done
+    metadata = pa.table({"key": rows["key"], "image_path": _lookup(images, rows["key"].to_pylist(), ["uri"])["uri"],
+                         "set": rows["set"].cast(pa.string()), "role": rows["role"].cast(pa.string())})
+    tables.write_array(out, "embeddings", partition, vectors, metadata)  # the matrix first: the part marks it done
     tables.write_part(out, "embeddings", partition, rows)
     record_unit(out, "embed", partition)
     return {"in": len(images), "out": len(rows)}
@@ -210,15 +215,25 @@ def pool_size(out: Location) -> int:
     return int(pc.sum(pc.and_(pc.equal(images["status"], "ok"), pc.equal(images["role"], "pool"))).as_py() or 0)
 
 
-def dedup_rule(config: PipelineConfig, pool_images: int) -> str:
-    """``local``, ``embeddings`` or a checkpoint path: ``dedup.descriptor`` with ``auto`` resolved by pool size."""
+def precomputed_pool(out: Location) -> bool:
+    """Whether the pool holds precomputed embeddings (:mod:`curate.lakes.embeddings`), whose images are not read."""
+    images = tables.read_table(out, "images")
+    pool = images.filter(pc.equal(images["role"], "pool"))
+    return bool(len(pool)) and bool(pc.any(pc.starts_with(pool["uri"], lake_embeddings.EMB)).as_py())
+
+
+def dedup_rule(config: PipelineConfig, pool_images: int, precomputed: bool = False) -> str:
+    """``local``, ``embeddings`` or a checkpoint path: ``dedup.descriptor`` with ``auto`` resolved by pool size;
+    always ``embeddings`` for a pool of ``precomputed`` embeddings (its images are never read)."""
+    if precomputed:
+        return "embeddings"
     if config.dedup.descriptor == "auto":
         return "local" if pool_images <= config.dedup.local_max_images else "embeddings"
     return config.dedup.descriptor
 
 
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
-    rule = dedup_rule(config, pool_size(out))
+    rule = dedup_rule(config, pool_size(out), precomputed_pool(out))
     if rule != "embeddings":
         from curate.copydetect.stage import copy_dedup
 
@@ -277,7 +292,6 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
 
 # -- the single-task shard plan: the reference curate.shard_steps is tested against ------------------------
 
-SHARD_DIR = "shards"
 PLAN_FILE = ".plan.json"
 INDEX_UNIT = "index"
 """The shard stage's last unit (``shards/index.json`` and the ``shards`` table), as recorded."""
@@ -289,12 +303,22 @@ def plan(out: Location, config: PipelineConfig) -> int:
     """Split the selection (key order) into shards by image format, ``shard.max_samples`` and ``shard.max_bytes``.
 
     Each sample is ``{key, uri, partition, ext, meta}``; the plan is written to ``shards/.plan.json`` so every
-    shard unit reads its own samples from disk rather than from its arguments. Returns the number of shards.
+    shard unit reads its own samples from disk rather than from its arguments. A selected precomputed
+    embedding whose metadata names no image, or a local file that is not there, has no sample. Returns the
+    number of shards.
     """
     selection = tables.read_table(out, "selection")
+    images_table = tables.read_table(out, "images")
+    uris = _lookup(images_table, selection.column("key").to_pylist(), ["uri"])["uri"]
+    named = lake_embeddings.images([uri for uri in uris if lake_embeddings.is_row(uri)])
+    files = {uri: path for uri, path in named.items()
+             if path is not None and (is_url(path) or output.is_file(output.location(path)))}
+    selection = selection.filter(pa.array([uri not in named or uri in files for uri in uris]))
     keys = selection.column("key").to_pylist()
-    images = _lookup(tables.read_table(out, "images"), keys,
+    images = _lookup(images_table, keys,
                      ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
+    images["bytes"] = [size if size is not None or uri not in files else output.size(output.location(files[uri])) or 0
+                       for uri, size in zip(images["uri"], images["bytes"])]
     duplicates = _lookup(tables.read_table(out, "duplicates"), keys, ["group"])
     chosen = selection.to_pylist()
     samples = [
@@ -302,7 +326,7 @@ def plan(out: Location, config: PipelineConfig) -> int:
             "key": key,
             "uri": images["uri"][i],
             "partition": images["partition"][i],
-            "ext": image_extension(images["uri"][i], images["format"][i]),
+            "ext": image_extension(files.get(images["uri"][i], images["uri"][i]), images["format"][i]),
             "meta": sample_meta(
                 key=key, uri=images["uri"][i], sha256=images["sha256"][i], width=images["width"][i],
                 height=images["height"][i], format=images["format"][i], group=duplicates["group"][i],
@@ -471,6 +495,9 @@ def report_step(out: Location, config: PipelineConfig, unit: None, previous: lis
 
 def dedup_announcement(out: Location, config: PipelineConfig) -> str:
     """Which duplicate rule the dedup stage applies, and why when ``auto`` chose it."""
+    if precomputed_pool(out):
+        return ("dedup: kNN cosine on the precomputed embeddings (their images are not read; for copy detection "
+                "give copy descriptors, e.g. SSCD's, as the lake's embeddings)")
     pool = pool_size(out)
     rule = dedup_rule(config, pool)
     why = (f" (dedup.descriptor=auto: {pool:,} pool images, local features up to "
@@ -499,7 +526,8 @@ STAGES: dict[str, Stage] = {
               counts=lambda out: (_rows(out, "files"), _ok_images(out))),
         Stage("embed", ("images",), "embeddings", True, "one vector per readable image",
               steps=(Step("embed", embed_step, partition_units, parts_done("embeddings"), {"GPU": 1}, embedder),),
-              unit_files=(_part("embeddings", ".npy"), _part("embeddings")),
+              unit_files=("embeddings/img_emb/img_emb_{unit:05d}.npy",
+                          "embeddings/metadata/metadata_{unit:05d}.parquet", _part("embeddings")),
               counts=lambda out: (_ok_images(out), _rows(out, "embeddings"))),
         Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
               steps=(Step("dedup", Whole(dedup)),),

@@ -2,8 +2,10 @@
 
 A part is written to a temporary name in the same folder and renamed into place (on an object store:
 sent in one put, see :mod:`curate.output`), so a part that exists is complete: resuming a stage is
-listing which parts exist. Vectors that belong to a part (the embed stage's float32 matrix) sit beside
-it as ``part-NNNNN.npy`` and are written before the parquet part.
+listing which parts exist, and ``tables/<name>/`` is a parquet dataset pandas, polars or DuckDB read as is.
+Vectors that belong to a part (the embed stage's float32 matrix) are kept in the layout of precomputed
+embeddings (LAION's, clip-retrieval's): ``OUT/<name>/img_emb/img_emb_NNNNN.npy`` and, row for row,
+``OUT/<name>/metadata/metadata_NNNNN.parquet`` (``key``, ``image_path``...), written before the part.
 """
 
 from __future__ import annotations
@@ -35,17 +37,35 @@ def write_part(out: str | Path | RemotePath, name: str, partition: int, table: p
     return path
 
 
-def write_array(out: str | Path | RemotePath, name: str, partition: int, array: np.ndarray) -> Location:
-    """Publish the ``.npy`` matrix that belongs to part ``partition`` (write it before the parquet part)."""
-    path = part_path(out, name, partition, ".npy")
+ARRAY_DIR, METADATA_DIR = "img_emb", "metadata"
+
+
+def array_path(out: str | Path | RemotePath, name: str, partition: int) -> Location:
+    """``OUT/<name>/img_emb/img_emb_NNNNN.npy``: the vectors of part ``partition`` of table ``name``."""
+    return output.join(out, name, ARRAY_DIR, f"{ARRAY_DIR}_{partition:05d}.npy")
+
+
+def metadata_path(out: str | Path | RemotePath, name: str, partition: int) -> Location:
+    """``OUT/<name>/metadata/metadata_NNNNN.parquet``: one row per row of :func:`array_path`, in its order."""
+    return output.join(out, name, METADATA_DIR, f"{METADATA_DIR}_{partition:05d}.parquet")
+
+
+def write_array(out: str | Path | RemotePath, name: str, partition: int, array: np.ndarray,
+                metadata: pa.Table) -> Location:
+    """Publish the matrix of part ``partition`` and its ``metadata`` rows (write them before the parquet part)."""
+    if len(metadata) != len(array):
+        raise ValueError(f"{len(metadata)} metadata rows for {len(array)} vectors")
+    output.publish(metadata_path(out, name, partition),
+                   lambda stream: pq.write_table(metadata, stream, compression="zstd"))
+    path = array_path(out, name, partition)
     output.publish(path, lambda stream: np.save(stream, np.ascontiguousarray(array, dtype=np.float32)))
     return path
 
 
 def read_array(out: str | Path | RemotePath, name: str, partition: int, mmap: bool = True) -> np.ndarray:
-    """The ``.npy`` matrix of part ``partition``: memory-mapped locally, read into memory from a store (never
-    with pickles: :class:`SchemaError` for anything but a plain array)."""
-    path = part_path(out, name, partition, ".npy")
+    """The matrix of part ``partition`` (:func:`array_path`): memory-mapped locally, read into memory from a
+    store (never with pickles: :class:`SchemaError` for anything but a plain array)."""
+    path = array_path(out, name, partition)
     try:
         if isinstance(path, RemotePath):
             return np.load(output.readable(path), allow_pickle=False)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curate import output, stages
-from curate.lake import ImageSet, LakeError, files_table, name_sets
+from curate.lakes.sets import ImageSet, LakeError, files_table, name_sets
 from curate.lakes import listing as lake_listing
 from curate.output import Location
 from pipelines import pretrain_stage
@@ -142,8 +142,8 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
         listing = (files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
                    if check(out, sets) is None and here else None)  # a bad local lake fails before the cluster starts
         executor = dask_executor(console, scheduler, workers, memory_limit, cluster, config.slurm, performance_report)
-        records = run_curation(out, sets, config, executor, console, until=until, holder=f"curate {command} --out {out}",
-                               listing=listing, verify=verify,
+        records = run_curation(out, sets, config, executor, console, until=until,
+                               holder=f"curate {command} --out {out}", listing=listing, verify=verify,
                                after_stage=lambda name: _check_curated(out, sets, config.ingest.min_side)
                                if name == "ingest" else None)
     except USER_ERRORS as error:

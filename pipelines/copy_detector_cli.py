@@ -15,7 +15,7 @@ import numpy as np
 import typer
 
 from curate.copydetect.train import CHECKPOINT, CopyDetectorTrainer, CopyTrainConfig, load_lake_images
-from curate.lake import name_sets
+from curate.lakes.sets import name_sets
 from curate.lakes.listing import list_uris, units
 from schemas.config import LakeConfig, PipelineConfig
 from schemas.storage import parse_storage_options

@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from curate.lake import name_sets
+from curate.lakes.sets import name_sets
 from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake, curation_quality
 from pipelines.dispatch import dask_executor
 from pipelines.named_configs import resolve_config

@@ -31,13 +31,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.storage import INDEX_NAME, SHARD_DIR, STORAGE_OPTIONS_ENV
 from curate import output
 from curate.output import Location, RemotePath
-from pretrain.data.remote import STORAGE_OPTIONS_ENV
 from schemas.storage import is_secret
 
 PRETRAIN_DIR = "pretrain"
-SHARDS_DIR = "shards"  # curate.stages.SHARD_DIR
 DATA_RECORD = "shards.json"
 
 
@@ -84,7 +83,7 @@ def pretrain_command(out: Location, preset: str, overrides: Sequence[str], nproc
                      python: str = sys.executable, pretrain_out: Path | None = None) -> list[str]:
     """The command line of the stage (one process, or torchrun with ``nproc`` processes)."""
     options = option_flags(out.storage_options) if isinstance(out, RemotePath) else []
-    train = ["-m", "pretrain", "train", "--data", str(out / SHARDS_DIR), "--out", str(trainer_dir(out, pretrain_out)),
+    train = ["-m", "pretrain", "train", "--data", str(out / SHARD_DIR), "--out", str(trainer_dir(out, pretrain_out)),
              *options, "--preset", preset, "--resume", "--no-progress", *overrides]
     if nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *train]
@@ -95,9 +94,9 @@ def check_same_shards(out: Location, pretrain_out: Path | None = None) -> None:
     """Record which shards the trainer's folder trains on; refuse to resume it on different ones."""
     folder = trainer_dir(out, pretrain_out)
     record = folder / DATA_RECORD
-    index = out / SHARDS_DIR / "index.json"
+    index = out / SHARD_DIR / INDEX_NAME
     if not output.is_file(index):
-        raise PretrainStageError(f"{out / SHARDS_DIR}: no index.json, the shard stage wrote no shards")
+        raise PretrainStageError(f"{out / SHARD_DIR}: no index.json, the shard stage wrote no shards")
     digest = hashlib.sha256(output.read_bytes(index)).hexdigest()
     if record.is_file():
         recorded = json.loads(record.read_text()).get("index_sha256")

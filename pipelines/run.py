@@ -19,11 +19,11 @@ import pyarrow as pa
 from rich.console import Console
 
 from curate import output, stages, tables
-from curate.lake import ImageSet, files_table
+from curate.lakes.sets import ImageSet, files_table
 from curate.lakes import listing as lake_listing
 from curate.output import Location
 from pipelines.dispatch import Executor, run_stage
-from pipelines.listing import list_lake
+from pipelines.listing_tasks import list_lake
 from pipelines.lock import OutputLock
 from pipelines.state import prepare, relisted, repair
 from schemas.config import PipelineConfig
@@ -39,7 +39,7 @@ def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, l
     partitions whose part changed are redone (:func:`pipelines.state.relisted`).
 
     Local folder sets are listed here; any other set (URLs, tar files, parquet files) is listed by tasks
-    of ``executor`` (:mod:`pipelines.listing`). Returns the number of partitions.
+    of ``executor`` (:mod:`pipelines.listing_tasks`). Returns the number of partitions.
     """
     done = tables.done_parts(out, "files")
     before = stages.listing_record(out) if done else None  # a listing with damaged parts is listed again
@@ -62,8 +62,9 @@ def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, l
 
 
 def run_curation(out: Location, sets: list[ImageSet], config: PipelineConfig,
-                 executor: AbstractContextManager[Executor], console: Console, until: str = "report", holder: str = "curate", listing: pa.Table | None = None,
-                 verify: bool = False, after_stage: Callable[[str], None] | None = None) -> list[dict]:
+                 executor: AbstractContextManager[Executor], console: Console, until: str = "report",
+                 holder: str = "curate", listing: pa.Table | None = None, verify: bool = False,
+                 after_stage: Callable[[str], None] | None = None) -> list[dict]:
     """Run every stage up to ``until`` over ``out`` holding its lock (``holder`` names this run to another
     one); returns one record per stage (images in/out, seconds, tasks). ``executor`` is entered once the
     lock is held (a cluster starts only for a run that may write ``OUT``):

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from curate import manifest, output, stages, tables
-from curate.lake import ImageSet
+from curate.lakes.sets import ImageSet
 from curate.output import Location
 from schemas.config import PipelineConfig
 from schemas.tables import utc_now

@@ -1,9 +1,10 @@
 """The pipeline configuration: typed sections with defaults, loaded from YAML plus ``KEY=VALUE`` overrides.
 
 A YAML file (the named ones, ``lvd`` and ``demo``, live in ``pipelines/configs/``) gives the starting values; ``section.key=value``
-overrides follow (values parsed as YAML, so ``dedup.threshold=0.5`` is a float). Unknown sections or keys,
-values of the wrong type and numbers outside the range declared with their field (:func:`ranged`) raise
-:class:`ConfigError` with the key's name::
+overrides follow (values parsed as YAML, so ``dedup.threshold=0.5`` is a float). The sections are typed
+configs of :mod:`core.config`: unknown sections or keys, values of the wrong type, words outside their
+choices and numbers outside the range declared with their field (:func:`ranged`) raise
+:class:`~core.config.ConfigError` with the key's name::
 
     config = load_config("my_lake.yaml", ["dedup.threshold=0.9", "shard.max_samples=500"])
     config.dedup.threshold   # 0.9
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,54 +22,8 @@ from typing import Any
 
 import yaml
 
+from core.config import ConfigError, at_least, build, fraction, one_of, ranged, ranged_tuple
 from schemas.storage import redact
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the key."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """The values a number (or each number of a tuple) of the config may take: ``low``/``high`` inclusive,
-    unless ``open_low`` (then ``low`` itself is excluded); NaN is never in range."""
-
-    low: float | None = None
-    high: float | None = None
-    open_low: bool = False
-
-    def holds(self, value: float) -> bool:
-        if value != value:  # NaN
-            return False
-        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
-            return False
-        return self.high is None or value <= self.high
-
-    def __str__(self) -> str:
-        if self.low is None:
-            return f"<= {self.high:g}"
-        if self.high is None:
-            return f"{'>' if self.open_low else '>='} {self.low:g}"
-        return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
-
-
-def ranged(default: Any, low: float | None = None, high: float | None = None, open_low: bool = False) -> Any:
-    """A dataclass field whose value is checked against :class:`Range` ``(low, high)`` when a config is loaded."""
-    return field(default=default, metadata={"range": Range(low, high, open_low)})
-
-
-def at_least(default: Any, low: float) -> Any:
-    return ranged(default, low)
-
-
-def ranged_tuple(low: float) -> Any:
-    """A tuple field (default empty) each of whose items must be at least ``low``."""
-    return field(default=(), metadata={"range": Range(low)})
-
-
-def fraction(default: float, open_low: bool = False) -> Any:
-    """A field in ``[0, 1]`` (``(0, 1]`` with ``open_low``)."""
-    return ranged(default, 0.0, 1.0, open_low)
 
 
 @dataclass(frozen=True)
@@ -102,7 +56,7 @@ class EmbedConfig:
     pixel_grid: int = at_least(16, 1)
     """Side of the thumbnail the ``pixels`` embedder flattens."""
     batch_size: int = at_least(64, 1)
-    device: str = "auto"
+    device: str = one_of("auto", "cpu", "cuda")
     """``auto`` (CUDA when the worker has a GPU), ``cpu`` or ``cuda``."""
 
 
@@ -114,7 +68,7 @@ class DedupConfig:
     """Cosine similarity above which two pool images are copies (the paper's 0.6 on SSCD descriptors)."""
     eval_threshold: float = fraction(0.45, open_low=True)
     """Looser threshold against evaluation sets (the paper's 0.45)."""
-    index: str = "auto"
+    index: str = one_of("auto", "flat", "ivf", "hnsw")
     """faiss index: ``auto`` (exact up to 10^5 vectors, IVF above), ``flat``, ``ivf`` or ``hnsw``."""
     nprobe: int = at_least(16, 1)
     """IVF lists searched per query: more finds more true neighbours, at proportionally more search time."""
@@ -169,9 +123,9 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    method: str = "auto"
+    method: str = one_of("auto", "retrieval", "balanced", "all")
     """``auto`` (retrieval when curated sets are given, else balanced), ``retrieval``, ``balanced`` or ``all``."""
-    retrieval: str = "neighbours"
+    retrieval: str = one_of("neighbours", "clusters")
     """``neighbours``: each curated image takes its ``per_query`` nearest; ``clusters``: ``per_cluster`` from each hit cluster."""
     per_query: int = at_least(4, 1)
     per_cluster: int = at_least(100, 1)
@@ -266,14 +220,6 @@ class PipelineConfig:
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
 
 
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("sample", "method"): ("auto", "retrieval", "balanced", "all"),
-    ("sample", "retrieval"): ("neighbours", "clusters"),
-    ("dedup", "index"): ("auto", "flat", "ivf", "hnsw"),
-    ("embed", "device"): ("auto", "cpu", "cuda"),
-}
-
-
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
     """Defaults, then the YAML file ``path``, then ``section.key=value`` overrides."""
     data: dict[str, dict[str, Any]] = {}
@@ -302,67 +248,4 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         except yaml.YAMLError:
             value = text
         data.setdefault(section, {})[key] = value
-    return _build(data)
-
-
-def _build(data: dict[str, dict[str, Any]]) -> PipelineConfig:
-    sections = {f.name: f for f in dataclasses.fields(PipelineConfig)}
-    built = {}
-    for section, values in data.items():
-        if section not in sections:
-            raise ConfigError(f"unknown config section {section!r} (known: {', '.join(sections)})")
-    for name, section_field in sections.items():
-        section_type = section_field.default_factory  # type: ignore[misc]
-        fields = {f.name: f for f in dataclasses.fields(section_type)}
-        hints = typing.get_type_hints(section_type)
-        values = {}
-        for key, value in data.get(name, {}).items():
-            if key not in fields:
-                raise ConfigError(f"unknown config key {name}.{key} (known: {', '.join(fields)})")
-            values[key] = _coerce(f"{name}.{key}", value, hints[key])
-            allowed = CHOICES.get((name, key))
-            if allowed and values[key] not in allowed:
-                raise ConfigError(f"{name}.{key}={values[key]!r}: choose one of {', '.join(allowed)}")
-            _check_range(f"{name}.{key}", values[key], fields[key].metadata.get("range"))
-        built[name] = section_type(**values)
-    return PipelineConfig(**built)
-
-
-def _check_range(key: str, value: Any, allowed: Range | None) -> None:
-    """:class:`ConfigError` naming ``key`` and its range when ``value`` (or an item of it) is out of range."""
-    if allowed is None:
-        return
-    for item in value if isinstance(value, tuple) else (value,):
-        if not allowed.holds(item):
-            shown = list(value) if isinstance(value, tuple) else value
-            raise ConfigError(f"{key}={shown!r}: must be {allowed}{' (each item)' if isinstance(value, tuple) else ''}")
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(key, item, typing.get_args(hint)[0]) for item in items)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"{key}: expected a mapping")  # the value is not echoed: it may hold credentials
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r}: expected true or false")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}={value!r}: expected an integer")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}={value!r}: expected a number")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}={value!r}: expected a string")
-    return value
+    return build(PipelineConfig, data)

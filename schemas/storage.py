@@ -1,4 +1,4 @@
-"""fsspec storage options: parsed from ``--storage-option KEY=VALUE``, and the one rule that keeps secrets out of files.
+"""fsspec storage options: the one rule that keeps secrets out of files (parsed by :func:`core.storage.parse_storage_options`).
 
 Options go to every fsspec filesystem of the run's remote URLs (``endpoint_url``, ``anon``,
 ``client_kwargs.region_name`` ...). Credentials are best left to the usual environment (``AWS_*``,
@@ -12,9 +12,11 @@ a config is written or printed (``run.json``, reports, logged task arguments)::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from core.storage import StorageOptionError, parse_storage_options  # noqa: F401 - the CLI's names for them
 
 REDACTED = "<redacted>"
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth", "session", "signature",
@@ -24,10 +26,6 @@ PUBLIC_OPTIONS = frozenset({"endpoint_url", "anon", "region_name", "requester_pa
                             "default_block_size", "default_cache_type", "project", "cache_type", "block_size",
                             "client_kwargs", "config_kwargs", "s3_additional_kwargs", "skip_instance_cache"})
 """Names known to hold no secret, kept when a config is written (needed to resume against the same store)."""
-
-
-class StorageOptionError(ValueError):
-    """A ``--storage-option`` that is not ``KEY=VALUE``."""
 
 
 def is_secret(name: str) -> bool:
@@ -61,24 +59,3 @@ def redact_url(text: str) -> str:
     if not parts.scheme or "@" not in parts.netloc:
         return text
     return urlunsplit(parts._replace(netloc=f"{REDACTED}@{parts.netloc.rpartition('@')[2]}"))
-
-
-def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs as a dict: ``true``/``false`` become booleans, every other value stays a string
-    (a numeric-looking token is still a token); ``a.b=v`` nests (``client_kwargs.region_name=eu-west-1``)."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        name = name.strip()
-        if not sep or not name:  # the text is not echoed: it may be a credential typed without its key
-            raise StorageOptionError("--storage-option: expected KEY=VALUE (one was given without '=' or a key)")
-        value: Any = {"true": True, "false": False}.get(text.strip().lower(), text)
-        *parents, leaf = name.split(".")
-        target = options
-        for parent in parents:
-            nested = target.setdefault(parent, {})
-            if not isinstance(nested, dict):
-                raise StorageOptionError(f"--storage-option {name}: {parent} is already set to a value")
-            target = nested
-        target[leaf] = value
-    return options

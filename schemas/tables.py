@@ -101,9 +101,10 @@ IMAGES = _spec(
 )
 
 EMBEDDINGS = _spec(
-    "embeddings", 2, "embed: row ``row`` of the partition's ``part-NNNNN.npy`` (float32 [n, dim]) is this key's vector",
+    "embeddings", 3, "embed: row ``row`` of the partition's ``OUT/embeddings/img_emb/img_emb_NNNNN.npy`` (float32 "
+    "[n, dim]; ``OUT/embeddings/metadata/metadata_NNNNN.parquet`` names its rows) is this key's vector",
     ("key", pa.string(), False, _KEY), ("role", LABEL, False, _ROLE), ("set", LABEL, False, _SET),
-    ("row", pa.int32(), False, "row of this key's vector in the part-NNNNN.npy matrix beside the part"),
+    ("row", pa.int32(), False, "row of this key's vector in the partition's img_emb_NNNNN.npy matrix"),
 )
 
 DUPLICATES = _spec(

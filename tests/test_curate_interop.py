@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from curate import tables
 from curate.ingest import ingest_partition
-from curate.lake import ImageSet, make_key
+from curate.lakes.sets import ImageSet, make_key
 from curate.lakes import listing
 from curate.lakes.detect import detect
 from curate.shards import META_FIELDS

@@ -5,7 +5,7 @@ import re
 import pytest
 from PIL import Image
 
-from curate.lake import LakeError, files_table, list_set, make_key, name_sets
+from curate.lakes.sets import LakeError, files_table, list_set, make_key, name_sets
 from schemas.tables import validate
 
 

@@ -69,7 +69,7 @@ def test_tables_and_shards_through_the_helper(out):
     table = pa.table({"key": ["a", "b"], "uri": ["/x/a.png", "/x/b.png"], "role": ["pool", "pool"],
                       "set": ["pool", "pool"], "partition": pa.array([0, 0], pa.int32())})
     tables.write_part(out, "files", 0, table)
-    tables.write_array(out, "embeddings", 0, np.eye(3, dtype=np.float32))
+    tables.write_array(out, "embeddings", 0, np.eye(3, dtype=np.float32), pa.table({"key": ["a", "b", "c"]}))
     assert tables.done_parts(out, "files") == {0}
     assert tables.read_table(out, "files").equals(tables.read_part(out, "files", 0))
     assert np.array_equal(tables.read_array(out, "embeddings", 0), np.eye(3))
@@ -93,7 +93,7 @@ def test_memory_objects_appear_whole():
 
 
 def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages():
-    from curate.lake import ImageSet
+    from curate.lakes.sets import ImageSet
     from pipelines.named_configs import CONFIG_DIR
     from pipelines.state import RunError, check, prepare, read_run
     from schemas.config import load_config
@@ -102,14 +102,14 @@ def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages(
     sets = [ImageSet("s3://bucket/lake", "pool", "pool")]
     config = load_config(CONFIG_DIR / "demo.yaml")
     assert prepare(out, sets, config) == []
-    tables.write_array(out, "embeddings", 0, np.zeros((1, 2), np.float32))
+    tables.write_array(out, "embeddings", 0, np.zeros((1, 2), np.float32), pa.table({"key": ["a"]}))
     output.write_bytes(output.join(out, "tables", "clusters", "part-00000.parquet"), b"stale")
     assert read_run(out)["sets"] == [{"uri": "s3://bucket/lake", "role": "pool", "name": "pool"}]
     assert prepare(out, sets, config) == []  # the same run: resumed, nothing removed
     changed = load_config(CONFIG_DIR / "demo.yaml", ["cluster.ks=[3, 2]"])
     assert prepare(out, sets, changed)[0] == "cluster"
     assert output.names(output.join(out, "tables", "clusters")) == []
-    assert output.names(output.join(out, "tables", "embeddings")) == ["part-00000.npy"]
+    assert output.names(output.join(out, "embeddings", "img_emb")) == ["img_emb_00000.npy"]
     with pytest.raises(RunError, match="holds another run"):
         check(out, [ImageSet("s3://bucket/other", "pool", "pool")])
     output.remove_tree(out)

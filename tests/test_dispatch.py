@@ -73,8 +73,9 @@ def build(config):
 STAGE = Stage("toy", (), "toy", False, "plan → parts → finish",
               steps=(Step("plan", plan), Step("part", write_part, planned, parts_written), Step("finish", finish)))
 REPEATED = Stage("lloyd", (), "toy", False, "a start, then map → reduce repeated",
-                 steps=(Step("start", start), Repeat((Step("map", double, iteration_parts), Step("reduce", reduce)),
-                                                     times=lambda config: 4, until=lambda results: results[0]["value"] >= 27)))
+                 steps=(Step("start", start),
+                        Repeat((Step("map", double, iteration_parts), Step("reduce", reduce)),
+                               times=lambda config: 4, until=lambda results: results[0]["value"] >= 27)))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from PIL import Image
 
 from curate import tables
 from curate.ingest import ingest_partition
-from curate.lake import ImageSet, LakeError, make_key
+from curate.lakes.sets import ImageSet, LakeError, make_key
 from curate.lakes import RefusedMember, listing, parse, read_partition, read_uri, source_name
 from curate.lakes import tar as tar_lake
 from curate.lakes.uris import parquet_row, tar_member, unsafe_member

@@ -224,7 +224,7 @@ def test_curate_run_into_a_bucket_resumes_and_pretrains_from_it(s3, tmp_path):
     objects = every_object_under(fs, f"{OUT_BUCKET}/runs/one")
     names = {path.split("/runs/one/", 1)[1] for path in objects}
     assert {"run.json", "timings.json", "shards/index.json", "report/report.json", "report/report.html",
-            "tables/shards/part-00000.parquet", "tables/embeddings/part-00000.npy"} <= names
+            "tables/shards/part-00000.parquet", "embeddings/img_emb/img_emb_00000.npy"} <= names
     assert not [name for name in names if any(part.startswith(".") for part in name.split("/"))]  # no plan, no staging
     written = b"".join(objects.values())
     assert SECRET.encode() not in written and ACCESS_KEY.encode() not in written
@@ -323,10 +323,10 @@ def test_damage_in_a_bucket_is_listed_by_status_verify_and_repaired_by_a_rerun(s
     command = ["run", "--lake", folders["pool"], "--out", out, "--workers", 1, *options, *DEMO]
     assert curate(*command).exit_code == 0
     fs.rm(f"{OUT_BUCKET}/runs/damaged/shards/shard-000001.tar")
-    fs.rm(f"{OUT_BUCKET}/runs/damaged/tables/embeddings/part-00001.npy")
+    fs.rm(f"{OUT_BUCKET}/runs/damaged/embeddings/img_emb/img_emb_00001.npy")
     status = curate("status", out, "--verify", *options)
     assert status.exit_code == 1
-    assert "damaged: embed part-00001: tables/embeddings/part-00001.npy: missing" in status.stdout
+    assert "damaged: embed part-00001: embeddings/img_emb/img_emb_00001.npy: missing" in status.stdout
     assert "damaged: shard shard-000001: shards/shard-000001.tar: missing" in status.stdout
     rerun = curate(*command)
     assert rerun.exit_code == 0, rerun.stdout + rerun.stderr

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from curate import output, stages, tables
 from curate.copydetect.features import part_path, partition_features
-from curate.lake import ImageSet
+from curate.lakes.sets import ImageSet
 from lakes import write_lake
 from pipelines.cli import app
 from pipelines.state import check
@@ -90,7 +90,7 @@ def test_a_cache_part_built_from_other_rows_is_recomputed(tmp_path):
 
 
 def test_an_embeddings_matrix_holding_pickles_is_refused(tmp_path):
-    path = tables.part_path(tmp_path, "embeddings", 0, ".npy")
+    path = tables.array_path(tmp_path, "embeddings", 0)
     path.parent.mkdir(parents=True)
     np.save(path, np.array([Planted(tmp_path / "executed")], dtype=object), allow_pickle=True)
     with pytest.raises(SchemaError, match="not a plain array"):
@@ -171,7 +171,7 @@ def _damage(out: Path, case: str) -> tuple[str, str]:
         tables.part_path(out, "files", 1).unlink()
         return "ingest", "listing"
     if case == "deleted embeddings matrix":
-        tables.part_path(out, "embeddings", 1, ".npy").unlink()
+        tables.array_path(out, "embeddings", 1).unlink()
         return "embed", "part-00001"
     raise ValueError(case)
 

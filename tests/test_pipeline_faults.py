@@ -4,16 +4,20 @@ byte-identical shards as an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed import Client
 
 from curate import tables
 from schemas.tables import time_columns
@@ -101,29 +105,47 @@ def test_client_killed_mid_embed_then_rerun_gives_the_same_output(reference, tmp
     assert_same_run(out, reference_out)
 
 
-def test_worker_killed_mid_stage_the_run_still_completes_identically(reference, tmp_path):
-    folders, reference_out, partitions = reference
+@contextlib.contextmanager
+def scheduler_with_workers(tmp_path: Path, count: int = 2) -> Iterator[tuple[str, dict[str, subprocess.Popen], list]]:
+    """A ``dask scheduler`` and ``count`` ``dask worker`` processes (named ``w0``...): (address, workers by
+    name, every process started, to which a test appends its own); all killed on exit."""
     scheduler_file = tmp_path / "scheduler.json"
     processes = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
                         "--scheduler-file", str(scheduler_file)], tmp_path / "scheduler.log")]
     try:
         wait_for(scheduler_file.exists, timeout=60)
         time.sleep(0.5)
-        address = __import__("json").loads(scheduler_file.read_text())["address"]
-        workers = [start([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
-                          "--name", f"w{i}"], tmp_path / f"worker{i}.log") for i in range(2)]
-        processes += workers
-        out = tmp_path / "out"
-        client = start(curate_command(folders, out, "--scheduler", address), tmp_path / "client.log")
-        processes.append(client)
-        wait_for(lambda: 1 <= embed_parts(out), timeout=240, process=client)
-        kill_group(workers[0])
-        assert embed_parts(out) < partitions, "the embed stage finished before the kill"
-        assert client.wait(timeout=300) == 0, (tmp_path / "client.log").read_text()[-3000:]
-        assert_same_run(out, reference_out)
+        address = json.loads(scheduler_file.read_text())["address"]
+        workers = {f"w{i}": start([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
+                                   "--name", f"w{i}"], tmp_path / f"worker{i}.log") for i in range(count)}
+        processes += workers.values()
+        yield address, workers, processes
     finally:
         for process in reversed(processes):
             kill_group(process)
+
+
+def run_on(address: str, folders: dict[str, Path], tmp_path: Path, processes: list) -> tuple[Path, subprocess.Popen]:
+    """``curate run`` on the scheduler at ``address`` into ``tmp_path/out``, started (not waited for)."""
+    out = tmp_path / "out"
+    client = start(curate_command(folders, out, "--scheduler", address), tmp_path / "client.log")
+    processes.append(client)
+    return out, client
+
+
+def assert_completes_as(reference_out: Path, out: Path, client: subprocess.Popen, log: Path) -> None:
+    assert client.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert_same_run(out, reference_out)
+
+
+def test_worker_killed_mid_stage_the_run_still_completes_identically(reference, tmp_path):
+    folders, reference_out, partitions = reference
+    with scheduler_with_workers(tmp_path) as (address, workers, processes):
+        out, client = run_on(address, folders, tmp_path, processes)
+        wait_for(lambda: 1 <= embed_parts(out), timeout=240, process=client)
+        kill_group(workers["w0"])
+        assert embed_parts(out) < partitions, "the embed stage finished before the kill"
+        assert_completes_as(reference_out, out, client, tmp_path / "client.log")
 
 
 GLOBAL_STAGES = ("dedup", "cluster", "sample", "shard")
@@ -131,22 +153,9 @@ GLOBAL_STAGES = ("dedup", "cluster", "sample", "shard")
 
 def test_worker_killed_while_it_runs_a_global_stage_the_rerun_gives_identical_tables_and_shards(reference, tmp_path):
     """The scheduler is watched for a worker running a task of a global stage; that worker is killed then."""
-    from distributed import Client
-
     folders, reference_out, _ = reference
-    scheduler_file = tmp_path / "scheduler.json"
-    processes = [start([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-                        "--scheduler-file", str(scheduler_file)], tmp_path / "scheduler.log")]
-    try:
-        wait_for(scheduler_file.exists, timeout=60)
-        time.sleep(0.5)
-        address = __import__("json").loads(scheduler_file.read_text())["address"]
-        workers = {f"w{i}": start([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--no-dashboard",
-                                   "--name", f"w{i}"], tmp_path / f"worker{i}.log") for i in range(2)}
-        processes += workers.values()
-        out = tmp_path / "out"
-        client = start(curate_command(folders, out, "--scheduler", address), tmp_path / "client.log")
-        processes.append(client)
+    with scheduler_with_workers(tmp_path) as (address, workers, processes):
+        out, client = run_on(address, folders, tmp_path, processes)
         with Client(address, timeout=30) as watcher:
             def running_global() -> str | None:
                 names = {a: w["name"] for a, w in watcher.scheduler_info(n_workers=-1)["workers"].items()}
@@ -155,15 +164,11 @@ def test_worker_killed_while_it_runs_a_global_stage_the_rerun_gives_identical_ta
                         return names.get(worker)
                 return None
 
-            found: list[str] = []
+            found: list[str | None] = []
             wait_for(lambda: found.append(running_global()) or found[-1] is not None, timeout=300, process=client)
             kill_group(workers[found[-1]])
         assert not (out / "shards" / "index.json").exists(), "the run finished before the kill"
-        assert client.wait(timeout=300) == 0, (tmp_path / "client.log").read_text()[-3000:]
-        assert_same_run(out, reference_out)
-    finally:
-        for process in reversed(processes):
-            kill_group(process)
+        assert_completes_as(reference_out, out, client, tmp_path / "client.log")
 
 
 def test_a_worker_with_a_small_memory_limit_embeds_a_larger_lake(tmp_path):

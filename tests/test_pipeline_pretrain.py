@@ -33,7 +33,7 @@ def test_command_line_of_the_stage(tmp_path):
 
 def test_command_line_for_shards_in_a_bucket_carries_no_secret(tmp_path):
     from curate import output
-    from pretrain.data.remote import STORAGE_OPTIONS_ENV, parse_storage_options
+    from core.storage import STORAGE_OPTIONS_ENV, parse_storage_options
 
     options = {"endpoint_url": "http://127.0.0.1:9", "secret": "s3cr3t", "anon": False,
                "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "t0ken"}}

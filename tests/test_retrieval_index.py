@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from core.contact_sheet import contact_sheet
 from features.retrieval import FeatureIndex, RetrievalIndexError
-from features.retrieval.contact_sheet import contact_sheet
 from features.retrieval.index import default_nlist
 
 

@@ -4,6 +4,7 @@ column descriptions in pyarrow, and joins across tables."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,12 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 
-from curate import stages, tables
-from curate.embed import load_embedder
-from curate.lake import ImageSet, files_table
+from curate import tables
+from curate.lakes.sets import ImageSet
 from lakes import write_lake
 from pipelines import state
+from pipelines.dispatch import LoopExecutor
+from pipelines.run import run_curation
 from schemas.config import load_config
 from schemas.tables import LABEL, TABLES, TIME, time_columns
 
@@ -34,20 +37,22 @@ def run_out(tmp_path_factory):
             ImageSet(str(folders["eval"]), "eval", "bench")]
     out = root / "out"
     started = datetime.now(timezone.utc)
-    state.prepare(out, sets, config)
-    files = files_table(sets, config.ingest.partition_size)
-    for partition in sorted(set(files.column("partition").to_pylist())):
-        tables.write_part(out, "files", partition, files.filter(np.array(files.column("partition")) == partition))
-    for partition in stages.pending(out, "ingest"):
-        stages.ingest(out, partition, config)
-    embedder = load_embedder(config.embed)
-    for partition in stages.pending(out, "embed"):
-        stages.embed(out, partition, config, embedder)
-    for stage in (stages.dedup, stages.cluster, stages.sample):
-        stage(out, config)
-    count = stages.plan(out, config)
-    stages.finish_shards(out, [stages.shard(out, number, config) for number in range(count)])
+    run_curation(out, sets, config, nullcontext(LoopExecutor()), Console(quiet=True), until="shard")
     return out, started
+
+
+def test_the_embeddings_are_a_parquet_table_and_a_precomputed_embeddings_folder(run_out):
+    """``tables/embeddings`` holds parquet alone; the vectors sit in LAION's layout, row for row with metadata."""
+    out, _ = run_out
+    rows = duckdb.connect().execute(f"SELECT key, row FROM read_parquet('{out}/tables/embeddings/*')").fetchall()
+    assert len(rows) == len(tables.read_table(out, "embeddings")) > 0
+    for partition in sorted(tables.done_parts(out, "embeddings")):
+        part = tables.read_part(out, "embeddings", partition)
+        metadata = pq.read_table(out / "embeddings" / "metadata" / f"metadata_{partition:05d}.parquet")
+        vectors = np.load(out / "embeddings" / "img_emb" / f"img_emb_{partition:05d}.npy")
+        assert len(metadata) == len(vectors) == len(part)
+        assert metadata.column("key").to_pylist() == part.sort_by("row").column("key").to_pylist()
+        assert all(path.startswith(str(out.parent)) for path in metadata.column("image_path").to_pylist())
 
 
 def test_duckdb_reads_every_table_with_timestamps_and_labels_as_strings(run_out):

@@ -1,4 +1,4 @@
-"""Lake readers, one module per kind: local folders (:mod:`curate.lake`), fsspec URLs, tar files, parquet tables.
+"""Lake readers, one module per kind: the sets and their keys (:mod:`curate.lakes.sets`), fsspec URLs, tar files, parquet tables.
 
 :mod:`~curate.lakes.uris` says how each kind's files are named in the ``files`` table;
 :func:`read_partition` reads a partition's files with each container opened once (and, when asked,

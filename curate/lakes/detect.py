@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from core.storage import is_remote, strip_local_scheme
 from curate.lakes.parquet import PARQUET_SUFFIXES, find_image_column
 from curate.lakes.tar import TAR_SUFFIXES
-from curate.lakes.uris import LakeError, is_url
+from curate.lakes.uris import LakeError
 from pretrain.data.images import is_image_file
 
 INDEX_NAME = "index.json"
@@ -54,10 +55,10 @@ def _index_shards(index: Path) -> list[str] | None:
         url = entry.get("url") if isinstance(entry, dict) else None
         if not isinstance(url, str) or not url:
             raise LakeError(f"{index}: corrupt shard index, an entry without a 'url'")
-        if is_url(url) and not url.startswith("file://"):
+        if is_remote(url):
             paths.append(url)  # a shard in a store: read through fsspec like any tar URL
             continue
-        path = Path(url.removeprefix("file://"))
+        path = Path(strip_local_scheme(url))
         paths.append(str((path if path.is_absolute() else index.parent / path).resolve()))
     if not paths:
         raise LakeError(f"{index}: the shard index lists no shards")

@@ -13,41 +13,28 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
+from core import storage
 from curate.lakes.uris import LakeError, protocol
 
 BATCH = 32
 """Files fetched together (bounded memory: one batch of raw bytes at a time)."""
 CONTAINER_BLOCK = 4 * 2**20
 """Read-ahead of an opened container (tar, parquet): headers and members come in 4 MiB reads, not 512-byte ones."""
-BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "http": "aiohttp", "https": "aiohttp",
-            "az": "adlfs", "abfs": "adlfs"}
-"""The package that gives fsspec each protocol (named in the error when it is missing)."""
-
-
-def options_for(url_protocol: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The options a filesystem of ``url_protocol`` gets (none for local files)."""
-    return {} if url_protocol in ("file", "local") else dict(storage_options or {})
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
-    """The fsspec filesystem of ``url``; :class:`LakeError` naming the package when its backend is missing."""
-    import fsspec
-
-    name = protocol(url)
+    """The fsspec filesystem of ``url`` (:func:`core.storage.filesystem`); :class:`LakeError` when none reaches it."""
     try:
-        return fsspec.filesystem(name, **options_for(name, storage_options))
-    except ImportError as error:
-        package = BACKENDS.get(name, f"the {name}:// fsspec backend")
-        raise LakeError(f"{url}: fsspec has no {name}:// backend here ({error}); pip install {package}") from None
-    except ValueError as error:
-        raise LakeError(f"{url}: no fsspec filesystem for {name}:// ({error})") from None
+        return storage.filesystem(url, storage_options)
+    except storage.StorageError as error:
+        raise LakeError(str(error)) from None
 
 
 def open_binary(url: str, storage_options: Mapping[str, Any] | None = None) -> IO[bytes]:
     """A seekable binary file of ``url`` with read-ahead (for containers read member by member)."""
     fs = filesystem(url, storage_options)
     path = fs._strip_protocol(url)
-    if protocol(url) in ("file", "local"):
+    if not storage.is_remote(url):
         return open(path, "rb")  # noqa: SIM115 - the caller closes it
     return fs.open(path, "rb", block_size=CONTAINER_BLOCK, cache_type="readahead")
 

@@ -1,6 +1,6 @@
 """Listing a set across tasks: split it into units, list each unit in its own task, then number the partitions.
 
-A local folder or glob is one unit listed as before (:func:`curate.lake.list_set`, by the client). Any
+A local folder or glob is one unit listed as before (:func:`curate.lakes.sets.list_set`, by the client). Any
 other set is split by :func:`units` from one cheap look at its top level:
 
 - a prefix (``s3://bucket/lake/``): one unit per sub-prefix (``fs.find``, one paginated flat listing
@@ -9,6 +9,8 @@ other set is split by :func:`units` from one cheap look at its top level:
 - tar files (``lake.tar``, ``shards/*.tar``, local or remote): one unit per tar, its members listed in
   archive order;
 - parquet files (``t.parquet``, ``export/*.parquet``): one unit per file, its rows in table order;
+- precomputed embeddings (a folder of ``img_emb/`` and ``metadata/``, :mod:`curate.lakes.embeddings`):
+  one unit per metadata file, its rows in order;
 - a local folder or file that is another tool's output — a folder of tars (img2dataset's webdataset
   output), a wids ``index.json`` or a folder with one (dinolab's ``OUT/shards``), a folder of parquet
   tables of image bytes — is found by what it holds (:mod:`curate.lakes.detect`) and listed as its tars
@@ -38,8 +40,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import output, tables
-from curate.lake import ImageSet, list_set, make_key
-from curate.lakes import fsspec_lake, parquet, tar
+from curate.lakes.sets import ImageSet, list_set, make_key
+from curate.lakes import embeddings, fsspec_lake, parquet, tar
 from curate.lakes.detect import detect
 from curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
 from curate.output import Location, RemotePath
@@ -60,13 +62,16 @@ class Unit:
 
 
 def set_kind(uri: str) -> str:
-    """``tar``, ``parquet`` or ``files`` (a folder, prefix or glob of image files), from the set's URI, or
-    for a local folder or ``.json`` file, from what it holds (:func:`curate.lakes.detect.detect`)."""
+    """``tar``, ``parquet``, ``embeddings`` or ``files`` (a folder, prefix or glob of image files), from the
+    set's URI, or for a local folder or ``.json`` file, from what it holds (:func:`curate.lakes.detect.detect`;
+    precomputed embeddings: :mod:`curate.lakes.embeddings`)."""
     if tar.is_tar(uri):
         return "tar"
     if parquet.is_parquet(uri):
         return "parquet"
     if not is_url(uri) and not any(char in uri for char in "*?["):
+        if embeddings.detect_folder(uri) is not None:
+            return "embeddings"
         found = detect(uri)
         if found is not None:
             return found.kind
@@ -94,6 +99,8 @@ def units(image_set: ImageSet, config: PipelineConfig) -> list[Unit]:
         return [Unit(image_set, "folder", uri)]
     if kind in ("tar", "parquet"):
         return [Unit(image_set, kind, container) for container in _containers(uri, options)]
+    if kind == "embeddings":
+        return [Unit(image_set, kind, metadata) for metadata in embeddings.detect_folder(uri)]
     if any(char in uri.split("://", 1)[-1] for char in "*?["):
         return [Unit(image_set, "glob", uri)]
     folders, top_files = fsspec_lake.split_prefix(uri, options)
@@ -163,9 +170,14 @@ def list_unit(out: str | Path | RemotePath, number: int, unit: Unit, config: Pip
     path = _unit_path(out, number)
     if output.is_file(path):
         return pq.ParquetFile(output.readable(path)).metadata.num_rows
-    uris = list(dict.fromkeys(list_uris(unit, config)))
     prefix = "" if unit.image_set.role == "pool" else unit.image_set.name
-    table = pa.table({"key": [make_key(uri, prefix) for uri in uris], "uri": uris})
+    if unit.kind == "embeddings":
+        keys, uris = embeddings.rows(unit.target)
+        keys = [f"{prefix}-{key}" if prefix else key for key in keys]
+    else:
+        uris = list(dict.fromkeys(list_uris(unit, config)))
+        keys = [make_key(uri, prefix) for uri in uris]
+    table = pa.table({"key": keys, "uri": uris})
     output.publish(path, lambda stream: pq.write_table(table, stream))
     return len(uris)
 

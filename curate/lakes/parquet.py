@@ -25,8 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.storage import is_remote
 from curate.lakes.fsspec_lake import open_binary
-from curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row, protocol, skipped
+from curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row, skipped
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -128,7 +129,7 @@ def _resolve(container: str, values: list, column: str, fetch_urls: bool, allow_
         if "\0" in value:
             uris[skipped("nul", value)] = None
             continue
-        if is_url(value) and protocol(value) not in ("file", "local"):
+        if is_remote(value):
             if not fetch_urls:
                 raise LakeError(f"{container}: column {column!r} holds URLs ({value.split('://')[0]}://...); they are "
                                 "fetched only when asked: pass ingest.fetch_urls=true")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from curate.lakes import fsspec_lake, parquet, tar
+from curate.lakes import embeddings, fsspec_lake, parquet, tar
 from curate.lakes import provenance as lake_provenance
 from curate.lakes.uris import RefusedFile, Source, parse, skip_reason
 
@@ -39,8 +39,22 @@ def read_partition(uris: Iterable[str], storage_options: Mapping[str, Any] | Non
     it as ``provenance[uri] = {...}`` (:mod:`curate.lakes.provenance`; files and URLs have none).
     """
     read_file = read_file or read_local
+    uris = list(dict.fromkeys(uris))
+    rows = [uri for uri in uris if embeddings.is_row(uri)]
+    if rows:  # a precomputed embedding's image is the file its metadata row names
+        named: dict[str, list[str]] = {}
+        for uri, image in embeddings.images(rows).items():
+            if image is None:
+                yield uri, FileNotFoundError(f"{uri}: its metadata row names no image_path or url")
+            else:
+                named.setdefault(image, []).append(uri)
+        for image, data in read_partition(list(named), storage_options, read_file):
+            for uri in named[image]:
+                yield uri, data
     groups: dict[tuple[str, str], list[tuple[str, Source]]] = {}
-    for uri in dict.fromkeys(uris):
+    for uri in uris:
+        if embeddings.is_row(uri):
+            continue
         try:
             source = parse(uri)
         except ValueError as error:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from core.storage import is_url, protocol  # noqa: F401 - the lake modules' names for them
+
 
 class LakeError(ValueError):
     """A set that cannot be listed: missing, empty, or holding no image files."""
@@ -54,7 +56,6 @@ SKIPPED = {
 }
 """Why a listed entry is skipped, by the reason code of its ``skip://REASON::NAME`` uri."""
 CHAIN = "::"
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -71,16 +72,6 @@ class Source:
     row: int = -1
     reason: str = ""
     """Why a ``skip`` entry is not read (a code of :data:`SKIPPED`, with ``-N`` for the N-th of a name)."""
-
-
-def is_url(uri: str) -> bool:
-    """Whether ``uri`` starts with a scheme (``s3://``, ``file://``, ``tar://``, ...)."""
-    return bool(_SCHEME.match(uri))
-
-
-def protocol(url: str) -> str:
-    """The scheme of ``url`` (``s3``, ``gs``, ``https``...), ``file`` for a local path."""
-    return url.split("://", 1)[0].lower() if is_url(url) else "file"
 
 
 def as_url(path_or_url: str) -> str:

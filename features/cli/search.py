@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 def write_sheet(path: Path, queries: list[Path], hits, images_root: Path) -> None:
     """Contact sheet PNG; indexed images that moved or became unreadable show as grey tiles."""
     from pretrain.data import ImageDecodeError, load_image
-    from features.retrieval.contact_sheet import contact_sheet
+    from core.contact_sheet import contact_sheet
 
     def thumbnail(file: Path):
         try:

@@ -84,9 +84,9 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from core.storage import parse_storage_options
     from pretrain import distributed
     from pretrain.data.errors import DatasetError
-    from pretrain.data.remote import parse_storage_options
     from pretrain.train.checkpoint import TrainingCheckpointError
     from pretrain.train.config import ConfigError, build_config
     from pretrain.train.loop import Trainer, TrainingDiverged

@@ -1,8 +1,11 @@
-"""Typed, frozen training configuration: presets plus ``key=value`` overrides (OmegaConf-checked).
+"""Typed, frozen training configuration: presets plus ``key=value`` overrides.
 
-A run is described by one :class:`TrainConfig`. It is built once from a preset and the user's
-overrides, validated (unknown keys and wrong types are errors) and never mutated; derived values
-(scaled lr, schedule lengths) are computed where they are needed.
+A run is described by one :class:`TrainConfig`, a typed config of :mod:`core.config` as the pipeline's
+is: its numbers declare their ranges (``optim.base_lr`` > 0, ``optim.batch_size`` >= 2, probabilities in
+[0, 1] ...). It is built once from a preset and the user's overrides (merged and typed by OmegaConf:
+unknown keys and wrong types are errors), checked against those ranges and never mutated; every problem
+is a :class:`~core.config.ConfigError` naming the key. Derived values (scaled lr, schedule lengths) are
+computed where they are needed.
 
 Example::
 
@@ -18,6 +21,8 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from core.config import ConfigError, at_least, check, fraction, positive
+
 RECIPES = ("dino", "dinov2")
 
 
@@ -26,108 +31,108 @@ class ModelConfig:
     """Backbone: a named architecture (``pretrain.models.presets``) with field overrides."""
 
     arch: str = "vit_small"
-    patch_size: int = 14
-    img_size: int = 224  # position table size; crops of other sizes interpolate it
-    embed_dim: Optional[int] = None  # None: the architecture's own value
-    depth: Optional[int] = None
-    num_heads: Optional[int] = None
-    mlp_ratio: Optional[float] = None
-    num_register_tokens: int = 0
-    layerscale_init: Optional[float] = 1e-5
-    drop_path_rate: float = 0.0
+    patch_size: int = at_least(14, 1)
+    img_size: int = at_least(224, 1)  # position table size; crops of other sizes interpolate it
+    embed_dim: Optional[int] = at_least(None, 1)  # None: the architecture's own value
+    depth: Optional[int] = at_least(None, 1)
+    num_heads: Optional[int] = at_least(None, 1)
+    mlp_ratio: Optional[float] = positive(None)
+    num_register_tokens: int = at_least(0, 0)
+    layerscale_init: Optional[float] = at_least(1e-5, 0)
+    drop_path_rate: float = fraction(0.0)
 
 
 @dataclass(frozen=True)
 class CropConfig:
     """Multi-crop augmentation (DINO Sec. 3.1): sizes, scales and counts, photometric strengths."""
 
-    global_size: int = 224
-    local_size: int = 98
-    num_local: int = 8
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    flip_prob: float = 0.5
-    jitter_prob: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    grayscale_prob: float = 0.2
-    blur_prob_global: tuple[float, float] = (1.0, 0.1)
-    blur_prob_local: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_prob: float = 0.2  # second global crop only
-    storage_size: Optional[int] = None  # images are decoded once to this square size (None: 1.15 x global)
+    global_size: int = at_least(224, 1)
+    local_size: int = at_least(98, 1)
+    num_local: int = at_least(8, 0)
+    global_scale: tuple[float, float] = fraction((0.32, 1.0), open_low=True)
+    local_scale: tuple[float, float] = fraction((0.05, 0.32), open_low=True)
+    flip_prob: float = fraction(0.5)
+    jitter_prob: float = fraction(0.8)
+    brightness: float = at_least(0.4, 0)
+    contrast: float = at_least(0.4, 0)
+    saturation: float = at_least(0.2, 0)
+    grayscale_prob: float = fraction(0.2)
+    blur_prob_global: tuple[float, float] = fraction((1.0, 0.1))
+    blur_prob_local: float = fraction(0.5)
+    blur_sigma: tuple[float, float] = at_least((0.1, 2.0), 0)
+    solarize_prob: float = fraction(0.2)  # second global crop only
+    storage_size: Optional[int] = at_least(None, 1)  # images are decoded once to this square size (None: 1.15 x global)
 
 
 @dataclass(frozen=True)
 class HeadConfig:
     """DINO / iBOT projection heads (DINO Sec. 3.1: MLP, L2 bottleneck, weight-normalised prototypes)."""
 
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    nlayers: int = 3
+    out_dim: int = at_least(65536, 2)
+    hidden_dim: int = at_least(2048, 1)
+    bottleneck_dim: int = at_least(256, 1)
+    nlayers: int = at_least(3, 1)
     separate_ibot_head: bool = False
-    ibot_out_dim: Optional[int] = None  # None: out_dim
+    ibot_out_dim: Optional[int] = at_least(None, 2)  # None: out_dim
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """Loss weights and temperatures (DINO Eq. 1-2; DINOv2 Sec. 4)."""
 
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: float = 30.0
-    center_momentum: float = 0.9
+    student_temp: float = positive(0.1)
+    teacher_temp: float = positive(0.07)
+    warmup_teacher_temp: float = positive(0.04)
+    warmup_teacher_temp_epochs: float = at_least(30.0, 0)
+    center_momentum: float = fraction(0.9)
     centering: str = "sinkhorn"  # "sinkhorn" (DINOv2) or "softmax" (DINO)
-    dino_weight: float = 1.0
-    ibot_weight: float = 1.0
-    koleo_weight: float = 0.1
-    mask_probability: float = 0.5
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    dino_weight: float = at_least(1.0, 0)
+    ibot_weight: float = at_least(1.0, 0)
+    koleo_weight: float = at_least(0.1, 0)
+    mask_probability: float = fraction(0.5)
+    mask_ratio: tuple[float, float] = fraction((0.1, 0.5))
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with warm-up + cosine lr, cosine weight decay and teacher momentum (DINOv2 Sec. 4)."""
 
-    epochs: float = 100.0
-    batch_size: int = 64  # per process
-    base_lr: float = 0.004
+    epochs: float = positive(100.0)
+    batch_size: int = at_least(64, 2)  # per process
+    base_lr: float = positive(0.004)
     lr_scaling: str = "sqrt"  # lr = base_lr * f(global_batch / 1024)
-    min_lr: float = 1e-6
-    warmup_epochs: float = 10.0
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    teacher_momentum: float = 0.992
-    teacher_momentum_end: float = 1.0
-    clip_grad: float = 3.0
-    layer_decay: float = 0.9
-    patch_embed_lr_mult: float = 0.2
-    freeze_last_layer_epochs: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.999
+    min_lr: float = at_least(1e-6, 0)
+    warmup_epochs: float = at_least(10.0, 0)
+    weight_decay: float = at_least(0.04, 0)
+    weight_decay_end: float = at_least(0.4, 0)
+    teacher_momentum: float = fraction(0.992, open_low=True)
+    teacher_momentum_end: float = fraction(1.0, open_low=True)
+    clip_grad: float = at_least(3.0, 0)  # 0: no clipping
+    layer_decay: float = fraction(0.9, open_low=True)
+    patch_embed_lr_mult: float = at_least(0.2, 0)
+    freeze_last_layer_epochs: float = at_least(1.0, 0)
+    beta1: float = fraction(0.9)
+    beta2: float = fraction(0.999)
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Run control: seed, time budget, logging, checkpoints, evaluation, export."""
 
-    seed: int = 0
-    minutes: Optional[float] = None  # wall-clock budget for the training steps (schedules fitted to it)
-    log_every: int = 10
-    checkpoint_every_steps: int = 500
-    checkpoint_every_minutes: float = 10.0
-    eval_every_steps: int = 0  # 0: only at the end
-    eval_train_subset: int = 10000  # periodic k-NN uses this many training images ...
-    eval_test_subset: int = 2000  # ... and this many test images
-    final_eval_train_limit: Optional[int] = None  # None: the final k-NN uses the whole train split ...
-    final_eval_test_limit: Optional[int] = None  # ... and the whole test split
-    threads: Optional[int] = None  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
+    seed: int = at_least(0, 0)
+    minutes: Optional[float] = positive(None)  # wall-clock budget for the training steps (schedules fitted to it)
+    log_every: int = at_least(10, 1)
+    checkpoint_every_steps: int = at_least(500, 1)
+    checkpoint_every_minutes: float = at_least(10.0, 0)
+    eval_every_steps: int = at_least(0, 0)  # 0: only at the end
+    eval_train_subset: int = at_least(10000, 1)  # periodic k-NN uses this many training images ...
+    eval_test_subset: int = at_least(2000, 1)  # ... and this many test images
+    final_eval_train_limit: Optional[int] = at_least(None, 1)  # None: the final k-NN uses the whole train split ...
+    final_eval_test_limit: Optional[int] = at_least(None, 1)  # ... and the whole test split
+    threads: Optional[int] = at_least(None, 1)  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
     knn_feature: str = "cls"  # "cls" or "cls+avgpool" (CLS concatenated with the mean patch token)
-    num_workers: int = 0
-    shard_cache_gb: float = 1.0  # shards: decode the whole set once at start-up when it fits in this many GB (0: per batch)
+    num_workers: int = at_least(0, 0)
+    shard_cache_gb: float = at_least(1.0, 0)  # shards: decode the whole set once at start-up when it fits in this many GB (0: per batch)
     compile: bool = False  # torch.compile the attention and MLP branches of every block (student and teacher)
     compile_backend: str = "inductor"  # torch.compile backend ("eager"/"aot_eager" only check the tracing)
     export_hf: bool = False
@@ -237,10 +242,6 @@ PRESETS = {
 
 
 # --------------------------------------------------------------- building
-class ConfigError(ValueError):
-    """A preset name, override key or value that does not fit :class:`TrainConfig`."""
-
-
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -293,7 +294,9 @@ def _short(error: OmegaConfBaseException) -> str:
 
 
 def validate(config: TrainConfig) -> None:
-    """Reject values that type-check but make no sense, with a message naming the key."""
+    """Reject values that type-check but make no sense (outside a field's declared range, or not fitting
+    together), with a message naming the key."""
+    check(config)
     checks = [
         (config.recipe in RECIPES, f"recipe must be one of {RECIPES}, got {config.recipe!r}"),
         (config.loss.centering in ("softmax", "sinkhorn"), "loss.centering must be softmax or sinkhorn"),
@@ -302,17 +305,6 @@ def validate(config: TrainConfig) -> None:
         (config.run.parallel in ("ddp", "fsdp"), "run.parallel must be ddp or fsdp"),
         (not (config.run.packing and config.run.parallel == "fsdp"),
          "run.packing=true needs run.parallel=ddp (packed blocks bypass the FSDP2 gather hooks)"),
-        (config.optim.batch_size >= 2, "optim.batch_size must be at least 2"),
-        (config.optim.epochs > 0, "optim.epochs must be positive"),
-        (config.optim.base_lr > 0, "optim.base_lr must be positive"),
-        (config.head.out_dim >= 2, "head.out_dim must be at least 2"),
-        (config.crops.num_local >= 0, "crops.num_local must be >= 0"),
-        (config.run.minutes is None or config.run.minutes > 0, "run.minutes must be positive"),
-        (config.run.log_every >= 1, "run.log_every must be >= 1"),
-        (config.run.shard_cache_gb >= 0, "run.shard_cache_gb must be >= 0"),
-        (config.run.checkpoint_every_steps >= 1, "run.checkpoint_every_steps must be >= 1"),
-        (0 <= config.loss.mask_probability <= 1, "loss.mask_probability must be in [0, 1]"),
-        (0 < config.optim.teacher_momentum <= 1, "optim.teacher_momentum must be in (0, 1]"),
     ]
     for size_key in ("global_size", "local_size"):
         size = getattr(config.crops, size_key)
@@ -321,7 +313,7 @@ def validate(config: TrainConfig) -> None:
                                   f"{config.model.patch_size}"))
     for scale_key in ("global_scale", "local_scale"):
         low, high = getattr(config.crops, scale_key)
-        checks.append((0 < low <= high <= 1, f"crops.{scale_key} must satisfy 0 < low <= high <= 1"))
+        checks.append((low <= high, f"crops.{scale_key} must satisfy 0 < low <= high <= 1"))
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -1,4 +1,4 @@
-"""Image lakes: listing a set's files, the stable key of each, and the listing table that partitions them.
+"""The input sets: naming them, the stable key of each file, the local listing and the ``files`` table that partitions them.
 
 A set is a local folder (searched recursively) or a glob pattern. Keys follow webdataset's rule (no dots;
 here only ``[A-Za-z0-9_-]``): the file's stem, cleaned and cut to 48 characters, then 12 hex digits of the

@@ -1,12 +1,12 @@
 """The lake listing as Dask tasks: one task per set to split it, one per unit to list it, one per unit to publish it.
 
 The client holds units and counts, never the lake's file names (:mod:`curate.lakes.listing`). Local
-folder sets alone are listed by the client as they always were (:func:`curate.lake.files_table`).
+folder sets alone are listed by the client as they always were (:func:`curate.lakes.sets.files_table`).
 """
 
 from __future__ import annotations
 
-from curate.lake import ImageSet
+from curate.lakes.sets import ImageSet
 from curate.lakes import LakeError, listing
 from curate.output import Location
 from schemas.config import PipelineConfig
