@@ -46,7 +46,9 @@ def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int]
             "height": [32] * len(rows), "format": [formats[i] for i in rows], "phash": [None] * len(rows),
             "status": ["ok"] * len(rows), "error": [None] * len(rows), "provenance": [None] * len(rows),
             "ingested_at": [utc_now()] * len(rows)}))
-        tables.write_array(out, "embeddings", part, vectors[rows])
+        metadata = pa.table({"key": common["key"], "image_path": common["uri"], "set": common["set"],
+                             "role": common["role"]})
+        tables.write_array(out, "embeddings", part, vectors[rows], metadata)
         tables.write_part(out, "embeddings", part, pa.table({
             "key": common["key"], "role": common["role"], "set": common["set"],
             "row": np.arange(len(rows), dtype=np.int32)}))
