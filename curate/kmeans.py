@@ -28,6 +28,8 @@ import pyarrow as pa
 from schemas.config import ClusterConfig
 from schemas.tables import CLUSTERS
 
+MAX_POINTS_PER_CENTROID = 256
+"""faiss trains each k-means on at most this many points a centroid (a random subsample)."""
 DEFAULT_SHRINK = (50, 10, 5, 5)  # items per cluster at levels 1, 2, 3, 4+ for default_ks
 
 
@@ -86,7 +88,7 @@ def kmeans(
         spherical=spherical,
         gpu=faiss.get_num_gpus() > 0,
         min_points_per_centroid=1,
-        max_points_per_centroid=256,
+        max_points_per_centroid=MAX_POINTS_PER_CENTROID,
         verbose=False,
     )
     if init_centroids is not None:
@@ -181,20 +183,36 @@ def members(labels: np.ndarray, count: int) -> list[np.ndarray]:
     return [order[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
-def balanced_sample(tree: ClusterTree, count: int, seed: int = 0) -> np.ndarray:
-    """Indices of ``count`` points spread evenly over the cluster tree, top level down (sorted)."""
-    rng = np.random.default_rng(seed)
-    top = tree.num_levels
-    capacities = [tree.sizes(level) for level in range(1, top + 1)]
+def cluster_budgets(parents: Sequence[np.ndarray], sizes: np.ndarray, counts: Sequence[int], count: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Images to draw from each level-1 cluster: ``count`` spread evenly over the top level, then each
+    cluster's share over its children, down to level 1.
+
+    ``sizes`` is the number of images of each level-1 cluster, ``parents[l]`` maps each level-``l + 1``
+    cluster to its level-``l + 2`` cluster and ``counts[l]`` is the number of clusters at level ``l + 1``:
+    all of it ``O(k)``, so a reduce over per-partition counts can call this.
+    """
+    top = len(counts)
+    capacities = [np.asarray(sizes, dtype=np.int64)]
+    for level in range(1, top):
+        capacities.append(np.bincount(parents[level - 1], weights=capacities[-1], minlength=counts[level]).astype(np.int64))
     budget = allocate_evenly(capacities[top - 1], count, rng)
     for level in range(top - 1, 0, -1):  # give each level-(level+1) cluster's budget to its children
-        parent = tree.parents[level]
+        parent = parents[level - 1]
         child_budget = np.zeros(len(parent), dtype=np.int64)
         children_of = members(parent, len(budget))
         for cluster in np.flatnonzero(budget):
             children = children_of[cluster]
             child_budget[children] = allocate_evenly(capacities[level - 1][children], budget[cluster], rng)
         budget = child_budget
+    return budget
+
+
+def balanced_sample(tree: ClusterTree, count: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``count`` points spread evenly over the cluster tree, top level down (sorted)."""
+    rng = np.random.default_rng(seed)
+    counts = [len(centroids) for centroids in tree.centroids]
+    budget = cluster_budgets(tree.parents[1:], tree.sizes(1), counts, count, rng)
     points_of = members(tree.parents[0], len(budget))
     chosen = [rng.choice(points_of[cluster], size=budget[cluster], replace=False) for cluster in np.flatnonzero(budget)]
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)

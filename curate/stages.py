@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.storage import SHARD_DIR
-from curate import fetched, knn_dedup, manifest, output, tables
+from curate import cluster_steps, fetched, knn_dedup, manifest, output, sample_steps, shard_steps, tables
 from curate.embed import Embedder, embed_partition, load_embedder
 from curate.ingest import ingest_partition
 from curate.kmeans import clusters_table
@@ -256,6 +256,10 @@ def _kept_pool(out: Location, vectors: Vectors) -> Vectors:
     return vectors.where(np.array([key in kept for key in vectors.keys()], dtype=bool))
 
 
+# The single-task cluster and sample (every vector in one process): the reference that curate.cluster_steps
+# and curate.sample_steps, which the stages run, are tested and benchmarked against.
+
+
 def cluster(out: Location, config: PipelineConfig) -> dict[str, int]:
     pool = _kept_pool(out, read_vectors(out))
     images = tables.read_table(out, "images")
@@ -280,7 +284,7 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
     return {"in": len(pool.keys()), "out": len(selection)}
 
 
-# -- shard stage: a plan, one unit per shard, then the index ---------------------------------------------
+# -- the single-task shard plan: the reference curate.shard_steps is tested against ------------------------
 
 PLAN_FILE = ".plan.json"
 INDEX_UNIT = "index"
@@ -479,22 +483,6 @@ def embedder(config: PipelineConfig) -> Embedder:
     return load_embedder(config.embed)
 
 
-def plan_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
-    return {"shards": plan(out, config)}
-
-
-def planned_shards(out: Location, config: PipelineConfig, previous: list) -> range:
-    return range(previous[0]["shards"])
-
-
-def shard_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict:
-    return shard(out, unit, config)
-
-
-def index_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
-    return finish_shards(out, sorted(previous, key=lambda info: info["name"]))
-
-
 def report_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
     return report(out, config, stage_records(out, ORDER[:-1]))
 
@@ -590,6 +578,11 @@ def _dedup_complete(out: Location) -> bool:
     return knn_dedup.finished(out)
 
 
+def _every_part(out: Location, table: str) -> bool:
+    """Whether ``table`` has a part for every partition of the lake (a global stage written per partition)."""
+    return bool(partitions(out)) and set(partitions(out)) <= tables.done_parts(out, table)
+
+
 def _report_written(out: Location) -> bool:
     return output.is_file(output.join(out, *STAGES["report"].files[0].split("/")))  # report.json is written last
 
@@ -614,17 +607,17 @@ STAGES: dict[str, Stage] = {
               counts=lambda out: (_rows(out, "duplicates"), _kept(out)), complete=_dedup_complete,
               announce=dedup_announcement),
         Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",
-              steps=(Step("cluster", Whole(cluster)),),
-              unit_files=(_part("clusters"),),
+              steps=cluster_steps.STEPS, unit_files=(_part("clusters"),), files=cluster_steps.WORK_FILES,
+              complete=lambda out: _every_part(out, "clusters"),
               counts=lambda out: (_kept(out), _rows(out, "clusters"))),
         Stage("sample", ("clusters", "embeddings"), "selection", False, "retrieval or balanced sampling",
-              steps=(Step("sample", Whole(sample)),),
-              unit_files=(_part("selection"),),
+              steps=sample_steps.STEPS, unit_files=(_part("selection"),), files=sample_steps.WORK_FILES,
+              complete=lambda out: _every_part(out, "selection"),
               counts=lambda out: (_rows(out, "clusters"), _rows(out, "selection"))),
         Stage("shard", ("selection", "images", "duplicates"), "shards", False, "webdataset shards of the selection",
-              steps=(Step("plan", plan_step), Step("shard", shard_step, planned_shards), Step("index", index_step)),
-              unit_files=("shards/shard-{unit:06d}.tar",),
-              files=("shards/.plan.json", "shards/index.json", "tables/shards/part-*.parquet"),
+              steps=shard_steps.STEPS, unit_files=("shards/shard-{unit:06d}.tar",),
+              files=("shards/index.json", "tables/shards/part-*.parquet", *shard_steps.WORK_FILES),
+              complete=lambda out: output.is_file(output.join(out, "shards", "index.json")),  # written last
               counts=lambda out: (_rows(out, "selection"), _rows(out, "shards"))),
         Stage("report", (), "report", False, "counts, histograms, contact sheets, report.html",
               steps=(Step("report", report_step),),

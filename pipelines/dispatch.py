@@ -36,9 +36,13 @@ TASK_RETRIES = 1
 
 
 class Executor(Protocol):
-    """Runs ``function(*arguments)`` for each tuple of ``calls``; the results in the order of ``calls``."""
+    """Runs ``function(*arguments)`` for each tuple of ``calls``; the results in the order of ``calls``. ``quiet``:
+    no progress shown on ``console``."""
 
-    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None) -> list: ...
+    console: Console
+
+    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
+            quiet: bool = False) -> list: ...
 
     def shared(self, step: Step, config: PipelineConfig) -> Callable:
         """``step.run`` with what its ``shared`` builds once per process passed as ``shared=``."""
@@ -84,9 +88,10 @@ class DaskExecutor:
         return self.client.submit(function, *arguments, key=key, pure=False, retries=TASK_RETRIES,
                                   resources=self._available(resources))
 
-    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None) -> list:
+    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
+            quiet: bool = False) -> list:
         futures = [self.submit(label, function, *arguments, resources=resources) for arguments in calls]
-        for future in track(futures, label, self.console):
+        for future in (futures if quiet else track(futures, label, self.console)):
             future.result()  # the first task that failed raises here
         return [future.result() for future in futures]
 
@@ -122,7 +127,8 @@ class LoopExecutor:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console(quiet=True)
 
-    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None) -> list:
+    def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
+            quiet: bool = False) -> list:
         return [function(*arguments) for arguments in calls]
 
     def shared(self, step: Step, config: PipelineConfig) -> Callable:
@@ -136,23 +142,29 @@ def run_stage(executor: Executor, out: Location, config: PipelineConfig, stage: 
 
 
 def _run_shape(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, shape: Shape,
-               previous: list) -> tuple[list, int]:
+               previous: list, quiet: bool = False) -> tuple[list, int]:
+    """Run ``shape``; the steps of a ``Repeat`` show no progress of their own (one line per ``Repeat`` instead:
+    twenty Lloyd rounds of four steps would fill a log)."""
     ran = 0
     for item in shape:
         if isinstance(item, Repeat):
+            iterations = 0
             for _ in range(item.times(config)):
-                previous, count = _run_shape(executor, out, config, stage, item.steps, previous)
-                ran += count
+                previous, count = _run_shape(executor, out, config, stage, item.steps, previous, quiet=True)
+                ran, iterations = ran + count, iterations + 1
                 if item.until is not None and item.until(previous):
                     break
+            if not quiet and iterations:
+                names = ", ".join(step.name for step in item.steps if isinstance(step, Step))
+                executor.console.print(f"{stage.name}: {iterations} rounds of {names}", highlight=False)
             continue
-        previous, count = _run_step(executor, out, config, stage, item, previous)
+        previous, count = _run_step(executor, out, config, stage, item, previous, quiet)
         ran += count
     return previous, ran
 
 
 def _run_step(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, step: Step,
-              previous: list) -> tuple[list, int]:
+              previous: list, quiet: bool = False) -> tuple[list, int]:
     units = list(step.units(out, config, previous))
     found = dict(step.done(out, config, units)) if step.done is not None else {}
     todo = [unit for unit in units if unit not in found]
@@ -163,6 +175,7 @@ def _run_step(executor: Executor, out: Location, config: PipelineConfig, stage: 
         elif len(units) > 1:
             label += f" ({len(todo)} units)"
         run = executor.shared(step, config) if step.shared is not None else step.run
-        results = executor.map(label, run, [(out, config, unit, previous) for unit in todo], dict(step.resources))
+        results = executor.map(label, run, [(out, config, unit, previous) for unit in todo], dict(step.resources),
+                               quiet=quiet)
         found.update(zip(todo, results))
     return [found[unit] for unit in units], len(todo)

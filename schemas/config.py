@@ -132,6 +132,9 @@ class ClusterConfig:
     niter: int = at_least(20, 1)
     resampling_steps: int = at_least(0, 0)
     seed: int = at_least(0, 0)
+    exact_max_k: int = at_least(8192, 1)
+    """Assign to at most this many centroids exactly; more go through an inverted-file index over the centroids
+    (``sqrt(k)`` lists, 16 probed: about ``17 * sqrt(k) * d`` flops a vector instead of ``k * d``)."""
 
 
 @dataclass(frozen=True)

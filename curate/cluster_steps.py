@@ -1,0 +1,360 @@
+"""The cluster stage as steps over partitions: distributed hierarchical k-means with resampling (Vo et al. 2024).
+
+Level 1 (the only level as large as the pool) runs as map/reduce rounds of :mod:`curate.lloyd`; the upper
+levels cluster the level-1 centroids in one small task with :func:`curate.kmeans.resampled_kmeans`, as the
+single-task :func:`curate.kmeans.hierarchical_kmeans` does. Steps, in order (``P`` = per partition, ``1`` =
+one task); every step reads and writes files under ``OUT/work/cluster/`` only, so its arguments and results
+stay small:
+
+==============  ====  =========================================================================================
+``prepare``      P    the partition's kept pool as unit vectors (``pool/part-NNNNN.npy``), their draw scores,
+                      and its ``k`` lowest-scoring vectors (``seed/part-NNNNN.npz``)
+``seed``         1    pool size, ``ks``, the first centroids (``centroids/round-0000.npy``)
+then, once per round ``R`` (a ``Repeat`` of four steps, ``R`` carried in their results):
+``resample``     P    when a resampling step starts at ``R``: each vector's (label, similarity) to the centroids
+``radius``       1    then each cluster's ``r``-th largest similarity: the sample is every vector at least as close
+``assign``       P    sums and counts by nearest centroid (``sums/round-RRRR-part-NNNNN.npz``)
+``update``       1    the centroids of round ``R + 1`` from the summed parts (``centroids/round-R+1.npy``)
+and last:
+``upper``        1    levels 2 and up, from the level-1 centroids (``tree.npz``)
+``write``        P    the ``clusters`` part of the partition
+``clean``        1    the work folder goes
+==============  ====  =========================================================================================
+
+Rounds: ``niter`` on the whole pool, then ``niter`` on the sample of each of the ``resampling_steps``
+steps; like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a
+subsample drawn by key score, so level 1 costs ``2 min(n, 256 k) k d`` flops a round (exact assignment;
+with the inverted file above ``cluster.exact_max_k``, about ``2 * 17 sqrt(k) d`` a vector). Memory per
+task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the reduce); ``radius``
+holds one (int32, float32) pair per pool image. Centroids do not depend on how the pool is partitioned
+(seeds are per key, sums are exact), so neither does the table.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pyarrow as pa
+
+from curate import manifest, output, tables
+from curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
+from curate.lloyd import (Assigner, Lowest, Sums, cluster_sums, ivf_over, key_scores, lowest, merge_lowest,
+                          sample_thresholds, unit, update)
+from curate.output import Location
+from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
+from curate.steps import Repeat, Step
+from schemas.config import PipelineConfig
+from schemas.tables import CLUSTERS
+
+STAGE = "cluster"
+WORK_FILES = tuple(f"work/cluster/{folder}*" for folder in ("", "pool/", "seed/", "centroids/", "sums/", "resample/"))
+"""Everything the steps write besides the ``clusters`` parts (removed by the last step, or with the stage)."""
+
+
+def _dir(out: Location) -> Location:
+    return work(out, STAGE)
+
+
+def _part(name: str, partition: int, suffix: str = ".npz") -> str:
+    return f"{name}/part-{partition:05d}{suffix}"
+
+
+def _resampled_part(step: int, partition: int) -> str:
+    return f"resample/step-{step}-part-{partition:05d}.npz"
+
+
+def _at(out: Location, name: str) -> Location:
+    folder = _dir(out)
+    for piece in name.split("/"):
+        folder = folder / piece
+    return folder
+
+
+def rounds(config: PipelineConfig) -> int:
+    """Lloyd rounds of level 1: ``niter`` for the k-means and for each resampling step."""
+    return config.cluster.niter * (1 + config.cluster.resampling_steps)
+
+
+def _pool_vectors(out: Location, partition: int) -> np.ndarray:
+    path = _at(out, _part("pool", partition, ".npy"))
+    return np.load(path, mmap_mode="r") if not isinstance(path, output.RemotePath) else load_array(path)
+
+
+def _info(out: Location) -> dict:
+    return {name: value for name, value in load_arrays(_at(out, "seed.npz")).items()}
+
+
+def _save_centroids(out: Location, config: PipelineConfig, round_: int, centroids: np.ndarray) -> None:
+    """Round ``round_``'s centroids and, above ``cluster.exact_max_k``, the inverted file over them (built once
+    here rather than in every partition's task)."""
+    if len(centroids) > config.cluster.exact_max_k:
+        save_array(_at(out, f"centroids/round-{round_:04d}.ivf.npy"), faiss.serialize_index(ivf_over(centroids)))
+    save_array(_at(out, f"centroids/round-{round_:04d}.npy"), centroids)
+
+
+def _assigner(out: Location, config: PipelineConfig, round_: int) -> Assigner:
+    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
+    ivf = None
+    if len(centroids) > config.cluster.exact_max_k:
+        ivf = faiss.deserialize_index(load_array(_at(out, f"centroids/round-{round_:04d}.ivf.npy")))
+    return Assigner(centroids, config.cluster.exact_max_k, ivf=ivf)
+
+
+# -- steps -------------------------------------------------------------------------------------------------
+
+
+def prepare(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
+    """Partition ``partition``'s kept pool as unit vectors, and its lowest seed scores (as many as level 1 can use)."""
+    pool = kept_pool(out, partition)
+    vectors = unit(pool.vectors)
+    save_array(_at(out, _part("pool", partition, ".npy")), vectors)
+    scores = key_scores(pool.keys, config.cluster.seed)
+    save_array(_at(out, _part("pool", partition, ".scores.npy")), scores)
+    ks = config.cluster.ks
+    most = ks[0] if ks else len(pool.keys)  # default_ks never asks for more clusters than images
+    seeds = lowest(scores, vectors, most)
+    save_arrays(_at(out, _part("seed", partition)), scores=seeds.scores, vectors=seeds.vectors,
+                rows=np.array(len(pool.keys)))
+    return {"in": len(pool.keys)}
+
+
+def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Pool size, cluster counts and the first level-1 centroids: the ``k`` lowest-scoring vectors of the pool."""
+    paths = [_dir(out) / "seed" / name for name in output.names(_dir(out) / "seed", "part-*.npz")]
+    parts = [load_arrays(path) for path in paths]
+    size = int(sum(int(part["rows"]) for part in parts))
+    ks = list(config.cluster.ks) or default_ks(size, config.cluster.levels)
+    k = min(ks[0], size)
+    seeded = [Lowest(p["scores"], p["vectors"]) for p in parts if len(p["scores"])]
+    centroids = merge_lowest(seeded, k).vectors if seeded else np.zeros((0, 1), dtype=np.float32)
+    _save_centroids(out, config, 0, centroids)
+    # Lloyd rounds use at most MAX_POINTS_PER_CENTROID points a centroid, drawn by key score (faiss subsamples too)
+    fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0
+    limit = np.uint64(np.iinfo(np.uint64).max) if fraction >= 1 else np.uint64(int(fraction * 2.0**64))
+    save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64), limit=np.array(limit))
+    return {"in": size, "k": k, "round": 0}
+
+
+def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) -> np.ndarray | None:
+    """Rows of the partition that round ``round_`` trains on: those of the training subsample (all of them up to
+    ``MAX_POINTS_PER_CENTROID * k`` pool images) in the current resampling sample (``None``: every row)."""
+    limit = load_arrays(_at(out, "seed.npz"))["limit"]
+    keep = None
+    if limit != np.iinfo(np.uint64).max:
+        keep = load_array(_at(out, _part("pool", partition, ".scores.npy"))) <= limit
+    step = round_ // config.cluster.niter
+    if step == 0:
+        return keep
+    state = load_arrays(_at(out, _resampled_part(step, partition)))
+    radius = load_array(_at(out, f"resample/radius-{step}.npy"))
+    sample = state["similarity"] >= radius[state["label"]]
+    return sample if keep is None else sample & keep
+
+
+def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previous=None) -> dict:
+    """Round ``R`` on partition ``p`` (``unit_ = (R, p)``): per-cluster sums and counts of its (sampled) vectors."""
+    round_, partition = unit_
+    assigner = _assigner(out, config, round_)
+    centroids = assigner.centroids
+    vectors = _pool_vectors(out, partition)
+    keep = _keep(out, config, round_, partition) if len(vectors) else None
+    points = np.asarray(vectors if keep is None else vectors[keep], dtype=np.float32)
+    sims, labels = assigner(points) if len(points) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
+    sums = cluster_sums(points.reshape(len(points), centroids.shape[1]), labels, sims, len(centroids))
+    present = np.flatnonzero(sums.counts)  # only the clusters the partition touches: bounded by its rows
+    save_arrays(_at(out, f"sums/round-{round_:04d}-part-{partition:05d}.npz"), clusters=present, sums=sums.sums[present],
+                counts=sums.counts[present], similarity=np.array(sums.similarity))
+    return {"round": round_, "in": len(points)}
+
+
+def update_centroids(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
+    """Round ``R``'s reduce: add every partition's sums (exactly; any order) and normalise the means."""
+    centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
+    folder = _at(out, "sums")
+    total = Sums(np.zeros(centroids.shape, dtype=np.int64), np.zeros(len(centroids), dtype=np.int64), 0.0)
+    for name in output.names(folder, f"round-{round_:04d}-part-*.npz"):
+        part = load_arrays(folder / name)
+        total.sums[part["clusters"]] += part["sums"]
+        total.counts[part["clusters"]] += part["counts"]
+        total = Sums(total.sums, total.counts, total.similarity + float(part["similarity"]))
+    _save_centroids(out, config, round_ + 1, update(total, centroids))
+    output.remove_matching(_dir(out), f"sums/round-{round_:04d}-part-*.npz")  # a rerun of the round redoes them
+    return {"round": round_ + 1, "in": int(total.counts.sum()), "similarity": total.similarity}
+
+
+def _resampling_step(config: PipelineConfig, round_: int) -> int:
+    """The resampling step that starts at round ``round_`` (0: none starts there)."""
+    niter = config.cluster.niter
+    return round_ // niter if round_ and round_ % niter == 0 else 0
+
+
+def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int | None], previous=None) -> dict:
+    """Before the rounds of a resampling step (``unit_ = (R, p)``, ``R`` its first round): each vector's nearest
+    centroid and similarity to it. ``(R, None)``: no step starts at round ``R``, nothing to do."""
+    round_, partition = unit_
+    step = _resampling_step(config, round_)
+    if partition is None or not step:
+        return {"round": round_}
+    vectors = np.asarray(_pool_vectors(out, partition), dtype=np.float32)
+    if len(vectors):
+        sims, labels = _assigner(out, config, round_)(vectors)
+    else:
+        sims, labels = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    save_arrays(_at(out, _resampled_part(step, partition)), label=labels.astype(np.int32), similarity=sims)
+    return {"round": round_, "in": len(vectors)}
+
+
+def radius(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
+    """A resampling step's sample: each cluster's ``r``-th largest similarity (``r`` = mean cluster size)."""
+    step = _resampling_step(config, round_)
+    if not step:
+        return {"round": round_}
+    folder = _at(out, "resample")
+    parts = [load_arrays(folder / name) for name in output.names(folder, f"step-{step}-part-*.npz")]
+    labels = np.concatenate([p["label"] for p in parts]).astype(np.int64)
+    sims = np.concatenate([p["similarity"] for p in parts])
+    k = len(load_array(_at(out, f"centroids/round-{round_:04d}.npy")))
+    per_cluster = max(1, len(labels) // k)
+    save_array(folder / f"radius-{step}.npy", sample_thresholds(labels, sims, k, per_cluster))
+    return {"round": round_, "in": len(labels)}
+
+
+def upper(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Levels 2 and up: k-means of each level's centroids, one small task (as the single-task version)."""
+    info = _info(out)
+    ks = [int(k) for k in info["ks"]]
+    points = load_array(_at(out, f"centroids/round-{rounds(config):04d}.npy"))
+    parents = {}
+    cfg = config.cluster
+    for level, k in enumerate(ks[1:], start=1):
+        if not len(points):
+            parents[f"level{level + 1}"] = np.zeros(0, np.int64)
+            continue
+        centroids, labels = resampled_kmeans(points, min(k, len(points)), cfg.niter, cfg.resampling_steps,
+                                             None, cfg.seed + 1000 * level)
+        parents[f"level{level + 1}"] = labels
+        points = centroids
+    save_arrays(_at(out, "tree.npz"), **parents)
+    return {"levels": len(ks)}
+
+
+def write(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
+    """The ``clusters`` part of partition ``partition``: each kept pool image's cluster at every level."""
+    pool = kept_pool(out, partition)
+    tree = load_arrays(_at(out, "tree.npz"))
+    if len(pool.keys):
+        labels = _assigner(out, config, rounds(config))(unit(pool.vectors))[1]
+    else:
+        labels = np.zeros(0, np.int64)
+    columns = [labels]
+    for level in range(2, len(tree) + 2):
+        columns.append(tree[f"level{level}"][columns[-1]])
+    levels = np.stack(columns, axis=1).astype(np.int32) if len(labels) else np.zeros((0, len(columns)), np.int32)
+    table = pa.table({"key": pool.keys, "uri": pool.uris, "cluster": levels[:, 0], "levels": levels.tolist()},
+                     schema=CLUSTERS.schema)
+    path = tables.write_part(out, "clusters", partition, table)
+    manifest.record(out, STAGE, f"part-{partition:05d}", [path])
+    return {"in": len(pool.keys), "out": len(pool.keys)}
+
+
+def clean(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
+    """Remove the stage's work folder once every part of its table is written."""
+    output.remove_tree(_dir(out))
+    return {}
+
+
+# -- what already exists (a rerun skips those units) -------------------------------------------------------
+
+
+def _exists(out: Location, name: str) -> bool:
+    return output.is_file(_at(out, name))
+
+
+def _prepared(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for partition in units:
+        name = _part("seed", partition)
+        if _exists(out, name):  # written last by prepare
+            found[partition] = {"in": int(load_arrays(_at(out, name))["rows"])}
+    return found
+
+
+def _seeded(out: Location, config: PipelineConfig, units: list) -> dict:
+    if not _exists(out, "seed.npz"):
+        return {}
+    info = load_arrays(_at(out, "seed.npz"))
+    size = int(info["size"])
+    return {units[0]: {"in": size, "k": min(int(info["ks"][0]), size), "round": 0}}
+
+
+def _round_done(round_: int, out: Location) -> bool:
+    """Round ``round_`` is reduced: the next round's centroids exist."""
+    return _exists(out, f"centroids/round-{round_ + 1:04d}.npy")
+
+
+def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for round_, partition in units:
+        step = _resampling_step(config, round_)
+        if partition is None or not step or _round_done(round_, out) or _exists(out, _resampled_part(step, partition)):
+            found[(round_, partition)] = {"round": round_}
+    return found
+
+
+def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    round_ = units[0]
+    step = _resampling_step(config, round_)
+    if not step or _round_done(round_, out) or _exists(out, f"resample/radius-{step}.npy"):
+        return {round_: {"round": round_}}
+    return {}
+
+
+def _assigned(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {unit_: {"round": unit_[0]} for unit_ in units if _round_done(unit_[0], out)}
+
+
+def _updated(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {round_: {"round": round_ + 1} for round_ in units if _round_done(round_, out)}
+
+
+def _upper_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {units[0]: {"levels": len(load_arrays(_at(out, "seed.npz"))["ks"])}} if _exists(out, "tree.npz") else {}
+
+
+def _written(out: Location, config: PipelineConfig, units: list) -> dict:
+    parts = tables.done_parts(out, "clusters")
+    return {partition: {} for partition in units if partition in parts}
+
+
+def _partitions(out: Location, config: PipelineConfig, previous: list) -> list[int]:
+    return sorted(tables.done_parts(out, "files"))
+
+
+def _round(previous: list) -> int:
+    return int(previous[0]["round"])
+
+
+def _resample_units(out: Location, config: PipelineConfig, previous: list) -> list[tuple[int, int | None]]:
+    round_ = _round(previous)
+    if not _resampling_step(config, round_):
+        return [(round_, None)]
+    return [(round_, partition) for partition in _partitions(out, config, previous)]
+
+
+STEPS = (
+    Step("prepare", prepare, units=_partitions, done=_prepared),
+    Step("seed", seed, done=_seeded),
+    Repeat(
+        (Step("resample", resample, units=_resample_units, done=_resampled),
+         Step("radius", radius, units=lambda out, config, previous: [_round(previous)], done=_radius_done),
+         Step("assign", assign, units=lambda out, config, previous: [(_round(previous), p)
+                                                                     for p in _partitions(out, config, previous)],
+              done=_assigned),
+         Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)], done=_updated)),
+        times=rounds,
+    ),
+    Step("upper", upper, done=_upper_done),
+    Step("write", write, units=_partitions, done=_written),
+    Step("clean", clean),
+)
+"""The cluster stage's shape: one ``Repeat`` iteration per Lloyd round, the round number carried in the results."""

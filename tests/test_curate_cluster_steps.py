@@ -1,0 +1,234 @@
+"""Distributed k-means (curate/lloyd.py) and the cluster stage's steps (curate/cluster_steps.py): the same
+Lloyd iterations as faiss, the same table however the pool is partitioned, bounded work files."""
+
+import dataclasses
+import shutil
+
+import faiss
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from benchmarks._shared.embedding_tables import write_embedding_out
+from benchmarks._shared.in_process import run_shape
+from curate import cluster_steps, sample_steps, tables
+from curate.kmeans import clusters_table
+from curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
+                          unit, update)
+from curate.steps import Repeat
+from schemas.config import ClusterConfig, load_config
+
+
+def _blobs(centres: int, per_centre: int, dim: int = 16, seed: int = 0, spread: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    means = rng.standard_normal((centres, dim)).astype(np.float32)
+    points = means[np.repeat(np.arange(centres), per_centre)] + spread * rng.standard_normal((centres * per_centre, dim))
+    return points[rng.permutation(len(points))].astype(np.float32)
+
+
+def run_steps(out, config) -> None:
+    run_shape(out, config, cluster_steps.STEPS)
+
+
+def _table(out) -> dict[str, list[int]]:
+    table = tables.read_table(out, "clusters")
+    return dict(zip(table.column("key").to_pylist(), table.column("levels").to_pylist()))
+
+
+def test_lloyd_rounds_over_partitions_match_faiss_from_the_same_start():
+    points = unit(_blobs(8, 40))
+    start = points[:8].copy()
+    reference = faiss.Kmeans(16, 8, niter=10, spherical=True, min_points_per_centroid=1, max_points_per_centroid=256)
+    reference.train(points, init_centroids=start)
+    centroids = start
+    for _ in range(10):
+        assigner = Assigner(centroids)
+        total = sum((partial_sums(part, assigner) for part in np.array_split(points, 3)[1:]),
+                    partial_sums(np.array_split(points, 3)[0], assigner))
+        centroids = update(total, centroids)
+    np.testing.assert_allclose(centroids, reference.centroids, atol=1e-5)
+
+
+def test_sums_are_exact_so_grouping_does_not_matter():
+    points = unit(np.random.default_rng(1).standard_normal((500, 8)))
+    assigner = Assigner(points[:5])
+    whole = partial_sums(points, assigner)
+    pieces = [partial_sums(part, assigner) for part in np.array_split(points[::-1], 7)]
+    total = pieces[0]
+    for piece in pieces[1:]:
+        total = total + piece
+    assert np.array_equal(whole.sums, total.sums) and np.array_equal(whole.counts, total.counts)
+
+
+def test_an_empty_cluster_splits_the_largest():
+    previous = unit(np.eye(3, dtype=np.float32))
+    sums = np.array([[3 << 20, 3 << 20, 0], [0, 0, 0], [0, 0, 1 << 20]], dtype=np.int64)
+    centroids = update(Sums(sums, np.array([3, 0, 1]), 0.0), previous)
+    assert np.array_equal(centroids[2], previous[2])
+    assert centroids[0] @ centroids[1] > 0.999 and centroids[0][0] < centroids[0][1] and centroids[1][0] > centroids[1][1]
+
+
+def test_seed_sample_is_the_same_whatever_the_partitioning():
+    keys = [f"k{i}" for i in range(300)]
+    vectors = np.arange(300, dtype=np.float32)[:, None]
+    scores = key_scores(keys, seed=3)
+    whole = lowest(scores, vectors, 10)
+    parts = [lowest(scores[i::4], vectors[i::4], 10) for i in range(4)]
+    merged = merge_lowest(parts, 10)
+    assert np.array_equal(merged.vectors, whole.vectors) and len(set(whole.vectors[:, 0])) == 10
+    assert not np.array_equal(lowest(key_scores(keys, seed=4), vectors, 10).vectors, whole.vectors)
+
+
+def test_thresholds_keep_the_r_nearest_of_each_cluster():
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    sims = np.array([0.9, 0.5, 0.7, 0.2, 0.8, 0.4], dtype=np.float32)
+    radius = sample_thresholds(labels, sims, 4, per_cluster=2)
+    assert radius.tolist()[:3] == [np.float32(0.7), np.float32(0.2), -np.inf] and radius[3] == -np.inf
+    assert (sims >= radius[labels]).tolist() == [True, False, True, True, True, True]
+
+
+def test_inverted_file_assignment_agrees_with_exact_on_most_points():
+    points = unit(_blobs(400, 5, dim=32, spread=0.05))
+    centroids = unit(_blobs(400, 1, dim=32, spread=0.0))
+    exact = Assigner(centroids)(points)[1]
+    approximate = Assigner(centroids, exact_max_k=100)
+    assert approximate.index is not None
+    assert np.mean(approximate(points)[1] == exact) > 0.95
+
+
+def test_steps_give_the_same_table_for_any_partitioning_and_keep_only_kept_images(tmp_path):
+    vectors = _blobs(12, 30)
+    rng = np.random.default_rng(0)
+    kept = rng.random(len(vectors)) > 0.1
+    roles = ["curated" if i % 17 == 0 else "pool" for i in range(len(vectors))]
+    config = load_config(None, ["cluster.ks=[12, 3]", "cluster.niter=8", "cluster.resampling_steps=1"])
+    results = []
+    for name, partition, parts in (("one", np.zeros(len(vectors)), False), ("five", rng.integers(0, 5, len(vectors)), False),
+                                   ("nine", np.arange(len(vectors)) % 9, True)):
+        out = tmp_path / name
+        write_embedding_out(out, vectors, partition, roles, kept, duplicates_parts=parts)
+        run_steps(out, config)
+        results.append(_table(out))
+    assert results[0] == results[1] == results[2]
+    expected = {f"img-{i:08d}" for i in range(len(vectors)) if kept[i] and roles[i] == "pool"}
+    assert set(results[0]) == expected
+    assert {len(levels) for levels in results[0].values()} == {2}
+    assert len({levels[0] for levels in results[0].values()}) == 12
+    parents = {}
+    for levels in results[0].values():  # each level-1 cluster has one parent
+        assert parents.setdefault(levels[0], levels[1]) == levels[1]
+
+
+def test_steps_reach_the_single_task_objective(tmp_path):
+    """Random starts differ (faiss draws its own), so compare the k-means objective, not the labels: the mean
+    cosine similarity of each image to its level-1 centroid is within 2 % of the single-task clusters_table's."""
+    vectors = _blobs(30, 20, dim=24, spread=0.6)
+    points = unit(vectors)
+    config = load_config(None, ["cluster.ks=[30, 5]", "cluster.niter=20"])
+    write_embedding_out(tmp_path, vectors, np.arange(len(vectors)) % 4)
+    run_steps(tmp_path, config)
+    table = _table(tmp_path)
+    distributed = np.array([table[f"img-{i:08d}"][0] for i in range(len(vectors))])
+    keys = [f"img-{i:08d}" for i in range(len(vectors))]
+    single = clusters_table(keys, keys, vectors, ClusterConfig(ks=(30, 5), niter=20)).column("cluster").to_numpy()
+
+    def objective(labels: np.ndarray) -> float:
+        sums = np.zeros((labels.max() + 1, points.shape[1]))
+        np.add.at(sums, labels, points)
+        return float(np.mean(np.sum(points * unit(sums)[labels], axis=1)))
+
+    assert objective(distributed) >= 0.98 * objective(single)
+
+
+def test_work_files_of_a_round_are_removed_once_reduced_and_the_folder_at_the_end(tmp_path):
+    vectors = _blobs(4, 20)
+    config = load_config(None, ["cluster.ks=[4, 2]", "cluster.niter=3"])
+    write_embedding_out(tmp_path, vectors, np.arange(len(vectors)) % 3)
+    run_shape(tmp_path, config, cluster_steps.STEPS[:-1])
+    work = tmp_path / "work" / "cluster"
+    assert not list(work.glob("sums/*"))
+    centroids = sorted(path.name for path in (work / "centroids").iterdir())
+    assert centroids == [f"round-{r:04d}.npy" for r in range(4)]
+    run_shape(tmp_path, config, cluster_steps.STEPS[-1:])
+    assert not work.exists() and len(tables.read_table(tmp_path, "clusters")) == 80
+
+
+def test_rounds_train_on_at_most_256_points_a_centroid_the_same_ones_for_any_partitioning(tmp_path):
+    vectors = _blobs(2, 1000)
+    config = load_config(None, ["cluster.ks=[2, 1]", "cluster.niter=2"])
+    trained, tables_ = [], []
+    for name, parts in (("three", 3), ("eight", 8)):
+        out = tmp_path / name
+        write_embedding_out(out, vectors, np.arange(len(vectors)) % parts)
+        seen = []
+        run_shape(out, config, cluster_steps.STEPS, seen=seen)
+        trained.append([results[0]["in"] for step, results in seen if step == "update"][0])
+        tables_.append(_table(out))
+    assert trained[0] == trained[1] and 400 < trained[0] < 640  # ~512 of 2000
+    assert tables_[0] == tables_[1] and len(tables_[0]) == 2000
+
+
+def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path):
+    vectors = _blobs(6, 30)
+    config = load_config(None, ["cluster.ks=[6, 2]", "cluster.niter=4", "cluster.resampling_steps=1"])
+    write_embedding_out(tmp_path / "whole", vectors, np.arange(len(vectors)) % 3)
+    run_steps(tmp_path / "whole", config)
+    out = tmp_path / "stopped"
+    write_embedding_out(out, vectors, np.arange(len(vectors)) % 3)
+
+    def failing(out_, config_, unit_, previous=None):
+        if unit_ == (6, 1):  # round 6 of 8: inside the resampling step
+            raise RuntimeError("worker lost")
+        return cluster_steps.assign(out_, config_, unit_, previous)
+
+    with pytest.raises(RuntimeError):
+        run_shape(out, config, _with_assign(cluster_steps.STEPS, failing))
+    seen = []
+    run_shape(out, config, cluster_steps.STEPS, seen=seen)
+    ran = [unit for name, unit in (entry[1] for entry in seen if entry[0] == "ran") if name == "assign"]
+    assert min(unit[0] for unit in ran) == 6 and len(ran) == 2 * 3  # rounds 6 and 7 only
+    assert _table(out) == _table(tmp_path / "whole")
+
+
+def _with_assign(shape, function):
+    """``shape`` with the ``assign`` step running ``function``."""
+    out = []
+    for item in shape:
+        if isinstance(item, Repeat):
+            out.append(Repeat(_with_assign(item.steps, function), item.times, item.until))
+        elif item.name == "assign":
+            out.append(dataclasses.replace(item, run=function))
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+def test_the_inverted_file_over_many_centroids_is_built_once_a_round_and_the_table_stays_partition_free(tmp_path):
+    vectors = _blobs(40, 10, dim=8)
+    config = load_config(None, ["cluster.ks=[40, 4]", "cluster.niter=3", "cluster.exact_max_k=16"])
+    results = []
+    for name, parts in (("two", 2), ("five", 5)):
+        out = tmp_path / name
+        write_embedding_out(out, vectors, np.arange(len(vectors)) % parts)
+        run_shape(out, config, cluster_steps.STEPS[:-1])
+        assert len(list((out / "work" / "cluster" / "centroids").glob("*.ivf.npy"))) == 4  # rounds 0..3
+        results.append(_table(out))
+    assert results[0] == results[1] and len({levels[0] for levels in results[0].values()}) > 30
+
+
+def test_partitions_with_no_kept_pool_image_get_empty_parts(tmp_path):
+    vectors = _blobs(4, 30)
+    partition = np.arange(len(vectors)) % 4
+    kept = partition != 2  # dedup removed every pool image of partition 2
+    roles = ["curated" if p == 3 else "pool" for p in partition]  # partition 3 holds curated images only
+    write_embedding_out(tmp_path, vectors, partition, roles, kept)
+    config = load_config(None, ["cluster.ks=[4, 2]", "cluster.niter=3", "cluster.resampling_steps=1"])
+    run_steps(tmp_path, config)
+    assert tables.done_parts(tmp_path, "clusters") == {0, 1, 2, 3}
+    assert len(tables.read_part(tmp_path, "clusters", 2)) == len(tables.read_part(tmp_path, "clusters", 3)) == 0
+    assert len(tables.read_table(tmp_path, "clusters")) == 60
+    for method in (["sample.method=balanced"], ["sample.per_query=2"], ["sample.retrieval=clusters"]):
+        shutil.rmtree(tmp_path / "tables" / "selection", ignore_errors=True)
+        run_shape(tmp_path, load_config(None, method), sample_steps.STEPS)
+        assert tables.done_parts(tmp_path, "selection") == {0, 1, 2, 3}
+        assert len(tables.read_part(tmp_path, "selection", 2)) == len(tables.read_part(tmp_path, "selection", 3)) == 0
