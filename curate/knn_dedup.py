@@ -70,10 +70,11 @@ POOL = 0
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the steps keep their files (``work``) and read descriptor matrices (``vectors``/part-NNNNN.npy)."""
+    """Where the steps keep their files (``work``) and read descriptor matrices: ``vectors``/part-NNNNN.npy, or
+    the embed stage's matrices (:func:`curate.tables.read_array`) when ``vectors`` is ``None``."""
 
     work: str = WORK
-    vectors: str = "tables/embeddings"
+    vectors: str | None = None
 
 
 EMBEDDINGS = Layout()
@@ -101,8 +102,12 @@ def _read_npz(path: Location) -> dict[str, np.ndarray]:
 
 
 def _matrix(out: Location, layout: Layout, partition: int) -> np.ndarray:
+    if layout.vectors is None:
+        return tables.read_array(out, "embeddings", partition)
     path = output.join(out, *layout.vectors.split("/"), f"part-{partition:05d}.npy")
-    return np.load(path, mmap_mode="r") if not isinstance(path, output.RemotePath) else np.load(output.readable(path))
+    if isinstance(path, output.RemotePath):
+        return np.load(output.readable(path), allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def _load_index(path: Location):
