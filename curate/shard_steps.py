@@ -25,7 +25,10 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from core.storage import SHARD_DIR
 from curate import fetched, manifest, output, tables
+from curate.lakes import embeddings as lake_embeddings
+from curate.lakes.uris import is_url
 from curate.output import Location
 from curate.partitions import duplicates_of, work
 from curate.steps import Step
@@ -35,13 +38,12 @@ from schemas.config import PipelineConfig
 from schemas.tables import utc_now
 
 STAGE = "shard"
-SHARD_DIR = "shards"
+DATASET_NAME = "dinolab-curated"
+"""The dataset name in ``shards/index.json`` (not the output folder's, so a moved run reads the same)."""
 INDEX_UNIT = "index"
 """The last unit (``shards/index.json`` and the ``shards`` table), as recorded."""
 WORK_FILES = ("work/shard/*", "work/shard/infos/*")
 """Everything the steps write besides the shards, the index and the table (removed by ``finish``)."""
-INDEX_NAME = "dinolab-curated"
-"""The dataset name in ``shards/index.json`` (not the output folder's, so a moved run reads the same)."""
 
 
 def _dir(out: Location) -> Location:
@@ -66,18 +68,27 @@ def _parts(out: Location) -> list[int]:
 
 
 def plan(out: Location, config: PipelineConfig, part: int, previous=None) -> dict:
-    """Plan selection part ``part``: its samples in key order, cut into shards."""
+    """Plan selection part ``part``: its samples in key order, cut into shards. A selected precomputed embedding
+    whose metadata names no image, or a local file that is not there, has no sample."""
     selection = tables.read_part(out, "selection", part).sort_by("key")
-    keys = selection["key"].combine_chunks() if len(selection) else pa.array([], pa.string())
     images = tables.read_part(out, "images", part)  # the selection part of a partition holds its images only
+    keys = selection["key"].combine_chunks() if len(selection) else pa.array([], pa.string())
+    uris = _rows(images, keys, ["uri"])["uri"]
+    named = lake_embeddings.images([uri for uri in uris if lake_embeddings.is_row(uri)])
+    files = {uri: path for uri, path in named.items()
+             if path is not None and (is_url(path) or output.is_file(output.location(path)))}
+    selection = selection.filter(pa.array([uri not in named or uri in files for uri in uris], pa.bool_()))
+    keys = selection["key"].combine_chunks() if len(selection) else pa.array([], pa.string())
     info = _rows(images, keys, ["uri", "bytes", "sha256", "width", "height", "format", "provenance", "partition"])
+    info["bytes"] = [size if size is not None or uri not in files else output.size(output.location(files[uri])) or 0
+                     for uri, size in zip(info["uri"], info["bytes"])]
     group = _rows(duplicates_of(out, part, keys), keys, ["group"])["group"]
     chosen = selection.to_pylist()
     samples = []
     for i, row in enumerate(chosen):
         uri = info["uri"][i]
         samples.append({
-            "key": row["key"], "uri": uri, "partition": info["partition"][i], "ext": image_extension(uri, info["format"][i]),
+            "key": row["key"], "uri": uri, "partition": info["partition"][i], "ext": image_extension(files.get(uri, uri), info["format"][i]),
             "meta": sample_meta(key=row["key"], uri=uri, sha256=info["sha256"][i], width=info["width"][i],
                                 height=info["height"][i], format=info["format"][i], group=group[i],
                                 cluster=row["cluster"], method=row["method"], query_key=row["query_key"],
@@ -155,7 +166,7 @@ def finish(out: Location, config: PipelineConfig, unit_=None, previous=None) -> 
         written.append(tables.write_part(out, "shards", part, pa.table(rows)))
         count += len(rows["key"])
     index = output.join(out, SHARD_DIR, "index.json")
-    write_index(index, shard_index(infos, name=INDEX_NAME))
+    write_index(index, shard_index(infos, name=DATASET_NAME))
     manifest.record(out, STAGE, INDEX_UNIT, [index, *written])
     output.remove_tree(_dir(out))
     return {"in": count, "out": count}

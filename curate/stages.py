@@ -289,8 +289,7 @@ def sample(out: Location, config: PipelineConfig) -> dict[str, int]:
 PLAN_FILE = ".plan.json"
 INDEX_UNIT = "index"
 """The shard stage's last unit (``shards/index.json`` and the ``shards`` table), as recorded."""
-INDEX_NAME = "dinolab-curated"
-"""The dataset name in ``shards/index.json`` (not the output folder's, so a moved run reads the same)."""
+INDEX_NAME = shard_steps.DATASET_NAME
 
 
 def plan(out: Location, config: PipelineConfig) -> int:
