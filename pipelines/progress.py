@@ -26,9 +26,9 @@ def track(futures: Sequence[Future], label: str, console: Console) -> Iterator[F
                 progress.advance(task)
                 yield future
         return
-    reported = 0
+    reported = 0  # plain lines: every tenth of a step of more than LOG_STEPS tasks, else only when it is done
     for done, future in enumerate(as_completed(futures), start=1):
-        if done * LOG_STEPS // total > reported or done == total:
+        if (total > LOG_STEPS and done * LOG_STEPS // total > reported) or done == total:
             reported = done * LOG_STEPS // total
             console.print(f"{label}: {done}/{total} tasks", highlight=False)
         yield future
