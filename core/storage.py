@@ -237,7 +237,7 @@ def read_bytes(path: Location, start: int | None = None, end: int | None = None)
     """The bytes of the file at ``path`` (``[start, end)`` when given: one ranged read on a store);
     ``FileNotFoundError`` when there is none."""
     if isinstance(path, RemotePath):
-        fs, key = path.filesystem()
+        fs, key = _refreshed(path)  # written by another process (a worker) since this one listed its folder
         return fs.cat_file(key, start=start, end=end)
     if start is None and end is None:
         return Path(path).read_bytes()
