@@ -89,7 +89,7 @@ def test_each_shard_holds_one_format_original_bytes_and_typed_json(run):
                 assert data == originals[meta["uri"]]  # never re-encoded
             seen += 1
     assert seen == run.total
-    assert kinds == sorted(kinds) and set(kinds) == {"bmp", "gif", "jpg", "png", "tiff", "webp"}
+    assert set(kinds) == {"bmp", "gif", "jpg", "png", "tiff", "webp"}  # (formats in order within each selection part)
 
 
 @pytest.fixture
