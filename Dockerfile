@@ -18,6 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM python AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY dinolab/ dinolab/
 COPY core/ core/
 COPY schemas/ schemas/
 COPY curate/ curate/

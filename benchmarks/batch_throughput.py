@@ -14,8 +14,8 @@ import tempfile
 import time
 
 from benchmarks._shared.equal_steps import FIXED_LENGTH, equal_step_overrides
-from pretrain.train.config import build_config
-from pretrain.train.loop import Trainer
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.loop import Trainer
 
 TRAIN_IMAGES = 60000
 

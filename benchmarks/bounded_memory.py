@@ -1,7 +1,7 @@
 """Bounded memory: ``curate embed`` (listing, ingest, embed) of a lake ``--factor`` times a worker's memory limit.
 
 Writes a lake of uncompressed BMP images (``side``² × 3 bytes each, all different) totalling
-``--factor × --limit`` bytes, then runs ``python -m pipelines embed`` on one local worker started with
+``--factor × --limit`` bytes, then runs ``python -m dinolab.pipelines embed`` on one local worker started with
 ``--memory-limit LIMIT``, sampling the resident memory of every process of the run (client, nanny,
 worker) twice a second. Printed: the lake's size, the limit, the peak RSS of the worker and of the client,
 the images embedded, the wall time, and whether Dask restarted or paused the worker (its log lines).
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from pipelines.lake_writer import write_big_lake  # the fault test's writer of large distinct images
+from dinolab.pipelines.lake_writer import write_big_lake  # the fault test's writer of large distinct images
 
 SAMPLE_SECONDS = 0.5
 
@@ -63,7 +63,7 @@ def main() -> None:
     lake_bytes = write_big_lake(lake, count=count, side=args.side)
     write_seconds = time.perf_counter() - started
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "pipelines", "embed", "--lake", str(lake), "--out", str(out), "--workers", "1",
+    command = [sys.executable, "-m", "dinolab.pipelines", "embed", "--lake", str(lake), "--out", str(out), "--workers", "1",
                "--memory-limit", str(int(args.limit)), "--config", "demo", "ingest.partition_size=25"]
     started = time.perf_counter()
     log = args.dir / "run.log"
@@ -72,7 +72,7 @@ def main() -> None:
         peaks = peak_rss(process)
     seconds = time.perf_counter() - started
     text = log.read_text()
-    from curate import tables
+    from dinolab.curate import tables
 
     embedded = len(tables.read_table(out, "embeddings")) if process.returncode == 0 else 0
     result = {

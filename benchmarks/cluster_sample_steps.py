@@ -33,8 +33,8 @@ def write_out(out: Path, count: int, centres: int, partition_size: int, dim: int
 
 def job(spec: dict) -> dict:
     from benchmarks._shared.in_process import run_shape
-    from curate import cluster_steps, sample_steps, stages, tables
-    from schemas.config import load_config
+    from dinolab.curate import cluster_steps, sample_steps, stages, tables
+    from dinolab.schemas.config import load_config
 
     out = Path(spec["out"])
     config = load_config(None, spec["overrides"])

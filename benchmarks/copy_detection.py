@@ -35,12 +35,12 @@ from PIL import Image
 
 from benchmarks._shared.copy_lake import plant_lake
 from benchmarks._shared.copy_planting import TRANSFORMS, Truth
-from curate.copydetect import candidates as candidate_module
-from curate.copydetect.features import image_features
-from curate.copydetect.groups import UnionFind
-from curate.copydetect.hashes import hash_codes, radius_pairs
-from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
-from schemas.config import DedupConfig
+from dinolab.curate.copydetect import candidates as candidate_module
+from dinolab.curate.copydetect.features import image_features
+from dinolab.curate.copydetect.groups import UnionFind
+from dinolab.curate.copydetect.hashes import hash_codes, radius_pairs
+from dinolab.curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
+from dinolab.schemas.config import DedupConfig
 
 
 def micro_ap(scores: np.ndarray, correct: np.ndarray, positives: int) -> float:
@@ -116,8 +116,8 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
                  descriptor_model=None) -> dict:
     """The dedup stage's own code (``copy_duplicates_table``), scores of every verified candidate recorded;
     the seconds include the feature pass (timed once, shared by the methods)."""
-    from curate.copydetect import pipeline as pipeline_module
-    from curate.copydetect import verify as verify_module
+    from dinolab.curate.copydetect import pipeline as pipeline_module
+    from dinolab.curate.copydetect import verify as verify_module
 
     features, eval_features, feature_seconds = lake_features(root, names)
     start = time.perf_counter() - feature_seconds
@@ -128,7 +128,7 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
                              [hashlib.sha256((root / "eval" / n).read_bytes()).hexdigest() for n in eval_names])
     descriptors = None
     if descriptor_model is not None:
-        from curate.copydetect.descriptor import describe_images
+        from dinolab.curate.copydetect.descriptor import describe_images
 
         descriptors = describe_images(descriptor_model, [im.convert("RGB") for im in images])
         reference.descriptors = describe_images(descriptor_model, eval_images)
@@ -168,9 +168,9 @@ def run_pipeline(name: str, root: Path, names: list[str], truth: Truth, config: 
 
 def candidate_recall(root: Path, names: list[str], truth: Truth, config: DedupConfig) -> dict[str, tuple[int, float]]:
     """Per candidate generator of ``config``: (candidate pairs, share of the true pairs among them)."""
-    from curate.copydetect.candidates import vote_candidates
-    from curate.copydetect.pipeline import _codes, content_only, frequent_codes, global_candidates
-    from curate.copydetect.hashes import hash_pairs
+    from dinolab.curate.copydetect.candidates import vote_candidates
+    from dinolab.curate.copydetect.pipeline import _codes, content_only, frequent_codes, global_candidates
+    from dinolab.curate.copydetect.hashes import hash_pairs
 
     features = lake_features(root, names)[0]
     row = {name: i for i, name in enumerate(names)}
@@ -203,8 +203,8 @@ def run_phash(root: Path, names: list[str], truth: Truth, radius: int = 10) -> d
 
 
 def run_cls(root: Path, names: list[str], truth: Truth, backbone: str, threshold: float = 0.6, k: int = 64) -> dict:
-    from curate.embed import embed_images, load_embedder
-    from schemas.config import EmbedConfig
+    from dinolab.curate.embed import embed_images, load_embedder
+    from dinolab.schemas.config import EmbedConfig
 
     start = time.perf_counter()
     embedder = load_embedder(EmbedConfig(embedder=backbone, device="cpu", image_size=224))
@@ -266,7 +266,7 @@ def main() -> None:
                                      DedupConfig(burst_images=0, global_candidates=0)))
             print(f"previous default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         if "sscd-arch" in methods:
-            from curate.copydetect.descriptor import SSCD, load_descriptor
+            from dinolab.curate.copydetect.descriptor import SSCD, load_descriptor
 
             if args.sscd:
                 model, label = load_descriptor(args.sscd), "sscd-arch (released weights)"

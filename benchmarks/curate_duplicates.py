@@ -24,9 +24,9 @@ import torch
 from PIL import Image, ImageEnhance
 
 from benchmarks._shared.embedding import embed_files, encoders
-from curate.dedup import near_duplicate_pairs
-from curate.lakes.sets import list_set
-from pretrain.data import load_fashion_mnist
+from dinolab.curate.dedup import near_duplicate_pairs
+from dinolab.curate.lakes.sets import list_set
+from dinolab.pretrain.data import load_fashion_mnist
 
 TRANSFORMS = ("exact", "hflip", "crop", "jpeg", "jitter", "tint")
 THRESHOLDS = (0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)

@@ -25,7 +25,7 @@ def measure(job: dict) -> dict:
     faiss.omp_set_num_threads(job["threads"])
     data, sources, targets = synthetic(job["count"], job["dim"])
     if job["op"] == "dedup":
-        from curate.dedup import near_duplicate_pairs
+        from dinolab.curate.dedup import near_duplicate_pairs
 
         def work() -> dict:
             pairs = near_duplicate_pairs(data, threshold=0.95, k=job["k"], kind=job["index"], nprobe=job["nprobe"])
@@ -33,7 +33,7 @@ def measure(job: dict) -> dict:
             recall = np.mean([(int(s), int(t)) in found for s, t in zip(sources, targets)])
             return {"pairs": len(pairs), "planted_recall": round(float(recall), 4)}
     else:
-        from curate.kmeans import hierarchical_kmeans
+        from dinolab.curate.kmeans import hierarchical_kmeans
 
         def work() -> dict:
             tree = hierarchical_kmeans(data, job["ks"], niter=job["niter"])

@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 
 from benchmarks._shared.embedding import embed_files, encoders
-from curate.lakes.sets import list_set
-from curate.kmeans import hierarchical_kmeans
-from curate.sample import retrieve_from_clusters, retrieve_nearest
-from pretrain.data import load_fashion_mnist
+from dinolab.curate.lakes.sets import list_set
+from dinolab.curate.kmeans import hierarchical_kmeans
+from dinolab.curate.sample import retrieve_from_clusters, retrieve_nearest
+from dinolab.pretrain.data import load_fashion_mnist
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "horse",
           "immunohistochemistry", "moon", "page", "rocket", "text", "clock")

@@ -45,10 +45,10 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._shared.equal_steps import FIXED_LENGTH, equal_step_overrides
-from curate import tables
-from curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
-from pipelines.demo import curate_demo_lake
-from pipelines.demo_lake import LakeSizes, build_demo_lake, read_truth, set_quality
+from dinolab.curate import tables
+from dinolab.curate.shards import ShardSample, image_extension, plan_shards, shard_index, shard_name, write_index, write_shard
+from dinolab.pipelines.demo import curate_demo_lake
+from dinolab.pipelines.demo_lake import LakeSizes, build_demo_lake, read_truth, set_quality
 
 SHARD_SAMPLES = 5000
 
@@ -77,8 +77,8 @@ def train(shards: Path, out: Path, seed: int, images: int, reference_images: int
     """``fmnist-tiny`` for ``steps`` steps of ``batch`` on ``shards`` (no time budget); the final k-NN of its
     teacher. A finished run's result is kept in ``out/result.json`` and reused for the same set (``fingerprint``),
     so a stopped script resumes; a changed curation gives a fresh run."""
-    from pretrain.train.config import build_config
-    from pretrain.train.loop import Trainer
+    from dinolab.pretrain.train.config import build_config
+    from dinolab.pretrain.train.loop import Trainer
 
     saved = out / "result.json"
     if saved.is_file() and (previous := json.loads(saved.read_text())).get("set") == fingerprint:
@@ -133,8 +133,8 @@ def main() -> None:
         sets["random subset"][seed] = (write_set([pool[i] for i in subset], out / "sets" / f"random-{seed}"),
                                        [pool[i] for i in subset])
 
-    from pretrain.train.config import build_config
-    from pretrain.data.eval_splits import fashion_mnist_eval
+    from dinolab.pretrain.train.config import build_config
+    from dinolab.pretrain.data.eval_splits import fashion_mnist_eval
 
     base = build_config("fmnist-tiny")
     eval_data = fashion_mnist_eval(base)

@@ -37,22 +37,22 @@ ARMS = ("distilled", "scratch")
 
 def teacher_heads(teacher: str) -> list[str]:
     """The teacher's head section as overrides, so the scratch student has the same K prototypes."""
-    from pretrain.train.checkpoint import load_checkpoint
+    from dinolab.pretrain.train.checkpoint import load_checkpoint
 
     head = load_checkpoint(teacher)["dinolab"]["config"]["head"]
     return [f"head.{key}={'null' if value is None else value}" for key, value in head.items()]
 
 
 def student_config(teacher: str, minutes: float, extra: list[str]):
-    from pretrain.train.config import build_config
+    from dinolab.pretrain.train.config import build_config
 
     return build_config("fmnist-tiny", [*STUDENT, *teacher_heads(teacher), f"run.minutes={minutes}", *extra])
 
 
 def run_arm(arm: str, teacher: str, minutes: float, out: Path, extra: list[str]) -> None:
     """One student, trained in this process on one thread; its numbers go to ``<out>/arm.json``."""
-    from pretrain.train.distill import Distiller
-    from pretrain.train.loop import Trainer
+    from dinolab.pretrain.train.distill import Distiller
+    from dinolab.pretrain.train.loop import Trainer
 
     torch.set_num_threads(1)
     config = student_config(teacher, minutes, extra)
@@ -69,10 +69,10 @@ def run_arm(arm: str, teacher: str, minutes: float, out: Path, extra: list[str])
 
 def teacher_row(teacher: str, minutes: float, extra: list[str]) -> dict:
     """The teacher's k-NN with the students' evaluation code, data and feature; its training time."""
-    from pretrain.train.checkpoint import load_checkpoint
-    from pretrain.train.distill import load_teacher_backbone
-    from pretrain.train.knn_eval import knn_evaluate, raw_pixel_knn
-    from pretrain.data.eval_splits import fashion_mnist_eval
+    from dinolab.pretrain.train.checkpoint import load_checkpoint
+    from dinolab.pretrain.train.distill import load_teacher_backbone
+    from dinolab.pretrain.train.knn_eval import knn_evaluate, raw_pixel_knn
+    from dinolab.pretrain.data.eval_splits import fashion_mnist_eval
 
     torch.set_num_threads(1)
     config = student_config(teacher, minutes, extra)

@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pretrain.models import build_vit
-from pretrain.models.layers import Block
-from pretrain.models.packing import forward_features_packed
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.models.layers import Block
+from dinolab.pretrain.models.packing import forward_features_packed
 
 MULTI_CROP_VARIANTS = ("separate", "packed", "drop_path", "compile", "checkpoint")
 DROP_PATH_VARIANTS = ("dp_masking", "dp_subset")

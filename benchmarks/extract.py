@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks._shared.flops import count_flops, measure_matmul_peak
-from features.extract import compiled_forward
-from pretrain.models import VisionTransformer, config_for
+from dinolab.features.extract import compiled_forward
+from dinolab.pretrain.models import VisionTransformer, config_for
 
 TOLERANCE = 1e-4
 

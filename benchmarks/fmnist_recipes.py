@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from pretrain.train.config import build_config
-from pretrain.train.knn_eval import raw_pixel_knn
-from pretrain.data.eval_splits import fashion_mnist_eval
-from pretrain.train.loop import Trainer
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.knn_eval import raw_pixel_knn
+from dinolab.pretrain.data.eval_splits import fashion_mnist_eval
+from dinolab.pretrain.train.loop import Trainer
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ def lake_job(job: dict) -> dict:
     """Write the synthetic lake, and the planted pairs' keys (``planted.npy``)."""
     import pyarrow as pa
 
-    from curate import tables
-    from schemas.tables import utc_now
+    from dinolab.curate import tables
+    from dinolab.schemas.tables import utc_now
 
     out, count, parts = Path(job["out"]), job["size"], job["partitions"]
     data, sources, targets = synthetic(count, job["dim"])
@@ -56,8 +56,8 @@ def today(out: Path, config) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from curate import stages, tables
-    from curate.dedup import duplicates_table
+    from dinolab.curate import stages, tables
+    from dinolab.curate.dedup import duplicates_table
 
     vectors = stages.read_vectors(out)
     pool = vectors.where(pc.equal(vectors.rows.column("role"), "pool"))
@@ -71,8 +71,8 @@ def today(out: Path, config) -> dict:
 def dedup_job(job: dict) -> dict:
     import faiss
 
-    from curate import knn_dedup, tables
-    from schemas.config import DedupConfig, PipelineConfig
+    from dinolab.curate import knn_dedup, tables
+    from dinolab.schemas.config import DedupConfig, PipelineConfig
 
     faiss.omp_set_num_threads(job["threads"])
     out = Path(job["out"])
@@ -86,7 +86,7 @@ def dedup_job(job: dict) -> dict:
         found = np.mean([group[a] == group[b] for a, b in zip(*planted)]) if planted.size else float("nan")
         return {**counts, "planted_recall": round(float(found), 4)}
 
-    from curate import stages  # noqa: F401 (both paths' imports loaded before the work: the same baseline)
+    from dinolab.curate import stages  # noqa: F401 (both paths' imports loaded before the work: the same baseline)
 
     imports = peak_memory_gib()
     result = timed(job, work)

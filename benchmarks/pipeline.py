@@ -64,13 +64,13 @@ from PIL import Image  # noqa: E402
 from distributed import get_task_stream  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from curate import stages, tables  # noqa: E402
-from curate.lakes.sets import ImageSet, files_table, name_sets  # noqa: E402
-from pipelines.cluster import connect  # noqa: E402
-from pipelines.lake_writer import write_fashion_lake  # noqa: E402
-from pipelines.dispatch import DaskExecutor, LoopExecutor  # noqa: E402
-from pipelines.run import run_curation  # noqa: E402
-from schemas.config import PipelineConfig, load_config  # noqa: E402
+from dinolab.curate import stages, tables  # noqa: E402
+from dinolab.curate.lakes.sets import ImageSet, files_table, name_sets  # noqa: E402
+from dinolab.pipelines.cluster import connect  # noqa: E402
+from dinolab.pipelines.lake_writer import write_fashion_lake  # noqa: E402
+from dinolab.pipelines.dispatch import DaskExecutor, LoopExecutor  # noqa: E402
+from dinolab.pipelines.run import run_curation  # noqa: E402
+from dinolab.schemas.config import PipelineConfig, load_config  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "pipelines" / "configs" / "demo.yaml"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "cat", "moon", "page", "brick", "grass", "gravel",

@@ -83,9 +83,9 @@ def write_photos(folder: Path, side: int, count: int, seed: int = 0) -> float:
 
 def ingest_job(job: dict) -> dict:
     """Our ingest stage on every file of ``job['folder']``, one thread."""
-    from curate.ingest import ingest_partition
-    from curate.lakes.sets import ImageSet, files_table
-    from schemas.config import IngestConfig
+    from dinolab.curate.ingest import ingest_partition
+    from dinolab.curate.lakes.sets import ImageSet, files_table
+    from dinolab.schemas.config import IngestConfig
 
     files = files_table([ImageSet(job["folder"], "pool", "photos")], partition_size=1 << 30)
     ingest_partition(files.slice(0, 1), IngestConfig())  # warm-up: lazy imports (scipy.fftpack), as a worker has them
@@ -160,9 +160,9 @@ def profile_ingest(folder: Path, lines: int = 14) -> None:
     import cProfile
     import pstats
 
-    from curate.ingest import ingest_partition
-    from curate.lakes.sets import ImageSet, files_table
-    from schemas.config import IngestConfig
+    from dinolab.curate.ingest import ingest_partition
+    from dinolab.curate.lakes.sets import ImageSet, files_table
+    from dinolab.schemas.config import IngestConfig
 
     files = files_table([ImageSet(str(folder), "pool", "photos")], partition_size=1 << 30)
     profiler = cProfile.Profile()
@@ -188,14 +188,14 @@ def dedup_job(job: dict) -> dict:
     each timed, then the copy-detection union-find over the same links."""
     import faiss
 
-    from curate.copydetect.groups import UnionFind
-    from curate.dedup import (
+    from dinolab.curate.copydetect.groups import UnionFind
+    from dinolab.curate.dedup import (
         EXACT_SEARCH_LIMIT,
         connected_components,
         keep_one_per_component,
         near_duplicate_pairs,
     )
-    from schemas.config import DedupConfig
+    from dinolab.schemas.config import DedupConfig
 
     faiss.omp_set_num_threads(job["threads"])
     count = job["count"]
@@ -240,8 +240,8 @@ def cluster_job(job: dict) -> dict:
     import faiss
     import pyarrow.compute as pc
 
-    from curate.kmeans import clusters_table
-    from schemas.config import ClusterConfig
+    from dinolab.curate.kmeans import clusters_table
+    from dinolab.schemas.config import ClusterConfig
 
     faiss.omp_set_num_threads(job["threads"])
     data, _, _ = synthetic(job["count"], job["dim"])
@@ -260,8 +260,8 @@ def cluster_job(job: dict) -> dict:
 def sample_job(job: dict) -> dict:
     import faiss
 
-    from curate.sample import selection_table
-    from schemas.config import SampleConfig
+    from dinolab.curate.sample import selection_table
+    from dinolab.schemas.config import SampleConfig
 
     faiss.omp_set_num_threads(job["threads"])
     count = job["count"]
@@ -295,8 +295,8 @@ def verify_job(job: dict) -> dict:
     from benchmarks._shared.copy_planting import photos
     from PIL import Image
 
-    from curate.copydetect.features import image_features
-    from curate.copydetect.verify import verify_pair
+    from dinolab.curate.copydetect.features import image_features
+    from dinolab.curate.copydetect.verify import verify_pair
 
     cv2.setNumThreads(1)
     rng = np.random.default_rng(0)
@@ -365,9 +365,9 @@ def model_flops() -> dict[str, float]:
     import torch
     from benchmarks._shared.flops import count_flops
 
-    from curate.copydetect.descriptor import SSCD
-    from pretrain.models.presets import config_for
-    from pretrain.models.vit import VisionTransformer
+    from dinolab.curate.copydetect.descriptor import SSCD
+    from dinolab.pretrain.models.presets import config_for
+    from dinolab.pretrain.models.vit import VisionTransformer
 
     counted = {}
     for name, build, side in (("SSCD ResNet-50 @288", lambda: SSCD("resnet50"), 288),

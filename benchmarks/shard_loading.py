@@ -35,13 +35,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from curate.shards import ShardSample, shard_index, shard_name, write_index, write_shard
-from pretrain.data.fashion_mnist import load_fashion_mnist
-from pretrain.data.shards import ShardReader, resolve_shards, windowed_order
-from pretrain.train.config import build_config
-from pretrain.train.data import ShardImages
-from pretrain.train.loop import Trainer, seconds_per_step
-from pretrain.train.tensor_augment import TensorMultiCrop
+from dinolab.curate.shards import ShardSample, shard_index, shard_name, write_index, write_shard
+from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
+from dinolab.pretrain.data.shards import ShardReader, resolve_shards, windowed_order
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.data import ShardImages
+from dinolab.pretrain.train.loop import Trainer, seconds_per_step
+from dinolab.pretrain.train.tensor_augment import TensorMultiCrop
 
 
 def parse_args() -> argparse.Namespace:

@@ -30,12 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from benchmarks._shared.flops import count_flops, measure_matmul_peak
-from pretrain.models import build_vit
-from pretrain.train.ema import update_teacher
-from pretrain.train.heads import DINOHead
-from pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
-from pretrain.train.masking import masks_weight, sample_ibot_masks
-from pretrain.train.param_groups import apply_schedules, build_param_groups
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.train.ema import update_teacher
+from dinolab.pretrain.train.heads import DINOHead
+from dinolab.pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss
+from dinolab.pretrain.train.masking import masks_weight, sample_ibot_masks
+from dinolab.pretrain.train.param_groups import apply_schedules, build_param_groups
 
 TEACHER_TEMP, MOMENTUM, LR, WEIGHT_DECAY, KOLEO_WEIGHT, CLIP = 0.07, 0.994, 1e-4, 0.04, 0.1, 3.0
 

@@ -36,15 +36,15 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from curate import manifest, output, tables
-from curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
-from curate.lloyd import (Assigner, Lowest, Sums, cluster_sums, ivf_over, key_scores, lowest, merge_lowest,
+from dinolab.curate import manifest, output, tables
+from dinolab.curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
+from dinolab.curate.lloyd import (Assigner, Lowest, Sums, cluster_sums, ivf_over, key_scores, lowest, merge_lowest,
                           sample_thresholds, unit, update)
-from curate.output import Location
-from curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
-from curate.steps import Repeat, Step
-from schemas.config import PipelineConfig
-from schemas.tables import CLUSTERS
+from dinolab.curate.output import Location
+from dinolab.curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
+from dinolab.curate.steps import Repeat, Step
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import CLUSTERS
 
 STAGE = "cluster"
 WORK_FILES = tuple(f"work/cluster/{folder}*" for folder in ("", "pool/", "seed/", "centroids/", "sums/", "resample/"))

@@ -23,9 +23,9 @@ import pyarrow as pa
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _scipy_components
 
-from curate.faiss_gpu import on_gpus
-from schemas.config import DedupConfig
-from schemas.tables import DUPLICATES
+from dinolab.curate.faiss_gpu import on_gpus
+from dinolab.schemas.config import DedupConfig
+from dinolab.schemas.tables import DUPLICATES
 
 IndexKind = Literal["auto", "flat", "ivf", "hnsw"]
 KeepRule = Literal["first", "resolution"]

@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from curate.lakes import Reader, read_partition
-from curate.lakes import embeddings as lake_embeddings
-from curate.lakes.uris import LakeError
-from pretrain.data.images import ImageDecodeError, decode_image
-from schemas.config import EmbedConfig
-from schemas.tables import EMBEDDINGS
+from dinolab.curate.lakes import Reader, read_partition
+from dinolab.curate.lakes import embeddings as lake_embeddings
+from dinolab.curate.lakes.uris import LakeError
+from dinolab.pretrain.data.images import ImageDecodeError, decode_image
+from dinolab.schemas.config import EmbedConfig
+from dinolab.schemas.tables import EMBEDDINGS
 
 RANDOM_WEIGHTS_SEED = 0
 """An architecture name gives random weights: seeded, so every worker builds the same model."""
@@ -84,7 +84,7 @@ def load_embedder(config: EmbedConfig) -> Embedder:
     if config.embedder == "pixels":
         encoder = PixelEncoder(config.pixel_grid)
         return Embedder("pixels", encoder, config.pixel_grid, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), encoder.embed_dim, device)
-    from pretrain.checkpoints import load_backbone
+    from dinolab.pretrain.checkpoints import load_backbone
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_WEIGHTS_SEED)

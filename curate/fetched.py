@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import output
-from curate.lakes import Reader, read_partition
-from curate.lakes.uris import PARQUET, TAR, protocol
-from curate.output import Location
+from dinolab.curate import output
+from dinolab.curate.lakes import Reader, read_partition
+from dinolab.curate.lakes.uris import PARQUET, TAR, protocol
+from dinolab.curate.output import Location
 
 FOLDER = "fetched"
 VERSION = 1

@@ -25,11 +25,11 @@ import imagehash
 import pyarrow as pa
 from PIL import ExifTags, Image
 
-from curate.lakes import RefusedFile, RefusedMember, provenance, read_partition
-from curate.lakes import embeddings as lake_embeddings
-from pretrain.data.images import ImageDecodeError, decode_image
-from schemas.config import IngestConfig
-from schemas.tables import FILES, IMAGES, utc_now
+from dinolab.curate.lakes import RefusedFile, RefusedMember, provenance, read_partition
+from dinolab.curate.lakes import embeddings as lake_embeddings
+from dinolab.pretrain.data.images import ImageDecodeError, decode_image
+from dinolab.schemas.config import IngestConfig
+from dinolab.schemas.tables import FILES, IMAGES, utc_now
 
 HASH_SIDE = 256
 """Longer side images are decoded at (at most) for hashing: phash sees 32x32, and 256 keeps panoramas up to

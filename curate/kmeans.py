@@ -25,8 +25,8 @@ import faiss
 import numpy as np
 import pyarrow as pa
 
-from schemas.config import ClusterConfig
-from schemas.tables import CLUSTERS
+from dinolab.schemas.config import ClusterConfig
+from dinolab.schemas.tables import CLUSTERS
 
 MAX_POINTS_PER_CENTROID = 256
 """faiss trains each k-means on at most this many points a centroid (a random subsample)."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from curate.faiss_gpu import on_gpus
+from dinolab.curate.faiss_gpu import on_gpus
 
 EXACT_SEARCH_LIMIT = 100_000
 """``auto`` searches exactly (flat) up to this many database vectors."""

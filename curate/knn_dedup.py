@@ -49,11 +49,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate import components as cc
-from curate import knn, output, tables
-from curate.output import Location
-from schemas.config import PipelineConfig
-from schemas.tables import DUPLICATES
+from dinolab.curate import components as cc
+from dinolab.curate import knn, output, tables
+from dinolab.curate.output import Location
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import DUPLICATES
 
 WORK = "work/dedup"
 WORK_FILES = tuple(f"{WORK}/{name}" for name in (

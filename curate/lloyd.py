@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 import scipy.sparse
 
-from curate.faiss_gpu import gpu_count, on_gpus
+from dinolab.curate.faiss_gpu import gpu_count, on_gpus
 
 SCALE = float(1 << 20)
 """Fixed-point scale of the partial sums: a unit vector's components, in [-1, 1], are rounded to multiples of

@@ -16,8 +16,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from curate import output
-from curate.output import Location, RemotePath
+from dinolab.curate import output
+from dinolab.curate.output import Location, RemotePath
 
 MANIFEST_DIR = "manifests"
 

@@ -1,6 +1,6 @@
 """Where a run's outputs go: the storage calls of :mod:`core.storage`, under the names the stages use."""
 
-from core.storage import (  # noqa: F401 - re-exported
+from dinolab.core.storage import (  # noqa: F401 - re-exported
     Location,
     RemotePath,
     exists,

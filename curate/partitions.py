@@ -18,8 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import output, tables
-from curate.output import Location
+from dinolab.curate import output, tables
+from dinolab.curate.output import Location
 
 
 def work(out: Location, stage: str) -> Location:

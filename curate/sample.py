@@ -21,10 +21,10 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 
-from curate.dedup import IndexKind, nearest_neighbors, normalized
-from curate.kmeans import ClusterTree, balanced_sample, tree_from_levels
-from schemas.config import SampleConfig
-from schemas.tables import SELECTION, utc_now
+from dinolab.curate.dedup import IndexKind, nearest_neighbors, normalized
+from dinolab.curate.kmeans import ClusterTree, balanced_sample, tree_from_levels
+from dinolab.schemas.config import SampleConfig
+from dinolab.schemas.tables import SELECTION, utc_now
 
 
 @dataclass(frozen=True)

@@ -30,15 +30,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import manifest, output, tables
-from curate.dedup import nearest_neighbors
-from curate.kmeans import cluster_budgets
-from curate.lloyd import cluster_sums, key_scores, unit
-from curate.output import Location
-from curate.partitions import kept_pool, load_arrays, save_arrays, work
-from curate.steps import Step
-from schemas.config import PipelineConfig
-from schemas.tables import SELECTION, utc_now
+from dinolab.curate import manifest, output, tables
+from dinolab.curate.dedup import nearest_neighbors
+from dinolab.curate.kmeans import cluster_budgets
+from dinolab.curate.lloyd import cluster_sums, key_scores, unit
+from dinolab.curate.output import Location
+from dinolab.curate.partitions import kept_pool, load_arrays, save_arrays, work
+from dinolab.curate.steps import Step
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import SELECTION, utc_now
 
 STAGE = "sample"
 WORK_FILES = ("work/sample/*", "work/sample/scan/*", "work/sample/draw/*")

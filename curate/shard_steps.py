@@ -25,17 +25,17 @@ import json
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.storage import SHARD_DIR
-from curate import fetched, manifest, output, tables
-from curate.lakes import embeddings as lake_embeddings
-from curate.lakes.uris import is_url
-from curate.output import Location
-from curate.partitions import duplicates_of, work
-from curate.steps import Step
-from curate.shards import (ShardInfo, ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name,
+from dinolab.core.storage import SHARD_DIR
+from dinolab.curate import fetched, manifest, output, tables
+from dinolab.curate.lakes import embeddings as lake_embeddings
+from dinolab.curate.lakes.uris import is_url
+from dinolab.curate.output import Location
+from dinolab.curate.partitions import duplicates_of, work
+from dinolab.curate.steps import Step
+from dinolab.curate.shards import (ShardInfo, ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name,
                            write_index, write_shard)
-from schemas.config import PipelineConfig
-from schemas.tables import utc_now
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import utc_now
 
 STAGE = "shard"
 DATASET_NAME = "dinolab-curated"

@@ -32,11 +32,11 @@ from pathlib import PurePosixPath
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from core.storage import INDEX_KIND
-from curate import output
-from curate.lakes.uris import source_name
-from curate.output import Location
-from schemas.tables import utc_now
+from dinolab.core.storage import INDEX_KIND
+from dinolab.curate import output
+from dinolab.curate.lakes.uris import source_name
+from dinolab.curate.output import Location
+from dinolab.schemas.tables import utc_now
 
 SHARD_MTIME = 0
 """mtime of every tar member (the epoch), so that a rerun writes the same bytes."""

@@ -29,20 +29,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.storage import SHARD_DIR
-from curate import cluster_steps, fetched, knn_dedup, manifest, output, sample_steps, shard_steps, tables
-from curate.embed import Embedder, embed_partition, load_embedder
-from curate.ingest import ingest_partition
-from curate.kmeans import clusters_table
-from curate.lakes import embeddings as lake_embeddings
-from curate.lakes.uris import is_url
-from curate.output import Location
-from curate.sample import selection_table
-from curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
+from dinolab.core.storage import SHARD_DIR
+from dinolab.curate import cluster_steps, fetched, knn_dedup, manifest, output, sample_steps, shard_steps, tables
+from dinolab.curate.embed import Embedder, embed_partition, load_embedder
+from dinolab.curate.ingest import ingest_partition
+from dinolab.curate.kmeans import clusters_table
+from dinolab.curate.lakes import embeddings as lake_embeddings
+from dinolab.curate.lakes.uris import is_url
+from dinolab.curate.output import Location
+from dinolab.curate.sample import selection_table
+from dinolab.curate.shards import (ShardSample, image_extension, plan_shards, sample_meta, shard_index, shard_name, write_index,
                            write_shard)
-from curate.steps import Shape, Step
-from schemas.config import PipelineConfig
-from schemas.tables import utc_now
+from dinolab.curate.steps import Shape, Step
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import utc_now
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
     """The whole dedup stage in this process (the declared steps, :data:`DEDUP_STEPS`, spread it over tasks)."""
     rule = resolved_dedup_rule(out, config)
     if rule != "embeddings":
-        from curate.copydetect.stage import copy_dedup
+        from dinolab.curate.copydetect.stage import copy_dedup
 
         found = copy_dedup(out, config, rule)
         record_unit(out, "dedup", 0)
@@ -374,7 +374,7 @@ def _record_shard(out: Location, number: int, info: dict) -> None:
 
 def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
     """``shards/index.json`` (wids) and the ``shards`` table, from the plan and the written shards."""
-    from curate.shards import ShardInfo
+    from dinolab.curate.shards import ShardInfo
 
     shards = read_plan(out)
     index = shard_index([ShardInfo(**info) for info in infos], name=INDEX_NAME)
@@ -394,7 +394,7 @@ def finish_shards(out: Location, infos: list[dict]) -> dict[str, int]:
 
 
 def report(out: Location, config: PipelineConfig, stage_records: list[dict]) -> dict[str, int]:
-    from curate.report import write_report
+    from dinolab.curate.report import write_report
 
     summary = write_report(out, config.report, stage_records, config.lake.storage_options,
                            read=fetched.reader(out, config.lake.storage_options))
@@ -510,7 +510,7 @@ def copy_units(out: Location, config: PipelineConfig, previous: list) -> list:
 
 
 def copy_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
-    from curate.copydetect.stage import copy_dedup
+    from dinolab.curate.copydetect.stage import copy_dedup
 
     found = copy_dedup(out, config, resolved_dedup_rule(out, config))
     record_unit(out, "dedup", 0)

@@ -33,8 +33,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from curate.output import Location
-from schemas.config import PipelineConfig
+from dinolab.curate.output import Location
+from dinolab.schemas.config import PipelineConfig
 
 Unit = Hashable
 StepFunction = Callable[..., dict]

@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import output
-from curate.output import Location, RemotePath
-from schemas.tables import TABLES, SchemaError, validate
+from dinolab.curate import output
+from dinolab.curate.output import Location, RemotePath
+from dinolab.schemas.tables import TABLES, SchemaError, validate
 
 
 def table_dir(out: str | Path | RemotePath, name: str) -> Location:

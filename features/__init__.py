@@ -1,7 +1,7 @@
 """Frozen-backbone features: extraction and the shared feature file format."""
 
-from features.extract import extract_features
-from features.store import (
+from dinolab.features.extract import extract_features
+from dinolab.features.store import (
     FeatureFileError,
     Features,
     load_features,

@@ -1,7 +1,7 @@
-"""``python -m features`` (the ``features`` command)."""
+"""``python -m dinolab.features`` (the ``features`` command)."""
 
 import sys
 
-from features.cli import main
+from dinolab.features.cli import main
 
 sys.exit(main())

@@ -26,9 +26,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from pretrain.data.samples import Batch, collate_samples
-from features.store import Features
-from pretrain.models.vit import BackboneOutput
+from dinolab.pretrain.data.samples import Batch, collate_samples
+from dinolab.features.store import Features
+from dinolab.pretrain.models.vit import BackboneOutput
 
 
 def extract_features(

@@ -1,3 +1,3 @@
-from pipelines.cli import main
+from dinolab.pipelines.cli import main
 
 main()

@@ -12,21 +12,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from curate import output, stages
-from curate.lakes.sets import ImageSet, LakeError, files_table, name_sets
-from curate.lakes import listing as lake_listing
-from curate.output import Location
-from pipelines import pretrain_stage
-from pipelines.cluster import ClusterError
-from pipelines.copy_detector_cli import train_copy_detector
-from pipelines.dispatch import dask_executor
-from pipelines.named_configs import DEFAULT_CONFIG, named_configs, resolve_config
-from pipelines.run import run_curation
-from pipelines.state import RunError, check, recorded_sets, status
-from pretrain.checkpoints.safe_io import CheckpointError
-from schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
-from schemas.storage import StorageOptionError, parse_storage_options
-from schemas.tables import SchemaError
+from dinolab.curate import output, stages
+from dinolab.curate.lakes.sets import ImageSet, LakeError, files_table, name_sets
+from dinolab.curate.lakes import listing as lake_listing
+from dinolab.curate.output import Location
+from dinolab.pipelines import pretrain_stage
+from dinolab.pipelines.cluster import ClusterError
+from dinolab.pipelines.copy_detector_cli import train_copy_detector
+from dinolab.pipelines.dispatch import dask_executor
+from dinolab.pipelines.named_configs import DEFAULT_CONFIG, named_configs, resolve_config
+from dinolab.pipelines.run import run_curation
+from dinolab.pipelines.state import RunError, check, recorded_sets, status
+from dinolab.pretrain.checkpoints.safe_io import CheckpointError
+from dinolab.schemas.config import ConfigError, LakeConfig, PipelineConfig, load_config
+from dinolab.schemas.storage import StorageOptionError, parse_storage_options
+from dinolab.schemas.tables import SchemaError
 
 USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, StorageOptionError, CheckpointError)
 
@@ -75,7 +75,7 @@ def _sets(out: Location, lakes: list[str], curated: list[str], evals: list[str])
 
 def _check_curated(out: Location, sets: list[ImageSet], min_side: int) -> None:
     """Refuse a curated set none of whose images could be read (it would retrieve nothing), saying why."""
-    from curate import tables
+    from dinolab.curate import tables
 
     images = tables.read_table(out, "images").select(["set", "role", "status", "width", "height"]).to_pylist()
     for image_set in sets:
@@ -117,7 +117,7 @@ def check_embedder(config: PipelineConfig) -> None:
     """Refuse an ``embed.embedder`` that is neither ``pixels``, an architecture name nor readable weights,
     before any stage runs (the weights are read with ``weights_only``; their model is not built here)."""
     if config.embed.embedder != "pixels":
-        from pretrain.checkpoints import read_backbone
+        from dinolab.pretrain.checkpoints import read_backbone
 
         read_backbone(config.embed.embedder)
 
@@ -223,7 +223,7 @@ def run(
 @app.command("slurm-script")
 def slurm_script(config: ConfigOption = DEFAULT_CONFIG, overrides: Overrides = None) -> None:
     """Print the batch script each SLURM worker job of --cluster slurm is submitted with (slurm.* overrides); submits nothing."""
-    from pipelines.slurm import job_script
+    from dinolab.pipelines.slurm import job_script
 
     try:
         print(job_script(load_config(resolve_config(config), list(overrides or [])).slurm))
@@ -242,8 +242,8 @@ def demo_command(
     """The main job on the embedded default data: build the demo lake (Fashion-MNIST + images that do not
     belong + planted copies and test-set leaks), curate it on a LocalCluster, pretrain DINOv2 on the shards,
     and print per-stage counts and times, the curation's precision and k-NN against raw pixels."""
-    from pipelines.demo import run_demo
-    from pipelines.demo_lake import LakeSizes
+    from dinolab.pipelines.demo import run_demo
+    from dinolab.pipelines.demo_lake import LakeSizes
 
     console = Console(highlight=False)
     try:

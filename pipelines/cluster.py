@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
 
-from schemas.config import SlurmConfig
+from dinolab.schemas.config import SlurmConfig
 
 
 class ClusterError(RuntimeError):
@@ -41,7 +41,7 @@ def connect(scheduler: str | None = None, workers: int | None = None, memory_lim
     if scheduler and cluster != "local":
         raise ClusterError("--scheduler and --cluster slurm exclude each other: a running scheduler has its workers")
     if cluster == "slurm":
-        from pipelines.slurm import slurm_cluster
+        from dinolab.pipelines.slurm import slurm_cluster
 
         with slurm_cluster(slurm or SlurmConfig()) as jobs, Client(jobs) as client:
             yield client

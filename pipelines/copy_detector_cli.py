@@ -14,11 +14,11 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from curate.copydetect.train import CHECKPOINT, CopyDetectorTrainer, CopyTrainConfig, load_lake_images
-from curate.lakes.sets import name_sets
-from curate.lakes.listing import list_uris, units
-from schemas.config import LakeConfig, PipelineConfig
-from schemas.storage import parse_storage_options
+from dinolab.curate.copydetect.train import CHECKPOINT, CopyDetectorTrainer, CopyTrainConfig, load_lake_images
+from dinolab.curate.lakes.sets import name_sets
+from dinolab.curate.lakes.listing import list_uris, units
+from dinolab.schemas.config import LakeConfig, PipelineConfig
+from dinolab.schemas.storage import parse_storage_options
 
 DEFAULTS = CopyTrainConfig()
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from curate.lakes.sets import name_sets
-from pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake, curation_quality
-from pipelines.dispatch import dask_executor
-from pipelines.named_configs import resolve_config
-from pipelines.run import run_curation
-from schemas.config import load_config
+from dinolab.curate.lakes.sets import name_sets
+from dinolab.pipelines.demo_lake import DemoLake, LakeSizes, build_demo_lake, curation_quality
+from dinolab.pipelines.dispatch import dask_executor
+from dinolab.pipelines.named_configs import resolve_config
+from dinolab.pipelines.run import run_curation
+from dinolab.schemas.config import load_config
 
 CURATION = [
     "sample.retrieval=clusters",  # a small curated set: the paper's cluster-based retrieval
@@ -72,12 +72,12 @@ def curate_demo_lake(lake: DemoLake, out: Path, workers: int | None, console: Co
 
 def pretrain_on_shards(shards: Path, out: Path, minutes: float, progress: bool) -> tuple[dict, dict, dict]:
     """Train ``fmnist-tiny`` for ``minutes`` on ``shards``; k-NN of the teacher and of raw pixels."""
-    from pretrain.data.eval_splits import fashion_mnist_eval
-    from pretrain.train.config import build_config
-    from pretrain.train.embeddings_plot import plot_embeddings
-    from pretrain.train.export import export_teacher
-    from pretrain.train.knn_eval import backbone_features, raw_pixel_knn
-    from pretrain.train.loop import Trainer
+    from dinolab.pretrain.data.eval_splits import fashion_mnist_eval
+    from dinolab.pretrain.train.config import build_config
+    from dinolab.pretrain.train.embeddings_plot import plot_embeddings
+    from dinolab.pretrain.train.export import export_teacher
+    from dinolab.pretrain.train.knn_eval import backbone_features, raw_pixel_knn
+    from dinolab.pretrain.train.loop import Trainer
 
     config = build_config("fmnist-tiny", [f"run.minutes={minutes}"])
     eval_data = fashion_mnist_eval(config)

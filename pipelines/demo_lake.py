@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageOps
 
-from pipelines.lake_writer import save_image
+from dinolab.pipelines.lake_writer import save_image
 
 PHOTOS = ("astronaut", "brick", "camera", "cat", "coffee", "coins", "grass", "gravel", "horse",
           "immunohistochemistry", "moon", "page", "rocket", "text", "clock", "chelsea", "hubble_deep_field")
@@ -107,7 +107,7 @@ def planted_copy(image: Image.Image, kind: str, rng: np.random.Generator) -> tup
 
 def build_demo_lake(root: Path, sizes: LakeSizes = LakeSizes(), seed: int = 0) -> DemoLake:
     """Write the lake under ``root`` unless a complete one is there already."""
-    from pretrain.data.fashion_mnist import load_fashion_mnist
+    from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
 
     lake = DemoLake(Path(root))
     if (lake.root / MARKER).is_file():
@@ -155,7 +155,7 @@ def build_demo_lake(root: Path, sizes: LakeSizes = LakeSizes(), seed: int = 0) -
 
 def curation_quality(lake: DemoLake, out: Path) -> dict[str, float | int]:
     """How the curation of the demo lake went: :func:`set_quality` of the selected (sharded) images."""
-    from curate import tables
+    from dinolab.curate import tables
 
     selected = {Path(uri).name for uri in tables.read_table(out, "selection").column("uri").to_pylist()}
     return set_quality(selected, read_truth(lake))

@@ -24,12 +24,12 @@ from distributed import Client, get_worker, performance_report
 from distributed.diagnostics.plugin import WorkerPlugin
 from rich.console import Console
 
-from curate.output import Location
-from curate.stages import Stage, partition_units
-from curate.steps import Repeat, Shape, Step
-from pipelines.cluster import connect
-from pipelines.progress import track
-from schemas.config import PipelineConfig, SlurmConfig
+from dinolab.curate.output import Location
+from dinolab.curate.stages import Stage, partition_units
+from dinolab.curate.steps import Repeat, Shape, Step
+from dinolab.pipelines.cluster import connect
+from dinolab.pipelines.progress import track
+from dinolab.schemas.config import PipelineConfig, SlurmConfig
 
 TASK_RETRIES = 1
 """Retries of a task that raised (a worker that died is rescheduled by the scheduler on its own)."""
@@ -52,7 +52,7 @@ class Executor(Protocol):
 def _load_stage_code() -> None:
     import torch
 
-    import curate.stages  # noqa: F401  (torch, faiss and pyarrow come with it)
+    import dinolab.curate.stages  # noqa: F401  (torch, faiss and pyarrow come with it)
 
     torch.set_num_threads(1)  # one thread per worker process, as Dask's nanny sets for the other pools
 

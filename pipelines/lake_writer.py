@@ -36,7 +36,7 @@ def write_fashion_lake(root: Path, pool: int, curated: int, evals: int | None = 
     when ``evals`` is given, ``root/eval/test_*.png`` (the next ``evals``), each planted in the pool again
     as ``web_*.png`` (leaks of the evaluation set). Raises ValueError when the split holds too few images.
     """
-    from pretrain.data.fashion_mnist import load_fashion_mnist
+    from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
 
     wanted = pool + curated + (evals or 0)
     images, _ = load_fashion_mnist("train", limit=wanted)

@@ -6,10 +6,10 @@ folder sets alone are listed by the client as they always were (:func:`curate.la
 
 from __future__ import annotations
 
-from curate.lakes.sets import ImageSet
-from curate.lakes import LakeError, listing
-from curate.output import Location
-from schemas.config import PipelineConfig
+from dinolab.curate.lakes.sets import ImageSet
+from dinolab.curate.lakes import LakeError, listing
+from dinolab.curate.output import Location
+from dinolab.schemas.config import PipelineConfig
 
 
 def _checked(results: list) -> list:

@@ -23,9 +23,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from curate import output
-from curate.output import Location, RemotePath
-from pipelines.state import RunError
+from dinolab.curate import output
+from dinolab.curate.output import Location, RemotePath
+from dinolab.pipelines.state import RunError
 
 LOCK_FILE = ".curate-lock"
 LEASE_S = 120.0

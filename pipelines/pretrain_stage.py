@@ -1,7 +1,7 @@
 """The pretraining stage of ``curate run --pretrain PRESET``: the trainer on the run's new shards.
 
 It starts after the report stage, once the Dask cluster is closed, as its own process —
-``python -m pretrain train --data OUT/shards --out OUT/pretrain --preset PRESET --resume ...`` — or, with
+``python -m dinolab.pretrain train --data OUT/shards --out OUT/pretrain --preset PRESET --resume ...`` — or, with
 ``nproc > 1``, as ``torchrun --standalone --nproc-per-node N`` processes (``python -m
 torch.distributed.run``). It is never a Dask task: Dask workers are daemonic (no DataLoader workers)
 and training wants the whole machine. The trainer's output is streamed line by line.
@@ -31,10 +31,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.storage import INDEX_NAME, SHARD_DIR, STORAGE_OPTIONS_ENV
-from curate import output
-from curate.output import Location, RemotePath
-from schemas.storage import is_secret
+from dinolab.core.storage import INDEX_NAME, SHARD_DIR, STORAGE_OPTIONS_ENV
+from dinolab.curate import output
+from dinolab.curate.output import Location, RemotePath
+from dinolab.schemas.storage import is_secret
 
 PRETRAIN_DIR = "pretrain"
 DATA_RECORD = "shards.json"
@@ -46,7 +46,7 @@ class PretrainStageError(ValueError):
 
 def check_request(preset: str, overrides: Sequence[str], nproc: int) -> None:
     """Refuse an unknown preset or override before any curation work (PretrainStageError)."""
-    from pretrain.train.config import ConfigError, build_config
+    from dinolab.pretrain.train.config import ConfigError, build_config
 
     if nproc < 1:
         raise PretrainStageError(f"--pretrain-nproc must be at least 1, got {nproc}")
@@ -83,7 +83,7 @@ def pretrain_command(out: Location, preset: str, overrides: Sequence[str], nproc
                      python: str = sys.executable, pretrain_out: Path | None = None) -> list[str]:
     """The command line of the stage (one process, or torchrun with ``nproc`` processes)."""
     options = option_flags(out.storage_options) if isinstance(out, RemotePath) else []
-    train = ["-m", "pretrain", "train", "--data", str(out / SHARD_DIR), "--out", str(trainer_dir(out, pretrain_out)),
+    train = ["-m", "dinolab.pretrain", "train", "--data", str(out / SHARD_DIR), "--out", str(trainer_dir(out, pretrain_out)),
              *options, "--preset", preset, "--resume", "--no-progress", *overrides]
     if nproc > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *train]

@@ -18,15 +18,15 @@ from contextlib import AbstractContextManager
 import pyarrow as pa
 from rich.console import Console
 
-from curate import output, stages, tables
-from curate.lakes.sets import ImageSet, files_table
-from curate.lakes import listing as lake_listing
-from curate.output import Location
-from pipelines.dispatch import Executor, run_stage
-from pipelines.listing_tasks import list_lake
-from pipelines.lock import OutputLock
-from pipelines.state import prepare, relisted, repair
-from schemas.config import PipelineConfig
+from dinolab.curate import output, stages, tables
+from dinolab.curate.lakes.sets import ImageSet, files_table
+from dinolab.curate.lakes import listing as lake_listing
+from dinolab.curate.output import Location
+from dinolab.pipelines.dispatch import Executor, run_stage
+from dinolab.pipelines.listing_tasks import list_lake
+from dinolab.pipelines.lock import OutputLock
+from dinolab.pipelines.state import prepare, relisted, repair
+from dinolab.schemas.config import PipelineConfig
 
 TIMINGS_FILE = stages.TIMINGS_FILE
 

@@ -16,7 +16,7 @@ import re
 import sys
 from typing import Any
 
-from schemas.config import ConfigError, SlurmConfig
+from dinolab.schemas.config import ConfigError, SlurmConfig
 
 LIFETIME_MARGIN_S = 5 * 60
 """Default ``--lifetime``: the walltime less this, so a worker hands its tasks back before SLURM kills it."""

@@ -16,11 +16,11 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from curate import manifest, output, stages, tables
-from curate.lakes.sets import ImageSet
-from curate.output import Location
-from schemas.config import PipelineConfig
-from schemas.tables import utc_now
+from dinolab.curate import manifest, output, stages, tables
+from dinolab.curate.lakes.sets import ImageSet
+from dinolab.curate.output import Location
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import utc_now
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "dinolab-curate-run"

@@ -1,7 +1,7 @@
 """dinolab: DINO and DINOv2 self-supervised vision, end to end."""
 
-from pretrain.checkpoints import load_backbone, save_backbone
-from pretrain.models import ViTConfig, VisionTransformer, build_vit
+from dinolab.pretrain.checkpoints import load_backbone, save_backbone
+from dinolab.pretrain.models import ViTConfig, VisionTransformer, build_vit
 
 __version__ = "0.1.0"
 

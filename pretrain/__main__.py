@@ -1,7 +1,7 @@
-"""``python -m pretrain`` (also what ``torchrun -m pretrain`` runs)."""
+"""``python -m dinolab.pretrain`` (also what ``torchrun -m dinolab.pretrain`` runs)."""
 
 import sys
 
-from pretrain.cli import main
+from dinolab.pretrain.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """What the pipeline writes and how it is configured: table schemas (versioned), the config model, validation."""
 
-from schemas.config import ConfigError, PipelineConfig, load_config
-from schemas.tables import TABLES, SchemaError, TableSpec, validate
+from dinolab.schemas.config import ConfigError, PipelineConfig, load_config
+from dinolab.schemas.tables import TABLES, SchemaError, TableSpec, validate
 
 __all__ = ["ConfigError", "PipelineConfig", "SchemaError", "TABLES", "TableSpec", "load_config", "validate"]

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from core.config import ConfigError, at_least, build, fraction, one_of, ranged, ranged_tuple
-from schemas.storage import redact
+from dinolab.core.config import ConfigError, at_least, build, fraction, one_of, ranged, ranged_tuple
+from dinolab.schemas.storage import redact
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from core.storage import StorageOptionError, parse_storage_options  # noqa: F401 - the CLI's names for them
+from dinolab.core.storage import StorageOptionError, parse_storage_options  # noqa: F401 - the CLI's names for them
 
 REDACTED = "<redacted>"
 SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth", "session", "signature",

@@ -32,4 +32,4 @@ srun --kill-on-bad-exit=1 torchrun \
     --rdzv-id "$SLURM_JOB_ID" \
     --rdzv-backend c10d \
     --rdzv-endpoint "$HEAD_NODE:$RDZV_PORT" \
-    -m pretrain train --data "$DATA" --out "$OUT" --resume --no-progress "$@" "run.parallel=$PARALLEL"
+    -m dinolab.pretrain train --data "$DATA" --out "$OUT" --resume --no-progress "$@" "run.parallel=$PARALLEL"

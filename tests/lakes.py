@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.lake_writer import write_big_lake, write_fashion_lake
+from dinolab.pipelines.lake_writer import write_big_lake, write_fashion_lake
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 

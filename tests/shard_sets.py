@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from curate.shards import ShardSample, shard_index, shard_name, write_index, write_shard
-from pretrain.data.fashion_mnist import load_fashion_mnist
+from dinolab.curate.shards import ShardSample, shard_index, shard_name, write_index, write_shard
+from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
 
 CORRUPT = b"\x89PNG\r\n\x1a\n but not really an image"
 

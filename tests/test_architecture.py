@@ -19,13 +19,21 @@ FORBIDDEN = {
 }
 
 
+def _root(module: str) -> str:
+    """The layer a module belongs to: ``dinolab.curate.stages`` -> ``curate``, ``torch.nn`` -> ``torch``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "dinolab" and len(parts) > 1 else parts[0]
+
+
 def imported_roots(path: Path) -> set[str]:
     roots = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
-            roots |= {alias.name.split(".")[0] for alias in node.names}
+            roots |= {_root(alias.name) for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
+            roots.add(_root(node.module))
+            if node.module == "dinolab":  # from dinolab import curate
+                roots |= {alias.name for alias in node.names}
     return roots
 
 

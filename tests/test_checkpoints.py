@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-import pretrain
-from pretrain.checkpoints import CheckpointError, load_backbone, read_backbone, save_backbone
-from pretrain.checkpoints.hub_layout import chunk_blocks
-from pretrain.checkpoints.infer import infer_config
-from pretrain.models import RELEASED_NAMES, Preprocessing, VisionTransformer, build_vit, config_for
+from dinolab import pretrain
+from dinolab.pretrain.checkpoints import CheckpointError, load_backbone, read_backbone, save_backbone
+from dinolab.pretrain.checkpoints.hub_layout import chunk_blocks
+from dinolab.pretrain.checkpoints.infer import infer_config
+from dinolab.pretrain.models import RELEASED_NAMES, Preprocessing, VisionTransformer, build_vit, config_for
 
 
 def random_model(**overrides) -> VisionTransformer:

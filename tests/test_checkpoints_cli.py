@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import pretrain.cli as cli
-from pretrain.checkpoints import load_backbone, save_backbone
-from pretrain.models import VisionTransformer, build_vit
+import dinolab.pretrain.cli as cli
+from dinolab.pretrain.checkpoints import load_backbone, save_backbone
+from dinolab.pretrain.models import VisionTransformer, build_vit
 
 
 @pytest.fixture
 def convert(monkeypatch):
     """Run ``pretrain convert ARGS`` through the real entry point (only this subcommand registered)."""
-    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("pretrain.cli.convert",))
+    monkeypatch.setattr(cli, "SUBCOMMAND_MODULES", ("dinolab.pretrain.cli.convert",))
     return lambda *args: cli.main(["convert", *map(str, args)])
 
 

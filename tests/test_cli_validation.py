@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipelines.cli import app
-from schemas.config import PipelineConfig
+from dinolab.pipelines.cli import app
+from dinolab.schemas.config import PipelineConfig
 
 runner = CliRunner()
 
@@ -75,7 +75,7 @@ def test_user_info_in_url_options_never_reaches_run_json_or_the_output(lake, tmp
 
 
 def test_the_config_repr_hides_url_user_info():
-    from schemas.config import load_config
+    from dinolab.schemas.config import load_config
 
     config = load_config(None, ["lake.storage_options={client_kwargs: {endpoint_url: 'https://u:hunter2@h/'}}"])
     assert "hunter2" not in repr(config) and "hunter2" not in str(config.to_dict())
@@ -141,8 +141,8 @@ def test_weights_that_need_code_are_refused_without_the_unsafe_hint(lake, tmp_pa
 def test_odd_names_in_a_folder_lake_are_skipped_named_files_and_the_listing_goes_on(lake, tmp_path):
     import os
 
-    from curate import tables
-    from curate.lakes import parse
+    from dinolab.curate import tables
+    from dinolab.curate.lakes import parse
 
     Image.new("RGB", (80, 80)).save(os.fsdecode(bytes(lake) + b"/caf\xe9.png"))
     (lake / "passwd.jpg").symlink_to("/etc/passwd")
@@ -159,7 +159,7 @@ def test_a_nul_byte_in_a_parquet_path_column_is_a_skipped_named_file(lake, tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curate import tables
+    from dinolab.curate import tables
 
     pq.write_table(pa.table({"file": ["im_0.png", "im_1\0.png"]}), lake / "index.parquet")
     out = tmp_path / "out"

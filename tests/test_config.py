@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from core import config as core_config
-from core.config import ConfigError, at_least, build, check, fraction, one_of
-from pretrain.train.config import TrainConfig, build_config
-from schemas.config import PipelineConfig, load_config
+from dinolab.core import config as core_config
+from dinolab.core.config import ConfigError, at_least, build, check, fraction, one_of
+from dinolab.pretrain.train.config import TrainConfig, build_config
+from dinolab.schemas.config import PipelineConfig, load_config
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def test_every_number_of_both_configs_declares_its_range(root):
 
 
 def test_one_error_type_for_both():
-    from pretrain.train import config as train_config
-    from schemas import config as pipeline_config
+    from dinolab.pretrain.train import config as train_config
+    from dinolab.schemas import config as pipeline_config
 
     assert train_config.ConfigError is pipeline_config.ConfigError is core_config.ConfigError

@@ -12,17 +12,17 @@ import torch
 import torchvision
 from PIL import Image, ImageOps
 
-from curate.copydetect import hashes
-from curate.copydetect.augment import draw_text, jpeg, paste_emoji
-from curate.copydetect.descriptor import SSCD, CheckpointError, GeM, load_descriptor
-from curate.copydetect.features import image_features
-from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links, structural_similarity
-from curate.copydetect.local import describe
-from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
-from curate.copydetect.score_norm import background_bias, with_bias
-from curate.copydetect.verify import verify_aligned, verify_pair
-from schemas.config import DedupConfig
-from schemas.tables import validate
+from dinolab.curate.copydetect import hashes
+from dinolab.curate.copydetect.augment import draw_text, jpeg, paste_emoji
+from dinolab.curate.copydetect.descriptor import SSCD, CheckpointError, GeM, load_descriptor
+from dinolab.curate.copydetect.features import image_features
+from dinolab.curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links, structural_similarity
+from dinolab.curate.copydetect.local import describe
+from dinolab.curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
+from dinolab.curate.copydetect.score_norm import background_bias, with_bias
+from dinolab.curate.copydetect.verify import verify_aligned, verify_pair
+from dinolab.schemas.config import DedupConfig
+from dinolab.schemas.tables import validate
 
 
 def _photo(name: str, size: int = 256) -> Image.Image:
@@ -225,7 +225,7 @@ def test_groups_keep_the_largest_copy_and_leaks_remove_the_whole_group_at_the_lo
 
 
 def test_knn_candidates_drop_self_pairs_and_keep_each_pair_once():
-    from curate.copydetect.candidates import knn_candidates
+    from dinolab.curate.copydetect.candidates import knn_candidates
 
     vectors = np.eye(4, dtype=np.float32)
     vectors[3] = vectors[1] * 0.8 + vectors[2] * 0.6
@@ -237,8 +237,8 @@ def test_knn_candidates_drop_self_pairs_and_keep_each_pair_once():
 def test_one_false_verified_link_does_not_merge_two_groups_of_copies(monkeypatch):
     """Two groups of 7 copies and one fooled verification between them: the bridge's structural
     similarity is 2 / 8 (only its own two ends shared), under the default 0.3, so it is dropped."""
-    from curate.copydetect import pipeline
-    from curate.copydetect.verify import Verification
+    from dinolab.curate.copydetect import pipeline
+    from dinolab.curate.copydetect.verify import Verification
 
     pool = {}
     for name in ("astronaut", "coffee"):
@@ -265,7 +265,7 @@ def test_one_false_verified_link_does_not_merge_two_groups_of_copies(monkeypatch
 
 
 def test_whitening_learned_on_a_sample_decorrelates_it():
-    from curate.copydetect.descriptor import Whitening
+    from dinolab.curate.copydetect.descriptor import Whitening
 
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(400, 6)) @ rng.normal(size=(6, 6)) + 3.0
@@ -279,8 +279,8 @@ def test_whitening_learned_on_a_sample_decorrelates_it():
 def test_curate_run_with_a_descriptor_checkpoint_and_whitening_groups_the_copies(tmp_path):
     from typer.testing import CliRunner
 
-    from curate import tables
-    from pipelines.cli import app
+    from dinolab.curate import tables
+    from dinolab.pipelines.cli import app
 
     photos = {name: _photo(name) for name in ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry")}
     pool, evaluation = tmp_path / "pool", tmp_path / "eval"
@@ -308,8 +308,8 @@ def test_curate_run_with_a_descriptor_checkpoint_and_whitening_groups_the_copies
 
 
 def test_copy_detection_is_one_rule_at_every_pool_size():
-    from curate.stages import dedup_rule
-    from schemas.config import PipelineConfig, load_config
+    from dinolab.curate.stages import dedup_rule
+    from dinolab.schemas.config import PipelineConfig, load_config
 
     assert DedupConfig().descriptor == "local" and dedup_rule(PipelineConfig()) == "local"
     assert not hasattr(DedupConfig(), "local_max_images")  # no switch to embedding cosine by pool size

@@ -8,13 +8,13 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageOps
 
-from curate.copydetect.augment import TEXT_FONTS, _font
-from curate.copydetect.features import image_features
-from curate.copydetect.local import describe
-from curate.copydetect.pipeline import copy_duplicates_table
-from curate.copydetect.templates import bursty_descriptors, content_features
-from curate.copydetect.vlad import VladModel, vlad_candidates
-from schemas.config import DedupConfig
+from dinolab.curate.copydetect.augment import TEXT_FONTS, _font
+from dinolab.curate.copydetect.features import image_features
+from dinolab.curate.copydetect.local import describe
+from dinolab.curate.copydetect.pipeline import copy_duplicates_table
+from dinolab.curate.copydetect.templates import bursty_descriptors, content_features
+from dinolab.curate.copydetect.vlad import VladModel, vlad_candidates
+from dinolab.schemas.config import DedupConfig
 
 PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "coins", "rocket", "immunohistochemistry", "clock", "brick")
 
@@ -113,7 +113,7 @@ def test_vlad_puts_a_copy_among_the_nearest_and_candidates_are_each_pair_once():
 
 
 def test_verification_blocks_cover_every_candidate_once_and_read_few_partitions():
-    from curate.copydetect.pipeline import candidate_blocks
+    from dinolab.curate.copydetect.pipeline import candidate_blocks
 
     rng = np.random.default_rng(0)
     partition = np.repeat(np.arange(10), 50)  # 500 images in 10 partitions
@@ -128,7 +128,7 @@ def test_verification_blocks_cover_every_candidate_once_and_read_few_partitions(
 
 
 def test_a_hash_code_shared_by_many_images_gives_no_candidates():
-    from curate.copydetect.pipeline import frequent_codes
+    from dinolab.curate.copydetect.pipeline import frequent_codes
 
     # rows 0-9 all within the radius of each other (a frame's hash), rows 10-11 one pair
     first = np.array([a for a in range(10) for b in range(a + 1, 10)] + [10])

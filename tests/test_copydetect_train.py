@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from curate.copydetect.descriptor import describe_images, load_descriptor
-from curate.copydetect.train import (CHECKPOINT, LOG, CopyDetectorTrainer, CopyTrainConfig, entropy_loss, info_nce,
+from dinolab.curate.copydetect.descriptor import describe_images, load_descriptor
+from dinolab.curate.copydetect.train import (CHECKPOINT, LOG, CopyDetectorTrainer, CopyTrainConfig, entropy_loss, info_nce,
                                      positives)
-from pipelines.cli import app
+from dinolab.pipelines.cli import app
 
 TINY = CopyTrainConfig(arch="resnet18", dim=16, size=32, batch_size=4, steps=6, warmup_steps=2, checkpoint_every=2)
 
@@ -82,7 +82,7 @@ def _write_lake(folder, count=6):
 
 
 def _command(lake, out, steps):
-    return [sys.executable, "-m", "pipelines", "train-copy-detector", "--lake", str(lake), "--out", str(out),
+    return [sys.executable, "-m", "dinolab.pipelines", "train-copy-detector", "--lake", str(lake), "--out", str(out),
             "--steps", str(steps), "--batch-size", "4", "--size", "32", "--checkpoint-every", "2"]
 
 

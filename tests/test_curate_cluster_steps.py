@@ -11,12 +11,12 @@ import pytest
 
 from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
-from curate import cluster_steps, sample_steps, tables
-from curate.kmeans import clusters_table
-from curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
+from dinolab.curate import cluster_steps, sample_steps, tables
+from dinolab.curate.kmeans import clusters_table
+from dinolab.curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
                           unit, update)
-from curate.steps import Repeat
-from schemas.config import ClusterConfig, load_config
+from dinolab.curate.steps import Repeat
+from dinolab.schemas.config import ClusterConfig, load_config
 
 
 def _blobs(centres: int, per_centre: int, dim: int = 16, seed: int = 0, spread: float = 0.3) -> np.ndarray:

@@ -5,15 +5,15 @@ import pytest
 
 import pyarrow as pa
 
-from curate.dedup import (
+from dinolab.curate.dedup import (
     DuplicatePairs,
     connected_components,
     duplicates_table,
     keep_one_per_component,
     near_duplicate_pairs,
 )
-from schemas.config import DedupConfig
-from schemas.tables import validate
+from dinolab.schemas.config import DedupConfig
+from dinolab.schemas.tables import validate
 
 
 def _unit(angle_degrees: float, axis: int = 0, dim: int = 6) -> np.ndarray:

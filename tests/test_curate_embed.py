@@ -4,9 +4,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from curate.embed import embed_partition, load_embedder
-from schemas.config import EmbedConfig
-from schemas.tables import IMAGES, validate
+from dinolab.curate.embed import embed_partition, load_embedder
+from dinolab.schemas.config import EmbedConfig
+from dinolab.schemas.tables import IMAGES, validate
 
 
 def _images(rows: list[dict]) -> pa.Table:

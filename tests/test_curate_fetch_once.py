@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from curate import fetched, stages, tables
+from dinolab.curate import fetched, stages, tables
 from lakes import write_lake
-from pipelines.cli import app
+from dinolab.pipelines.cli import app
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from curate.ingest import HASH_SIDE, ingest_file, ingest_partition, read_bytes, summarize
-from schemas.config import IngestConfig
-from schemas.tables import FILES, validate
+from dinolab.curate.ingest import HASH_SIDE, ingest_file, ingest_partition, read_bytes, summarize
+from dinolab.schemas.config import IngestConfig
+from dinolab.schemas.tables import FILES, validate
 
 CONFIG = IngestConfig(min_side=16)
 
@@ -194,7 +194,7 @@ def test_an_unexpected_failure_stays_in_its_row(tmp_path, monkeypatch):
             raise RuntimeError("storage hiccup\nsecond line")
         return read_bytes(uri)
 
-    monkeypatch.setattr("curate.ingest.read_bytes", flaky)
+    monkeypatch.setattr("dinolab.curate.ingest.read_bytes", flaky)
     images = ingest_partition(_files_table([good, tmp_path / "boom.png"]), CONFIG)
     assert images.column("status").to_pylist() == ["ok", "error"]
     assert images.column("error").to_pylist()[1] == "unreadable file (RuntimeError: storage hiccup second line)"

@@ -20,17 +20,17 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curate import tables
-from curate.ingest import ingest_partition
-from curate.lakes.sets import ImageSet, make_key
-from curate.lakes import listing
-from curate.lakes.detect import detect
-from curate.shards import META_FIELDS
+from dinolab.curate import tables
+from dinolab.curate.ingest import ingest_partition
+from dinolab.curate.lakes.sets import ImageSet, make_key
+from dinolab.curate.lakes import listing
+from dinolab.curate.lakes.detect import detect
+from dinolab.curate.shards import META_FIELDS
 from lakes import MIXED_FORMATS, write_hf_parquet, write_i2d_parquet, write_i2d_webdataset, write_mixed_lake
-from pipelines.cli import app
-from pretrain.data.shards import ShardReader, is_shard_spec, resolve_shards
-from schemas.config import load_config
-from schemas.tables import FILES
+from dinolab.pipelines.cli import app
+from dinolab.pretrain.data.shards import ShardReader, is_shard_spec, resolve_shards
+from dinolab.schemas.config import load_config
+from dinolab.schemas.tables import FILES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "curation.md"
 SETTINGS = ["--config", "demo", "sample.method=all", "shard.max_samples=2"]
@@ -237,7 +237,7 @@ def test_a_folder_of_img2dataset_shards_is_a_lake_and_training_data(run):
 
 
 def test_pretrain_train_reads_a_folder_of_img2dataset_shards(run, tmp_path, capsys):
-    from pretrain.cli import main as pretrain_main
+    from dinolab.pretrain.cli import main as pretrain_main
     from pretrain_tiny import TINY_OVERRIDES
 
     code = pretrain_main(["train", "--data", str(run.root / "i2d_wds"), "--out", str(tmp_path / "train"), "--no-eval",

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from curate.kmeans import (
+from dinolab.curate.kmeans import (
     ClusterTree,
     allocate_evenly,
     balanced_sample,
@@ -12,8 +12,8 @@ from curate.kmeans import (
     members,
     tree_from_levels,
 )
-from schemas.config import ClusterConfig
-from schemas.tables import validate
+from dinolab.schemas.config import ClusterConfig
+from dinolab.schemas.tables import validate
 
 
 def _blobs(centres: int, per_centre: int, dim: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

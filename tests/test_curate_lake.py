@@ -5,8 +5,8 @@ import re
 import pytest
 from PIL import Image
 
-from curate.lakes.sets import LakeError, files_table, list_set, make_key, name_sets
-from schemas.tables import validate
+from dinolab.curate.lakes.sets import LakeError, files_table, list_set, make_key, name_sets
+from dinolab.schemas.tables import validate
 
 
 def _lake(root):
@@ -68,9 +68,9 @@ def _links_lake(tmp_path):
 
 
 def test_folder_lakes_refuse_links_and_name_every_skipped_entry(tmp_path):
-    from curate.ingest import ingest_partition
-    from curate.lakes import parse
-    from schemas.config import IngestConfig
+    from dinolab.curate.ingest import ingest_partition
+    from dinolab.curate.lakes import parse
+    from dinolab.schemas.config import IngestConfig
 
     root = _links_lake(tmp_path)
     listed = list_set(str(root))
@@ -91,7 +91,7 @@ def test_folder_lakes_refuse_links_and_name_every_skipped_entry(tmp_path):
 
 
 def test_following_links_reads_them_once_and_stops_at_loops(tmp_path):
-    from curate.lakes import parse
+    from dinolab.curate.lakes import parse
 
     root = _links_lake(tmp_path)
     listed = list_set(str(root), follow_links=True)
@@ -103,7 +103,7 @@ def test_following_links_reads_them_once_and_stops_at_loops(tmp_path):
 
 
 def test_glob_lakes_refuse_links_too(tmp_path):
-    from curate.lakes import parse
+    from dinolab.curate.lakes import parse
 
     root = _links_lake(tmp_path)
     listed = list_set(str(root / "**" / "*.*g"))

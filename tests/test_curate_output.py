@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate import output, tables
-from curate.output import RemotePath
-from curate.shards import ShardSample, write_shard
+from dinolab.curate import output, tables
+from dinolab.curate.output import RemotePath
+from dinolab.curate.shards import ShardSample, write_shard
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -93,10 +93,10 @@ def test_memory_objects_appear_whole():
 
 
 def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages():
-    from curate.lakes.sets import ImageSet
-    from pipelines.named_configs import CONFIG_DIR
-    from pipelines.state import RunError, check, prepare, read_run
-    from schemas.config import load_config
+    from dinolab.curate.lakes.sets import ImageSet
+    from dinolab.pipelines.named_configs import CONFIG_DIR
+    from dinolab.pipelines.state import RunError, check, prepare, read_run
+    from dinolab.schemas.config import load_config
 
     out = output.location(f"memory://output-run-{uuid.uuid4().hex[:8]}/run")
     sets = [ImageSet("s3://bucket/lake", "pool", "pool")]
@@ -116,7 +116,7 @@ def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages(
 
 
 def test_removing_a_stages_outputs_keeps_every_other_file(out):
-    from pipelines.state import remove_outputs
+    from dinolab.pipelines.state import remove_outputs
 
     for name in ("shards/shard-000000.tar", "shards/index.json", "shards/holiday.jpg", "report/notes.txt",
                  "tables/shards/part-00000.parquet", "shards/.shard-000001.tar.123.abcd.tmp"):
@@ -128,7 +128,7 @@ def test_removing_a_stages_outputs_keeps_every_other_file(out):
 
 
 def test_a_unit_record_finds_missing_truncated_and_overwritten_files(out):
-    from curate import manifest
+    from dinolab.curate import manifest
 
     paths = [output.join(out, "shards", f"shard-00000{i}.tar") for i in range(3)]
     for path in paths:

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from curate.report import write_report
-from curate.tables import read_table, write_part
-from schemas.config import ReportConfig
-from schemas.tables import TABLES, time_columns
+from dinolab.curate.report import write_report
+from dinolab.curate.tables import read_table, write_part
+from dinolab.schemas.config import ReportConfig
+from dinolab.schemas.tables import TABLES, time_columns
 
 HOSTILE = "<b>x&y.png"
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

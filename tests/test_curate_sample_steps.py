@@ -8,9 +8,9 @@ import pytest
 
 from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
-from curate import cluster_steps, sample_steps, tables
-from curate.sample import selection_table
-from schemas.config import load_config
+from dinolab.curate import cluster_steps, sample_steps, tables
+from dinolab.curate.sample import selection_table
+from dinolab.schemas.config import load_config
 
 
 def _vectors(n: int = 400, dim: int = 16, seed: int = 0) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from curate.kmeans import ClusterTree
-from curate.sample import retrieve_from_clusters, retrieve_nearest, select_balanced
+from dinolab.curate.kmeans import ClusterTree
+from dinolab.curate.sample import retrieve_from_clusters, retrieve_nearest, select_balanced
 
 
 def _unit_rows(array: np.ndarray) -> np.ndarray:
@@ -75,9 +75,9 @@ def test_balanced_selection_records_clusters():
 def test_selection_table_retrieves_for_curated_queries_or_samples_the_tree():
     import pyarrow as pa  # noqa: F401
 
-    from schemas.config import SampleConfig
-    from schemas.tables import validate
-    from curate.sample import selection_table
+    from dinolab.schemas.config import SampleConfig
+    from dinolab.schemas.tables import validate
+    from dinolab.curate.sample import selection_table
 
     rng = np.random.default_rng(3)
     pool = rng.standard_normal((60, 8)).astype(np.float32)

@@ -11,9 +11,9 @@ import pyarrow as pa
 
 from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
-from curate import shard_steps, stages, tables
-from schemas.config import load_config
-from schemas.tables import utc_now
+from dinolab.curate import shard_steps, stages, tables
+from dinolab.schemas.config import load_config
+from dinolab.schemas.tables import utc_now
 
 
 def _lake(out, partition, count: int = 60):

@@ -17,7 +17,7 @@ import webdataset as wds
 from PIL import Image
 from wids.wids import IndexedTarSamples
 
-from curate.shards import (
+from dinolab.curate.shards import (
     META_FIELDS,
     SHARD_MTIME,
     ShardSample,
@@ -30,7 +30,7 @@ from curate.shards import (
     write_index,
     write_shard,
 )
-from schemas.tables import SHARDS, validate
+from dinolab.schemas.tables import SHARDS, validate
 
 # (key, file name, Pillow format, image): several formats, an upper-case suffix and a file without suffix.
 _PHOTOS = [

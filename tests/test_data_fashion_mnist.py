@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.data import DatasetFilesError, FashionMNIST, load_fashion_mnist, read_idx
-from pretrain.data.fashion_mnist import DEFAULT_DIR, ENV_VAR
+from dinolab.pretrain.data import DatasetFilesError, FashionMNIST, load_fashion_mnist, read_idx
+from dinolab.pretrain.data.fashion_mnist import DEFAULT_DIR, ENV_VAR
 
 
 def _write_idx(path, array, type_code=0x08):

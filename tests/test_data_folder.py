@@ -7,7 +7,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import functional as TF
 
-from pretrain.data import (
+from dinolab.pretrain.data import (
     DatasetError,
     ImageFolder,
     Sample,
@@ -16,7 +16,7 @@ from pretrain.data import (
     collate_samples,
     eval_transform,
 )
-from pretrain.models import Preprocessing
+from dinolab.pretrain.models import Preprocessing
 
 
 def _image(path, color=(10, 20, 30), size=(16, 12)):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.data.images import ImageDecodeError, decode_image, demo_images, is_image_file, load_image, to_rgb
+from dinolab.pretrain.data.images import ImageDecodeError, decode_image, demo_images, is_image_file, load_image, to_rgb
 
 
 def _save(path, image, **kwargs):

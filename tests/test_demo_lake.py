@@ -6,9 +6,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import tables
-from pipelines.demo_lake import COPY_KINDS, LakeSizes, build_demo_lake, curation_quality
-from schemas.tables import SELECTION
+from dinolab.curate import tables
+from dinolab.pipelines.demo_lake import COPY_KINDS, LakeSizes, build_demo_lake, curation_quality
+from dinolab.schemas.tables import SELECTION
 
 SIZES = LakeSizes(fashion=60, seeds=5, tiles=10, noise=4, copies_per_kind=2, leaks=3, evaluation=8)
 

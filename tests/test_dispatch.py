@@ -9,11 +9,11 @@ import pytest
 from distributed import Client, LocalCluster
 from rich.console import Console
 
-from curate import output
-from curate.stages import Stage
-from curate.steps import Repeat, Step
-from pipelines.dispatch import DaskExecutor, LoopExecutor, run_stage
-from schemas.config import PipelineConfig
+from dinolab.curate import output
+from dinolab.curate.stages import Stage
+from dinolab.curate.steps import Repeat, Step
+from dinolab.pipelines.dispatch import DaskExecutor, LoopExecutor, run_stage
+from dinolab.schemas.config import PipelineConfig
 
 PARTS = 5
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from pretrain_tiny import TINY_OVERRIDES
 
-import pretrain
-from pretrain.cli import main
-from pretrain.checkpoints import save_backbone
-from pretrain.data.eval_splits import fashion_mnist_eval
-from pretrain.models import build_vit
-from pretrain.train.checkpoint import TrainingCheckpointError
-from pretrain.train.config import build_config
-from pretrain.train.distill import Distiller, cosine_distance
-from pretrain.train.knn_eval import knn_evaluate
-from pretrain.train.loop import Trainer
+from dinolab import pretrain
+from dinolab.pretrain.cli import main
+from dinolab.pretrain.checkpoints import save_backbone
+from dinolab.pretrain.data.eval_splits import fashion_mnist_eval
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.train.checkpoint import TrainingCheckpointError
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.distill import Distiller, cosine_distance
+from dinolab.pretrain.train.knn_eval import knn_evaluate
+from dinolab.pretrain.train.loop import Trainer
 
 # Constant teacher temperature so that a falling loss means the student learns, not a schedule.
 FIXED = ["loss.warmup_teacher_temp=0.04", "loss.teacher_temp=0.04", "optim.base_lr=0.004",
@@ -153,8 +153,8 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from pretrain.train.config import build_config
-from pretrain.train.distill import Distiller
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.distill import Distiller
 
 def kill_at_step_7(step, losses):
     if step == 7:
@@ -167,7 +167,7 @@ Distiller(config, sys.argv[1], "heads", "fashion-mnist", sys.argv[2], data_limit
 
 
 def _distil_cli(teacher, out, *flags):
-    command = [sys.executable, "-m", "pretrain", "distill", "--teacher", str(teacher), "--student", "vit_pico",
+    command = [sys.executable, "-m", "dinolab.pretrain", "distill", "--teacher", str(teacher), "--student", "vit_pico",
                "--data", "fashion-mnist", "--limit", "128", "--out", str(out), "--no-eval", "--no-progress",
                *flags, *RESUME]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)

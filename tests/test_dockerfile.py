@@ -16,7 +16,7 @@ import pytest
 import typer
 import yaml
 
-from pipelines.cli import app
+from dinolab.pipelines.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -92,20 +92,19 @@ def test_the_source_stage_copies_every_package_and_what_pyproject_reads():
     copied = {rest.split()[0].rstrip("/") for stage, name, rest in instructions() if stage == "source" and name == "COPY"}
     copied |= {word for stage, name, rest in instructions() if stage == "source" and name == "COPY"
                for word in rest.split()[:-1]}
-    packages = {pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert packages <= {c.rstrip("/") for c in copied}, packages
+    folders = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
+    assert folders <= {c.rstrip("/") for c in copied}, folders
     assert {"pyproject.toml", PYPROJECT["project"]["readme"]} <= copied
 
 
 def test_the_package_ships_its_data_files():
     """A non-editable install (the image's) must carry the named configs and any other data file."""
     patterns = PYPROJECT["tool"]["setuptools"].get("package-data", {})
-    packages = {pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
-    for package in packages:
-        for path in (ROOT / package).rglob("*"):
+    for package, folder in PYPROJECT["tool"]["setuptools"]["package-dir"].items():
+        for path in (ROOT / folder).rglob("*"):
             if path.is_dir() or path.suffix in (".py", ".pyc") or "__pycache__" in path.parts:
                 continue
-            relative = str(path.relative_to(ROOT / package))
+            relative = str(path.relative_to(ROOT / folder))
             assert any(fnmatch.fnmatch(relative, p) for p in patterns.get(package, [])), f"{package}/{relative}"
 
 
@@ -133,4 +132,4 @@ def test_the_compose_services_use_the_image_and_existing_commands():
     assert run[run.index("--scheduler") + 1] == "tcp://scheduler:8786"
     assert services["worker"]["entrypoint"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
     assert "GPU=1" in services["gpu-worker"]["entrypoint"]
-    assert services["pretrain"]["entrypoint"] == ["python", "-m", "pretrain", "train"]
+    assert services["pretrain"]["entrypoint"] == ["python", "-m", "dinolab.pretrain", "train"]

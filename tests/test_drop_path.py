@@ -10,8 +10,8 @@ four (attention kept?, FFN kept?) cases computed in eval mode, with exactly ``ke
 import pytest
 import torch
 
-from pretrain.models import build_vit
-from pretrain.models.layers import residual_with_drop_path
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.models.layers import residual_with_drop_path
 
 RATE = 0.4
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.train.ema import update_teacher
+from dinolab.pretrain.train.ema import update_teacher
 
 
 def _pair():

@@ -8,17 +8,17 @@ import pytest
 import torch
 from PIL import Image
 
-from features.cli import main
-from pretrain.data.fashion_mnist import DatasetFilesError, split_files
-from pretrain.models import build_vit
+from dinolab.features.cli import main
+from dinolab.pretrain.data.fashion_mnist import DatasetFilesError, split_files
+from dinolab.pretrain.models import build_vit
 
 
 @pytest.fixture(autouse=True)
 def _only_evaluation_commands(monkeypatch):
     """Parse with the commands under test only, so an unrelated broken subcommand cannot interfere."""
-    import features.cli
+    import dinolab.features.cli
 
-    monkeypatch.setattr(features.cli, "SUBCOMMAND_MODULES", ("features.cli.knn", "features.cli.linear", "features.cli.finetune"))
+    monkeypatch.setattr(dinolab.features.cli, "SUBCOMMAND_MODULES", ("dinolab.features.cli.knn", "dinolab.features.cli.linear", "dinolab.features.cli.finetune"))
 
 
 def _fashion_mnist_available() -> bool:
@@ -31,7 +31,7 @@ def _fashion_mnist_available() -> bool:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    from pretrain.checkpoints import save_backbone
+    from dinolab.pretrain.checkpoints import save_backbone
 
     torch.manual_seed(0)
     # LayerScale 1 (as in the released models): with the 1e-5 training init a random CLS ignores the image.
@@ -69,9 +69,9 @@ def _common(weights, cache) -> list[str]:
 
 @pytest.mark.skipif(not _fashion_mnist_available(), reason="Fashion-MNIST files not installed")
 def test_knn_fashion_mnist_matches_python_api_and_uses_cache(weights, tmp_path, capsys):
-    from pretrain.checkpoints import load_backbone
-    from pretrain.data import eval_transform, load_fashion_mnist
-    from pretrain.train.knn import knn_accuracy
+    from dinolab.pretrain.checkpoints import load_backbone
+    from dinolab.pretrain.data import eval_transform, load_fashion_mnist
+    from dinolab.pretrain.train.knn import knn_accuracy
 
     out = tmp_path / "knn.json"
     argv = ["knn", *_common(weights, tmp_path / "cache"), "--train", "fashion-mnist", "--val", "fashion-mnist",
@@ -99,7 +99,7 @@ def test_knn_fashion_mnist_matches_python_api_and_uses_cache(weights, tmp_path, 
 
 
 def test_knn_image_folders_with_skipped_file_and_class_alignment(weights, folders, tmp_path, capsys):
-    from pretrain.checkpoints import load_backbone, save_backbone
+    from dinolab.pretrain.checkpoints import load_backbone, save_backbone
 
     released = save_backbone(load_backbone(str(weights)), tmp_path / "released.pth", fmt="hub")  # hub layout
     out = tmp_path / "knn.json"
@@ -129,7 +129,7 @@ def test_linear_sgd_and_logreg_on_folders(weights, folders, tmp_path):
 
 
 def test_bad_inputs_are_one_line_errors(weights, folders, tmp_path, capsys):
-    from features.store import Features, save_features
+    from dinolab.features.store import Features, save_features
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -159,7 +159,7 @@ def test_bad_inputs_are_one_line_errors(weights, folders, tmp_path, capsys):
 
 
 def test_finetune_cli_saves_a_loadable_backbone(weights, folders, tmp_path, capsys):
-    from pretrain.checkpoints import load_backbone
+    from dinolab.pretrain.checkpoints import load_backbone
 
     out = tmp_path / "ft"
     argv = ["finetune", *_common(weights, tmp_path / "cache")[:-2], "--train", str(folders / "train"),
@@ -176,8 +176,8 @@ def test_finetune_cli_saves_a_loadable_backbone(weights, folders, tmp_path, caps
 def test_pretrain_checkpoint_has_the_same_features_as_its_exported_weights(weights, folders, tmp_path, capsys):
     """A `pretrain train` checkpoint (teacher backbone inside) and a safetensors export of the same
     weights share one cache entry: the cache key hashes the weights, not the file."""
-    from pretrain.checkpoints import load_backbone
-    from pretrain.train.checkpoint import save_atomic
+    from dinolab.pretrain.checkpoints import load_backbone
+    from dinolab.pretrain.train.checkpoint import save_atomic
 
     model = load_backbone(str(weights))
     teacher = {f"backbone.{key}": value for key, value in model.state_dict().items()}
@@ -197,7 +197,7 @@ def test_pretrain_checkpoint_has_the_same_features_as_its_exported_weights(weigh
 @pytest.mark.parametrize("command", ["knn", "linear", "finetune", "index", "search", "visualize", "segment", "probe",
                                      "extract"])
 def test_pretrain_names_the_features_command_for_a_moved_subcommand(command, capsys):
-    from pretrain.cli import main as pretrain_main
+    from dinolab.pretrain.cli import main as pretrain_main
 
     assert pretrain_main([command, "--weights", "w.pth"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -208,7 +208,7 @@ def test_features_command_runs_as_a_module():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "features", "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run([sys.executable, "-m", "dinolab.features", "--help"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: features ")
     for command in ("knn", "linear", "finetune", "index", "search", "visualize", "segment", "probe", "extract"):

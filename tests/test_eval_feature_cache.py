@@ -2,15 +2,15 @@
 
 import torch
 
-from pretrain.data import TensorBatches
-from features.eval.feature_cache import (
+from dinolab.pretrain.data import TensorBatches
+from dinolab.features.eval.feature_cache import (
     FeatureCache,
     cache_key,
     extract_eval_features,
     model_fingerprint,
 )
-from features.eval.sources import align_labels
-from pretrain.models import build_vit
+from dinolab.features.eval.sources import align_labels
+from dinolab.pretrain.models import build_vit
 
 
 def _model():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from features.eval.finetune import (
+from dinolab.features.eval.finetune import (
     FinetuneConfig,
     LinearClassifier,
     evaluate_classifier,
@@ -11,7 +11,7 @@ from features.eval.finetune import (
     finetune_param_groups,
     warmup_cosine,
 )
-from pretrain.models import build_vit
+from dinolab.pretrain.models import build_vit
 
 
 def _tiny_backbone():

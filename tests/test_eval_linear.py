@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from features.eval.linear import (
+from dinolab.features.eval.linear import (
     FEATURE_VARIANTS,
     batch_order,
     cosine_factor,
@@ -11,7 +11,7 @@ from features.eval.linear import (
     train_head_grid,
     variant_features,
 )
-from features.eval.logistic import fit_logistic_regression, logistic_probe
+from dinolab.features.eval.logistic import fit_logistic_regression, logistic_probe
 
 
 def _clusters(num_classes: int, per_class: int, dim: int, spread: float, seed: int):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from features.eval.retrieval_metrics import retrieval_metrics, retrieval_metrics_from_features
+from dinolab.features.eval.retrieval_metrics import retrieval_metrics, retrieval_metrics_from_features
 
 
 def test_hand_computed_case():

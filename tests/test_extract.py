@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from pretrain.data import ImageFolder, TensorBatches, eval_transform
-from features import FeatureFileError, Features, extract_features, load_features, save_features
-from features import store
-from pretrain.models import Preprocessing, build_vit
+from dinolab.pretrain.data import ImageFolder, TensorBatches, eval_transform
+from dinolab.features import FeatureFileError, Features, extract_features, load_features, save_features
+from dinolab.features import store
+from dinolab.pretrain.models import Preprocessing, build_vit
 
 PRE = Preprocessing(input_size=28, resize_size=28)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from features.cli import UserError
-from features.cli import extract as extract_cli
-from features import load_features
+from dinolab.features.cli import UserError
+from dinolab.features.cli import extract as extract_cli
+from dinolab.features import load_features
 
 PICO = ["--arch", "vit_pico", "--patch-size", "4", "--size", "28", "--resize-size", "28", "--quiet"]
 
@@ -102,8 +102,8 @@ def test_bad_sources_are_user_errors(tmp_path, capsys):
 
 
 def test_weights_go_through_load_backbone(tmp_path, capsys):
-    checkpoints = pytest.importorskip("pretrain.checkpoints")
-    from pretrain.models import Preprocessing, build_vit
+    checkpoints = pytest.importorskip("dinolab.pretrain.checkpoints")
+    from dinolab.pretrain.models import Preprocessing, build_vit
 
     model = build_vit("vit_pico", patch_size=4, img_size=28, preprocessing=Preprocessing(input_size=28, resize_size=28))
     weights = checkpoints.save_backbone(model, tmp_path / "pico.safetensors")
@@ -112,7 +112,7 @@ def test_weights_go_through_load_backbone(tmp_path, capsys):
     assert run_cli(["--weights", str(weights), "--images", str(images), "--out", str(out), "--quiet"]) == 0
     features = load_features(out)
     loaded = checkpoints.load_backbone(weights)
-    from pretrain.data import eval_transform, load_image
+    from dinolab.pretrain.data import eval_transform, load_image
 
     batch = torch.stack([eval_transform(loaded.preprocessing, patch_size=4)(load_image(images / n)) for n in features.names])
     with torch.no_grad():

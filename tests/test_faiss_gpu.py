@@ -3,8 +3,8 @@
 import faiss
 import numpy as np
 
-from curate import faiss_gpu
-from curate.dedup import nearest_neighbors
+from dinolab.curate import faiss_gpu
+from dinolab.curate.dedup import nearest_neighbors
 
 
 def test_without_gpus_the_index_stays_itself(monkeypatch):

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from pretrain.train.heads import DINOHead
+from dinolab.pretrain.train.heads import DINOHead
 
 
 def test_state_dict_keys_and_shapes_match_released_layout():

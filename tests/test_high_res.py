@@ -5,11 +5,11 @@ import pytest
 import torch
 from pretrain_tiny import TINY_OVERRIDES
 
-from pretrain.cli import main
-from pretrain.train.checkpoint import TrainingCheckpointError
-from pretrain.train.config import build_config
-from pretrain.train.loop import Trainer
-from pretrain.train.phases import high_res_config
+from dinolab.pretrain.cli import main
+from dinolab.pretrain.train.checkpoint import TrainingCheckpointError
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.loop import Trainer
+from dinolab.pretrain.train.phases import high_res_config
 
 # 32 images, batch 16: 2 steps per epoch; the base run takes 2 steps, the phase 3.
 BASE = [*TINY_OVERRIDES, "optim.batch_size=16", "run.eval_every_steps=0", "run.checkpoint_every_steps=2"]
@@ -121,8 +121,8 @@ def test_cli_high_res_phase(base_run, tmp_path, capsys):
 def test_phase_from_a_headless_backbone_file(base_run, tmp_path):
     """A backbone without heads (as released checkpoints ship): both backbones start from it, the heads
     start from scratch; then the phase trains."""
-    from pretrain.checkpoints import save_backbone
-    from pretrain.train.ssl_model import build_backbone
+    from dinolab.pretrain.checkpoints import save_backbone
+    from dinolab.pretrain.train.ssl_model import build_backbone
 
     config = build_config("fmnist-tiny", PHASE)
     backbone = build_backbone(config)

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pretrain.train.knn import knn_accuracy, knn_class_scores
+from dinolab.pretrain.train.knn import knn_accuracy, knn_class_scores
 
 
 def test_weighted_votes_hand_computed():

@@ -6,11 +6,11 @@ import pytest
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as scipy_components
 
-from curate import components as cc
-from curate import knn, knn_dedup, tables
-from curate.dedup import duplicates_table
-from schemas.config import DedupConfig, PipelineConfig
-from schemas.tables import utc_now
+from dinolab.curate import components as cc
+from dinolab.curate import knn, knn_dedup, tables
+from dinolab.curate.dedup import duplicates_table
+from dinolab.schemas.config import DedupConfig, PipelineConfig
+from dinolab.schemas.tables import utc_now
 
 
 def _config(**dedup) -> PipelineConfig:
@@ -195,8 +195,8 @@ def test_preassigned_lists_give_the_same_ivf_search():
 def test_the_declared_dedup_steps_run_by_the_dispatcher_resume_and_give_the_same_table(tmp_path):
     from dataclasses import replace
 
-    from curate import stages
-    from pipelines.dispatch import LoopExecutor, run_stage
+    from dinolab.curate import stages
+    from dinolab.pipelines.dispatch import LoopExecutor, run_stage
 
     vectors, digests, sizes, _ = _planted(400, 16, seed=7)
     config = _config(k=8, threshold=0.9, eval_threshold=0.8, index="flat", shard_vectors=150, descriptor="embeddings")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.lake_writer import save_image, write_big_lake, write_fashion_lake
-from pretrain.data.fashion_mnist import load_fashion_mnist
+from dinolab.pipelines.lake_writer import save_image, write_big_lake, write_fashion_lake
+from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
 
 
 def test_fashion_lake_numbers_files_by_their_index_in_the_split(tmp_path):

@@ -16,15 +16,15 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from curate import tables
-from curate.ingest import ingest_partition
-from curate.lakes.sets import ImageSet, LakeError, make_key
-from curate.lakes import RefusedMember, listing, parse, read_partition, read_uri, source_name
-from curate.lakes import tar as tar_lake
-from curate.lakes.uris import parquet_row, tar_member, unsafe_member
-from schemas.config import IngestConfig, load_config
-from schemas.storage import REDACTED, StorageOptionError, is_secret, parse_storage_options, redact
-from schemas.tables import FILES, validate
+from dinolab.curate import tables
+from dinolab.curate.ingest import ingest_partition
+from dinolab.curate.lakes.sets import ImageSet, LakeError, make_key
+from dinolab.curate.lakes import RefusedMember, listing, parse, read_partition, read_uri, source_name
+from dinolab.curate.lakes import tar as tar_lake
+from dinolab.curate.lakes.uris import parquet_row, tar_member, unsafe_member
+from dinolab.schemas.config import IngestConfig, load_config
+from dinolab.schemas.storage import REDACTED, StorageOptionError, is_secret, parse_storage_options, redact
+from dinolab.schemas.tables import FILES, validate
 
 CONFIG = IngestConfig(min_side=8)
 
@@ -232,7 +232,7 @@ def test_a_parquet_path_column_resolves_paths_and_fetches_urls_only_when_asked(t
 
 
 def test_a_local_parquet_path_column_stays_in_the_tables_folder_unless_allowed(tmp_path):
-    from curate.lakes.uris import parse as parse_uri
+    from dinolab.curate.lakes.uris import parse as parse_uri
 
     table_dir = tmp_path / "lake" / "tables"
     (table_dir / "img").mkdir(parents=True)
@@ -289,7 +289,7 @@ def test_file_urls_are_read_in_batches_and_listed_by_prefix(tmp_path, monkeypatc
     assert uris[0] == root + "/top.png" and all(u.startswith(root + "/") for u in uris)
     assert not any(".hidden" in u or u.endswith(".txt") for u in uris)
     batches = []
-    from curate.lakes import fsspec_lake
+    from dinolab.curate.lakes import fsspec_lake
 
     real = fsspec_lake.filesystem
     monkeypatch.setattr(fsspec_lake, "BATCH", 16)
@@ -336,7 +336,7 @@ def test_a_config_never_shows_its_secrets():
     written = json.dumps(config.to_dict())
     assert "s3cr3t" not in written and "AKIA" not in written and "http://h:1" in written
     assert "s3cr3t" not in repr(config) and "s3cr3t" not in str(config.lake)
-    from schemas.config import ConfigError
+    from dinolab.schemas.config import ConfigError
 
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_config(None, ["lake.storage_options=s3cr3t"])
@@ -404,7 +404,7 @@ def test_a_tar_sample_s_metadata_members_before_or_after_its_image_are_its_prove
 
 
 def test_a_curated_sample_gives_back_its_lake_s_provenance_and_keeps_its_key(tmp_path):
-    from curate.lakes.provenance import as_text, from_members
+    from dinolab.curate.lakes.provenance import as_text, from_members
 
     meta = {"key": "IMG_0001-0ad2bd17b2bc", "provenance": '{"caption":"a cat","url":"http://h/1.jpg"}', "group": 3}
     assert from_members({"json": json.dumps(meta).encode()}) == {"caption": "a cat", "url": "http://h/1.jpg"}
@@ -418,7 +418,7 @@ def test_a_curated_sample_gives_back_its_lake_s_provenance_and_keeps_its_key(tmp
 
 
 def test_the_image_bytes_column_is_found_without_being_named(tmp_path):
-    from curate.lakes.parquet import find_image_column
+    from dinolab.curate.lakes.parquet import find_image_column
 
     images = pa.table({"jpg": [png(1)], "url": ["http://h/1"], "caption": ["c"]})
     assert find_image_column(images.schema) == ("jpg", None)
@@ -443,7 +443,7 @@ def test_the_image_bytes_column_is_found_without_being_named(tmp_path):
 
 
 def test_wids_indexes_and_folders_of_tars_are_found_by_content(tmp_path):
-    from curate.lakes.detect import detect
+    from dinolab.curate.lakes.detect import detect
 
     shards = webdataset_shards(tmp_path / "out" / "shards")
     tars = sorted(str(p) for p in (tmp_path / "out" / "shards").glob("*.tar"))

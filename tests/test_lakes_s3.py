@@ -17,12 +17,12 @@ from pretrain_tiny import TINY_OVERRIDES
 from shard_sets import fashion_mnist_pngs, write_shards
 from typer.testing import CliRunner
 
-from curate import output, tables
-from curate.lakes import parse
+from dinolab.curate import output, tables
+from dinolab.curate.lakes import parse
 from lakes import write_lake
-from pipelines.cli import app
-from pretrain.cli import main as pretrain_main
-from pretrain.data.shards import ShardReader, resolve_shards
+from dinolab.pipelines.cli import app
+from dinolab.pretrain.cli import main as pretrain_main
+from dinolab.pretrain.data.shards import ShardReader, resolve_shards
 
 
 runner = CliRunner()
@@ -108,7 +108,7 @@ def test_curate_run_on_a_bucket_writes_tables_and_shards_and_no_secret(s3, tmp_p
         seen += 1
     assert seen == len(selection) > 0
 
-    from curate.report import _open
+    from dinolab.curate.report import _open
 
     shown = _open(next(iter(selection.values()))["uri"], 64, {"endpoint_url": endpoint})  # contact sheets reach S3
     assert shown is not None and max(shown.size) <= 64
@@ -297,7 +297,7 @@ def test_one_run_holds_an_out_in_a_bucket_and_a_dead_holders_lock_is_taken_over(
     """docs/curation.md, "What the output folder guarantees": the lock on an object store (conditional put, heartbeat, lease)."""
     import time
 
-    from pipelines.lock import LOCK_FILE, LockError, OutputLock
+    from dinolab.pipelines.lock import LOCK_FILE, LockError, OutputLock
 
     endpoint, fs, _ = s3
     out = output.location(f"s3://{BUCKET}/locked-run", {"endpoint_url": endpoint})

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, sinkhorn_knopp
+from dinolab.pretrain.train.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, sinkhorn_knopp
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

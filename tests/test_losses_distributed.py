@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pretrain.train.losses import DINOLoss, sinkhorn_knopp
+from dinolab.pretrain.train.losses import DINOLoss, sinkhorn_knopp
 
 
 def _worker(rank: int, world_size: int, init_file: str, logits: torch.Tensor, out_dir: str) -> None:

@@ -2,7 +2,7 @@
 
 import torch
 
-from pretrain.train.masking import BlockMaskGenerator, masks_weight, sample_ibot_masks
+from dinolab.pretrain.train.masking import BlockMaskGenerator, masks_weight, sample_ibot_masks
 
 
 def test_block_mask_never_exceeds_target_and_gets_close():

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.train.multicrop import MultiCropAugmentation, collate_multicrop
+from dinolab.pretrain.train.multicrop import MultiCropAugmentation, collate_multicrop
 
 N_TRIALS = 100
 

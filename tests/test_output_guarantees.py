@@ -19,14 +19,14 @@ from distributed import LocalCluster
 from PIL import Image
 from typer.testing import CliRunner
 
-from curate import output, stages, tables
-from curate.copydetect.features import part_path, partition_features
-from curate.lakes.sets import ImageSet
+from dinolab.curate import output, stages, tables
+from dinolab.curate.copydetect.features import part_path, partition_features
+from dinolab.curate.lakes.sets import ImageSet
 from lakes import write_lake
-from pipelines.cli import app
-from pipelines.state import check
-from pretrain.data.fashion_mnist import load_fashion_mnist
-from schemas.tables import SchemaError, time_columns
+from dinolab.pipelines.cli import app
+from dinolab.pipelines.state import check
+from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
+from dinolab.schemas.tables import SchemaError, time_columns
 
 runner = CliRunner()
 DEMO = ["--config", "demo", "ingest.partition_size=12", "shard.max_samples=8"]
@@ -322,7 +322,7 @@ def test_a_run_recorded_with_relative_paths_is_still_read(tmp_path, monkeypatch)
 
 
 def test_a_second_lock_on_a_local_out_names_the_holder_until_it_is_released(tmp_path):
-    from pipelines.lock import LockError, OutputLock
+    from dinolab.pipelines.lock import LockError, OutputLock
 
     with OutputLock(tmp_path / "out", "curate run --out out"):
         with pytest.raises(LockError, match=rf"in use by another run \(host \S+, pid {os.getpid()}, started .*"

@@ -5,8 +5,8 @@ import warnings
 import pytest
 import torch
 
-from pretrain.models import build_vit
-from pretrain.models.packing import (
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.models.packing import (
     block_diagonal_mask,
     forward_features_packed,
     kept_count,

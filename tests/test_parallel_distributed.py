@@ -21,10 +21,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from pretrain.models import build_vit
-from pretrain.train.ema import update_teacher
-from pretrain.train.losses import DINOLoss
-from pretrain.parallel import (
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.train.ema import update_teacher
+from dinolab.pretrain.train.losses import DINOLoss
+from dinolab.pretrain.parallel import (
     ResumableDistributedSampler,
     ema_update_sharded,
     load_training_state,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pretrain.parallel import ResumableDistributedSampler
+from dinolab.pretrain.parallel import ResumableDistributedSampler
 
 
 def _global_batches(samplers, per_rank, steps):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.models import build_vit
-from pretrain.parallel import ema_update_sharded, load_training_state, save_training_state
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.parallel import ema_update_sharded, load_training_state, save_training_state
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pretrain.models import build_vit
-from pretrain.train.heads import DINOHead
-from pretrain.train.param_groups import apply_schedules, build_param_groups
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.train.heads import DINOHead
+from dinolab.pretrain.train.param_groups import apply_schedules, build_param_groups
 
 
 @pytest.fixture()

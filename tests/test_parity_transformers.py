@@ -18,10 +18,10 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from pretrain.checkpoints import load_backbone, save_backbone  # noqa: E402
-from pretrain.checkpoints.hf_layout import config_from_hf, from_hf_state  # noqa: E402
-from pretrain.models import VisionTransformer, ViTConfig  # noqa: E402
-from pretrain.models.pos_embed import interpolate_pos_embed  # noqa: E402
+from dinolab.pretrain.checkpoints import load_backbone, save_backbone  # noqa: E402
+from dinolab.pretrain.checkpoints.hf_layout import config_from_hf, from_hf_state  # noqa: E402
+from dinolab.pretrain.models import VisionTransformer, ViTConfig  # noqa: E402
+from dinolab.pretrain.models.pos_embed import interpolate_pos_embed  # noqa: E402
 
 ATOL = 1e-4
 SMALL = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14)

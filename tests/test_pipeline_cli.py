@@ -10,9 +10,9 @@ import webdataset as wds
 import wids
 from typer.testing import CliRunner
 
-from curate import tables
+from dinolab.curate import tables
 from lakes import write_lake
-from pipelines.cli import app
+from dinolab.pipelines.cli import app
 
 runner = CliRunner()
 DEMO = ["--config", "demo", "ingest.partition_size=40", "shard.max_samples=30"]

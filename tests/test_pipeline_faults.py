@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from distributed import Client
 
-from curate import tables
-from schemas.tables import time_columns
+from dinolab.curate import tables
+from dinolab.schemas.tables import time_columns
 from lakes import write_big_lake, write_lake
 
 BIN = Path(sys.executable).parent
@@ -31,7 +31,7 @@ COMPARED = ("files", "images", "embeddings", "duplicates", "clusters", "selectio
 
 
 def curate_command(folders: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines", "run", "--lake", str(folders["pool"]), "--curated",
+    return [sys.executable, "-m", "dinolab.pipelines", "run", "--lake", str(folders["pool"]), "--curated",
             str(folders["curated"]), "--eval", str(folders["eval"]), "--out", str(out), *SETTINGS, *extra]
 
 
@@ -178,7 +178,7 @@ def test_a_worker_with_a_small_memory_limit_embeds_a_larger_lake(tmp_path):
     lake_bytes = write_big_lake(tmp_path / "big", count=300, side=1448)
     assert lake_bytes > limit
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "pipelines", "embed", "--lake", str(tmp_path / "big"), "--out", str(out),
+    command = [sys.executable, "-m", "dinolab.pipelines", "embed", "--lake", str(tmp_path / "big"), "--out", str(out),
                "--workers", "1", "--memory-limit", str(limit), "--config", "demo", "ingest.partition_size=25"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

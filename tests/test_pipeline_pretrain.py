@@ -13,8 +13,8 @@ from shard_sets import fashion_mnist_pngs, write_shards
 from typer.testing import CliRunner
 
 from lakes import write_lake
-from pipelines import pretrain_stage
-from pipelines.cli import app
+from dinolab.pipelines import pretrain_stage
+from dinolab.pipelines.cli import app
 
 runner = CliRunner()
 DEMO = ["--config", "demo", "ingest.partition_size=40", "shard.max_samples=30"]
@@ -23,17 +23,17 @@ TINY = [*TINY_OVERRIDES, "optim.batch_size=16", "run.checkpoint_every_steps=2"]
 
 def test_command_line_of_the_stage(tmp_path):
     one = pretrain_stage.pretrain_command(tmp_path, "fmnist-tiny", ["optim.epochs=2"])
-    assert one == [sys.executable, "-m", "pretrain", "train", "--data", str(tmp_path / "shards"),
+    assert one == [sys.executable, "-m", "dinolab.pretrain", "train", "--data", str(tmp_path / "shards"),
                    "--out", str(tmp_path / "pretrain"), "--preset", "fmnist-tiny", "--resume", "--no-progress",
                    "optim.epochs=2"]
     four = pretrain_stage.pretrain_command(tmp_path, "dinov2-vits14", [], nproc=4)
     assert four[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4"]
-    assert four[6:10] == ["-m", "pretrain", "train", "--data"]
+    assert four[6:10] == ["-m", "dinolab.pretrain", "train", "--data"]
 
 
 def test_command_line_for_shards_in_a_bucket_carries_no_secret(tmp_path):
-    from curate import output
-    from core.storage import STORAGE_OPTIONS_ENV, parse_storage_options
+    from dinolab.curate import output
+    from dinolab.core.storage import STORAGE_OPTIONS_ENV, parse_storage_options
 
     options = {"endpoint_url": "http://127.0.0.1:9", "secret": "s3cr3t", "anon": False,
                "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "t0ken"}}

@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from curate import tables
-from curate.lakes.embeddings import detect_folder
-from curate.lakes.uris import LakeError
-from pipelines.cli import app
+from dinolab.curate import tables
+from dinolab.curate.lakes.embeddings import detect_folder
+from dinolab.curate.lakes.uris import LakeError
+from dinolab.pipelines.cli import app
 
 DIM, PER_FILE = 16, 20
 

@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 from pretrain_tiny import TINY_OVERRIDES
 
-from pretrain.checkpoints import load_backbone
-from pretrain.cli import main
-from pretrain.train.config import build_config
-from pretrain.train.loop import Trainer, TrainingDiverged
-from pretrain.train.monitor import CollapseMonitor, collapse_metrics
+from dinolab.pretrain.checkpoints import load_backbone
+from dinolab.pretrain.cli import main
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.loop import Trainer, TrainingDiverged
+from dinolab.pretrain.train.monitor import CollapseMonitor, collapse_metrics
 
 
 def _pretrain(tmp_path, *extra):

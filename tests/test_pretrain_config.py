@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from pretrain.train.config import PRESETS, ConfigError, TrainConfig, build_config
+from dinolab.pretrain.train.config import PRESETS, ConfigError, TrainConfig, build_config
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -4,8 +4,8 @@ import json
 
 from pretrain_tiny import TINY_OVERRIDES
 
-from pretrain.checkpoints import load_backbone
-from pretrain.cli import main
+from dinolab.pretrain.checkpoints import load_backbone
+from dinolab.pretrain.cli import main
 
 
 def test_demo_runs_and_reports_against_raw_pixels(tmp_path, capsys):

@@ -27,9 +27,9 @@ import torch.multiprocessing as mp
 from pretrain_tiny import TINY_OVERRIDES
 from shard_sets import fashion_mnist_pngs, write_shards
 
-from pretrain.data.eval_splits import EvalData, fashion_mnist_eval_splits
-from pretrain.train.config import build_config
-from pretrain.train.loop import Trainer
+from dinolab.pretrain.data.eval_splits import EvalData, fashion_mnist_eval_splits
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.loop import Trainer
 
 GLOBAL_BATCH, WORLD, IMAGES, RESUME_AT = 8, 2, 48, 3  # 6 steps; checkpoints at steps 3 and 6
 # lr ~ 0.01 and teacher momentum 0.5: weights move far beyond the comparison tolerances in 6 steps.
@@ -150,7 +150,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
     assert resumed_result.final_knn == single["final_knn"]
 
     # Resuming with another global batch (4 = 1 process x 4) is refused with the fix named.
-    from pretrain.train.checkpoint import TrainingCheckpointError
+    from dinolab.pretrain.train.checkpoint import TrainingCheckpointError
 
     with pytest.raises(TrainingCheckpointError, match=r"global batch was 8 \(2 process\(es\)\), now 4"):
         Trainer(_config(WORLD), "fashion-mnist", tmp_path / "fsdp", resume=True, evaluate=False,
@@ -158,7 +158,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
 
     # Distributed runs leave the same files as a single process: checkpoint.pth and teacher exports.
     assert (tmp_path / "fsdp" / "checkpoint.dcp" / ".metadata").is_file()
-    from pretrain.checkpoints import load_backbone
+    from dinolab.pretrain.checkpoints import load_backbone
 
     exported = load_backbone(tmp_path / "fsdp" / "teacher_backbone.safetensors")
     expected = load_backbone(tmp_path / "single" / "teacher_backbone.safetensors")
@@ -178,7 +178,7 @@ def test_two_processes_train_like_one_and_resume_across_world_sizes(tmp_path: Pa
 def test_optimizer_state_names_round_trip_and_newest_checkpoint(tmp_path: Path):
     import time
 
-    from pretrain.train.checkpoint import (
+    from dinolab.pretrain.train.checkpoint import (
         newest_checkpoint,
         optimizer_parameter_names,
         optimizer_state_by_index,

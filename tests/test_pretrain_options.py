@@ -18,10 +18,10 @@ import pytest
 import torch
 from pretrain_tiny import TINY_OVERRIDES
 
-from pretrain.models import build_vit
-from pretrain.train.config import ConfigError, build_config
-from pretrain.train.loop import Trainer
-from pretrain.train.ssl_model import apply_block_options
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.train.config import ConfigError, build_config
+from dinolab.pretrain.train.loop import Trainer
+from dinolab.pretrain.train.ssl_model import apply_block_options
 
 OVERRIDES = [*TINY_OVERRIDES, "optim.batch_size=8", "run.log_every=1", "run.eval_every_steps=0",
              "optim.base_lr=0.1"]

@@ -20,10 +20,10 @@ from pretrain_tiny import TINY_OVERRIDES
 from shard_sets import CORRUPT, fashion_mnist_pngs, write_shards
 from torchvision.transforms import InterpolationMode, v2
 
-from pretrain import distributed
-from pretrain.cli import main as pretrain_main
-from pretrain.data.errors import DatasetError
-from pretrain.data.shards import (
+from dinolab.pretrain import distributed
+from dinolab.pretrain.cli import main as pretrain_main
+from dinolab.pretrain.data.errors import DatasetError
+from dinolab.pretrain.data.shards import (
     SampleReadError,
     ShardReader,
     expand_braces,
@@ -33,7 +33,7 @@ from pretrain.data.shards import (
     resolve_shards,
     windowed_order,
 )
-from pretrain.train.data import FolderImages, ShardImages, open_training_data, storage_tensor
+from dinolab.pretrain.train.data import FolderImages, ShardImages, open_training_data, storage_tensor
 
 UNEVEN = [30, 2, 25, 7]  # 64 samples in 4 shards of very different sizes
 
@@ -298,8 +298,8 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from pretrain.train.config import build_config
-from pretrain.train.loop import Trainer
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.loop import Trainer
 
 def kill_at_step_7(step, output):
     if step == 7:
@@ -311,7 +311,7 @@ Trainer(config, sys.argv[2], sys.argv[1], evaluate=False, progress=False, step_h
 
 
 def _cli(data: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pretrain", "train", "--data", str(data), "--out", str(out), "--no-eval",
+    command = [sys.executable, "-m", "dinolab.pretrain", "train", "--data", str(data), "--out", str(out), "--no-eval",
                "--no-progress", *flags, *RESUME_OVERRIDES]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
@@ -348,8 +348,10 @@ def test_sigkill_then_resume_on_shards_matches_uninterrupted_run(tmp_path):
 
 
 def test_pretrain_never_imports_curation():
-    code = ("import sys, pretrain.train.loop, pretrain.train.data, pretrain.data.shards, pretrain.cli.train; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('curate', 'pipelines', 'schemas', 'wids')))")
+    code = ("import sys, dinolab.pretrain.train.loop, dinolab.pretrain.train.data, dinolab.pretrain.data.shards, "
+            "dinolab.pretrain.cli.train; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'wids' or m.split('.')[:2] in "
+            "(['dinolab', 'curate'], ['dinolab', 'pipelines'], ['dinolab', 'schemas'])))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     assert result.returncode == 0, result.stderr

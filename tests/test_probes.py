@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.models import build_vit
-from features.probes.depth import DepthProbe, DepthRange, depth_metrics, scale_invariant_log_loss
-from features.probes.features import dense_features, depth_feature_spec, segmentation_feature_spec
-from features.probes.pairs import DensePair, folder_pairs, split_pairs
-from features.probes.protocol import render_probe, run_depth_probe, run_segmentation_probe
-from features.probes.segmentation import confusion_matrix, mean_iou, predict_multiscale
-from features.viz.inputs import ImageInputError
+from dinolab.pretrain.models import build_vit
+from dinolab.features.probes.depth import DepthProbe, DepthRange, depth_metrics, scale_invariant_log_loss
+from dinolab.features.probes.features import dense_features, depth_feature_spec, segmentation_feature_spec
+from dinolab.features.probes.pairs import DensePair, folder_pairs, split_pairs
+from dinolab.features.probes.protocol import render_probe, run_depth_probe, run_segmentation_probe
+from dinolab.features.probes.segmentation import confusion_matrix, mean_iou, predict_multiscale
+from dinolab.features.viz.inputs import ImageInputError
 from tests.test_viz import run_cli
 
 
@@ -68,7 +68,7 @@ def test_mean_iou_by_hand_and_ignore_label():
 
 
 def test_multiscale_prediction_averages_softmax_over_scales_and_flips():
-    from features.probes.head import DenseLinearHead
+    from dinolab.features.probes.head import DenseLinearHead
 
     head = DenseLinearHead(2, 3).eval()
     maps = {s: torch.randn(1, 2, 3, 4) for s in (0.5, 1.0)}
@@ -192,7 +192,7 @@ def test_segmentation_probe_training_loss_decreases(tmp_path):
 
 # ----------------------------------------------------------------- CLI
 def test_probe_cli_on_a_folder(tmp_path, capsys):
-    from features.cli import probe
+    from dinolab.features.cli import probe
 
     _write_folder(tmp_path / "d", "depth", count=2)
     out = tmp_path / "out"
@@ -218,7 +218,7 @@ def test_head_equals_upsample_then_linear_in_eval_mode():
     """Classifying on the grid then upsampling = DINOv2's upsample-then-classify (affine maps commute)."""
     import torch.nn.functional as F
 
-    from features.probes.head import DenseLinearHead
+    from dinolab.features.probes.head import DenseLinearHead
 
     head = DenseLinearHead(6, 3)
     with torch.no_grad():

@@ -16,8 +16,8 @@ KILLED_RUN = """
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from pretrain.train.config import build_config
-from pretrain.train.loop import Trainer
+from dinolab.pretrain.train.config import build_config
+from dinolab.pretrain.train.loop import Trainer
 
 def kill_at_step_7(step, output):
     if step == 7:
@@ -30,7 +30,7 @@ Trainer(config, "fashion-mnist", sys.argv[1], data_limit=256, evaluate=False, pr
 
 
 def _cli(out: Path, *flags: str, overrides: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pretrain", "train", "--data", "fashion-mnist", "--limit", "256",
+    command = [sys.executable, "-m", "dinolab.pretrain", "train", "--data", "fashion-mnist", "--limit", "256",
                "--out", str(out), "--no-eval", "--no-progress", *flags, *OVERRIDES, *overrides]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 

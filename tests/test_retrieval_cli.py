@@ -8,20 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
-from features.cli import main
-from pretrain.models import build_vit
+from dinolab.features.cli import main
+from dinolab.pretrain.models import build_vit
 
 
 @pytest.fixture(autouse=True)
 def _only_retrieval_commands(monkeypatch):
     """Parse with the commands under test only, so an unrelated broken subcommand cannot interfere."""
-    import features.cli
+    import dinolab.features.cli
 
-    monkeypatch.setattr(features.cli, "SUBCOMMAND_MODULES", ("features.cli.index", "features.cli.search"))
+    monkeypatch.setattr(dinolab.features.cli, "SUBCOMMAND_MODULES", ("dinolab.features.cli.index", "dinolab.features.cli.search"))
 
 
 def _save_model(path: Path, seed: int) -> Path:
-    from pretrain.checkpoints import save_backbone
+    from dinolab.pretrain.checkpoints import save_backbone
 
     torch.manual_seed(seed)
     save_backbone(build_vit("vit_pico", patch_size=7, img_size=28, layerscale_init=1.0), path, fmt="safetensors")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.contact_sheet import contact_sheet
-from features.retrieval import FeatureIndex, RetrievalIndexError
-from features.retrieval.index import default_nlist
+from dinolab.core.contact_sheet import contact_sheet
+from dinolab.features.retrieval import FeatureIndex, RetrievalIndexError
+from dinolab.features.retrieval.index import default_nlist
 
 
 def _vectors(num: int, dim: int, seed: int) -> torch.Tensor:

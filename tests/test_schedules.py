@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pretrain.train.schedules import TrainingSchedules, cosine_schedule, scaled_lr
+from dinolab.pretrain.train.schedules import TrainingSchedules, cosine_schedule, scaled_lr
 
 
 def test_cosine_schedule_warmup_and_endpoints():

@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import tables
-from schemas.config import ConfigError, load_config
-from schemas.tables import IMAGES, TABLES, SchemaError, validate
+from dinolab.curate import tables
+from dinolab.schemas.config import ConfigError, load_config
+from dinolab.schemas.tables import IMAGES, TABLES, SchemaError, validate
 
 CONFIGS = __import__("pathlib").Path(__file__).resolve().parent.parent / "pipelines" / "configs"
 

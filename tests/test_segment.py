@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.models import build_vit
-from features.segment import intersection_over_union, patch_coverage, prototypes, segment_target
-from features.viz.inputs import image_to_tensor
+from dinolab.pretrain.models import build_vit
+from dinolab.features.segment import intersection_over_union, patch_coverage, prototypes, segment_target
+from dinolab.features.viz.inputs import image_to_tensor
 from tests.test_viz import run_cli
 
 
@@ -94,7 +94,7 @@ def test_segment_a_red_square_with_a_tiny_random_vit():
 
 
 def test_segment_cli_prints_iou_and_refuses_bad_masks(tmp_path, capsys):
-    from features.cli import segment
+    from dinolab.features.cli import segment
 
     reference, reference_mask = _red_square_scene(14, 14)
     target, target_mask = _red_square_scene(56, 42)

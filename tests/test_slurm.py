@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
-from pipelines.cluster import ClusterError, connect
-from pipelines.slurm import cluster_arguments, job_script, lifetime, walltime_seconds
-from schemas.config import ConfigError, load_config
+from dinolab.pipelines.cli import app
+from dinolab.pipelines.cluster import ClusterError, connect
+from dinolab.pipelines.slurm import cluster_arguments, job_script, lifetime, walltime_seconds
+from dinolab.schemas.config import ConfigError, load_config
 
 
 def slurm(*overrides: str):
@@ -85,9 +85,9 @@ def test_the_multi_node_pretraining_script_calls_the_current_training_command():
 
     script = (Path(__file__).resolve().parent.parent / "scripts" / "slurm_pretrain.sh").read_text()
     assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0
-    [command] = re.findall(r"-m pretrain (\w+) (.*)", script)
+    [command] = re.findall(r"-m dinolab.pretrain (\w+) (.*)", script)
     assert command[0] == "train"
-    usage = subprocess.run([sys.executable, "-m", "pretrain", "train", "--help"], capture_output=True, text=True,
+    usage = subprocess.run([sys.executable, "-m", "dinolab.pretrain", "train", "--help"], capture_output=True, text=True,
                            timeout=120).stdout
     for option in re.findall(r"(--[a-z-]+)", command[1]):
         assert option in usage, option

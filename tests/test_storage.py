@@ -3,8 +3,8 @@ local and ``memory://`` folders behind the same calls."""
 
 import pytest
 
-from core import storage
-from core.storage import RemotePath, StorageOptionError, is_remote, is_url, location, parse_storage_options, protocol
+from dinolab.core import storage
+from dinolab.core.storage import RemotePath, StorageOptionError, is_remote, is_url, location, parse_storage_options, protocol
 
 
 @pytest.mark.parametrize("text, url, remote, scheme", [
@@ -56,8 +56,8 @@ def test_a_protocol_without_a_backend_is_one_clear_error():
 
 
 def test_curation_and_pretraining_share_one_shard_folder_and_index_kind():
-    from curate import shards as curate_shards, stages
-    from pretrain.data import shards as pretrain_shards
+    from dinolab.curate import shards as curate_shards, stages
+    from dinolab.pretrain.data import shards as pretrain_shards
 
     assert curate_shards.INDEX_KIND is pretrain_shards.INDEX_KIND is storage.INDEX_KIND
     assert stages.SHARD_DIR is storage.SHARD_DIR

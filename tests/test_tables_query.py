@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
-from curate import tables
-from curate.lakes.sets import ImageSet
+from dinolab.curate import tables
+from dinolab.curate.lakes.sets import ImageSet
 from lakes import write_lake
-from pipelines import state
-from pipelines.dispatch import LoopExecutor
-from pipelines.run import run_curation
-from schemas.config import load_config
-from schemas.tables import LABEL, TABLES, TIME, time_columns
+from dinolab.pipelines import state
+from dinolab.pipelines.dispatch import LoopExecutor
+from dinolab.pipelines.run import run_curation
+from dinolab.schemas.config import load_config
+from dinolab.schemas.tables import LABEL, TABLES, TIME, time_columns
 
 CONFIG = Path(__file__).resolve().parent.parent / "pipelines" / "configs" / "demo.yaml"
 

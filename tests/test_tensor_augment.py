@@ -5,9 +5,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pretrain.models.vit import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.train.config import CropConfig
-from pretrain.train.tensor_augment import (
+from dinolab.pretrain.models.vit import IMAGENET_MEAN, IMAGENET_STD
+from dinolab.pretrain.train.config import CropConfig
+from dinolab.pretrain.train.tensor_augment import (
     BatchRows,
     TensorMultiCrop,
     color_jitter,
@@ -121,8 +121,8 @@ def test_each_process_gets_its_rows_of_the_global_batch_draws(world):
 
 
 def test_ibot_masks_of_a_process_are_its_rows_of_the_global_masks():
-    from pretrain.train.config import build_config
-    from pretrain.train.loop import crops_and_masks
+    from dinolab.pretrain.train.config import build_config
+    from dinolab.pretrain.train.loop import crops_and_masks
 
     config = build_config("fmnist-tiny", ["loss.mask_probability=0.5", "loss.ibot_weight=1.0",
                                                 "model.patch_size=7"])

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from pretrain.models import build_vit
-from pretrain.models.layers import residual_with_drop_path
+from dinolab.pretrain.models import build_vit
+from dinolab.pretrain.models.layers import residual_with_drop_path
 
 
 def test_forward_features_named_outputs_rectangular():

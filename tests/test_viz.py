@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from features.cli import UserError
-from pretrain.models import build_vit
-from features.viz.attention import attention_panels, cls_attention, render_attention
-from features.viz.inputs import (
+from dinolab.features.cli import UserError
+from dinolab.pretrain.models import build_vit
+from dinolab.features.viz.attention import attention_panels, cls_attention, render_attention
+from dinolab.features.viz.inputs import (
     ImageInputError,
     binarize_mask,
     image_to_tensor,
@@ -21,9 +21,9 @@ from features.viz.inputs import (
     resize_mask,
     snapped_size,
 )
-from features.viz.match import PatchMatch, mutual_nearest_patches, patch_centre, render_matches
-from features.viz.overlay import mask_overlay, normalize01, upsample_map
-from features.viz.pca import pca_of_patches, render_pca
+from dinolab.features.viz.match import PatchMatch, mutual_nearest_patches, patch_centre, render_matches
+from dinolab.features.viz.overlay import mask_overlay, normalize01, upsample_map
+from dinolab.features.viz.pca import pca_of_patches, render_pca
 
 
 def square_image(size: int = 112, low: int = 60, square=(28, 84)) -> np.ndarray:
@@ -204,7 +204,7 @@ def test_match_picture(tmp_path):
 
 # --------------------------------------------------------------------- CLI
 def test_visualize_cli_end_to_end(tmp_path, capsys):
-    from features.cli import visualize
+    from dinolab.features.cli import visualize
 
     Image.fromarray(square_image()).save(tmp_path / "square.png")
     Image.fromarray(square_image(square=(14, 56))).save(tmp_path / "other.png")
@@ -223,9 +223,9 @@ def test_visualize_cli_end_to_end(tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "hub"])
 def test_pictures_from_saved_checkpoints(tmp_path, fmt):
-    from pretrain.checkpoints import save_backbone
-    from features.cli import visualize
-    from features.viz.inputs import load_model
+    from dinolab.pretrain.checkpoints import save_backbone
+    from dinolab.features.cli import visualize
+    from dinolab.features.viz.inputs import load_model
 
     model = build_vit("vit_pico", num_heads=1).eval()  # released layout: heads = dim // 64
     weights = save_backbone(model, tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pth"), fmt)
@@ -241,7 +241,7 @@ def test_pictures_from_saved_checkpoints(tmp_path, fmt):
 
 
 def test_bad_weights_are_a_clear_error(tmp_path, capsys):
-    from features.cli import visualize
+    from dinolab.features.cli import visualize
 
     (tmp_path / "junk.pth").write_bytes(b"\x00garbage")
     Image.fromarray(square_image()).save(tmp_path / "square.png")

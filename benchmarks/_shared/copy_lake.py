@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from benchmarks._shared.copy_planting import SHARED_WORDS, TRANSFORMS, Truth, apply, screenshot
-from curate.copydetect.augment import TEXT_FONTS, _font, draw_text
+from dinolab.curate.copydetect.augment import TEXT_FONTS, _font, draw_text
 
 SPLIT_PHOTOS = {
     "dev": ("astronaut", "camera", "chelsea", "coffee", "coins", "clock", "immunohistochemistry", "rocket", "brick",

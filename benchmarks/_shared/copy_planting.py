@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from curate.copydetect.augment import TEXT_FONTS, _font, draw_text, jpeg, paste_emoji
+from dinolab.curate.copydetect.augment import TEXT_FONTS, _font, draw_text, jpeg, paste_emoji
 
 SHARED_EMOJI = ("\U0001F600", "\U0001F525", "\U0001F44D")
 SHARED_WORDS = ("so true", "LOL", "me irl")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from curate.embed import Embedder, PixelEncoder, cls_encoder, embed_images
-from pretrain.data import load_image
+from dinolab.curate.embed import Embedder, PixelEncoder, cls_encoder, embed_images
+from dinolab.pretrain.data import load_image
 
 
 def embed_files(model: torch.nn.Module, folder: Path, files: list[str], size: int, mean, std) -> np.ndarray:
@@ -25,7 +25,7 @@ Encoder = tuple[str, torch.nn.Module, int, tuple, tuple]
 def encoders(seed: int, weights: str | None = None, image_size: int | None = None) -> list[Encoder]:
     """Raw pixels, a random ``vit_pico`` (seeded) and, given ``weights``, that trained backbone (at
     ``image_size``, default its own input size)."""
-    from pretrain.models import build_vit
+    from dinolab.pretrain.models import build_vit
 
     torch.manual_seed(seed)
     random_vit = build_vit("vit_pico", layerscale_init=1.0)  # 1e-5 would leave CLS nearly input-free
@@ -34,7 +34,7 @@ def encoders(seed: int, weights: str | None = None, image_size: int | None = Non
         ("random vit_pico (untrained)", random_vit, 56, random_vit.preprocessing.mean, random_vit.preprocessing.std),
     ]
     if weights:
-        from pretrain.checkpoints import load_backbone
+        from dinolab.pretrain.checkpoints import load_backbone
 
         model = load_backbone(weights)
         pre = model.preprocessing

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from curate import tables
-from schemas.tables import utc_now
+from dinolab.curate import tables
+from dinolab.schemas.tables import utc_now
 
 
 def write_embedding_out(out: Path, vectors: np.ndarray, partition: Sequence[int], roles: Sequence[str] | None = None,

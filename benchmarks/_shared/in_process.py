@@ -6,9 +6,9 @@ one task at a time does, for tests and benchmarks of the global stages without a
 
 from __future__ import annotations
 
-from curate.output import Location
-from curate.steps import Repeat, Shape
-from schemas.config import PipelineConfig
+from dinolab.curate.output import Location
+from dinolab.curate.steps import Repeat, Shape
+from dinolab.schemas.config import PipelineConfig
 
 
 def run_shape(out: Location, config: PipelineConfig, shape: Shape, previous: list | None = None,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from curate.copydetect.local import DESCRIPTOR_DIM, LocalFeatures
+from dinolab.curate.copydetect.local import DESCRIPTOR_DIM, LocalFeatures
 
 FLAT_LIMIT = 20_000
 MAX_DISTANCE = 0.55
@@ -105,7 +105,7 @@ def knn_candidates(descriptors: np.ndarray, k: int, threshold: float, queries: n
     scoring ``>= threshold``: ``(query row, database row, score)``; a self-search drops self pairs and
     returns each unordered pair once (``first < second``). ``same_set=True`` with ``queries``: the query rows
     are the database rows carrying extra columns (score normalisation)."""
-    from curate.dedup import build_index
+    from dinolab.curate.dedup import build_index
 
     same = queries is None if same_set is None else same_set
     queries = descriptors if same else queries

@@ -22,12 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from curate import output
-from curate.copydetect.hashes import image_hashes
-from curate.copydetect.local import LocalFeatures, describe
-from curate.lakes import Reader, read_partition
-from curate.output import Location
-from pretrain.data.images import ImageDecodeError, decode_image
+from dinolab.curate import output
+from dinolab.curate.copydetect.hashes import image_hashes
+from dinolab.curate.copydetect.local import LocalFeatures, describe
+from dinolab.curate.lakes import Reader, read_partition
+from dinolab.curate.output import Location
+from dinolab.pretrain.data.images import ImageDecodeError, decode_image
 
 DECODE_SIDE = 1024
 FEATURE_DIR = "copydetect"

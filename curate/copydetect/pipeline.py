@@ -22,16 +22,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
-from curate.copydetect.candidates import knn_candidates, vote_candidates
-from curate.copydetect.features import ImageFeatures
-from curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links
-from curate.copydetect.score_norm import background_bias, with_bias
-from curate.copydetect.templates import bursty_descriptors, content_features, template_share
-from curate.copydetect.vlad import VladModel, vlad_candidates
-from curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
-from curate.copydetect.verify import VerifyConfig, verify_aligned, verify_pair
-from schemas.config import DedupConfig
-from schemas.tables import DUPLICATES
+from dinolab.curate.copydetect.candidates import knn_candidates, vote_candidates
+from dinolab.curate.copydetect.features import ImageFeatures
+from dinolab.curate.copydetect.groups import UnionFind, keep_largest, leaking_rows, structural_links
+from dinolab.curate.copydetect.score_norm import background_bias, with_bias
+from dinolab.curate.copydetect.templates import bursty_descriptors, content_features, template_share
+from dinolab.curate.copydetect.vlad import VladModel, vlad_candidates
+from dinolab.curate.copydetect.hashes import HASHES, cross_hash_pairs, hash_codes, hash_pairs
+from dinolab.curate.copydetect.verify import VerifyConfig, verify_aligned, verify_pair
+from dinolab.schemas.config import DedupConfig
+from dinolab.schemas.tables import DUPLICATES
 
 LINK_RANK = {"exact": 0, "near": 1, "copy": 2}
 

@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from curate import fetched, tables
-from curate.copydetect.features import ImageFeatures, partition_features
-from curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
-from schemas.config import PipelineConfig
+from dinolab.curate import fetched, tables
+from dinolab.curate.copydetect.features import ImageFeatures, partition_features
+from dinolab.curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
+from dinolab.schemas.config import PipelineConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -38,9 +38,9 @@ def all_features(out: Path, config: PipelineConfig) -> tuple[dict[str, ImageFeat
 
 def descriptors_for(out: Path, uris: list[str], config: PipelineConfig, model: nn.Module) -> np.ndarray:
     """Copy descriptors of ``uris`` with ``model`` (a loaded copy-descriptor checkpoint)."""
-    from curate.copydetect.descriptor import describe_images
-    from curate.copydetect.features import DECODE_SIDE
-    from pretrain.data.images import decode_image
+    from dinolab.curate.copydetect.descriptor import describe_images
+    from dinolab.curate.copydetect.features import DECODE_SIDE
+    from dinolab.pretrain.data.images import decode_image
 
     contents = dict(fetched.read(out, uris, config.lake.storage_options))
     images = [decode_image(contents[uri], uri, max_side=DECODE_SIDE, max_pixels=config.ingest.max_pixels,
@@ -60,7 +60,7 @@ def copy_dedup(out: Path, config: PipelineConfig, rule: str) -> dict[str, int]:
     descriptors = None
     eval_descriptors: dict[str, np.ndarray] = {}
     if rule != "local":
-        from curate.copydetect.descriptor import Whitening, load_descriptor
+        from dinolab.curate.copydetect.descriptor import Whitening, load_descriptor
 
         model = load_descriptor(rule, config.dedup.allow_torchscript)
         descriptors = descriptors_for(out, pool.column("uri").to_pylist(), config, model)

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from curate.copydetect.candidates import QUERY_BATCH, descriptor_index
-from curate.copydetect.local import LocalFeatures
+from dinolab.curate.copydetect.candidates import QUERY_BATCH, descriptor_index
+from dinolab.curate.copydetect.local import LocalFeatures
 
 GRID = 8
 """Pixels (of the analysis image) per cell of the stored template region."""

@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from curate.copydetect.augment import SSCDAugment, mix_batch
-from curate.copydetect.descriptor import MEAN, STD, SSCD
+from dinolab.curate.copydetect.augment import SSCDAugment, mix_batch
+from dinolab.curate.copydetect.descriptor import MEAN, STD, SSCD
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "log.jsonl"
@@ -201,8 +201,8 @@ class CopyDetectorTrainer:
 def load_lake_images(uris: Sequence[str], side: int, storage_options: dict | None = None,
                      max_pixels: int | None = None) -> tuple[list[Image.Image], int]:
     """Decode ``uris`` with the ingest stage's decoder, short side shrunk to ``side``; (images, skipped count)."""
-    from curate.lakes import read_partition
-    from pretrain.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+    from dinolab.curate.lakes import read_partition
+    from dinolab.pretrain.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
     images, skipped, max_pixels = [], 0, max_pixels or DEFAULT_MAX_PIXELS
     for uri, data in read_partition(list(uris), storage_options):

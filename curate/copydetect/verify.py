@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from curate.copydetect.local import LocalFeatures
-from curate.copydetect.templates import GRID
+from dinolab.curate.copydetect.local import LocalFeatures
+from dinolab.curate.copydetect.templates import GRID
 
 
 @dataclass(frozen=True)

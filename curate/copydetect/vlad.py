@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from curate.copydetect.local import DESCRIPTOR_DIM, LocalFeatures
+from dinolab.curate.copydetect.local import DESCRIPTOR_DIM, LocalFeatures
 
 
 PCA_IMAGES = 4_000

@@ -7,8 +7,8 @@ what the lake says of each image: :mod:`~curate.lakes.provenance`); listing a se
 Nothing here knows Dask.
 """
 
-from curate.lakes.reader import Reader, read_partition, read_uri
-from curate.lakes.uris import LakeError, RefusedFile, RefusedMember, Source, parse, source_name
+from dinolab.curate.lakes.reader import Reader, read_partition, read_uri
+from dinolab.curate.lakes.uris import LakeError, RefusedFile, RefusedMember, Source, parse, source_name
 
 __all__ = ["LakeError", "RefusedFile", "RefusedMember", "Source", "parse", "Reader", "read_partition", "read_uri",
            "source_name"]

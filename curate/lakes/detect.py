@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from core.storage import is_remote, strip_local_scheme
-from curate.lakes.parquet import PARQUET_SUFFIXES, find_image_column
-from curate.lakes.tar import TAR_SUFFIXES
-from curate.lakes.uris import LakeError
-from pretrain.data.images import is_image_file
+from dinolab.core.storage import is_remote, strip_local_scheme
+from dinolab.curate.lakes.parquet import PARQUET_SUFFIXES, find_image_column
+from dinolab.curate.lakes.tar import TAR_SUFFIXES
+from dinolab.curate.lakes.uris import LakeError
+from dinolab.pretrain.data.images import is_image_file
 
 INDEX_NAME = "index.json"
 

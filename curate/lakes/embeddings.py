@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from curate.lakes.uris import CHAIN, LakeError, as_url, is_url, local_path
+from dinolab.curate.lakes.uris import CHAIN, LakeError, as_url, is_url, local_path
 
 EMB = "emb://"
 ARRAY_DIR, METADATA_DIR = "img_emb", "metadata"
@@ -86,7 +86,7 @@ def _image_column(metadata: pq.ParquetFile) -> str | None:
 def rows(metadata_file: str) -> tuple[list[str | None], list[str]]:
     """Keys (``None`` where the file has no ``key`` column) and ``emb://`` uris of one metadata file's rows,
     checked against its matrix's row count."""
-    from curate.lakes.sets import make_key
+    from dinolab.curate.lakes.sets import make_key
 
     table = pq.ParquetFile(metadata_file)
     count = table.metadata.num_rows

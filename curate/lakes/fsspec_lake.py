@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 
-from core import storage
-from curate.lakes.uris import LakeError, protocol
+from dinolab.core import storage
+from dinolab.curate.lakes.uris import LakeError, protocol
 
 BATCH = 32
 """Files fetched together (bounded memory: one batch of raw bytes at a time)."""

@@ -39,15 +39,15 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import output, tables
-from curate.lakes.sets import ImageSet, list_set, make_key
-from curate.lakes import embeddings, fsspec_lake, parquet, tar
-from curate.lakes.detect import detect
-from curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
-from curate.output import Location, RemotePath
-from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
-from schemas.config import PipelineConfig
-from schemas.tables import FILES
+from dinolab.curate import output, tables
+from dinolab.curate.lakes.sets import ImageSet, list_set, make_key
+from dinolab.curate.lakes import embeddings, fsspec_lake, parquet, tar
+from dinolab.curate.lakes.detect import detect
+from dinolab.curate.lakes.uris import LakeError, has_credentials, is_url, tar_member
+from dinolab.curate.output import Location, RemotePath
+from dinolab.pretrain.data.images import IMAGE_SUFFIXES, is_image_file
+from dinolab.schemas.config import PipelineConfig
+from dinolab.schemas.tables import FILES
 
 STAGING = ".listing"
 

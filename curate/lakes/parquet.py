@@ -25,9 +25,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.storage import is_remote
-from curate.lakes.fsspec_lake import open_binary
-from curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row, skipped
+from dinolab.core.storage import is_remote
+from dinolab.curate.lakes.fsspec_lake import open_binary
+from dinolab.curate.lakes.uris import LakeError, as_url, has_credentials, is_url, local_path, parquet_row, skipped
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from curate.lakes import embeddings, fsspec_lake, parquet, tar
-from curate.lakes import provenance as lake_provenance
-from curate.lakes.uris import RefusedFile, Source, parse, skip_reason
+from dinolab.curate.lakes import embeddings, fsspec_lake, parquet, tar
+from dinolab.curate.lakes import provenance as lake_provenance
+from dinolab.curate.lakes.uris import RefusedFile, Source, parse, skip_reason
 
 Result = tuple[str, "bytes | BaseException"]
 Reader = Callable[[Sequence[str]], Iterator[Result]]

@@ -20,9 +20,9 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow as pa
 
-from curate.lakes.uris import SKIP, SKIPPED, TAR, LakeError, is_url, parse, skipped, source_name
-from pretrain.data.images import IMAGE_SUFFIXES, is_image_file
-from schemas.tables import FILES, ROLES
+from dinolab.curate.lakes.uris import SKIP, SKIPPED, TAR, LakeError, is_url, parse, skipped, source_name
+from dinolab.pretrain.data.images import IMAGE_SUFFIXES, is_image_file
+from dinolab.schemas.tables import FILES, ROLES
 
 __all__ = ["ImageSet", "LakeError", "files_table", "list_set", "make_key", "name_sets", "resolve_location"]
 

@@ -20,10 +20,10 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from curate.lakes import provenance
-from curate.lakes.fsspec_lake import open_binary
-from curate.lakes.uris import LakeError, RefusedMember, as_url, skipped, tar_member, unsafe_member
-from pretrain.data.images import is_image_file
+from dinolab.curate.lakes import provenance
+from dinolab.curate.lakes.fsspec_lake import open_binary
+from dinolab.curate.lakes.uris import LakeError, RefusedMember, as_url, skipped, tar_member, unsafe_member
+from dinolab.pretrain.data.images import is_image_file
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from core.storage import is_url, protocol  # noqa: F401 - the lake modules' names for them
+from dinolab.core.storage import is_url, protocol  # noqa: F401 - the lake modules' names for them
 
 
 class LakeError(ValueError):

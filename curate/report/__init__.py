@@ -27,13 +27,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from curate import output
-from curate.lakes import Reader, read_partition
-from curate.output import RemotePath
-from curate.report.counts import PICTURES, collect, gather, load_tables  # noqa: F401 - collect is re-exported
-from curate.report.page import render_html
-from curate.report.pictures import _open, load_pictures, picture, shown_uris, thumbnail_uri  # noqa: F401
-from schemas.config import ReportConfig
+from dinolab.curate import output
+from dinolab.curate.lakes import Reader, read_partition
+from dinolab.curate.output import RemotePath
+from dinolab.curate.report.counts import PICTURES, collect, gather, load_tables  # noqa: F401 - collect is re-exported
+from dinolab.curate.report.page import render_html
+from dinolab.curate.report.pictures import _open, load_pictures, picture, shown_uris, thumbnail_uri  # noqa: F401
+from dinolab.schemas.config import ReportConfig
 
 REPORT_DIR = "report"
 

@@ -16,12 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from core.storage import INDEX_NAME, SHARD_DIR
-from curate import output
-from curate.output import Location, RemotePath
-from curate.tables import done_parts, read_table, table_dir
-from schemas.config import ReportConfig
-from schemas.tables import ROLES, TABLES
+from dinolab.core.storage import INDEX_NAME, SHARD_DIR
+from dinolab.curate import output
+from dinolab.curate.output import Location, RemotePath
+from dinolab.curate.tables import done_parts, read_table, table_dir
+from dinolab.schemas.config import ReportConfig
+from dinolab.schemas.tables import ROLES, TABLES
 
 PICTURES = ("cluster_sizes.png", "duplicate_groups.png", "cluster_members.png")
 STATUSES = ("ok", "error", "filtered")

@@ -9,9 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.storage import SHARD_DIR
-from curate.lakes import parse as parse_uri
-from curate.report.counts import STATUSES
+from dinolab.core.storage import SHARD_DIR
+from dinolab.curate.lakes import parse as parse_uri
+from dinolab.curate.report.counts import STATUSES
 
 MISSING = "–"
 

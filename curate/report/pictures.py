@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from core.contact_sheet import contact_sheet
-from curate.lakes import Reader, read_uri
-from curate.lakes import parse as parse_uri
-from curate.report.counts import Tables, finest_sizes
-from pretrain.data.images import ImageDecodeError, decode_image, load_image
-from schemas.config import ReportConfig
+from dinolab.core.contact_sheet import contact_sheet
+from dinolab.curate.lakes import Reader, read_uri
+from dinolab.curate.lakes import parse as parse_uri
+from dinolab.curate.report.counts import Tables, finest_sizes
+from dinolab.pretrain.data.images import ImageDecodeError, decode_image, load_image
+from dinolab.schemas.config import ReportConfig
 
 SHEET_TILE = 128
 THUMB = 96

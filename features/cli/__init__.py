@@ -9,18 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pretrain.cli import UserError, build_parser, run_command_line
+from dinolab.pretrain.cli import UserError, build_parser, run_command_line
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "features.cli.knn",
-    "features.cli.linear",
-    "features.cli.finetune",
-    "features.cli.index",
-    "features.cli.search",
-    "features.cli.visualize",
-    "features.cli.segment",
-    "features.cli.probe",
-    "features.cli.extract",
+    "dinolab.features.cli.knn",
+    "dinolab.features.cli.linear",
+    "dinolab.features.cli.finetune",
+    "dinolab.features.cli.index",
+    "dinolab.features.cli.search",
+    "dinolab.features.cli.visualize",
+    "dinolab.features.cli.segment",
+    "dinolab.features.cli.probe",
+    "dinolab.features.cli.extract",
 )
 DESCRIPTION = "Uses of a DINO/DINOv2 backbone: k-NN, linear and fine-tuning evaluation, retrieval, pictures, features."
 

@@ -64,10 +64,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from features.cli import UserError
-    from features.cli.frozen_features import resolve_device
-    from pretrain.data import DatasetError, eval_sizes, eval_transform
-    from features import extract_features, save_features
+    from dinolab.features.cli import UserError
+    from dinolab.features.cli.frozen_features import resolve_device
+    from dinolab.pretrain.data import DatasetError, eval_sizes, eval_transform
+    from dinolab.features import extract_features, save_features
 
     _check_numbers(args)
     device = resolve_device(args.device)
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    from features.cli import UserError
+    from dinolab.features.cli import UserError
 
     for flag in ("batch_size", "limit", "size", "resize_size", "max_side", "patch_size"):
         value = getattr(args, flag)
@@ -132,10 +132,10 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     import torch
 
-    from features.cli import UserError
+    from dinolab.features.cli import UserError
 
     if args.weights:
-        from pretrain.checkpoints import load_backbone
+        from dinolab.pretrain.checkpoints import load_backbone
 
         try:
             model = load_backbone(args.weights)
@@ -143,7 +143,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             raise UserError(f"cannot load a backbone from {args.weights}: {error}") from error
         source = {"weights": str(Path(args.weights).resolve()) if Path(args.weights).exists() else args.weights}
     else:
-        from pretrain.models import build_vit
+        from dinolab.pretrain.models import build_vit
 
         overrides = {} if args.patch_size is None else {"patch_size": args.patch_size}
         torch.manual_seed(args.seed)
@@ -159,7 +159,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
 def _dataset(args: argparse.Namespace, transform: Any) -> tuple[Any, dict[str, Any]]:
     from torch.utils.data import Subset
 
-    from pretrain.data import FASHION_MNIST_CLASSES, ImageFolder, TensorBatches, load_fashion_mnist
+    from dinolab.pretrain.data import FASHION_MNIST_CLASSES, ImageFolder, TensorBatches, load_fashion_mnist
 
     if args.images == FASHION_MNIST:
         images, labels = load_fashion_mnist(args.split, args.fashion_mnist_dir, args.limit)

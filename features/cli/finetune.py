@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from features.cli import UserError
-from features.cli.frozen_features import add_labelled_data_arguments, add_model_arguments
+from dinolab.features.cli import UserError
+from dinolab.features.cli.frozen_features import add_labelled_data_arguments, add_model_arguments
 
 EXAMPLES = """examples:
   features finetune --weights run/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28 \\
@@ -65,8 +65,8 @@ def training_batches(args: argparse.Namespace, transform):
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    from pretrain.data import DatasetError, FashionMNIST, ImageFolder, collate_samples
-    from features.eval.sources import FASHION_MNIST
+    from dinolab.pretrain.data import DatasetError, FashionMNIST, ImageFolder, collate_samples
+    from dinolab.features.eval.sources import FASHION_MNIST
 
     try:
         if args.train == FASHION_MNIST:
@@ -95,9 +95,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from pretrain.checkpoints import save_backbone
-    from features.cli.frozen_features import check_positive, load_model, make_transform, open_labelled, resolve_device
-    from features.eval.finetune import FinetuneConfig, LinearClassifier, evaluate_classifier, finetune
+    from dinolab.pretrain.checkpoints import save_backbone
+    from dinolab.features.cli.frozen_features import check_positive, load_model, make_transform, open_labelled, resolve_device
+    from dinolab.features.eval.finetune import FinetuneConfig, LinearClassifier, evaluate_classifier, finetune
 
     if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1:
         raise UserError("--epochs, --lr and --batch-size must be positive")

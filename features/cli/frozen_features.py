@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from features.cli import UserError
+from dinolab.features.cli import UserError
 
 if TYPE_CHECKING:
-    from features.eval.feature_cache import EvalFeatures
-    from features.eval.sources import LabelledSource
-    from pretrain.models import VisionTransformer
+    from dinolab.features.eval.feature_cache import EvalFeatures
+    from dinolab.features.eval.sources import LabelledSource
+    from dinolab.pretrain.models import VisionTransformer
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -86,7 +86,7 @@ def resolve_device(name: str | None) -> Any:
 
 def load_model(weights: str, device: Any) -> "VisionTransformer":
     """The backbone named by ``--weights`` in eval mode on ``device``; any loading problem is a UserError."""
-    from pretrain.checkpoints import load_backbone
+    from dinolab.pretrain.checkpoints import load_backbone
 
     try:
         model = load_backbone(weights)
@@ -97,7 +97,7 @@ def load_model(weights: str, device: Any) -> "VisionTransformer":
 
 def make_transform(model: "VisionTransformer", size: int | None, resize_size: int | None) -> tuple[Any, dict]:
     """The evaluation transform and a JSON description of it (part of cache keys and index files)."""
-    from pretrain.data import eval_sizes, eval_transform
+    from dinolab.pretrain.data import eval_sizes, eval_transform
 
     pre = model.preprocessing
     try:
@@ -113,8 +113,8 @@ def make_transform(model: "VisionTransformer", size: int | None, resize_size: in
 
 
 def open_labelled(spec: str, split: str, transform: Any, args: argparse.Namespace, limit: int | None) -> "LabelledSource":
-    from pretrain.data import DatasetError
-    from features.eval.sources import open_source
+    from dinolab.pretrain.data import DatasetError
+    from dinolab.features.eval.sources import open_source
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
@@ -133,8 +133,8 @@ def features_of(
     label: str,
 ) -> "EvalFeatures":
     """Features of ``source``: loaded from the cache when the same model/data/preprocessing ran before."""
-    from pretrain.data import DatasetError
-    from features.eval.feature_cache import FeatureCache, cache_key, default_cache_dir, extract_eval_features
+    from dinolab.pretrain.data import DatasetError
+    from dinolab.features.eval.feature_cache import FeatureCache, cache_key, default_cache_dir, extract_eval_features
 
     cache = FeatureCache(args.cache_dir or default_cache_dir())
     key = cache_key(fingerprint, source.description, preprocessing)
@@ -159,9 +159,9 @@ def labelled_train_val(args: argparse.Namespace) -> tuple["EvalFeatures", "EvalF
     or of ``--train-features`` and ``--val-features`` when given."""
     import torch
 
-    from pretrain.data import DatasetError
-    from features.eval.feature_cache import model_fingerprint
-    from features.eval.sources import align_labels
+    from dinolab.pretrain.data import DatasetError
+    from dinolab.features.eval.feature_cache import model_fingerprint
+    from dinolab.features.eval.sources import align_labels
 
     check_positive(args, "batch_size", "size", "resize_size", "train_limit", "val_limit")
     args.device = resolve_device(args.device)
@@ -190,8 +190,8 @@ def labelled_train_val(args: argparse.Namespace) -> tuple["EvalFeatures", "EvalF
 
 
 def _read_labelled_features(path: Path, flag: str) -> tuple["EvalFeatures", dict]:
-    from features.eval.feature_cache import EvalFeatures
-    from features.store import FeatureFileError, load_features
+    from dinolab.features.eval.feature_cache import EvalFeatures
+    from dinolab.features.store import FeatureFileError, load_features
 
     try:
         stored = load_features(path)
@@ -208,8 +208,8 @@ def _read_labelled_features(path: Path, flag: str) -> tuple["EvalFeatures", dict
 
 def feature_files_train_val(args: argparse.Namespace) -> tuple["EvalFeatures", "EvalFeatures", list[str]]:
     """Labelled features from two ``features extract`` files made by the same model and preprocessing."""
-    from pretrain.data import DatasetError
-    from features.eval.sources import align_labels
+    from dinolab.pretrain.data import DatasetError
+    from dinolab.features.eval.sources import align_labels
 
     if not (args.train_features and args.val_features):
         raise UserError("give both --train-features and --val-features")

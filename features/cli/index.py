@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from features.cli import UserError
-from features.cli.frozen_features import add_model_arguments
+from dinolab.features.cli import UserError
+from dinolab.features.cli.frozen_features import add_model_arguments
 
 EXAMPLES = """examples:
   features index build --weights dinov2_vits14.pth --images photos/ --out photos.index
@@ -17,7 +17,7 @@ then: features search --index photos.index query.jpg -k 5 --sheet neighbours.png
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from features.retrieval import INDEX_KINDS
+    from dinolab.features.retrieval import INDEX_KINDS
 
     parser = subparsers.add_parser("index", help="build a nearest-neighbour index over image embeddings")
     actions = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def model_description(weights: str, model, preprocessing: dict, images_root: Path) -> dict:
     """What search needs to embed queries exactly like the indexed images."""
-    from features.eval.feature_cache import model_fingerprint
+    from dinolab.features.eval.feature_cache import model_fingerprint
 
     weights_path = Path(weights)
     return {
@@ -60,10 +60,10 @@ def model_description(weights: str, model, preprocessing: dict, images_root: Pat
 def run_build(args: argparse.Namespace) -> int:
     from torch.utils.data import Subset
 
-    from features.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
-    from pretrain.data import DatasetError, ImageFolder
-    from features.extract import extract_features
-    from features.retrieval import FeatureIndex, RetrievalIndexError
+    from dinolab.features.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
+    from dinolab.pretrain.data import DatasetError, ImageFolder
+    from dinolab.features.extract import extract_features
+    from dinolab.features.retrieval import FeatureIndex, RetrievalIndexError
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise UserError(f"{args.out} exists and is not empty; pass --overwrite to replace it")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from features.cli import UserError
-from features.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
+from dinolab.features.cli import UserError
+from dinolab.features.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
 
 EXAMPLES = """examples:
   features knn --weights runs/fmnist/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28
@@ -38,8 +38,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from features.cli.frozen_features import labelled_train_val
-    from pretrain.train.knn import knn_accuracy
+    from dinolab.features.cli.frozen_features import labelled_train_val
+    from dinolab.pretrain.train.knn import knn_accuracy
 
     if any(k < 1 for k in args.ks):
         raise UserError(f"-k values must be positive, got {args.ks}")
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{k:>6}{acc['top1']:>9.2f}{acc['top5']:>9.2f}")
     retrieval = None
     if args.retrieval:
-        from features.eval.retrieval_metrics import retrieval_metrics_from_features
+        from dinolab.features.eval.retrieval_metrics import retrieval_metrics_from_features
 
         retrieval = retrieval_metrics_from_features(
             val.cls.to(args.device), val.labels.to(args.device), train.cls.to(args.device),

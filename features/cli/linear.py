@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from features.cli import UserError
-from features.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
+from dinolab.features.cli import UserError
+from dinolab.features.cli.frozen_features import add_cache_arguments, add_labelled_data_arguments, add_model_arguments
 
 EXAMPLES = """examples:
   features linear --weights runs/fmnist/checkpoint.pth --train fashion-mnist --val fashion-mnist --size 28
@@ -15,7 +15,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from features.eval.linear import FEATURE_VARIANTS
+    from dinolab.features.eval.linear import FEATURE_VARIANTS
 
     parser = subparsers.add_parser(
         "linear",
@@ -51,7 +51,7 @@ def available_variants(requested: list[str], features) -> list[str]:
     """The requested variants these features support (feature files hold one block, maybe no patch mean)."""
     import sys
 
-    from features.eval.linear import FEATURE_VARIANTS
+    from dinolab.features.eval.linear import FEATURE_VARIANTS
 
     blocks = features.cls_layers.shape[1]
     has_mean = features.patch_mean is not None
@@ -71,9 +71,9 @@ def available_variants(requested: list[str], features) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from features.cli.frozen_features import labelled_train_val
-    from features.eval.linear import linear_probe, variant_features
-    from features.eval.logistic import DEFAULT_C_GRID, logistic_probe
+    from dinolab.features.cli.frozen_features import labelled_train_val
+    from dinolab.features.eval.linear import linear_probe, variant_features
+    from dinolab.features.eval.logistic import DEFAULT_C_GRID, logistic_probe
 
     if not 0 < args.val_fraction < 1:
         raise UserError(f"--val-fraction must lie in (0, 1), got {args.val_fraction}")

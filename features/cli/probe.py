@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from features.cli import UserError
-from features.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
+from dinolab.features.cli import UserError
+from dinolab.features.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
 
 DATA_HELP = (
     "a bundled photo ({bundled}) or a folder ROOT with images/NAME.* and {folder}/NAME.png|npy; "
@@ -63,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _pairs(args: argparse.Namespace):
-    from features.probes.pairs import BUNDLED, bundled_pairs, folder_pairs, split_pairs
+    from dinolab.features.probes.pairs import BUNDLED, bundled_pairs, folder_pairs, split_pairs
 
     if args.data in BUNDLED[args.task]:
         pairs = bundled_pairs(args.data)
@@ -77,7 +77,7 @@ def _pairs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from features.probes.protocol import render_probe, run_depth_probe, run_segmentation_probe
+    from dinolab.features.probes.protocol import render_probe, run_depth_probe, run_segmentation_probe
 
     if args.steps < 1:
         raise UserError(f"--steps must be at least 1, got {args.steps}")

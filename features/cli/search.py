@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from features.cli import UserError
+from dinolab.features.cli import UserError
 
 EXAMPLES = """examples:
   features search --index photos.index query.jpg -k 5
@@ -41,7 +41,7 @@ def embed_queries(model, transform, paths: list[Path], device) -> "torch.Tensor"
     """CLS embeddings ``[Q, D]`` of the query images; an unreadable query is a UserError."""
     import torch
 
-    from pretrain.data import ImageDecodeError, load_image
+    from dinolab.pretrain.data import ImageDecodeError, load_image
 
     images = []
     for path in paths:
@@ -55,9 +55,9 @@ def embed_queries(model, transform, paths: list[Path], device) -> "torch.Tensor"
 
 
 def run(args: argparse.Namespace) -> int:
-    from features.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
-    from features.eval.feature_cache import model_fingerprint
-    from features.retrieval import FeatureIndex, RetrievalIndexError
+    from dinolab.features.cli.frozen_features import check_positive, load_model, make_transform, resolve_device
+    from dinolab.features.eval.feature_cache import model_fingerprint
+    from dinolab.features.retrieval import FeatureIndex, RetrievalIndexError
 
     check_positive(args, "k", "nprobe", "ef_search")
     try:
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 def write_sheet(path: Path, queries: list[Path], hits, images_root: Path) -> None:
     """Contact sheet PNG; indexed images that moved or became unreadable show as grey tiles."""
-    from pretrain.data import ImageDecodeError, load_image
-    from core.contact_sheet import contact_sheet
+    from dinolab.pretrain.data import ImageDecodeError, load_image
+    from dinolab.core.contact_sheet import contact_sheet
 
     def thumbnail(file: Path):
         try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from features.cli import UserError
-from features.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
+from dinolab.features.cli import UserError
+from dinolab.features.cli.visualize import add_backbone_arguments, backbone_caption, backbone_from_args, user_facing_errors
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _features(model, image, size):
     import torch
 
-    from features.viz.inputs import image_to_tensor
+    from dinolab.features.viz.inputs import image_to_tensor
 
     with torch.no_grad():
         output = model.forward_features(image_to_tensor(image, model, size))
@@ -51,9 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from features.segment import intersection_over_union, patch_coverage, prototypes, segment_target
-    from features.segment.picture import render_segmentation
-    from features.viz.inputs import load_mask, load_rgb, resize_mask
+    from dinolab.features.segment import intersection_over_union, patch_coverage, prototypes, segment_target
+    from dinolab.features.segment.picture import render_segmentation
+    from dinolab.features.viz.inputs import load_mask, load_rgb, resize_mask
 
     if args.target_mask is not None and len(args.target_mask) != len(args.target):
         raise UserError(f"{len(args.target)} --target image(s) but {len(args.target_mask)} --target-mask file(s)")

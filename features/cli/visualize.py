@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from features.cli import UserError
+from dinolab.features.cli import UserError
 
 
 def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +34,7 @@ def backbone_from_args(args: argparse.Namespace):
     """Load the backbone named on the command line; bad names or files become a :class:`UserError`."""
     import torch
 
-    from features.viz.inputs import load_model
+    from dinolab.features.viz.inputs import load_model
 
     torch.manual_seed(args.seed)
     if args.size is not None and not 14 <= args.size <= 2048:
@@ -55,7 +55,7 @@ def backbone_caption(args: argparse.Namespace) -> str:
 @contextlib.contextmanager
 def user_facing_errors() -> Iterator[None]:
     """Turn input problems into one-line errors and print warnings (e.g. a resized mask) plainly."""
-    from features.viz.inputs import ImageInputError
+    from dinolab.features.viz.inputs import ImageInputError
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -122,8 +122,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_attention(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from features.viz.attention import cls_attention, render_attention
-    from features.viz.inputs import image_to_tensor, load_rgb
+    from dinolab.features.viz.attention import cls_attention, render_attention
+    from dinolab.features.viz.inputs import image_to_tensor, load_rgb
 
     model = backbone_from_args(args)
     if not -len(model.blocks) <= args.block < len(model.blocks):
@@ -142,7 +142,7 @@ def run_attention(args: argparse.Namespace) -> int:
 def _patch_features(model, images, size):
     import torch
 
-    from features.viz.inputs import image_to_tensor
+    from dinolab.features.viz.inputs import image_to_tensor
 
     features, grids = [], []
     with torch.no_grad():
@@ -154,8 +154,8 @@ def _patch_features(model, images, size):
 
 
 def run_pca(args: argparse.Namespace) -> int:
-    from features.viz.inputs import load_rgb
-    from features.viz.pca import pca_of_patches, render_pca
+    from dinolab.features.viz.inputs import load_rgb
+    from dinolab.features.viz.pca import pca_of_patches, render_pca
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise UserError(f"--threshold must be in [0, 1], got {args.threshold}")
@@ -172,8 +172,8 @@ def run_pca(args: argparse.Namespace) -> int:
 
 
 def run_match(args: argparse.Namespace) -> int:
-    from features.viz.inputs import load_rgb
-    from features.viz.match import mutual_nearest_patches, render_matches
+    from dinolab.features.viz.inputs import load_rgb
+    from dinolab.features.viz.match import mutual_nearest_patches, render_matches
 
     if args.top < 1:
         raise UserError(f"--top must be at least 1, got {args.top}")

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pretrain.models import VisionTransformer
-from pretrain.train.param_groups import apply_schedules, build_param_groups
+from dinolab.pretrain.models import VisionTransformer
+from dinolab.pretrain.train.param_groups import apply_schedules, build_param_groups
 
 
 @dataclass(frozen=True)

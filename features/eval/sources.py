@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from pretrain.data import (
+from dinolab.pretrain.data import (
     FASHION_MNIST_CLASSES,
     DatasetError,
     FashionMNIST,
@@ -31,7 +31,7 @@ from pretrain.data import (
     TensorBatches,
     collate_samples,
 )
-from pretrain.data.fashion_mnist import split_files
+from dinolab.pretrain.data.fashion_mnist import split_files
 
 FASHION_MNIST = "fashion-mnist"
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from features.probes.head import DenseLinearHead
+from dinolab.features.probes.head import DenseLinearHead
 
 HeadKind = Literal["classification", "regression"]
 NUM_BINS = 256

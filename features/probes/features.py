@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pretrain.models import VisionTransformer
+from dinolab.pretrain.models import VisionTransformer
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from features.viz.inputs import ImageInputError, load_rgb
+from dinolab.features.viz.inputs import ImageInputError, load_rgb
 
 Task = Literal["depth", "segmentation"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

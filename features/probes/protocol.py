@@ -20,20 +20,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.models import VisionTransformer
-from features.probes.depth import DepthProbe, DepthRange, HeadKind, depth_metrics, scale_invariant_log_loss
-from features.probes.features import FeatureSpec, dense_features, depth_feature_spec, segmentation_feature_spec
-from features.probes.head import DenseLinearHead, fit_head
-from features.probes.pairs import IGNORE_INDEX, DensePair
-from features.probes.segmentation import (
+from dinolab.pretrain.models import VisionTransformer
+from dinolab.features.probes.depth import DepthProbe, DepthRange, HeadKind, depth_metrics, scale_invariant_log_loss
+from dinolab.features.probes.features import FeatureSpec, dense_features, depth_feature_spec, segmentation_feature_spec
+from dinolab.features.probes.head import DenseLinearHead, fit_head
+from dinolab.features.probes.pairs import IGNORE_INDEX, DensePair
+from dinolab.features.probes.segmentation import (
     TEST_SCALES,
     confusion_matrix,
     mean_iou,
     predict_multiscale,
     segmentation_loss,
 )
-from features.viz.inputs import image_to_tensor, snapped_size
-from features.viz.overlay import colorize, save_grid
+from dinolab.features.viz.inputs import image_to_tensor, snapped_size
+from dinolab.features.viz.overlay import colorize, save_grid
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from features.probes.head import DenseLinearHead
+from dinolab.features.probes.head import DenseLinearHead
 
 IGNORE_INDEX = 255
 TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)

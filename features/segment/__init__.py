@@ -1,6 +1,6 @@
 """Zero-shot segmentation of target images from one reference image and its mask."""
 
-from features.segment.reference import (
+from dinolab.features.segment.reference import (
     SegmentResult,
     intersection_over_union,
     patch_coverage,

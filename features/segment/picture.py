@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from features.segment.reference import SegmentResult
-from features.viz.overlay import blend, colorize, mask_overlay, normalize01, save_grid
+from dinolab.features.segment.reference import SegmentResult
+from dinolab.features.viz.overlay import blend, colorize, mask_overlay, normalize01, save_grid
 
 
 def render_segmentation(

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from features.viz.overlay import upsample_map
+from dinolab.features.viz.overlay import upsample_map
 
 Method = Literal["similarity", "fgbg"]
 

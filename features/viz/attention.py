@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pretrain.models import VisionTransformer
-from features.viz.overlay import blend, colorize, normalize01, save_grid, upsample_map
+from dinolab.pretrain.models import VisionTransformer
+from dinolab.features.viz.overlay import blend, colorize, normalize01, save_grid, upsample_map
 
 
 @dataclass

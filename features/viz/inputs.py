@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.models import VisionTransformer
+from dinolab.pretrain.models import VisionTransformer
 
 MAX_SIDE_RATIO = 4.0  # longer side at most this many times the requested shorter side
 
@@ -32,7 +32,7 @@ def load_rgb(path: str | Path) -> np.ndarray:
     Grayscale, palette, 16-bit, alpha and EXIF rotation are handled there; problems (missing, corrupt,
     tiny, decompression bomb) become :class:`ImageInputError`.
     """
-    from pretrain.data.images import ImageDecodeError, load_image
+    from dinolab.pretrain.data.images import ImageDecodeError, load_image
 
     try:
         return np.asarray(load_image(path), dtype=np.uint8).copy()
@@ -125,11 +125,11 @@ def load_model(weights: str | None, arch: str | None) -> VisionTransformer:
     if (weights is None) == (arch is None):
         raise ValueError("give exactly one of --weights (a checkpoint) or --arch (random weights)")
     if weights is not None:
-        from pretrain.checkpoints import load_backbone
+        from dinolab.pretrain.checkpoints import load_backbone
 
         model = load_backbone(weights)
     else:
-        from pretrain.models import build_vit
+        from dinolab.pretrain.models import build_vit
 
         model = build_vit(arch)
     return model.eval()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from features.viz.overlay import pad_to_height
+from dinolab.features.viz.overlay import pad_to_height
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-from features.viz.overlay import colorize, normalize01, save_grid
+from dinolab.features.viz.overlay import colorize, normalize01, save_grid
 
 
 @dataclass

@@ -23,10 +23,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pretrain.checkpoints.hf_layout import from_hf_state, is_hf_directory, read_hf_directory, write_hf_directory
-from pretrain.checkpoints.hub_layout import backbone_state
-from pretrain.checkpoints.infer import config_from_name, infer_config
-from pretrain.checkpoints.safe_io import (
+from dinolab.pretrain.checkpoints.hf_layout import from_hf_state, is_hf_directory, read_hf_directory, write_hf_directory
+from dinolab.pretrain.checkpoints.hub_layout import backbone_state
+from dinolab.pretrain.checkpoints.infer import config_from_name, infer_config
+from dinolab.pretrain.checkpoints.safe_io import (
     CheckpointError,
     atomic_write,
     read_safetensors_file,
@@ -35,7 +35,7 @@ from pretrain.checkpoints.safe_io import (
     write_safetensors_file,
     write_torch_state,
 )
-from pretrain.models import ViTConfig, VisionTransformer
+from dinolab.pretrain.models import ViTConfig, VisionTransformer
 
 SaveFormat = Literal["hub", "hf", "safetensors"]
 SAVE_FORMATS: tuple[str, ...] = ("hub", "hf", "safetensors")

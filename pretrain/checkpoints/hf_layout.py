@@ -34,14 +34,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pretrain.checkpoints.safe_io import (
+from dinolab.pretrain.checkpoints.safe_io import (
     CheckpointError,
     read_json_file,
     read_safetensors_file,
     read_torch_file,
     write_safetensors_file,
 )
-from pretrain.models import Preprocessing, ViTConfig
+from dinolab.pretrain.models import Preprocessing, ViTConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

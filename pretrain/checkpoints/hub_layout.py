@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor
 
-from pretrain.checkpoints.safe_io import CheckpointError
+from dinolab.pretrain.checkpoints.safe_io import CheckpointError
 
 WRAPPER_KEYS: tuple[str, ...] = ("teacher", "model", "state_dict")
 """Keys under which training checkpoints nest their weights, in order of preference."""

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 from torch import Tensor
 
-from pretrain.checkpoints.safe_io import CheckpointError
-from pretrain.models import ViTConfig, config_for
-from pretrain.models.layers import swiglu_hidden_dim
+from dinolab.pretrain.checkpoints.safe_io import CheckpointError
+from dinolab.pretrain.models import ViTConfig, config_for
+from dinolab.pretrain.models.layers import swiglu_hidden_dim
 
 RELEASED_HEAD_DIM = 64
 RELEASED_LAYERSCALE_INIT = 1.0

@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
-    "pretrain.cli.info",
-    "pretrain.cli.convert",
-    "pretrain.cli.train",
-    "pretrain.cli.distill",
-    "pretrain.cli.demo",
+    "dinolab.pretrain.cli.info",
+    "dinolab.pretrain.cli.convert",
+    "dinolab.pretrain.cli.train",
+    "dinolab.pretrain.cli.distill",
+    "dinolab.pretrain.cli.demo",
 )
 DESCRIPTION = "DINO and DINOv2 self-supervised vision: backbones, pretraining, distillation."
 MOVED_TO_FEATURES = frozenset({"knn", "linear", "finetune", "index", "search", "visualize", "segment", "probe",

@@ -46,8 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.checkpoints import CheckpointError, load_backbone, save_backbone
-    from pretrain.cli import UserError
+    from dinolab.pretrain.checkpoints import CheckpointError, load_backbone, save_backbone
+    from dinolab.pretrain.cli import UserError
 
     if args.num_heads is not None and args.num_heads <= 0:
         raise UserError(f"--num-heads must be positive, got {args.num_heads}")

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from pretrain.cli import UserError
+from dinolab.pretrain.cli import UserError
 
 EPILOG = """\
 examples:
@@ -41,7 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def demo_config(args: argparse.Namespace):
-    from pretrain.train.config import ConfigError, build_config
+    from dinolab.pretrain.train.config import ConfigError, build_config
 
     overrides = []
     if args.epochs is not None:
@@ -62,13 +62,13 @@ def demo_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pretrain.data.errors import DatasetError
-    from pretrain.data.eval_splits import fashion_mnist_eval
-    from pretrain.train.checkpoint import TrainingCheckpointError
-    from pretrain.train.embeddings_plot import plot_embeddings
-    from pretrain.train.export import export_teacher
-    from pretrain.train.knn_eval import backbone_features, raw_pixel_knn
-    from pretrain.train.loop import Trainer, TrainingDiverged
+    from dinolab.pretrain.data.errors import DatasetError
+    from dinolab.pretrain.data.eval_splits import fashion_mnist_eval
+    from dinolab.pretrain.train.checkpoint import TrainingCheckpointError
+    from dinolab.pretrain.train.embeddings_plot import plot_embeddings
+    from dinolab.pretrain.train.export import export_teacher
+    from dinolab.pretrain.train.knn_eval import backbone_features, raw_pixel_knn
+    from dinolab.pretrain.train.loop import Trainer, TrainingDiverged
 
     started = time.monotonic()
     config = demo_config(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pretrain.cli import UserError
+from dinolab.pretrain.cli import UserError
 
 EPILOG = """\
 modes: heads     the teacher is a dinolab pretraining checkpoint (with DINO/iBOT heads): the student
@@ -56,14 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.checkpoints import CheckpointError
-    from pretrain.data.errors import DatasetError
-    from pretrain.train.checkpoint import TrainingCheckpointError
-    from pretrain.train.config import ConfigError, build_config
-    from pretrain.train.distill import Distiller
-    from pretrain.train.loop import TrainingDiverged
+    from dinolab.pretrain.checkpoints import CheckpointError
+    from dinolab.pretrain.data.errors import DatasetError
+    from dinolab.pretrain.train.checkpoint import TrainingCheckpointError
+    from dinolab.pretrain.train.config import ConfigError, build_config
+    from dinolab.pretrain.train.distill import Distiller
+    from dinolab.pretrain.train.loop import TrainingDiverged
 
-    from pretrain.models.presets import config_for
+    from dinolab.pretrain.models.presets import config_for
 
     try:
         config_for(args.student)

@@ -11,7 +11,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pretrain.models import ARCHITECTURES, RELEASED_NAMES, config_for
+    from dinolab.pretrain.models import ARCHITECTURES, RELEASED_NAMES, config_for
 
     print(f"{'name':<22}{'dim':>6}{'depth':>7}{'heads':>7}{'regs':>6}  ffn")
     for name in list(ARCHITECTURES) + list(RELEASED_NAMES):

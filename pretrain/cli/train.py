@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pretrain.cli import UserError
+from dinolab.pretrain.cli import UserError
 
 EPILOG = """\
 presets: fmnist-tiny (DINOv2 recipe, Fashion-MNIST on CPU), fmnist-tiny-dino (DINO recipe),
@@ -20,7 +20,7 @@ examples:
   pretrain train --data s3://bucket/lake/shards --storage-option endpoint_url=http://127.0.0.1:9000 \
       --out runs/curated                        # shards in an object store (credentials: the environment)
   pretrain train --data fashion-mnist --out runs/fmnist --resume     # continue after a stop
-  torchrun --standalone --nproc-per-node 4 -m pretrain pretrain --data photos/ --out runs/photos \
+  torchrun --standalone --nproc-per-node 4 -m dinolab.pretrain pretrain --data photos/ --out runs/photos \
       --preset dinov2-vits14 run.parallel=fsdp     # data parallel; see docs/scale.md
   pretrain train --data photos/ --preset dinov2-vits14 --out runs/hr --init-from runs/photos \
       --high-res --epochs 1                       # short final phase at 518 px (DINOv2 Sec. 5)
@@ -84,12 +84,12 @@ def shortcut_overrides(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from core.storage import parse_storage_options
-    from pretrain import distributed
-    from pretrain.data.errors import DatasetError
-    from pretrain.train.checkpoint import TrainingCheckpointError
-    from pretrain.train.config import ConfigError, build_config
-    from pretrain.train.loop import Trainer, TrainingDiverged
+    from dinolab.core.storage import parse_storage_options
+    from dinolab.pretrain import distributed
+    from dinolab.pretrain.data.errors import DatasetError
+    from dinolab.pretrain.train.checkpoint import TrainingCheckpointError
+    from dinolab.pretrain.train.config import ConfigError, build_config
+    from dinolab.pretrain.train.loop import Trainer, TrainingDiverged
 
     try:
         config = build_config(args.preset, shortcut_overrides(args))
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.high_res_size is not None and (not args.high_res or args.high_res_size < 1):
         raise UserError("--high-res-size needs --high-res and a positive size")
     if args.high_res:
-        from pretrain.train.phases import high_res_config
+        from dinolab.pretrain.train.phases import high_res_config
 
         if not args.init_from:
             raise UserError("--high-res is a final phase of an earlier run: give its checkpoint with --init-from")

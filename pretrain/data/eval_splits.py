@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from pretrain.data.fashion_mnist import load_fashion_mnist
+from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
 
 if TYPE_CHECKING:
-    from pretrain.train.config import TrainConfig
+    from dinolab.pretrain.train.config import TrainConfig
 
 
 @dataclass

@@ -22,8 +22,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pretrain.data.errors import DatasetError
-from pretrain.data.samples import Sample
+from dinolab.pretrain.data.errors import DatasetError
+from dinolab.pretrain.data.samples import Sample
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "DINOLAB_FASHION_MNIST_DIR"

@@ -25,9 +25,9 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pretrain.data.errors import DatasetError
-from pretrain.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageDecodeError, is_image_file, load_image
-from pretrain.data.samples import Sample, SkippedImage
+from dinolab.pretrain.data.errors import DatasetError
+from dinolab.pretrain.data.images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageDecodeError, is_image_file, load_image
+from dinolab.pretrain.data.samples import Sample, SkippedImage
 
 
 class ImageFolder(Dataset):

@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2
 
-from pretrain.models.vit import Preprocessing
+from dinolab.pretrain.models.vit import Preprocessing
 
 _INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,

@@ -1,7 +1,7 @@
 """Backbones of the DINOv2 family."""
 
-from pretrain.models.presets import ARCHITECTURES, RELEASED_NAMES, build_vit, config_for
-from pretrain.models.vit import BackboneOutput, Preprocessing, ViTConfig, VisionTransformer
+from dinolab.pretrain.models.presets import ARCHITECTURES, RELEASED_NAMES, build_vit, config_for
+from dinolab.pretrain.models.vit import BackboneOutput, Preprocessing, ViTConfig, VisionTransformer
 
 __all__ = [
     "ARCHITECTURES",

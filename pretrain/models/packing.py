@@ -33,8 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from pretrain.models.layers import SUBSET_DROP_PATH_MIN_RATE, Block
-from pretrain.models.vit import BackboneOutput, VisionTransformer
+from dinolab.pretrain.models.layers import SUBSET_DROP_PATH_MIN_RATE, Block
+from dinolab.pretrain.models.vit import BackboneOutput, VisionTransformer
 
 AttentionBackend = Literal["auto", "dense", "flex"]
 

@@ -6,7 +6,7 @@ import re
 from dataclasses import replace
 from typing import Any
 
-from pretrain.models.vit import ViTConfig, VisionTransformer
+from dinolab.pretrain.models.vit import ViTConfig, VisionTransformer
 
 ARCHITECTURES: dict[str, ViTConfig] = {
     # Released DINOv2 widths (patch 14, 518 px position table).

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from pretrain.models.layers import Block, Mlp, PatchEmbed, SwiGLUFFN, swiglu_hidden_dim
-from pretrain.models.pos_embed import InterpolationRule, interpolate_pos_embed, resolve_rule
+from dinolab.pretrain.models.layers import Block, Mlp, PatchEmbed, SwiGLUFFN, swiglu_hidden_dim
+from dinolab.pretrain.models.pos_embed import InterpolationRule, interpolate_pos_embed, resolve_rule
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

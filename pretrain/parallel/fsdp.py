@@ -26,7 +26,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.tensor import DTensor
 
-from pretrain.models.layers import Block
+from dinolab.pretrain.models.layers import Block
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pretrain import distributed
+from dinolab.pretrain import distributed
 
 if TYPE_CHECKING:
-    from pretrain.train.config import TrainConfig
-    from pretrain.train.ssl_model import SSLModel
+    from dinolab.pretrain.train.config import TrainConfig
+    from dinolab.pretrain.train.ssl_model import SSLModel
 
 CHECKPOINT_NAME = "checkpoint.pth"
 DCP_CHECKPOINT_NAME = "checkpoint.dcp"
@@ -242,7 +242,7 @@ def dcp_extras(config: TrainConfig, model: SSLModel, progress: dict[str, Any]) -
 def save_dcp(out_dir: Path, config: TrainConfig, model: SSLModel, optimizer: torch.optim.Optimizer,
              progress: dict[str, Any]) -> None:
     """Every rank writes its shards to a temporary folder, which then replaces ``checkpoint.dcp/`` (collective)."""
-    from pretrain.parallel import save_training_state
+    from dinolab.pretrain.parallel import save_training_state
 
     final = out_dir / DCP_CHECKPOINT_NAME
     partial, previous = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
@@ -287,7 +287,7 @@ def restore_dcp(path: Path, config: TrainConfig, model: SSLModel, optimizer: tor
     progress (step, total_steps, knn_history)."""
     import torch.distributed.checkpoint as dcp
 
-    from pretrain.parallel import load_training_state
+    from dinolab.pretrain.parallel import load_training_state
 
     header = {"extra": {"config": "", "world_size": 0}}
     dcp.load(header, checkpoint_id=str(path))

@@ -21,7 +21,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from core.config import ConfigError, at_least, check, fraction, positive
+from dinolab.core.config import ConfigError, at_least, check, fraction, positive
 
 RECIPES = ("dino", "dinov2")
 

@@ -28,13 +28,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
-from pretrain import distributed
-from pretrain.data.errors import DatasetError
-from pretrain.data.fashion_mnist import load_fashion_mnist
-from pretrain.data.image_folder import ImageFolder
-from pretrain.data.images import ImageDecodeError, decode_image
-from pretrain.data.samples import Sample, SkippedImage, collate_samples
-from pretrain.data.shards import (
+from dinolab.pretrain import distributed
+from dinolab.pretrain.data.errors import DatasetError
+from dinolab.pretrain.data.fashion_mnist import load_fashion_mnist
+from dinolab.pretrain.data.image_folder import ImageFolder
+from dinolab.pretrain.data.images import ImageDecodeError, decode_image
+from dinolab.pretrain.data.samples import Sample, SkippedImage, collate_samples
+from dinolab.pretrain.data.shards import (
     SHARDS_PER_WINDOW,
     SampleReadError,
     ShardReader,

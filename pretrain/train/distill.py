@@ -41,10 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pretrain.checkpoints import load_backbone, save_backbone
-from pretrain.data.eval_splits import EvalData, LabelledSplit, fashion_mnist_eval
-from pretrain.models.vit import VisionTransformer
-from pretrain.train.checkpoint import (
+from dinolab.pretrain.checkpoints import load_backbone, save_backbone
+from dinolab.pretrain.data.eval_splits import EvalData, LabelledSplit, fashion_mnist_eval
+from dinolab.pretrain.models.vit import VisionTransformer
+from dinolab.pretrain.train.checkpoint import (
     TrainingCheckpointError,
     check_same_config,
     load_centers,
@@ -53,21 +53,21 @@ from pretrain.train.checkpoint import (
     rng_state,
     save_atomic,
 )
-from pretrain.train.config import ConfigError, TrainConfig
-from pretrain.train.data import FASHION_MNIST, open_training_data
-from pretrain.train.ema import update_teacher
-from pretrain.train.knn_eval import knn_evaluate
-from pretrain.train.loop import (
+from dinolab.pretrain.train.config import ConfigError, TrainConfig
+from dinolab.pretrain.train.data import FASHION_MNIST, open_training_data
+from dinolab.pretrain.train.ema import update_teacher
+from dinolab.pretrain.train.knn_eval import knn_evaluate
+from dinolab.pretrain.train.loop import (
     TrainingDiverged,
     build_optimizer,
     build_schedules,
     crops_and_masks,
     seconds_per_step,
 )
-from pretrain.train.monitor import ScalarLog
-from pretrain.train.param_groups import apply_schedules
-from pretrain.train.ssl_model import SSLModel, build_backbone, build_network
-from pretrain.train.tensor_augment import MultiCropBatch, TensorMultiCrop
+from dinolab.pretrain.train.monitor import ScalarLog
+from dinolab.pretrain.train.param_groups import apply_schedules
+from dinolab.pretrain.train.ssl_model import SSLModel, build_backbone, build_network
+from dinolab.pretrain.train.tensor_augment import MultiCropBatch, TensorMultiCrop
 
 MODES = ("heads", "features")
 DISTILL_CHECKPOINT_NAME = "distill_checkpoint.pth"

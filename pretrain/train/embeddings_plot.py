@@ -15,7 +15,7 @@ def plot_embeddings(features: Tensor, images: Tensor, labels: Tensor, path: Path
     import matplotlib.pyplot as plt
     from sklearn.decomposition import PCA
 
-    from pretrain.data.fashion_mnist import CLASSES
+    from dinolab.pretrain.data.fashion_mnist import CLASSES
 
     pixels = images.reshape(images.shape[0], -1).float().numpy()
     panels = [("pretrained features", features.numpy()), ("raw pixels", pixels)]

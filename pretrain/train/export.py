@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pretrain.checkpoints import save_backbone
-from pretrain.models.vit import VisionTransformer
+from dinolab.pretrain.checkpoints import save_backbone
+from dinolab.pretrain.models.vit import VisionTransformer
 
 TEACHER_BACKBONE_NAME = "teacher_backbone.pth"
 TEACHER_SAFETENSORS_NAME = "teacher_backbone.safetensors"

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain import distributed
-from pretrain.data.eval_splits import LabelledSplit
-from pretrain.models.vit import VisionTransformer
-from pretrain.train.knn import knn_accuracy
+from dinolab.pretrain import distributed
+from dinolab.pretrain.data.eval_splits import LabelledSplit
+from dinolab.pretrain.models.vit import VisionTransformer
+from dinolab.pretrain.train.knn import knn_accuracy
 
 
 def normalise_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:

@@ -36,9 +36,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pretrain import distributed
-from pretrain.data.eval_splits import EvalData, LabelledSplit, fashion_mnist_eval
-from pretrain.train.checkpoint import (
+from dinolab.pretrain import distributed
+from dinolab.pretrain.data.eval_splits import EvalData, LabelledSplit, fashion_mnist_eval
+from dinolab.pretrain.train.checkpoint import (
     CHECKPOINT_NAME,
     check_same_config,
     is_dcp_checkpoint,
@@ -56,17 +56,17 @@ from pretrain.train.checkpoint import (
     save_dcp,
     training_state,
 )
-from pretrain.train.config import TrainConfig
-from pretrain.train.data import FASHION_MNIST, TrainingImages, open_training_data
-from pretrain.train.ema import update_teacher
-from pretrain.train.knn_eval import knn_evaluate
-from pretrain.train.masking import sample_ibot_masks
-from pretrain.train.monitor import CollapseMonitor, ScalarLog, collapse_metrics
-from pretrain.train.param_groups import apply_schedules, build_param_groups
-from pretrain.train.phases import init_from_source
-from pretrain.train.schedules import TrainingSchedules, scaled_lr
-from pretrain.train.ssl_model import SSLModel, SSLStepOutput, apply_block_options, build_backbone
-from pretrain.train.tensor_augment import BatchRows, MultiCropBatch, TensorMultiCrop
+from dinolab.pretrain.train.config import TrainConfig
+from dinolab.pretrain.train.data import FASHION_MNIST, TrainingImages, open_training_data
+from dinolab.pretrain.train.ema import update_teacher
+from dinolab.pretrain.train.knn_eval import knn_evaluate
+from dinolab.pretrain.train.masking import sample_ibot_masks
+from dinolab.pretrain.train.monitor import CollapseMonitor, ScalarLog, collapse_metrics
+from dinolab.pretrain.train.param_groups import apply_schedules, build_param_groups
+from dinolab.pretrain.train.phases import init_from_source
+from dinolab.pretrain.train.schedules import TrainingSchedules, scaled_lr
+from dinolab.pretrain.train.ssl_model import SSLModel, SSLStepOutput, apply_block_options, build_backbone
+from dinolab.pretrain.train.tensor_augment import BatchRows, MultiCropBatch, TensorMultiCrop
 
 StepHook = Callable[[int, SSLStepOutput], None]
 
@@ -230,7 +230,7 @@ class Trainer:
                 self.model, broadcast_buffers=False, find_unused_parameters=not self.config.uses_ibot)
         from torch.distributed.device_mesh import init_device_mesh
 
-        from pretrain.parallel import shard_model
+        from dinolab.pretrain.parallel import shard_model
 
         mesh = init_device_mesh(self.device.type, (self.world,))
         for network, inference_only in ((self.model.student, False), (self.model.teacher, True)):
@@ -256,7 +256,7 @@ class Trainer:
 
     def _update_teacher(self, momentum: float) -> None:
         if self.sharded:
-            from pretrain.parallel import ema_update_sharded
+            from dinolab.pretrain.parallel import ema_update_sharded
 
             ema_update_sharded(self.model.teacher, self.model.student, momentum)
         else:
@@ -432,7 +432,7 @@ class Trainer:
     def save(self) -> None:
         """Write the checkpoint atomically (DCP under torchrun); refuses (TrainingDiverged) when weights
         are not finite."""
-        from pretrain.parallel import local_tensor
+        from dinolab.pretrain.parallel import local_tensor
 
         finite = all(bool(torch.isfinite(local_tensor(p.detach())).all()) for p in self.model.student.parameters())
         if self._any_rank(not finite)[0]:
@@ -452,7 +452,7 @@ class Trainer:
 
     def export_teacher(self, hf: bool = False) -> list[Path]:
         """Write the teacher backbone exports (:mod:`pretrain.train.export`) from rank 0 (collective)."""
-        from pretrain.train.export import export_teacher
+        from dinolab.pretrain.train.export import export_teacher
 
         backbone = self.model.teacher["backbone"]
         if not distributed.is_distributed():

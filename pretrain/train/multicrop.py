@@ -29,7 +29,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
-from pretrain.models.vit import IMAGENET_MEAN, IMAGENET_STD
+from dinolab.pretrain.models.vit import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _high_bit_depth_to_8bit(image: Image.Image) -> Image.Image:

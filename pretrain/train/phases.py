@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pretrain.checkpoints import CheckpointError, read_backbone
-from pretrain.train.checkpoint import TrainingCheckpointError, load_checkpoint
-from pretrain.train.config import TrainConfig, validate
-from pretrain.train.ssl_model import SSLModel
+from dinolab.pretrain.checkpoints import CheckpointError, read_backbone
+from dinolab.pretrain.train.checkpoint import TrainingCheckpointError, load_checkpoint
+from dinolab.pretrain.train.config import TrainConfig, validate
+from dinolab.pretrain.train.ssl_model import SSLModel
 
 HIGH_RES_GLOBAL_SIZE = {14: 518, 16: 512}  # the released DINOv2 / common ViT-16 high-resolution sizes
 

@@ -29,17 +29,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pretrain import distributed
-from pretrain.models.packing import forward_features_packed
-from pretrain.models.presets import build_vit
-from pretrain.models.vit import Preprocessing, VisionTransformer
-from pretrain.train.config import TrainConfig
-from pretrain.train.heads import DINOHead
-from pretrain.train.losses.dino import DINOLoss
-from pretrain.train.losses.ibot import IBOTPatchLoss
-from pretrain.train.losses.koleo import KoLeoLoss
-from pretrain.train.masking import masks_weight
-from pretrain.train.tensor_augment import MultiCropBatch
+from dinolab.pretrain import distributed
+from dinolab.pretrain.models.packing import forward_features_packed
+from dinolab.pretrain.models.presets import build_vit
+from dinolab.pretrain.models.vit import Preprocessing, VisionTransformer
+from dinolab.pretrain.train.config import TrainConfig
+from dinolab.pretrain.train.heads import DINOHead
+from dinolab.pretrain.train.losses.dino import DINOLoss
+from dinolab.pretrain.train.losses.ibot import IBOTPatchLoss
+from dinolab.pretrain.train.losses.koleo import KoLeoLoss
+from dinolab.pretrain.train.masking import masks_weight
+from dinolab.pretrain.train.tensor_augment import MultiCropBatch
 
 
 def build_backbone(config: TrainConfig) -> VisionTransformer:

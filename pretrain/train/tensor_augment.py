@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pretrain.models.vit import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.train.config import CropConfig
+from dinolab.pretrain.models.vit import IMAGENET_MEAN, IMAGENET_STD
+from dinolab.pretrain.train.config import CropConfig
 
 
 @dataclass

@@ -38,10 +38,10 @@ One module a job: :mod:`~pretrain.data.shards.specs` resolves a spec into a :cla
 reads a sample's bytes and orders the samples.
 """
 
-from core.storage import INDEX_KIND, INDEX_NAME
-from pretrain.data.shards.reader import SHARDS_PER_WINDOW, SampleReadError, ShardReader, windowed_order
-from pretrain.data.shards.specs import Shard, ShardList, expand_braces, is_shard_spec, read_index, resolve_shards
-from pretrain.data.shards.tar import IMAGE_EXTENSIONS, TarSample, group_samples, index_tar, read_tar_members
+from dinolab.core.storage import INDEX_KIND, INDEX_NAME
+from dinolab.pretrain.data.shards.reader import SHARDS_PER_WINDOW, SampleReadError, ShardReader, windowed_order
+from dinolab.pretrain.data.shards.specs import Shard, ShardList, expand_braces, is_shard_spec, read_index, resolve_shards
+from dinolab.pretrain.data.shards.tar import IMAGE_EXTENSIONS, TarSample, group_samples, index_tar, read_tar_members
 
 __all__ = ["IMAGE_EXTENSIONS", "INDEX_KIND", "INDEX_NAME", "SHARDS_PER_WINDOW", "SampleReadError", "Shard",
            "ShardList", "ShardReader", "TarSample", "expand_braces", "group_samples", "index_tar", "is_shard_spec",

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core import storage
-from core.storage import RemotePath
-from pretrain.data.shards.specs import ShardList, first_line
-from pretrain.data.shards.tar import TarSample, group_samples, index_tar, read_tar_members
+from dinolab.core import storage
+from dinolab.core.storage import RemotePath
+from dinolab.pretrain.data.shards.specs import ShardList, first_line
+from dinolab.pretrain.data.shards.tar import TarSample, group_samples, index_tar, read_tar_members
 
 SHARDS_PER_WINDOW = 16
 """Shards whose samples are mixed together in :func:`windowed_order` (all of them when there are fewer)."""

@@ -15,10 +15,10 @@ from itertools import accumulate
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from core import storage
-from core.storage import INDEX_KIND, INDEX_NAME, SHARD_DIR, RemotePath
-from pretrain.data.errors import DatasetError
-from pretrain.data.shards.tar import group_samples, index_tar, read_tar_members
+from dinolab.core import storage
+from dinolab.core.storage import INDEX_KIND, INDEX_NAME, SHARD_DIR, RemotePath
+from dinolab.pretrain.data.errors import DatasetError
+from dinolab.pretrain.data.shards.tar import group_samples, index_tar, read_tar_members
 
 _NUMERIC_RANGE = re.compile(r"\{(-?\d+)\.\.(-?\d+)\}")
 _ALTERNATIVES = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -90,7 +90,7 @@ def is_shard_spec(spec: str) -> bool:
 def _folder_tars(path: Path) -> list[Path]:
     """The tars at the top of a folder that holds no image file there (webdataset shards, perhaps with
     other tools' metadata beside them, as img2dataset writes ``00000.parquet`` and ``00000_stats.json``)."""
-    from pretrain.data.images import is_image_file
+    from dinolab.pretrain.data.images import is_image_file
 
     tars = []
     with os.scandir(path) as entries:

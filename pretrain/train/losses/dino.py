@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.train.losses.sinkhorn import sinkhorn_knopp
+from dinolab.pretrain.train.losses.sinkhorn import sinkhorn_knopp
 
 
 @torch.no_grad()

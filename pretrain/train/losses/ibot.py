@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pretrain.train.losses.dino import ema_center_update
-from pretrain.train.losses.sinkhorn import sinkhorn_knopp
+from dinolab.pretrain.train.losses.dino import ema_center_update
+from dinolab.pretrain.train.losses.sinkhorn import sinkhorn_knopp
 
 
 class IBOTPatchLoss(nn.Module):
