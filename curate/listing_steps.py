@@ -142,7 +142,8 @@ def list_units(out: Location, config: PipelineConfig, previous: list) -> list[tu
     return list(enumerate(found))
 
 
-def list_step(out: Location, config: PipelineConfig, unit: tuple[int, listing.Unit], previous: list) -> dict | LakeError:
+def list_step(out: Location, config: PipelineConfig, unit: tuple[int, listing.Unit],
+              previous: list) -> dict | LakeError:
     number, what = unit
     count = _returned(listing.list_unit, out, number, what, config)
     return count if isinstance(count, LakeError) else {"number": number, "unit": what, "count": count}

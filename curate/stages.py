@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dinolab.core.storage import SHARD_DIR
-from dinolab.curate import (cluster_steps, fetched, knn_dedup, listing_steps, manifest, output, sample_steps, shard_steps,
-                            tables)
+from dinolab.curate import (cluster_steps, fetched, knn_dedup, listing_steps, manifest, output, sample_steps,
+                            shard_steps, tables)
 from dinolab.curate.embed import Embedder, embed_partition, load_embedder
 from dinolab.curate.ingest import ingest_partition
 from dinolab.curate.kmeans import clusters_table

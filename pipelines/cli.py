@@ -184,8 +184,8 @@ def _stage_command(stage: str, help_text: str):
 
 
 for _stage in stages.ORDER:
-    app.command(_stage, help=f"{stages.STAGES[_stage].doc}; runs the stages before it first when they are not done.")(
-        _stage_command(_stage, stages.STAGES[_stage].doc))
+    _before = "" if _stage == stages.ORDER[0] else "; runs the stages before it first when they are not done"
+    app.command(_stage, help=f"{stages.STAGES[_stage].doc}{_before}.")(_stage_command(_stage, stages.STAGES[_stage].doc))
 
 
 @app.command("run")

@@ -1,7 +1,8 @@
 """What a run is (``OUT/run.json``: its sets and config), whether a rerun may resume it, and its status.
 
 A rerun with the same sets resumes; a changed config section redoes the first stage that depends on it
-(:attr:`curate.stages.Stage.settings`: the ingest section is the list stage's too) and every stage after it; other sets, or an ``OUT`` holding tables of no recorded run, are refused so nothing is written over.
+(:attr:`curate.stages.Stage.settings`: the ingest section is the list stage's too) and every stage after
+it; other sets, or an ``OUT`` holding tables of no recorded run, are refused so nothing is written over.
 Sets are recorded and compared by their resolved location (an absolute path or a full URL). A damaged
 unit (a recorded output missing, truncated or overwritten: :mod:`curate.manifest`) is redone with
 everything that depends on it. Only what the stages declare they write (:class:`curate.stages.Stage`) is
@@ -98,7 +99,8 @@ def repair(out: Location, deep: bool = False) -> list[str]:
     after it, then every global stage; a damaged ``files`` part is listed again (the list stage compares the
     new listing with the recorded one: :func:`curate.stages.relisted`) and its partition redone; a damaged
     shard (or the shard index) is redone with the index and the report; a damaged global stage with the
-    stages after it. Caches stay: each part records the rows it was built from (:mod:`curate.copydetect.features`).
+    stages after it. Caches stay: each part records the rows it was built from
+    (:mod:`curate.copydetect.features`).
     """
     found = damage(out, deep)
     if not found:
