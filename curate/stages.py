@@ -4,9 +4,10 @@
 prefix carrying its storage options); every read and write goes through :mod:`curate.output`.
 
 Each stage is declared once (:class:`Stage`, in :data:`STAGES`): the tables it reads and writes, every file
-it writes, its counts and its shape, a tuple of steps (:mod:`curate.steps`): per-partition stages (ingest,
-embed) are one step whose units are the partitions of the lake listing, dedup, cluster, sample and report one
-step of one unit, and the shard stage plan → one unit per shard → index. Every unit reads validated tables,
+it writes, its counts and its shape, a tuple of steps (:mod:`curate.steps`): the list stage writes the lake
+listing (the ``files`` table: :mod:`curate.listing_steps`, then a step that records it), per-partition stages
+(ingest, embed) are one step whose units are the partitions of that listing, dedup, cluster, sample and report
+one step of one unit, and the shard stage plan → one unit per shard → index. Every unit reads validated tables,
 writes its outputs atomically under deterministic names, records their sizes and digests
 (:mod:`curate.manifest`, to find damage later) and returns small results (counts); a unit whose output
 exists is done. Orchestrators (``pipelines/``: Dask tasks, or a plain loop) run the declared steps and decide
@@ -30,11 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dinolab.core.storage import SHARD_DIR
-from dinolab.curate import cluster_steps, fetched, knn_dedup, manifest, output, sample_steps, shard_steps, tables
+from dinolab.curate import (cluster_steps, fetched, knn_dedup, listing_steps, manifest, output, sample_steps,
+                            shard_steps, tables)
 from dinolab.curate.embed import Embedder, embed_partition, load_embedder
 from dinolab.curate.ingest import ingest_partition
 from dinolab.curate.kmeans import clusters_table
 from dinolab.curate.lakes import embeddings as lake_embeddings
+from dinolab.curate.lakes import listing as lake_listing
 from dinolab.curate.lakes.uris import is_url
 from dinolab.curate.output import Location
 from dinolab.curate.sample import selection_table
@@ -58,6 +61,8 @@ class Stage:
     ``counts(out)`` gives the images into and out of it (from its tables), ``complete(out)`` whether its
     whole output exists (default: every partition's part, or part 0 of a global stage's table), and
     ``announce(out, config)`` a line the run prints before the stage runs (``None``: nothing to say).
+    ``settings`` are the config sections its output depends on (default: the section of its own name); a
+    rerun whose config changed in one of them redoes it and every stage after it.
     """
 
     name: str
@@ -72,6 +77,10 @@ class Stage:
     counts: Callable[[Location], tuple[int | None, int | None]] | None = None
     complete: Callable[[Location], bool] | None = None
     announce: Callable[[Location, PipelineConfig], str | None] | None = None
+    settings: tuple[str, ...] = ()
+
+    def config_sections(self) -> tuple[str, ...]:
+        return self.settings or (self.name,)
 
 
 def _part(table: str, suffix: str = ".parquet") -> str:
@@ -99,30 +108,24 @@ def record_unit(out: Location, stage: str, unit: int, known: dict[str, dict] | N
     manifest.record(out, stage, unit_name(stage, unit), unit_paths(out, stage, unit), known)
 
 
-LISTING_UNIT = "listing"
-"""The lake listing (every ``files`` part) as recorded with the ingest stage: one unit, since its
-partition numbers span the whole lake."""
-
-
-def record_listing(out: Location) -> None:
-    """Record the ``files`` parts once the whole listing is published."""
-    manifest.record(out, "ingest", LISTING_UNIT, [tables.part_path(out, "files", p) for p in partitions(out)])
-
-
-def listing_record(out: Location) -> dict[str, dict] | None:
-    """The recorded listing: ``files`` part (relative path) -> ``{size, md5}``; ``None`` when none is."""
-    return manifest.recorded(out, "ingest").get(LISTING_UNIT)
-
-
-def part_number(name: str) -> int | None:
-    """The partition of a ``part-NNNNN.*`` file name or path (``None`` for another name)."""
-    found = re.fullmatch(r"part-(\d+)\.\w+", name.rsplit("/", 1)[-1])
-    return int(found.group(1)) if found else None
-
-
 def partitions(out: Location) -> list[int]:
     """Partition numbers of the lake listing (``files`` table parts)."""
     return sorted(tables.done_parts(out, "files"))
+
+
+def remove_outputs(out: Location, stage: str, caches: bool = True) -> None:
+    """Delete everything ``stage`` declares it writes (its caches too unless ``caches`` is false) and its records."""
+    for pattern in output_patterns(stage, caches):
+        output.remove_matching(out, pattern)
+    manifest.forget(out, stage)
+
+
+def remove_units(out: Location, stage: str, units: list[int]) -> None:
+    """Delete the declared files of ``units`` (partition or shard numbers) of ``stage`` and their records."""
+    for unit in units:
+        for path in unit_paths(out, stage, unit):
+            output.remove(path)
+    manifest.forget(out, stage, [unit_name(stage, unit) for unit in units])
 
 
 def pending(out: Location, stage: str) -> list[int]:
@@ -469,6 +472,35 @@ class Whole:
         return self.function(out, config)
 
 
+def relisted(out: Location, before: dict[str, dict] | None) -> None:
+    """After the lake was listed again over a listing recorded as ``before``: redo the partitions whose
+    ``files`` part changed (all of them when the lake changed since), and record the new listing."""
+    listing_steps.record_listing(out)
+    after = listing_steps.listing_record(out) or {}
+    if before is None:
+        return
+    changed = {tables.part_number(name) for name in set(before) | set(after) if before.get(name) != after.get(name)}
+    changed -= {None}
+    for number in sorted(changed):
+        if tables.part_path(out, "files", number).name not in {name.rsplit("/", 1)[-1] for name in after}:
+            output.remove(tables.part_path(out, "files", number))  # a partition the lake no longer has
+    if changed:
+        for stage in ORDER[ORDER.index(listing_steps.STAGE) + 1:]:
+            if STAGES[stage].per_partition:
+                remove_units(out, stage, sorted(changed))
+            else:
+                remove_outputs(out, stage, caches=False)
+        listing_steps.record_listing(out)
+
+
+def list_finish(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict:
+    """The list stage's last step: record the published parts and redo the partitions whose part changed
+    since the listing recorded before (:func:`relisted`), then drop the staged units: the listing is complete."""
+    relisted(out, listing_steps.listing_record(out))
+    lake_listing.finish(out)
+    return {"parts": len(partitions(out))}
+
+
 def ingest_step(out: Location, config: PipelineConfig, unit: int, previous: list) -> dict[str, int]:
     return ingest(out, unit, config)
 
@@ -589,11 +621,16 @@ def _report_written(out: Location) -> bool:
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
+        Stage(listing_steps.STAGE, (), "files", False, "find every image file of the lake's sets",
+              steps=(*listing_steps.STEPS, Step("finish", list_finish)),
+              files=("tables/files/part-*.parquet", f"tables/files/{lake_listing.STAGING}/unit-*.parquet",
+                     f"tables/files/{lake_listing.STAGING}/{listing_steps.GIVEN}"),
+              settings=("ingest",),  # partition_size, follow_links, the columns of a parquet lake
+              counts=lambda out: (None, _rows(out, "files")), complete=listing_steps.complete),
         Stage("ingest", ("files",), "images", True, "decode, hash and describe every file",
               steps=(Step("ingest", ingest_step, partition_units, parts_done("images")),),
               unit_files=(_part("images"),),
-              files=("tables/files/part-*.parquet", "tables/files/.listing/unit-*.parquet",
-                     "fetched/part-*.parquet"),  # the web images' bytes, kept once per run (curate.fetched)
+              files=("fetched/part-*.parquet",),  # the web images' bytes, kept once per run (curate.fetched)
               counts=lambda out: (_rows(out, "files"), _ok_images(out))),
         Stage("embed", ("images",), "embeddings", True, "one vector per readable image",
               steps=(Step("embed", embed_step, partition_units, parts_done("embeddings"), {"GPU": 1}, embedder),),

@@ -10,6 +10,7 @@ embeddings (LAION's, clip-retrieval's): ``OUT/<name>/img_emb/img_emb_NNNNN.npy``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,12 @@ def read_array(out: str | Path | RemotePath, name: str, partition: int, mmap: bo
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, EOFError) as error:  # never unpickled: an array of Python objects is refused
         raise SchemaError(f"{path}: not a plain array ({error})") from None
+
+
+def part_number(name: str) -> int | None:
+    """The partition of a ``part-NNNNN.*`` file name or path (``None`` for another name)."""
+    found = re.fullmatch(r"part-(\d+)\.\w+", name.rsplit("/", 1)[-1])
+    return int(found.group(1)) if found else None
 
 
 def done_parts(out: str | Path | RemotePath, name: str) -> set[int]:

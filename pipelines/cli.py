@@ -32,8 +32,8 @@ USER_ERRORS = (LakeError, ConfigError, RunError, ClusterError, SchemaError, Stor
 
 app = typer.Typer(
     name="curate",
-    help="Curate an image lake the way DINOv2 built LVD-142M: ingest, embed, dedup, cluster, sample, shard, "
-         "report — as Dask tasks that write webdataset shards.",
+    help=f"Curate an image lake the way DINOv2 built LVD-142M: {', '.join(stages.ORDER)} — as Dask tasks that "
+         "write webdataset shards.",
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
 )
 
@@ -132,7 +132,7 @@ def execute(command: str, until: str, lakes, curated, evals, out: str, scheduler
         extra = list(overrides or []) + ([f"embed.embedder={embedder}"] if embedder else [])
         config: PipelineConfig = with_storage_options(load_config(resolve_config(config_name), extra),
                                                       list(storage_options or []))
-        if until != "ingest":
+        if stages.ORDER.index(until) > stages.ORDER.index("ingest"):
             check_embedder(config)
         out = output_location(out, config.lake.storage_options)
         for uri in [*(lakes or []), *(curated or []), *(evals or [])]:
@@ -184,8 +184,8 @@ def _stage_command(stage: str, help_text: str):
 
 
 for _stage in stages.ORDER:
-    app.command(_stage, help=f"{stages.STAGES[_stage].doc}; runs the stages before it first when they are not done.")(
-        _stage_command(_stage, stages.STAGES[_stage].doc))
+    _before = "" if _stage == stages.ORDER[0] else "; runs the stages before it first when they are not done"
+    app.command(_stage, help=f"{stages.STAGES[_stage].doc}{_before}.")(_stage_command(_stage, stages.STAGES[_stage].doc))
 
 
 @app.command("run")
@@ -197,8 +197,8 @@ def run(
     storage_option: StorageOptions = None, cluster: ClusterKind = "local", pretrain_out: PretrainOut = None,
     verify: Verify = False,
 ) -> None:
-    """The whole pipeline: ingest, embed, dedup, cluster, sample, shard, report (then, with --pretrain, the
-    trainer on the new shards). A rerun on the same --out resumes."""
+    """The whole pipeline: list, ingest, embed, dedup, cluster, sample, shard, report (then, with --pretrain,
+    the trainer on the new shards). A rerun on the same --out resumes."""
     if pretrain is not None:  # a bad preset or override fails now, not after the curation
         try:
             pretrain_stage.check_request(pretrain, pretrain_arg or [], pretrain_nproc)

@@ -1,9 +1,9 @@
 """``run_curation``: the one entry that runs the curation stages over an output folder, on any executor.
 
 It takes ``OUT``'s lock, records the run (a changed config redoes its stage and what follows; damaged
-outputs are removed to be redone), lists the lake, then runs each stage up to ``until`` through the one
-dispatcher (:mod:`pipelines.dispatch`), skipping stages that are done and recording the seconds each took
-in ``OUT/timings.json``. The CLI, the demo and the benchmarks all call it::
+outputs are removed to be redone), then runs each stage up to ``until`` — the lake listing first — through
+the one dispatcher (:mod:`pipelines.dispatch`), skipping stages that are done and recording the seconds each
+took in ``OUT/timings.json``. The CLI, the demo and the benchmarks all call it::
 
     records = run_curation(out, sets, config, dask_executor(console, workers=2), console)
 """
@@ -18,47 +18,15 @@ from contextlib import AbstractContextManager
 import pyarrow as pa
 from rich.console import Console
 
-from dinolab.curate import output, stages, tables
-from dinolab.curate.lakes.sets import ImageSet, files_table
-from dinolab.curate.lakes import listing as lake_listing
+from dinolab.curate import listing_steps, output, stages
+from dinolab.curate.lakes.sets import ImageSet
 from dinolab.curate.output import Location
 from dinolab.pipelines.dispatch import Executor, run_stage
-from dinolab.pipelines.listing_tasks import list_lake
 from dinolab.pipelines.lock import OutputLock
-from dinolab.pipelines.state import prepare, relisted, repair
+from dinolab.pipelines.state import prepare, repair
 from dinolab.schemas.config import PipelineConfig
 
 TIMINGS_FILE = stages.TIMINGS_FILE
-
-
-def write_listing(out: Location, sets: list[ImageSet], config: PipelineConfig, listing: pa.Table | None = None,
-                  executor: Executor | None = None) -> int:
-    """The ``files`` table (``listing``, or listed now), one part per partition, unless it exists whole.
-
-    A listing whose recorded parts are not all there (a damaged part was removed) is listed again: the
-    partitions whose part changed are redone (:func:`pipelines.state.relisted`).
-
-    Local folder sets are listed here; any other set (URLs, tar files, parquet files) is listed by tasks
-    of ``executor`` (:mod:`pipelines.listing_tasks`). Returns the number of partitions.
-    """
-    done = tables.done_parts(out, "files")
-    before = stages.listing_record(out) if done else None  # a listing with damaged parts is listed again
-    if done and not lake_listing.in_progress(out) and {stages.part_number(name) for name in before or {}} <= done:
-        return len(done)
-    if listing is None and not all(lake_listing.listed_by_client(image_set) for image_set in sets):
-        if executor is None:
-            raise ValueError("listing URLs, tar or parquet lakes needs an executor to run its tasks")
-        count = list_lake(executor, out, sets, config)
-        relisted(out, before)
-        return count
-    if listing is None:
-        listing = files_table(sets, config.ingest.partition_size, config.ingest.follow_links)
-    partition = listing.column("partition").to_numpy()
-    parts = sorted(set(partition.tolist()))
-    for number in parts:
-        tables.write_part(out, "files", number, listing.filter(partition == number))
-    relisted(out, before)
-    return len(parts)
 
 
 def run_curation(out: Location, sets: list[ImageSet], config: PipelineConfig,
@@ -70,8 +38,9 @@ def run_curation(out: Location, sets: list[ImageSet], config: PipelineConfig,
     lock is held (a cluster starts only for a run that may write ``OUT``):
     :func:`pipelines.dispatch.dask_executor`, or ``nullcontext(LoopExecutor())``.
 
-    ``listing`` is the ``files`` table when the caller listed the lake already; ``verify`` also compares
-    the digests of the recorded outputs; ``after_stage(name)`` is called when a stage is complete.
+    ``listing`` is the ``files`` table when the caller listed the lake already: the list stage publishes it
+    (:func:`curate.listing_steps.provide`) unless the listing is complete. ``verify`` also compares the
+    digests of the recorded outputs; ``after_stage(name)`` is called when a stage is complete.
     """
     with OutputLock(out, holder), executor as running:
         redo = prepare(out, sets, config)
@@ -79,11 +48,11 @@ def run_curation(out: Location, sets: list[ImageSet], config: PipelineConfig,
             console.print(f"config changed: redoing {', '.join(redo)}", highlight=False)
         for line in repair(out, deep=verify):
             console.print(f"damaged, redoing it and what depends on it: {line}", highlight=False)
+        if listing is not None:
+            listing_steps.provide(out, listing)
         names = stages.ORDER[: stages.ORDER.index(until) + 1]
         for name in names:
             start = time.perf_counter()
-            if name == "ingest":
-                write_listing(out, sets, config, listing, running)
             ran = _run(running, out, config, stages.STAGES[name], console)
             if ran:
                 _record_time(out, name, time.perf_counter() - start, ran)

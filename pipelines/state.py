@@ -1,6 +1,7 @@
 """What a run is (``OUT/run.json``: its sets and config), whether a rerun may resume it, and its status.
 
-A rerun with the same sets resumes; a changed config section redoes its stage and every stage after
+A rerun with the same sets resumes; a changed config section redoes the first stage that depends on it
+(:attr:`curate.stages.Stage.settings`: the ingest section is the list stage's too) and every stage after
 it; other sets, or an ``OUT`` holding tables of no recorded run, are refused so nothing is written over.
 Sets are recorded and compared by their resolved location (an absolute path or a full URL). A damaged
 unit (a recorded output missing, truncated or overwritten: :mod:`curate.manifest`) is redone with
@@ -16,25 +17,18 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from dinolab.curate import manifest, output, stages, tables
+from dinolab.curate import listing_steps, manifest, output, stages, tables
 from dinolab.curate.lakes.sets import ImageSet
 from dinolab.curate.output import Location
 from dinolab.schemas.config import PipelineConfig
 from dinolab.schemas.tables import utc_now
 
-RUN_FILE = "run.json"
+RUN_FILE = listing_steps.RUN_FILE
 RUN_FORMAT = "dinolab-curate-run"
 
 
 class RunError(ValueError):
     """An output folder that this run must not use or resume."""
-
-
-def remove_outputs(out: Location, stage: str, caches: bool = True) -> None:
-    """Delete everything ``stage`` declares it writes (its caches too unless ``caches`` is false) and its records."""
-    for pattern in stages.output_patterns(stage, caches):
-        output.remove_matching(out, pattern)
-    manifest.forget(out, stage)
 
 
 def read_run(out: Location) -> dict | None:
@@ -75,10 +69,11 @@ def prepare(out: Location, sets: list[ImageSet], config: PipelineConfig) -> list
         return []
     old = run["config"]
     new = json.loads(json.dumps(config.to_dict()))  # as recorded: tuples become lists
-    changed = [stage for stage in stages.ORDER if old.get(stage) != new.get(stage)]
+    changed = [stage for stage in stages.ORDER
+               if any(old.get(section) != new.get(section) for section in stages.STAGES[stage].config_sections())]
     redo = list(stages.ORDER[stages.ORDER.index(changed[0]):]) if changed else []
     for stage in redo:
-        remove_outputs(out, stage, caches=stage != redo[0])  # a stage's caches depend on earlier stages alone
+        stages.remove_outputs(out, stage, caches=stage != redo[0])  # a stage's caches depend on earlier stages alone
     _write(out, wanted, config, run.get("created_at"))
     return redo
 
@@ -101,10 +96,11 @@ def repair(out: Location, deep: bool = False) -> list[str]:
     """Remove every damaged unit and what depends on it so that a run redoes them; returns one line each.
 
     A damaged partition of a per-partition stage is redone in that stage and the per-partition stages
-    after it, then every global stage; a damaged ``files`` part is listed again (:func:`relisted`) and its
-    partition redone; a damaged shard (or the shard index) is redone with the index and the report; a
-    damaged global stage with the stages after it. Caches stay: each part records the rows it was built
-    from (:mod:`curate.copydetect.features`).
+    after it, then every global stage; a damaged ``files`` part is listed again (the list stage compares the
+    new listing with the recorded one: :func:`curate.stages.relisted`) and its partition redone; a damaged
+    shard (or the shard index) is redone with the index and the report; a damaged global stage with the
+    stages after it. Caches stay: each part records the rows it was built from
+    (:mod:`curate.copydetect.features`).
     """
     found = damage(out, deep)
     if not found:
@@ -113,23 +109,22 @@ def repair(out: Location, deep: bool = False) -> list[str]:
     partitions: set[int] = set()
     for stage, units in found.items():
         position = stages.ORDER.index(stage)
-        if stage == "ingest" and stages.LISTING_UNIT in units:
-            lost = {stages.part_number(name) for name in units[stages.LISTING_UNIT]}
+        if stage == listing_steps.STAGE:
+            lost = {tables.part_number(name) for problems in units.values() for name in problems}
             if None in lost:  # not a files part: the record itself is unreadable
                 redo_from = 0
                 continue
             for number in lost:
                 output.remove(tables.part_path(out, "files", number))
             partitions |= lost
-            position = 0
-        if stages.STAGES[stage].per_partition:
+        if stage == listing_steps.STAGE or stages.STAGES[stage].per_partition:
             partitions |= {int(unit.split("-")[1]) for unit in units if unit.startswith("part-")}
             for later in stages.ORDER[position:]:
                 if stages.STAGES[later].per_partition:
-                    _remove_units(out, later, sorted(partitions))
+                    stages.remove_units(out, later, sorted(partitions))
             redo_from = min(redo_from, stages.ORDER.index("dedup"))
         elif stage == "shard":
-            _remove_units(out, stage, [int(unit.split("-")[1]) for unit in units if unit.startswith("shard-")])
+            stages.remove_units(out, stage, [int(unit.split("-")[1]) for unit in units if unit.startswith("shard-")])
             for pattern in stages.STAGES[stage].files:  # the index, the shards table, a plan
                 output.remove_matching(out, pattern)
             manifest.forget(out, stage, [stages.INDEX_UNIT])
@@ -137,37 +132,9 @@ def repair(out: Location, deep: bool = False) -> list[str]:
         else:
             redo_from = min(redo_from, position)
     for stage in stages.ORDER[redo_from:]:
-        remove_outputs(out, stage, caches=False)
+        stages.remove_outputs(out, stage, caches=False)
     return [f"{stage} {unit}: {'; '.join(f'{name}: {problem}' for name, problem in problems.items())}"
             for stage, units in found.items() for unit, problems in units.items()]
-
-
-def relisted(out: Location, before: dict[str, dict] | None) -> None:
-    """After the lake was listed again over a listing recorded as ``before``: redo the partitions whose
-    ``files`` part changed (all of them when the lake changed since), and record the new listing."""
-    stages.record_listing(out)
-    after = stages.listing_record(out) or {}
-    if before is None:
-        return
-    changed = {stages.part_number(name) for name in set(before) | set(after) if before.get(name) != after.get(name)}
-    for number in sorted(changed - {None}):
-        if tables.part_path(out, "files", number).name not in {Path(name).name for name in after}:
-            output.remove(tables.part_path(out, "files", number))  # a partition the lake no longer has
-    if changed:
-        for stage in stages.ORDER:
-            if stages.STAGES[stage].per_partition:
-                _remove_units(out, stage, sorted(changed - {None}))
-            else:
-                remove_outputs(out, stage, caches=False)
-        stages.record_listing(out)
-
-
-def _remove_units(out: Location, stage: str, units: list[int]) -> None:
-    """Delete the declared files of ``units`` (partition or shard numbers) of ``stage`` and their records."""
-    for unit in units:
-        for path in stages.unit_paths(out, stage, unit):
-            output.remove(path)
-    manifest.forget(out, stage, [stages.unit_name(stage, unit) for unit in units])
 
 
 def _write(out: Location, sets: list[dict], config: PipelineConfig, created_at: str | None = None) -> None:

@@ -116,7 +116,7 @@ def test_a_run_record_in_a_store_resumes_and_a_changed_config_redoes_its_stages(
 
 
 def test_removing_a_stages_outputs_keeps_every_other_file(out):
-    from dinolab.pipelines.state import remove_outputs
+    from dinolab.curate.stages import remove_outputs
 
     for name in ("shards/shard-000000.tar", "shards/index.json", "shards/holiday.jpg", "report/notes.txt",
                  "tables/shards/part-00000.parquet", "shards/.shard-000001.tar.123.abcd.tmp"):

@@ -169,7 +169,7 @@ def _damage(out: Path, case: str) -> tuple[str, str]:
         return "shard", "index"
     if case == "deleted files part":
         tables.part_path(out, "files", 1).unlink()
-        return "ingest", "listing"
+        return "list", "listing"
     if case == "deleted embeddings matrix":
         tables.array_path(out, "embeddings", 1).unlink()
         return "embed", "part-00001"
@@ -179,12 +179,12 @@ def _damage(out: Path, case: str) -> tuple[str, str]:
 CASES = ["truncated shard", "overwritten shard", "deleted shard", "deleted shard index", "deleted files part",
          "deleted embeddings matrix"]
 REDONE = {  # the stages a rerun must not call done, and those it must
-    "truncated shard": ({"shard", "report"}, {"ingest", "embed", "dedup", "cluster", "sample"}),
-    "overwritten shard": ({"shard", "report"}, {"ingest", "embed", "dedup", "cluster", "sample"}),
-    "deleted shard": ({"shard", "report"}, {"ingest", "embed", "dedup", "cluster", "sample"}),
-    "deleted shard index": ({"shard", "report"}, {"ingest", "embed", "dedup", "cluster", "sample"}),
-    "deleted files part": ({"ingest", "embed", "dedup", "cluster", "sample", "shard", "report"}, set()),
-    "deleted embeddings matrix": ({"embed", "dedup", "cluster", "sample", "shard", "report"}, {"ingest"}),
+    "truncated shard": ({"shard", "report"}, {"list", "ingest", "embed", "dedup", "cluster", "sample"}),
+    "overwritten shard": ({"shard", "report"}, {"list", "ingest", "embed", "dedup", "cluster", "sample"}),
+    "deleted shard": ({"shard", "report"}, {"list", "ingest", "embed", "dedup", "cluster", "sample"}),
+    "deleted shard index": ({"shard", "report"}, {"list", "ingest", "embed", "dedup", "cluster", "sample"}),
+    "deleted files part": ({"list", "ingest", "embed", "dedup", "cluster", "sample", "shard", "report"}, set()),
+    "deleted embeddings matrix": ({"embed", "dedup", "cluster", "sample", "shard", "report"}, {"list", "ingest"}),
 }
 
 
@@ -274,7 +274,7 @@ def repartitioned(tmp_path_factory, scheduler):
 
 def test_a_changed_partitioning_never_reads_a_stale_copy_detection_cache(repartitioned):
     out, result = repartitioned
-    assert "config changed: redoing ingest" in result.stdout
+    assert "config changed: redoing list, ingest" in result.stdout
     assert len(tables.done_parts(out, "images")) == 2
     assert len(tables.read_table(out, "duplicates")) == 150  # dedup saw every image
     assert output.names(out / "copydetect") == ["part-00000.npz", "part-00001.npz"]

@@ -10,7 +10,7 @@ import webdataset as wds
 import wids
 from typer.testing import CliRunner
 
-from dinolab.curate import tables
+from dinolab.curate import stages, tables
 from lakes import write_lake
 from dinolab.pipelines.cli import app
 
@@ -54,7 +54,7 @@ def test_every_stage_writes_its_validated_table(finished_run):
     selection = tables.read_table(out, "selection").to_pylist()
     assert selection and {row["key"] for row in selection} <= kept
     assert all(row["method"] == "retrieval:neighbours" and row["query_key"].startswith("curated-") for row in selection)
-    for line in ("ingest", "embed", "dedup", "cluster", "sample", "shard", "report"):
+    for line in stages.ORDER:
         assert line in result.stdout
     assert "\r" not in result.stdout and "ingest (6 partitions): 6/6 tasks" in result.stdout  # log-friendly
     assert len(result.stdout.splitlines()) < 80
@@ -91,7 +91,7 @@ def test_report_and_status(finished_run):
     assert report["unreadable"]["total"] == 2
     assert "broken.jpg" in (out / "report" / "report.html").read_text()
     result = curate("status", out)
-    assert result.exit_code == 0 and result.stdout.count("done") == 7
+    assert result.exit_code == 0 and result.stdout.count("done") == len(stages.ORDER)
 
 
 def test_rerun_skips_every_stage_and_keeps_the_shards(finished_run):
@@ -100,7 +100,7 @@ def test_rerun_skips_every_stage_and_keeps_the_shards(finished_run):
     result = curate("run", "--lake", folders["pool"], "--curated", folders["curated"], "--eval", folders["eval"],
                     "--out", out, "--workers", 1, *DEMO)
     assert result.exit_code == 0, result.stderr
-    assert result.stdout.count("done already") == 6  # all but the report, which is refreshed
+    assert result.stdout.count("done already") == len(stages.ORDER) - 1  # all but the report, which is refreshed
     assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
 
 
