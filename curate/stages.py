@@ -549,8 +549,9 @@ def knn_clean(out: Location, config: PipelineConfig) -> dict[str, int]:
 
 _KNN_WRITE = KnnStep("write", knn_write, knn_dedup.partitions)
 
-DEDUP_STEPS: Shape = (
-    *copy_steps.declared(uses_copy_detection, record_dedup_part),
+COPY_STEPS: Shape = copy_steps.declared(uses_copy_detection, record_dedup_part)
+"""The copy-detection rules' steps (``local`` or a copy-descriptor checkpoint), :mod:`curate.copydetect.steps`."""
+KNN_STEPS: Shape = (
     KnnStep("prepare", knn_dedup.prepare, knn_dedup.partitions).step(),
     KnnStep("train", knn_dedup.train).step(),
     KnnStep("assign", knn_dedup.assign, knn_dedup.assign_units).step(),
@@ -562,6 +563,8 @@ DEDUP_STEPS: Shape = (
     Step("write", _KNN_WRITE, _KNN_WRITE.units, parts_done("duplicates")),
     KnnStep("clean", knn_clean).step(),
 )
+"""The ``embeddings`` rule's steps, :mod:`curate.knn_dedup`."""
+DEDUP_STEPS: Shape = COPY_STEPS + KNN_STEPS
 """The dedup stage: the copy-detection steps (each task one or two partitions' features plus one index;
 :mod:`curate.copydetect.steps`) or, for the ``embeddings`` rule, the kNN steps (each task one partition plus
 one index shard; :mod:`curate.knn_dedup`). Either rule's steps have no units under the other."""
