@@ -129,3 +129,21 @@ def test_every_task_reads_the_features_of_at_most_two_partitions(lake, tmp_path,
         limit = {"block": 2, "verify": 2, "leaks": 2, "templates": 99, "vocabulary": 99}.get(name, 1)
         assert len(parts) <= limit, (name, unit, parts)
     assert any(len(parts) == 2 for (name, _), parts in by_task.items() if name == "verify")
+
+
+@pytest.mark.parametrize("partition_size", [100, 3])
+def test_the_checkpoint_rule_as_steps_gives_the_single_task_table(lake, tmp_path, partition_size):
+    import torch
+
+    from dinolab.curate.copydetect.descriptor import SSCD
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "sscd.pt"
+    torch.save({"model": SSCD("resnet18", dim=32).backbone.state_dict(), "arch": "resnet18"}, checkpoint)
+    config = _config(partition_size, descriptor=str(checkpoint), whitening=6, threshold=0.3, eval_threshold=0.3,
+                     candidates=1, global_candidates=0)  # few vote candidates: the descriptor's kNN adds some
+    out = _ingested(lake, tmp_path / "out", config)
+    shutil.copytree(out, tmp_path / "reference")
+    copy_dedup(tmp_path / "reference", config, str(checkpoint))
+    run_stage(LoopExecutor(), out, config, stages.STAGES["dedup"])
+    assert _rows(tables.read_table(out, "duplicates")) == _rows(tables.read_table(tmp_path / "reference", "duplicates"))
