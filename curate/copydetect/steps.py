@@ -58,7 +58,7 @@ from dinolab.curate.copydetect.candidates import descriptor_index, descriptor_ne
 from dinolab.curate.copydetect.features import ImageFeatures, partition_features
 from dinolab.curate.copydetect.groups import structural_links
 from dinolab.curate.copydetect.hashes import HASHES, cross_hash_pairs, hamming, hash_codes, hash_pairs
-from dinolab.curate.copydetect.local import DESCRIPTOR_DIM, LocalFeatures
+from dinolab.curate.copydetect.local import LocalFeatures
 from dinolab.curate.copydetect.pipeline import VERIFY_BLOCK, verify_block, verify_config
 from dinolab.curate.copydetect.templates import bursty_flags, content_features
 from dinolab.curate.copydetect.verify import verify_pair
