@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 from dinolab.core.storage import SHARD_DIR
 from dinolab.curate import (cluster_steps, fetched, knn_dedup, listing_steps, manifest, output, sample_steps,
                             shard_steps, tables)
+from dinolab.curate.copydetect import steps as copy_steps
 from dinolab.curate.embed import Embedder, embed_partition, load_embedder
 from dinolab.curate.ingest import ingest_partition
 from dinolab.curate.kmeans import clusters_table
@@ -239,12 +240,8 @@ def resolved_dedup_rule(out: Location, config: PipelineConfig) -> str:
 
 def dedup(out: Location, config: PipelineConfig) -> dict[str, int]:
     """The whole dedup stage in this process (the declared steps, :data:`DEDUP_STEPS`, spread it over tasks)."""
-    rule = resolved_dedup_rule(out, config)
-    if rule != "embeddings":
-        from dinolab.curate.copydetect.stage import copy_dedup
-
-        found = copy_dedup(out, config, rule)
-        record_unit(out, "dedup", 0)
+    if not uses_knn(out, config):
+        found = copy_steps.run_all(out, config, record_dedup_part)
         return found
     result = knn_dedup.run_all(out, config)
     for partition in knn_dedup.partitions(out):
@@ -529,7 +526,7 @@ def dedup_announcement(out: Location, config: PipelineConfig) -> str:
     return f"dedup: {described.get(rule, f'copy descriptor {rule} + verification')} ({pool_size(out):,} pool images)"
 
 
-# -- the dedup stage: copy detection in one task, or the kNN steps of curate.knn_dedup -----------------------
+# -- the dedup stage: the copy-detection steps of curate.copydetect.steps, or the kNN steps of curate.knn_dedup --
 
 
 def uses_knn(out: Location, config: PipelineConfig) -> bool:
@@ -537,16 +534,12 @@ def uses_knn(out: Location, config: PipelineConfig) -> bool:
     return resolved_dedup_rule(out, config) == "embeddings"
 
 
-def copy_units(out: Location, config: PipelineConfig, previous: list) -> list:
-    return [] if uses_knn(out, config) else [None]
+def uses_copy_detection(out: Location, config: PipelineConfig) -> bool:
+    return not uses_knn(out, config)
 
 
-def copy_step(out: Location, config: PipelineConfig, unit: None, previous: list) -> dict[str, int]:
-    from dinolab.curate.copydetect.stage import copy_dedup
-
-    found = copy_dedup(out, config, resolved_dedup_rule(out, config))
-    record_unit(out, "dedup", 0)
-    return found
+def record_dedup_part(out: Location, partition: int) -> None:
+    record_unit(out, "dedup", partition)
 
 
 @dataclass(frozen=True)
@@ -588,8 +581,9 @@ def knn_clean(out: Location, config: PipelineConfig) -> dict[str, int]:
 
 _KNN_WRITE = KnnStep("write", knn_write, knn_dedup.partitions)
 
-DEDUP_STEPS: Shape = (
-    Step("copy", copy_step, copy_units),
+COPY_STEPS: Shape = copy_steps.declared(uses_copy_detection, record_dedup_part)
+"""The copy-detection rules' steps (``local`` or a copy-descriptor checkpoint), :mod:`curate.copydetect.steps`."""
+KNN_STEPS: Shape = (
     KnnStep("prepare", knn_dedup.prepare, knn_dedup.partitions).step(),
     KnnStep("train", knn_dedup.train).step(),
     KnnStep("assign", knn_dedup.assign, knn_dedup.assign_units).step(),
@@ -601,12 +595,15 @@ DEDUP_STEPS: Shape = (
     Step("write", _KNN_WRITE, _KNN_WRITE.units, parts_done("duplicates")),
     KnnStep("clean", knn_clean).step(),
 )
-"""The dedup stage: copy detection (one unit) or, for the ``embeddings`` rule, the kNN steps (each task one
-partition plus one index shard; :mod:`curate.knn_dedup`)."""
+"""The ``embeddings`` rule's steps, :mod:`curate.knn_dedup`."""
+DEDUP_STEPS: Shape = COPY_STEPS + KNN_STEPS
+"""The dedup stage: the copy-detection steps (each task one or two partitions' features plus one index;
+:mod:`curate.copydetect.steps`) or, for the ``embeddings`` rule, the kNN steps (each task one partition plus
+one index shard; :mod:`curate.knn_dedup`). Either rule's steps have no units under the other."""
 
 
 def _dedup_complete(out: Location) -> bool:
-    return knn_dedup.finished(out)
+    return knn_dedup.finished(out) and copy_steps.finished(out)
 
 
 def _every_part(out: Location, table: str) -> bool:
@@ -639,7 +636,7 @@ STAGES: dict[str, Stage] = {
               counts=lambda out: (_ok_images(out), _rows(out, "embeddings"))),
         Stage("dedup", ("images", "embeddings"), "duplicates", False, "exact copies, near-copies, evaluation leaks",
               steps=DEDUP_STEPS,
-              unit_files=(_part("duplicates"),), files=knn_dedup.WORK_FILES, caches=("copydetect/part-*.npz",),
+              unit_files=(_part("duplicates"),), files=knn_dedup.WORK_FILES + copy_steps.WORK_FILES, caches=("copydetect/part-*.npz",),
               counts=lambda out: (_rows(out, "duplicates"), _kept(out)), complete=_dedup_complete,
               announce=dedup_announcement),
         Stage("cluster", ("duplicates", "embeddings"), "clusters", False, "hierarchical k-means of the kept pool",

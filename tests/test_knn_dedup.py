@@ -209,7 +209,7 @@ def test_the_declared_dedup_steps_run_by_the_dispatcher_resume_and_give_the_same
         elif name == "full":
             ran[name] = run_stage(LoopExecutor(), out, config, stages.STAGES["dedup"])
         else:  # interrupted after the index shards, then run again: the done units are not redone
-            partial = replace(stages.STAGES["dedup"], steps=stages.DEDUP_STEPS[:5])
+            partial = replace(stages.STAGES["dedup"], steps=stages.KNN_STEPS[:5])
             ran["partial"] = run_stage(LoopExecutor(), out, config, partial)
             ran[name] = run_stage(LoopExecutor(), out, config, stages.STAGES["dedup"])
         if name != "loop":

@@ -10,4 +10,6 @@
 - :mod:`.groups`: union-find, keep rule, group-wide decontamination.
 - :mod:`.features`: per-partition feature files the dedup stage reads.
 - :mod:`.pipeline`: the ``duplicates`` table from all of the above.
+- :mod:`.steps`: the same table as the dedup stage's steps, each task one or two partitions' features.
+- :mod:`.stage`: the single-process stage (the reference the steps are tested against).
 """

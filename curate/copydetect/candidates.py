@@ -49,37 +49,44 @@ def descriptor_index(vectors: np.ndarray, nprobe: int = 16, seed: int = 0) -> fa
     return index
 
 
-def vote_candidates(queries: Sequence[LocalFeatures], database: Sequence[LocalFeatures], same_set: bool = True,
-                    neighbours: int = 5, max_candidates: int = 16, min_votes: int = 3
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(query image, database image, votes)`` candidate pairs, best first per query image.
-
-    ``same_set``: queries and database are one set (self pairs dropped; each unordered pair once, as
-    ``first < second``, with the larger of its two vote counts).
-    """
+def descriptor_neighbours(queries: Sequence[LocalFeatures], database: Sequence[LocalFeatures], neighbours: int = 5
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each query descriptor's (and its mirror's) ``neighbours`` nearest database descriptors within
+    :data:`MAX_DISTANCE`: ``(descriptor, query image, database image, database descriptor, squared distance)``.
+    Query descriptors are numbered as stacked, the mirrors' after all the others; database descriptors as
+    stacked (image by image)."""
     db_vectors, db_owner = _stack(database, mirror=False)
+    found = [[] for _ in range(5)]
+    if len(db_vectors) and len(queries):
+        index = descriptor_index(db_vectors)
+        offset = 0
+        for mirror in (False, True):
+            q_vectors, q_owner = _stack(queries, mirror=mirror)
+            for start in range(0, len(q_vectors), QUERY_BATCH):
+                distances, ids = index.search(q_vectors[start : start + QUERY_BATCH], neighbours)
+                rows = np.repeat(np.arange(start, start + len(ids)), ids.shape[1])
+                ids, distances = ids.ravel(), distances.ravel()
+                ok = (ids >= 0) & (np.sqrt(np.maximum(distances, 0)) <= MAX_DISTANCE)
+                for column, values in zip(found, (rows[ok] + offset, q_owner[rows[ok]], db_owner[ids[ok]],
+                                                  ids[ok].astype(np.int64), distances[ok])):
+                    column.append(values)
+            offset = len(q_vectors)  # the mirrors' descriptors are numbered after the image's own
+    kinds = (np.int64,) * 4 + (np.float32,)
+    return tuple(np.concatenate(column) if column else np.zeros(0, kind) for column, kind in zip(found, kinds))
+
+
+def vote_pairs(descriptor: np.ndarray, query: np.ndarray, other: np.ndarray, same_set: bool = True,
+               max_candidates: int = 16, min_votes: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs from the neighbours of :func:`descriptor_neighbours` (``descriptor``, its image
+    ``query``, the database image ``other``): one vote per (query descriptor, database image); see
+    :func:`vote_candidates`."""
     empty = np.zeros(0, np.int64)
-    if len(db_vectors) == 0 or not len(queries):
+    if same_set:
+        keep = query != other
+        descriptor, query, other = descriptor[keep], query[keep], other[keep]
+    if not len(descriptor):
         return empty, empty, empty
-    index = descriptor_index(db_vectors)
-    keys = []
-    for mirror in (False, True):
-        q_vectors, q_owner = _stack(queries, mirror=mirror)
-        for start in range(0, len(q_vectors), QUERY_BATCH):
-            distances, ids = index.search(q_vectors[start : start + QUERY_BATCH], neighbours)
-            rows = np.repeat(np.arange(start, start + len(ids)), ids.shape[1])
-            ids, distances = ids.ravel(), distances.ravel()
-            ok = (ids >= 0) & (np.sqrt(np.maximum(distances, 0)) <= MAX_DISTANCE)
-            owner_q, owner_d = q_owner[rows[ok]], db_owner[ids[ok]]
-            descriptor = rows[ok] + (len(q_vectors) if mirror else 0)
-            if same_set:
-                keep = owner_q != owner_d
-                owner_q, owner_d, descriptor = owner_q[keep], owner_d[keep], descriptor[keep]
-            # one vote per (query descriptor, database image)
-            keys.append(np.unique(np.stack([descriptor, owner_q, owner_d], axis=1), axis=0)[:, 1:])
-    pairs = np.concatenate(keys) if keys else np.zeros((0, 2), np.int64)
-    if not len(pairs):
-        return empty, empty, empty
+    pairs = np.unique(np.stack([descriptor, query, other], axis=1), axis=0)[:, 1:]
     (unique, votes) = np.unique(pairs, axis=0, return_counts=True)
     query, other = unique[:, 0], unique[:, 1]
     keep = votes >= min_votes
@@ -97,6 +104,18 @@ def vote_candidates(queries: Sequence[LocalFeatures], database: Sequence[LocalFe
     unique_rows = np.ones(len(first), bool)
     unique_rows[1:] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])
     return first[unique_rows], second[unique_rows], votes[unique_rows]
+
+
+def vote_candidates(queries: Sequence[LocalFeatures], database: Sequence[LocalFeatures], same_set: bool = True,
+                    neighbours: int = 5, max_candidates: int = 16, min_votes: int = 3
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(query image, database image, votes)`` candidate pairs, best first per query image.
+
+    ``same_set``: queries and database are one set (self pairs dropped; each unordered pair once, as
+    ``first < second``, with the larger of its two vote counts).
+    """
+    descriptor, query, other, _, _ = descriptor_neighbours(queries, database, neighbours)
+    return vote_pairs(descriptor, query, other, same_set, max_candidates, min_votes)
 
 
 def knn_candidates(descriptors: np.ndarray, k: int, threshold: float, queries: np.ndarray | None = None,

@@ -1,4 +1,5 @@
-"""The dedup stage by copy detection: features per ``images`` partition (cached), then one global pass.
+"""The dedup stage by copy detection in one process: features per ``images`` partition (cached), then one
+global pass (:func:`copy_dedup`), the reference the stage's steps (:mod:`.steps`) are tested against.
 
 The rule (:func:`curate.stages.dedup_rule`) is ``local`` (no weights) or a copy-descriptor checkpoint
 whose kNN (k = ``dedup.k``, score-normalised, ``>= dedup.threshold``; ``dedup.eval_threshold`` against

@@ -40,17 +40,25 @@ def bursty_descriptors(features: Sequence[LocalFeatures], min_images: int, dista
     vectors = np.ascontiguousarray(np.concatenate([f.descriptors for f in features if len(f.descriptors)]), np.float32)
     owner = np.repeat(np.arange(len(features)), counts)
     index = descriptor_index(vectors, nprobe=nprobe)
-    k = min(len(vectors), 2 * min_images + 2)  # room for repeats inside one image
-    flags = np.zeros(len(vectors), dtype=bool)
-    for start in range(0, len(vectors), QUERY_BATCH):
-        found, ids = index.search(vectors[start : start + QUERY_BATCH], k)
+    flags = bursty_flags(index, owner, vectors, owner, min_images, distance)
+    return np.split(flags, np.cumsum(counts)[:-1]) if len(counts) > 1 else [flags]
+
+
+def bursty_flags(index, owner: np.ndarray, queries: np.ndarray, query_owner: np.ndarray, min_images: int,
+                 distance: float = DISTANCE) -> np.ndarray:
+    """Mask of the ``queries`` (descriptors of images ``query_owner``) with a near twin in ``>= min_images``
+    images of ``index`` other than their own (``owner``: the image of each indexed descriptor)."""
+    k = min(index.ntotal, 2 * min_images + 2)  # room for repeats inside one image
+    flags = np.zeros(len(queries), dtype=bool)
+    for start in range(0, len(queries), QUERY_BATCH):
+        found, ids = index.search(np.ascontiguousarray(queries[start : start + QUERY_BATCH], np.float32), k)
         near = (ids >= 0) & (found <= distance * distance)
         others = np.where(near, owner[np.maximum(ids, 0)], -1)
-        others[others == owner[start : start + len(ids), None]] = -1
+        others[others == query_owner[start : start + len(ids), None]] = -1
         others.sort(axis=1)
         distinct = (others >= 0) & np.concatenate([np.ones((len(others), 1), bool), others[:, 1:] != others[:, :-1]], 1)
         flags[start : start + len(ids)] = distinct.sum(axis=1) >= min_images
-    return np.split(flags, np.cumsum(counts)[:-1]) if len(counts) > 1 else [flags]
+    return flags
 
 
 def template_region(features: LocalFeatures, bursty: np.ndarray) -> np.ndarray | None:

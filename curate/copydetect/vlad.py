@@ -106,17 +106,30 @@ def vlad_candidates(vectors: np.ndarray, mirrored: np.ndarray, k: int, max_candi
         scores.append(found.ravel())
     row, other, score = np.concatenate(rows), np.concatenate(others), np.concatenate(scores)
     keep = (other >= 0) & (other != row) & (score >= threshold)
-    row, other, score = row[keep], other[keep], score[keep]
+    first, second, score = best_pairs(row[keep], other[keep], score[keep])
+    ranked = top_ranked(first, second, score, max_candidates)
+    return first[ranked], second[ranked], score[ranked].astype(np.float32)
+
+
+def best_pairs(row: np.ndarray, other: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directed links as unordered pairs ``first < second`` (sorted), each once with its best score."""
     first, second = np.minimum(row, other), np.maximum(row, other)
     order = np.lexsort((-score, second, first))
     first, second, score = first[order], second[order], score[order]
     unique = np.ones(len(first), bool)
     unique[1:] = (first[1:] != first[:-1]) | (second[1:] != second[:-1])
-    first, second, score = first[unique], second[unique], score[unique]
-    # per image, its max_candidates best pairs (a pair kept when it ranks well for either image)
+    return first[unique], second[unique], score[unique]
+
+
+def top_ranked(first: np.ndarray, second: np.ndarray, score: np.ndarray, max_candidates: int,
+               mine: tuple[np.ndarray | None, np.ndarray | None] = (None, None)) -> np.ndarray:
+    """Mask of the pairs (sorted, from :func:`best_pairs`) among the ``max_candidates`` best of their ``first``
+    image's pairs as ``first``, or of their ``second`` image's as ``second``; ``mine`` (masks of the pairs
+    whose first / second image is one's own): count only those sides."""
     ranked = np.zeros(len(first), bool)
-    for side in (first, second):
+    for side, allowed in zip((first, second), mine):
         order = np.lexsort((-score, side))
         rank = np.arange(len(order)) - np.searchsorted(side[order], side[order])
-        ranked[order[rank < max_candidates]] = True
-    return first[ranked], second[ranked], score[ranked].astype(np.float32)
+        chosen = order[rank < max_candidates]
+        ranked[chosen if allowed is None else chosen[allowed[chosen]]] = True
+    return ranked
