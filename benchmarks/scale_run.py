@@ -49,6 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmarks._shared.mixture_lake import MixtureLake, write_mixture_lake
+from benchmarks._shared.task_memory import Sizes, task_bytes
 from benchmarks._shared.worker_memory import WorkerMemory
 
 GIB = 2**30
@@ -162,6 +163,20 @@ def stage_table(out: Path) -> dict[str, dict]:
                    "images_out": counts[name][1]} for name in STAGES}
 
 
+def run_sizes(args: argparse.Namespace, lake: MixtureLake) -> Sizes:
+    """The :class:`Sizes` of this run (the lvd settings the benchmark does not override)."""
+    return Sizes(pool=lake.size, partition=args.file_rows, dim=lake.dim, kept=lake.size - lake.copies,
+                 clusters=lake.components, queries=lake.queries)
+
+
+PROJECTED = {"3e6 (this benchmark)": Sizes(pool=3_000_000, partition=100_000),
+             "1e7 (this benchmark)": Sizes(pool=10_000_000, partition=100_000),
+             "1.2e9 (the paper's pool)": Sizes(pool=1_200_000_000, partition=100_000, kept=1_100_000_000,
+                                               clusters=100_000, queries=20_000_000)}
+"""Sizes the per-task formulas are evaluated at (lvd settings; the paper's 10^5 clusters and ~2·10^7 curated
+queries at 1.2 B)."""
+
+
 def _gib(value: int | None) -> str:
     return "–" if not value else f"{value / GIB:.2f}"
 
@@ -175,20 +190,31 @@ def report(result: dict) -> str:
     lines = [f"curate {result['args']['until']} on {result['lake']['size']:,} x {result['lake']['dim']}-d embeddings, "
              f"{result['args']['workers']} workers x 1 thread, memory limit {result['args']['memory_limit']} each: "
              f"exit code {result['run']['exit_code']}, {result['run']['wall_seconds']} s, "
-             f"{memory['restarts']} worker restarts", "",
-             "| stage | seconds | tasks | images in | images out | peak RSS of its steps, GiB (max over workers) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             f"{memory['restarts']} worker restarts, {memory['paused_samples']} of {memory['samples']} samples found "
+             "a worker paused (at 80 % of its limit)", "",
+             "| stage | seconds | tasks | worker CPU s | images in | images out | peak RSS of its steps, GiB "
+             "(max over workers) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in result["stages"].items():
-        peaks = [v for step, v in memory["steps"].items() if step == name or step.startswith(name + " ")]
-        lines.append(f"| {name} | {_n(row['seconds'])} | {_n(row['tasks'])} | {_n(row['images_in'])} | "
-                     f"{_n(row['images_out'])} | {_gib(max(peaks, default=None))} |")
+        mine = [step for step in memory["steps"] if step == name or step.startswith(name + " ")]
+        cpu = sum(memory["cpu_seconds"].get(step, 0.0) for step in mine)
+        lines.append(f"| {name} | {_n(row['seconds'])} | {_n(row['tasks'])} | {cpu:.1f} | {_n(row['images_in'])} | "
+                     f"{_n(row['images_out'])} | {_gib(max((memory['steps'][s] for s in mine), default=None))} |")
     lines += ["", "| worker | baseline GiB (after imports) | peak GiB (polled) | peak GiB (VmHWM) |", "|---|---:|---:|---:|"]
     for address, worker in memory["workers"].items():
         lines.append(f"| {address} (pid {worker['pid']}) | {_gib(worker['baseline'])} | {_gib(worker['peak_polled'])} | "
                      f"{_gib(worker['peak_hwm'])} |")
     lines.append(f"| the `curate` client process | – | {_gib(memory['extra'].get('client'))} | – |")
-    lines += ["", "| step | peak RSS GiB while a worker ran it |", "|---|---:|"]
-    lines += [f"| {step} | {_gib(value)} |" for step, value in memory["steps"].items()]
+    formula, base = result["formula"], max(w["baseline"] or 0 for w in memory["workers"].values())
+    lines += ["", "| step | worker-seconds running it | CPU seconds | peak RSS GiB while a worker ran it | "
+              "baseline + formula GiB (docs/scale.md) |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {step} | {memory['busy_seconds'].get(step, 0):.1f} | {memory['cpu_seconds'].get(step, 0):.1f} | "
+              f"{_gib(value)} | "
+              f"{_gib(base + formula[step]) if step in formula else '–'} |" for step, value in memory["steps"].items()]
+    lines += ["", "Per-task bytes above the baseline by the formulas, GiB, at larger pools (partitions of 100,000):", "",
+              "| step | " + " | ".join(PROJECTED) + " |", "|---|" + "---:|" * len(PROJECTED)]
+    projected = {name: task_bytes(sizes) for name, sizes in PROJECTED.items()}
+    for step in formula:
+        lines.append(f"| {step} | " + " | ".join(f"{projected[name][step] / GIB:.2f}" for name in PROJECTED) + " |")
     lines += ["", f"planted-pair recall {q.get('planted_recall')} ({q['planted_pairs']:,} pairs), largest group "
               f"{q.get('largest_group')}, removed {_n(q.get('removed'))} (of which in planted pairs "
               f"{_n(q.get('removed_in_planted_pairs'))})",
@@ -233,7 +259,8 @@ def run(args: argparse.Namespace, scratch: Path) -> dict:
               "lake": {"size": lake.size, "dim": lake.dim, "components": lake.components, "copies": lake.copies,
                        "queries": lake.queries, "curated_components": lake.curated_components,
                        "seconds": round(lake_seconds, 1)},
-              "run": ran, "stages": stage_table(out), "quality": quality(out, lake)}
+              "run": ran, "stages": stage_table(out), "quality": quality(out, lake),
+              "formula": task_bytes(run_sizes(args, lake))}
     result["completed_without_restart"] = ran["exit_code"] == 0 and ran["memory"]["restarts"] == 0
     return result
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from benchmarks import scale_run
 from benchmarks._shared.mixture_lake import write_mixture_lake
+from benchmarks._shared.task_memory import Sizes, task_bytes
 from benchmarks._shared.worker_memory import step_of
 from dinolab.curate.lakes.embeddings import detect_folder, vectors, rows
 
@@ -53,3 +54,14 @@ def test_a_tiny_run_through_curate_sample_measures_recall_precision_and_memory(t
     assert quality["selection_precision"] >= 0.9 > quality["base_rate"]
     assert quality["query_precision"] >= 0.9
     assert (tmp_path / "result.json").is_file()
+    assert run["memory"]["busy_seconds"] and set(result["formula"]) >= {
+        step for step in run["memory"]["steps"] if step.split()[0] in ("dedup", "cluster", "sample")} - {
+        "dedup clean", "cluster clean", "sample clean"}
+
+
+def test_at_a_fixed_cluster_count_only_three_steps_grow_with_the_pool_and_the_rest_with_the_partition():
+    small, large = (task_bytes(Sizes(pool=pool, partition=100_000, clusters=1000)) for pool in (6_000_000, 24_000_000))
+    assert {step for step in small if large[step] > 1.5 * small[step]} == {
+        "dedup components", "cluster radius", "dedup train"}  # union-find, the resampling radii, the IVF sample
+    halves = task_bytes(Sizes(pool=6_000_000, partition=50_000, clusters=1000))
+    assert all(halves[step] < small[step] for step in ("dedup search", "dedup add", "cluster write", "sample scan"))
