@@ -20,6 +20,8 @@ TABLE_ROW = 300
 """Bytes a row of a partition's key/uri tables take in Arrow (keys, ``emb://`` or file uris, small columns)."""
 BLOCK = 8192
 """Rows a k-means assignment scores at once (``curate.lloyd.CHUNK``)."""
+EXACT_MAX_K = 8192
+"""Above this many centroids the assignment goes through an inverted file over them (``cluster.exact_max_k``)."""
 SEARCH_BATCH = 16384
 """Queries a shard search takes at once (``curate.knn.search_shard``)."""
 
@@ -62,6 +64,7 @@ def task_bytes(s: Sizes) -> dict[str, float]:
     code = {"flat": 4 * d, "ivf": 4 * d, "ivfpq": max(1, d // 4)}[s.kind] + 8  # a vector in an index, id included
     train = min(N, 40 * max(s.nlist, 256 if s.kind == "ivfpq" else 1)) if s.kind != "flat" else 0
     sub = min(1.0, 256 * K / kept)  # the share of a partition a Lloyd round trains on
+    block = 4 * BLOCK * (K if K <= EXACT_MAX_K else int(math.sqrt(K)))  # scores, or the IVF's coarse ones
     return {
         # dedup (curate/knn_dedup.py)
         "dedup prepare": TABLE_ROW * n * 2,  # the embeddings and images parts, the sorted pool rows
@@ -76,12 +79,12 @@ def task_bytes(s: Sizes) -> dict[str, float]:
         # cluster (curate/cluster_steps.py, curate/lloyd.py)
         "cluster prepare": 3 * V + 100 * n + 4 * K * d,  # vectors, unit copy, per-key scores, K seeds
         "cluster seed": 16 * K * d,  # two partitions' K candidates and their merge
-        "cluster assign": V + 4 * sub * V + 16 * K * d + 4 * BLOCK * K,  # mapped pool, fixed-point float64 copy
+        "cluster assign": V + 4 * sub * V + 16 * K * d + block,  # mapped pool, fixed-point float64 copy
         "cluster update": 32 * K * d,  # centroids, int64 sums, a part's sums, float64 means
-        "cluster resample": V + 12 * n + 4 * BLOCK * K,
+        "cluster resample": V + 12 * n + block,
         "cluster radius": 60 * kept,  # a (label, similarity) per kept image, sorted
         "cluster upper": 16 * K * d,  # the k-means of the level-1 centroids
-        "cluster write": 4 * V + 200 * n + 4 * BLOCK * K,
+        "cluster write": 4 * V + 200 * n + block,
         # sample, retrieval of the per_query nearest (curate/sample_steps.py)
         "sample prepare": 12 * s.queries * d,
         "sample scan": 4 * V + 4 * s.queries * d + 12 * s.queries * s.per_query + 100 * n,  # + flat index copy
