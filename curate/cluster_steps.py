@@ -118,15 +118,21 @@ def prepare(out: Location, config: PipelineConfig, partition: int, previous=None
     return {"in": len(pool.keys)}
 
 
+def _rows_of(path: Location) -> int:
+    """The pool rows a ``seed/part-NNNNN.npz`` stands for (its ``rows`` array alone is read)."""
+    with np.load(output.readable(path)) as data:
+        return int(data["rows"])
+
+
 def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
     """Pool size, cluster counts and the first level-1 centroids: the ``k`` lowest-scoring vectors of the pool."""
     paths = [_dir(out) / "seed" / name for name in output.names(_dir(out) / "seed", "part-*.npz")]
-    parts = [load_arrays(path) for path in paths]
-    size = int(sum(int(part["rows"]) for part in parts))
+    size = sum(_rows_of(path) for path in paths)
     ks = list(config.cluster.ks) or default_ks(size, config.cluster.levels)
     k = min(ks[0], size)
-    seeded = [Lowest(p["scores"], p["vectors"]) for p in parts if len(p["scores"])]
-    centroids = merge_lowest(seeded, k).vectors if seeded else np.zeros((0, 1), dtype=np.float32)
+    # one partition's candidates in memory at a time (with ks unset, a partition's file holds all its vectors)
+    seeded = (Lowest(part["scores"], part["vectors"]) for part in map(load_arrays, paths) if len(part["scores"]))
+    centroids = merge_lowest(seeded, k).vectors if size else np.zeros((0, 1), dtype=np.float32)
     _save_centroids(out, config, 0, centroids)
     # Lloyd rounds use at most MAX_POINTS_PER_CENTROID points a centroid, drawn by key score (faiss subsamples too)
     fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0

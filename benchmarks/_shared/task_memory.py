@@ -1,0 +1,95 @@
+"""Bytes one task of each kNN-dedup, cluster and sample step holds above the worker's baseline (its imports),
+read off the step code (``curate/knn_dedup.py``, ``knn.py``, ``cluster_steps.py``, ``lloyd.py``,
+``sample_steps.py``), so a run's measured peaks can be checked against them and a larger run planned::
+
+    sizes = Sizes(pool=3_000_000, partition=100_000, dim=256)
+    task_bytes(sizes)["dedup search"]       # one query partition against one index shard
+
+Terms (float32 = 4 bytes a value): ``V = 4 n d`` is one partition's vectors. A step that reads a partition of the
+``embeddings`` matrix holds its memory-mapped pages (counted in RSS while mapped), the fancy-indexed float32
+copy and the unit-normalised copy: ``3 V``. Arrow tables of keys and uris cost about ``TABLE_ROW`` bytes a row.
+Steps whose memory grows with the whole pool (not a partition) are ``dedup components`` and ``cluster radius``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TABLE_ROW = 300
+"""Bytes a row of a partition's key/uri tables take in Arrow (keys, ``emb://`` or file uris, small columns)."""
+BLOCK = 8192
+"""Rows a k-means assignment scores at once (``curate.lloyd.CHUNK``)."""
+EXACT_MAX_K = 8192
+"""Above this many centroids the assignment goes through an inverted file over them (``cluster.exact_max_k``)."""
+SEARCH_BATCH = 16384
+"""Queries a shard search takes at once (``curate.knn.search_shard``)."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a task's memory depends on. ``pool``: pool images (N); ``kept``: after dedup (default N);
+    ``partition``: rows of a lake partition (n_p); ``shard``: ``dedup.shard_vectors`` (S); ``k``: ``dedup.k``;
+    ``clusters``: level-1 clusters (K, default N / 1000); ``queries``: curated queries (Q); ``per_query``;
+    ``index``: ``flat``, ``ivf`` or ``ivfpq`` (default: what ``index=auto`` picks for the pool)."""
+
+    pool: int
+    partition: int
+    dim: int = 256
+    kept: int | None = None
+    shard: int = 250_000
+    k: int = 64
+    nprobe: int = 16
+    clusters: int | None = None
+    queries: int = 10_000
+    per_query: int = 4
+    index: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.index or ("flat" if self.pool <= 100_000 else "ivf" if self.pool <= 10_000_000 else "ivfpq")
+
+    @property
+    def nlist(self) -> int:
+        return max(1, min(self.pool // 39, int(2 * math.sqrt(self.pool)))) if self.kind != "flat" else 0
+
+
+def task_bytes(s: Sizes) -> dict[str, float]:
+    """Per step, the bytes its largest task holds above the worker's baseline (see the module docstring)."""
+    n, d, N = min(s.partition, s.pool), s.dim, s.pool
+    kept = s.kept or N
+    K = s.clusters or max(1, kept // 1000)
+    V = 4 * n * d
+    shard = min(s.shard, N) if s.shard >= n else n  # a shard holds whole partitions
+    code = {"flat": 4 * d, "ivf": 4 * d, "ivfpq": max(1, d // 4)}[s.kind] + 8  # a vector in an index, id included
+    train = min(N, 40 * max(s.nlist, 256 if s.kind == "ivfpq" else 1)) if s.kind != "flat" else 0
+    sub = min(1.0, 256 * K / kept)  # the share of a partition a Lloyd round trains on
+    block = 4 * BLOCK * (K if K <= EXACT_MAX_K else int(math.sqrt(K)))  # scores, or the IVF's coarse ones
+    return {
+        # dedup (curate/knn_dedup.py)
+        "dedup prepare": TABLE_ROW * n * 2,  # the embeddings and images parts, the sorted pool rows
+        "dedup train": 12 * train * d + V + 4 * s.nlist * d,  # the gathered sample, its copy and k-means' copy
+        "dedup assign": 3 * V + 12 * n * s.nprobe + 4 * s.nlist * d,  # vectors, (list, similarity) per probe
+        "dedup add": 2 * code * shard + 3 * V,  # inverted lists grow by doubling; one partition at a time
+        "dedup search": 2 * code * shard + 3 * V + 12 * n * s.nprobe + 30 * SEARCH_BATCH * (s.k + 1),
+        "dedup exact": 100 * min(N, 4_000_000),  # one sha256 bucket's digests and ids, sorted (none when unhashed)
+        "dedup merge": 40 * n * (s.k + 1),  # at most, when every row has k + 1 links above the threshold
+        "dedup components": 45 * N,  # parent/roots, sizes, pixels, kept (int64), leak (int32), temporaries
+        "dedup write": 4 * V + TABLE_ROW * n,  # own vectors (mapped, copy, unit), the kept images' vectors
+        # cluster (curate/cluster_steps.py, curate/lloyd.py)
+        "cluster prepare": 3 * V + 100 * n + 4 * K * d,  # vectors, unit copy, per-key scores, K seeds
+        "cluster seed": 16 * K * d,  # two partitions' K candidates and their merge
+        "cluster assign": V + 4 * sub * V + 16 * K * d + block,  # mapped pool, fixed-point float64 copy
+        "cluster update": 32 * K * d,  # centroids, int64 sums, a part's sums, float64 means
+        "cluster resample": V + 12 * n + block,
+        "cluster radius": 60 * kept,  # a (label, similarity) per kept image, sorted
+        "cluster upper": 16 * K * d,  # the k-means of the level-1 centroids
+        "cluster write": 4 * V + 200 * n + block,
+        # sample, retrieval of the per_query nearest (curate/sample_steps.py)
+        "sample prepare": 12 * s.queries * d,
+        "sample scan": 4 * V + 4 * s.queries * d + 12 * s.queries * s.per_query + 100 * n,  # + flat index copy
+        "sample plan": 40 * s.queries * s.per_query,
+        "sample draw": 2 * V + 100 * n,  # balanced and cluster retrieval only: scores of the partition's keys
+        "sample limit": 16 * min(kept, s.queries * s.per_query),  # (cluster, score) of each image drawn
+        "sample write": 2 * V + 4 * s.queries * d + 20 * s.queries * s.per_query + 100 * n,
+    }
