@@ -18,7 +18,7 @@ from dinolab.curate.copydetect import steps
 from dinolab.curate.copydetect.stage import copy_dedup
 from dinolab.curate.lakes.sets import ImageSet
 from dinolab.pipelines.dispatch import DaskExecutor, LoopExecutor, run_stage
-from dinolab.pipelines.run import write_listing
+from dinolab.pipelines.state import prepare
 from dinolab.schemas.config import DedupConfig, IngestConfig, PipelineConfig
 
 
@@ -55,8 +55,9 @@ def _config(partition_size: int, **dedup) -> PipelineConfig:
 def _ingested(lake: tuple[Path, Path], out: Path, config: PipelineConfig) -> Path:
     pool, evaluation = lake
     sets = [ImageSet(str(pool), "pool", "pool"), ImageSet(str(evaluation), "eval", "test")]
-    write_listing(out, sets, config)
-    run_stage(LoopExecutor(), out, config, stages.STAGES["ingest"])
+    prepare(out, sets, config)
+    for name in ("list", "ingest"):
+        run_stage(LoopExecutor(), out, config, stages.STAGES[name])
     return out
 
 
