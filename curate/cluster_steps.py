@@ -9,10 +9,13 @@ stay small:
 ==============  ====  =========================================================================================
 ``prepare``      P    the partition's kept pool as unit vectors (``pool/part-NNNNN.npy``), their draw scores,
                       and its ``k`` lowest-scoring vectors (``seed/part-NNNNN.npz``)
-``seed``         1    pool size, ``ks``, the first centroids (``centroids/round-0000.npy``)
-then, once per round ``R`` (a ``Repeat`` of four steps, ``R`` carried in their results):
-``resample``     P    when a resampling step starts at ``R``: each vector's (label, similarity) to the centroids
-``radius``       1    then each cluster's ``r``-th largest similarity: the sample is every vector at least as close
+``seed``         1    pool size, ``ks``, the first centroids (``centroids/round-0000.npy``), the cluster buckets
+then, once per round ``R`` (a ``Repeat`` of five steps, ``R`` carried in their results):
+``resample``     P    when a resampling step starts at ``R``: each vector's (label, similarity) to the centroids,
+                      in row order and sorted by label with the offsets of each bucket of cluster ids
+``radius``       B    then, per bucket, each cluster's ``r``-th largest similarity (its slice of every partition's
+                      sorted pairs, one partition at a time): the sample is every vector at least as close
+``radii``        1    the buckets' radii joined into one ``[k]`` array (``resample/radius-S.npy``)
 ``assign``       P    sums and counts by nearest centroid (``sums/round-RRRR-part-NNNNN.npz``)
 ``update``       1    the centroids of round ``R + 1`` from the summed parts (``centroids/round-R+1.npy``)
 and last:
@@ -26,11 +29,15 @@ steps; like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) v
 subsample drawn by key score, so level 1 costs ``2 min(n, 256 k) k d`` flops a round (exact assignment;
 with the inverted file above ``cluster.exact_max_k``, about ``2 * 17 sqrt(k) d`` a vector). Memory per
 task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the reduce); ``radius``
-holds one (int32, float32) pair per pool image. Centroids do not depend on how the pool is partitioned
-(seeds are per key, sums are exact), so neither does the table.
+holds the (int32, float32) pairs of one bucket, at most ``2 r`` a cluster of it (each cluster's ``r`` most
+similar are all it needs) plus one partition's slice. The ``B`` buckets are contiguous ranges of
+``ceil(k / P)`` cluster ids (``P`` partitions), about one partition's pairs each. Centroids do not depend
+on how the pool is partitioned (seeds are per key, sums are exact), so neither do the radii or the table.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -39,7 +46,7 @@ import pyarrow as pa
 from dinolab.curate import manifest, output, tables
 from dinolab.curate.kmeans import MAX_POINTS_PER_CENTROID, default_ks, resampled_kmeans
 from dinolab.curate.lloyd import (Assigner, Lowest, Sums, cluster_sums, ivf_over, key_scores, lowest, merge_lowest,
-                          sample_thresholds, unit, update)
+                          most_similar, sample_thresholds, unit, update)
 from dinolab.curate.output import Location
 from dinolab.curate.partitions import kept_pool, load_array, load_arrays, save_array, save_arrays, work
 from dinolab.curate.steps import Repeat, Step
@@ -49,6 +56,9 @@ from dinolab.schemas.tables import CLUSTERS
 STAGE = "cluster"
 WORK_FILES = tuple(f"work/cluster/{folder}*" for folder in ("", "pool/", "seed/", "centroids/", "sums/", "resample/"))
 """Everything the steps write besides the ``clusters`` parts (removed by the last step, or with the stage)."""
+PAIR = np.dtype([("label", "<i4"), ("similarity", "<f4")])
+"""A vector's nearest centroid and its similarity to it, as the ``resample`` step's sorted pairs file holds them."""
+OFFSET = np.dtype("<i8")
 
 
 def _dir(out: Location) -> Location:
@@ -59,8 +69,21 @@ def _part(name: str, partition: int, suffix: str = ".npz") -> str:
     return f"{name}/part-{partition:05d}{suffix}"
 
 
-def _resampled_part(step: int, partition: int) -> str:
-    return f"resample/step-{step}-part-{partition:05d}.npz"
+def _resampled_part(step: int, partition: int, suffix: str = ".npz") -> str:
+    """``.npz``: the partition's pairs in row order; ``.pairs``: sorted by label (raw :data:`PAIR` records);
+    ``.buckets``: the offset of each bucket's first sorted pair, and their count last (raw ``int64``)."""
+    return f"resample/step-{step}-part-{partition:05d}{suffix}"
+
+
+def _bucket_radius(step: int, bucket: int) -> str:
+    return f"resample/radius-{step}-bucket-{bucket:05d}.npy"
+
+
+def bucket_bounds(k: int, partitions: int) -> np.ndarray:
+    """The first cluster id of each bucket, then ``k``: contiguous ranges of ``ceil(k / partitions)`` ids, so a
+    bucket holds about one partition's pairs (one empty bucket when ``k`` is 0)."""
+    width = max(1, -(-k // max(1, partitions)))
+    return np.append(np.arange(0, max(k, 1), width), k).astype(np.int64)
 
 
 def _at(out: Location, name: str) -> Location:
@@ -137,7 +160,8 @@ def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> di
     # Lloyd rounds use at most MAX_POINTS_PER_CENTROID points a centroid, drawn by key score (faiss subsamples too)
     fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0
     limit = np.uint64(np.iinfo(np.uint64).max) if fraction >= 1 else np.uint64(int(fraction * 2.0**64))
-    save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64), limit=np.array(limit))
+    save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64), limit=np.array(limit),
+                bounds=bucket_bounds(k, len(paths)))
     return {"in": size, "k": k, "round": 0}
 
 
@@ -206,23 +230,74 @@ def resample(out: Location, config: PipelineConfig, unit_: tuple[int, int | None
         sims, labels = _assigner(out, config, round_)(vectors)
     else:
         sims, labels = np.zeros(0, np.float32), np.zeros(0, np.int64)
-    save_arrays(_at(out, _resampled_part(step, partition)), label=labels.astype(np.int32), similarity=sims)
+    save_pairs(out, step, partition, labels.astype(np.int32), sims)
     return {"round": round_, "in": len(vectors)}
 
 
-def radius(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
-    """A resampling step's sample: each cluster's ``r``-th largest similarity (``r`` = mean cluster size)."""
+def save_pairs(out: Location, step: int, partition: int, labels: np.ndarray, sims: np.ndarray) -> None:
+    """Partition ``partition``'s (label, similarity) pairs of resampling step ``step``: sorted by label with the
+    offsets of the buckets (what ``radius`` reads a slice of), and last, in row order (what ``assign`` reads)."""
+    order = np.argsort(labels, kind="stable")
+    pairs = np.empty(len(labels), PAIR)
+    pairs["label"], pairs["similarity"] = labels[order], sims[order]
+    output.write_bytes(_at(out, _resampled_part(step, partition, ".pairs")), pairs.tobytes())
+    offsets = np.searchsorted(pairs["label"], load_arrays(_at(out, "seed.npz"))["bounds"]).astype(OFFSET)
+    output.write_bytes(_at(out, _resampled_part(step, partition, ".buckets")), offsets.tobytes())
+    save_arrays(_at(out, _resampled_part(step, partition)), label=labels, similarity=sims)
+
+
+def _records(path: Location, dtype: np.dtype, first: int, last: int) -> np.ndarray:
+    """Records ``[first, last)`` of a raw file of ``dtype`` records (one ranged read)."""
+    return np.frombuffer(output.read_bytes(path, first * dtype.itemsize, last * dtype.itemsize), dtype)
+
+
+def _bucket_slices(out: Location, step: int, bucket: int) -> Iterator[np.ndarray]:
+    """Bucket ``bucket``'s pairs in each partition's sorted file, one partition at a time."""
+    folder = _at(out, "resample")
+    for name in output.names(folder, f"step-{step}-part-*.buckets"):
+        first, last = (int(offset) for offset in _records(folder / name, OFFSET, bucket, bucket + 2))
+        if last > first:
+            yield _records(folder / name.replace(".buckets", ".pairs"), PAIR, first, last)
+
+
+def radius(out: Location, config: PipelineConfig, unit_: tuple[int, int | None], previous=None) -> dict:
+    """A resampling step's sample, for the clusters of bucket ``b`` (``unit_ = (R, b)``): each one's ``r``-th
+    largest similarity (``r`` = mean cluster size). Pairs beyond a cluster's ``r`` most similar are dropped
+    whenever the bucket holds more than ``2 r`` a cluster, so a bucket of large clusters stays bounded."""
+    round_, bucket = unit_
+    step = _resampling_step(config, round_)
+    if bucket is None or not step:
+        return {"round": round_}
+    info = load_arrays(_at(out, "seed.npz"))
+    first, last = (int(bound) for bound in info["bounds"][bucket:bucket + 2])
+    per_cluster = max(1, int(info["size"]) // max(1, int(info["bounds"][-1])))
+    held, size, count = [np.zeros(0, PAIR)], 0, 0
+    for pairs in _bucket_slices(out, step, bucket):
+        held.append(pairs)
+        size, count = size + len(pairs), count + len(pairs)
+        if size > 2 * per_cluster * (last - first):
+            pairs = np.concatenate(held)
+            held = [pairs[most_similar(pairs["label"], pairs["similarity"], per_cluster)]]
+            size = len(held[0])
+    pairs = np.concatenate(held)
+    thresholds = sample_thresholds(pairs["label"].astype(np.int64) - first, pairs["similarity"], last - first,
+                                   per_cluster)
+    save_array(_at(out, _bucket_radius(step, bucket)), thresholds)
+    return {"round": round_, "in": count}
+
+
+def radii(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
+    """The buckets' radii as one ``[k]`` array (``resample/radius-S.npy``, what ``assign`` reads); the sorted
+    pairs are no longer needed."""
     step = _resampling_step(config, round_)
     if not step:
         return {"round": round_}
-    folder = _at(out, "resample")
-    parts = [load_arrays(folder / name) for name in output.names(folder, f"step-{step}-part-*.npz")]
-    labels = np.concatenate([p["label"] for p in parts]).astype(np.int64)
-    sims = np.concatenate([p["similarity"] for p in parts])
-    k = len(load_array(_at(out, f"centroids/round-{round_:04d}.npy")))
-    per_cluster = max(1, len(labels) // k)
-    save_array(folder / f"radius-{step}.npy", sample_thresholds(labels, sims, k, per_cluster))
-    return {"round": round_, "in": len(labels)}
+    buckets = len(load_arrays(_at(out, "seed.npz"))["bounds"]) - 1
+    joined = np.concatenate([load_array(_at(out, _bucket_radius(step, bucket))) for bucket in range(buckets)])
+    save_array(_at(out, f"resample/radius-{step}.npy"), joined)
+    for pattern in ("step-{}-part-*.pairs", "step-{}-part-*.buckets", "radius-{}-bucket-*.npy"):
+        output.remove_matching(_dir(out), "resample/" + pattern.format(step))
+    return {"round": round_, "in": len(joined)}
 
 
 def upper(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
@@ -307,12 +382,23 @@ def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
     return found
 
 
-def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
-    round_ = units[0]
+def _joined(out: Location, config: PipelineConfig, round_: int) -> bool:
+    """No resampling step starts at round ``round_``, or its radii are joined (or the round is reduced)."""
     step = _resampling_step(config, round_)
-    if not step or _round_done(round_, out) or _exists(out, f"resample/radius-{step}.npy"):
-        return {round_: {"round": round_}}
-    return {}
+    return not step or _round_done(round_, out) or _exists(out, f"resample/radius-{step}.npy")
+
+
+def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    found = {}
+    for round_, bucket in units:
+        if bucket is None or _joined(out, config, round_) or _exists(
+                out, _bucket_radius(_resampling_step(config, round_), bucket)):
+            found[(round_, bucket)] = {"round": round_}
+    return found
+
+
+def _radii_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    return {units[0]: {"round": units[0]}} if _joined(out, config, units[0]) else {}
 
 
 def _assigned(out: Location, config: PipelineConfig, units: list) -> dict:
@@ -347,12 +433,20 @@ def _resample_units(out: Location, config: PipelineConfig, previous: list) -> li
     return [(round_, partition) for partition in _partitions(out, config, previous)]
 
 
+def _radius_units(out: Location, config: PipelineConfig, previous: list) -> list[tuple[int, int | None]]:
+    round_ = _round(previous)
+    if not _resampling_step(config, round_):
+        return [(round_, None)]
+    return [(round_, bucket) for bucket in range(len(load_arrays(_at(out, "seed.npz"))["bounds"]) - 1)]
+
+
 STEPS = (
     Step("prepare", prepare, units=_partitions, done=_prepared),
     Step("seed", seed, done=_seeded),
     Repeat(
         (Step("resample", resample, units=_resample_units, done=_resampled),
-         Step("radius", radius, units=lambda out, config, previous: [_round(previous)], done=_radius_done),
+         Step("radius", radius, units=_radius_units, done=_radius_done),
+         Step("radii", radii, units=lambda out, config, previous: [_round(previous)], done=_radii_done),
          Step("assign", assign, units=lambda out, config, previous: [(_round(previous), p)
                                                                      for p in _partitions(out, config, previous)],
               done=_assigned),

@@ -11,7 +11,8 @@ given), so a task per partition can run it and a reduce combine the results:
   fixed point (``int64`` in units of 2^-30), so adding them is exact and the centroids do not depend on
   the order or grouping of the partitions.
 - **resampling** (Vo et al. 2024, Alg. 1): the ``r`` vectors nearest each centroid form the sample the next
-  k-means runs on; :func:`sample_thresholds` finds each cluster's radius from every (label, similarity) pair.
+  k-means runs on; :func:`sample_thresholds` finds each cluster's radius from its (label, similarity) pairs,
+  of which only its ``r`` most similar matter (:func:`most_similar`).
 - **assignment** (:func:`nearest`) is exact (one matrix product) up to ``exact_max_k`` centroids and above
   that goes through an inverted-file index over the centroids (faiss ``IndexIVFFlat``, ``sqrt(k)`` lists,
   ``nprobe`` probed), which costs about ``(sqrt(k) + nprobe * sqrt(k)) * d`` per vector instead of ``k * d``.
@@ -204,13 +205,26 @@ def update(total: Sums, previous: np.ndarray) -> np.ndarray:
     return unit(centroids)
 
 
+def _ranked(labels: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs ordered by label, most similar first within a label: the order, its labels and each pair's rank
+    in its cluster (0: the most similar)."""
+    order = np.lexsort((-sims, labels))
+    sorted_labels = labels[order]
+    return order, sorted_labels, np.arange(len(order)) - np.searchsorted(sorted_labels, sorted_labels)
+
+
 def sample_thresholds(labels: np.ndarray, sims: np.ndarray, k: int, per_cluster: int) -> np.ndarray:
     """Per cluster, the similarity of its ``per_cluster``-th nearest member (``-inf`` when it has fewer):
     the resampling step keeps the vectors at least that similar to their centroid."""
     thresholds = np.full(k, -np.inf, dtype=np.float32)
-    order = np.lexsort((-sims, labels))
-    sorted_labels = labels[order]
-    rank = np.arange(len(order)) - np.searchsorted(sorted_labels, sorted_labels)
+    order, sorted_labels, rank = _ranked(labels, sims)
     last = rank == per_cluster - 1
     thresholds[sorted_labels[last]] = sims[order][last]
     return thresholds
+
+
+def most_similar(labels: np.ndarray, sims: np.ndarray, per_cluster: int) -> np.ndarray:
+    """Indices of each cluster's ``per_cluster`` most similar pairs (all of a smaller cluster's): the pairs
+    :func:`sample_thresholds` needs, so pairs gathered piece by piece can be cut down to them as they come."""
+    order, _, rank = _ranked(labels, sims)
+    return order[rank < per_cluster]

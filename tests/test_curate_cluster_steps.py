@@ -13,8 +13,9 @@ from benchmarks._shared.embedding_tables import write_embedding_out
 from benchmarks._shared.in_process import run_shape
 from dinolab.curate import cluster_steps, sample_steps, tables
 from dinolab.curate.kmeans import clusters_table
-from dinolab.curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, partial_sums, sample_thresholds,
-                          unit, update)
+from dinolab.curate.lloyd import (Assigner, Lowest, Sums, key_scores, lowest, merge_lowest, most_similar, partial_sums,
+                          sample_thresholds, unit, update)
+from dinolab.curate.partitions import save_arrays, work
 from dinolab.curate.steps import Repeat
 from dinolab.schemas.config import ClusterConfig, load_config
 
@@ -232,3 +233,76 @@ def test_partitions_with_no_kept_pool_image_get_empty_parts(tmp_path):
         run_shape(tmp_path, load_config(None, method), sample_steps.STEPS)
         assert tables.done_parts(tmp_path, "selection") == {0, 1, 2, 3}
         assert len(tables.read_part(tmp_path, "selection", 2)) == len(tables.read_part(tmp_path, "selection", 3)) == 0
+
+
+def _resampled_pool(out, config, parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> np.ndarray:
+    """Write ``parts`` as the resample step's files of resampling step 1 (seed.npz as the seed step writes it);
+    the bucket bounds."""
+    bounds = cluster_steps.bucket_bounds(k, len(parts))
+    size = sum(len(labels) for labels, _ in parts)
+    save_arrays(work(out, "cluster") / "seed.npz", size=np.array(size), ks=np.array([k]), bounds=bounds)
+    for partition, (labels, sims) in enumerate(parts):
+        cluster_steps.save_pairs(out, 1, partition, labels.astype(np.int32), sims)
+    return bounds
+
+
+def _run_radius(out, config, buckets: int) -> tuple[np.ndarray, list[dict]]:
+    round_ = config.cluster.niter  # resampling step 1 starts here
+    units = cluster_steps._radius_units(out, config, [{"round": round_}])
+    assert units == [(round_, bucket) for bucket in range(buckets)]
+    results = [cluster_steps.radius(out, config, unit) for unit in units]
+    cluster_steps.radii(out, config, round_, results)
+    return np.load(work(out, "cluster") / "resample" / "radius-1.npy"), results
+
+
+@pytest.mark.parametrize("partitions", [1, 4, 30])
+def test_radius_by_buckets_gives_the_thresholds_of_the_whole_pool(tmp_path, monkeypatch, partitions):
+    """Uneven clusters (empty ones, ones below r, one many times r), tied similarities, uneven partitions:
+    the per-bucket radii joined are sample_thresholds of every pair, bit for bit."""
+    rng = np.random.default_rng(partitions)
+    k, size = 23, 3000
+    labels = np.minimum(rng.geometric(0.25, size) - 1, k - 1)
+    labels[labels == 5] = 6  # an empty cluster
+    sims = np.round(rng.random(size), 2).astype(np.float32)  # many ties
+    cuts = np.sort(rng.choice(np.arange(1, size), partitions - 1, replace=False))
+    parts = list(zip(np.split(labels, cuts), np.split(sims, cuts)))
+    config = load_config(None, ["cluster.niter=2", "cluster.resampling_steps=1"])
+    bounds = _resampled_pool(tmp_path, config, parts, k)
+    pruned = []
+    monkeypatch.setattr(cluster_steps, "most_similar", lambda *a: pruned.append(1) or most_similar(*a))
+    joined, _ = _run_radius(tmp_path, config, len(bounds) - 1)
+    expected = sample_thresholds(labels, sims, k, size // k)
+    assert joined.dtype == expected.dtype and np.array_equal(joined, expected)
+    counts = np.bincount(labels, minlength=k)
+    assert (counts < size // k).sum() > 3 and counts[5] == 0 and counts.max() > 4 * (size // k)
+    assert np.isneginf(joined[counts < size // k]).all() and np.isfinite(joined[counts >= size // k]).all()
+    assert pruned if partitions > 1 else not pruned  # the largest cluster is cut to its r nearest as it comes
+    assert not list((work(tmp_path, "cluster") / "resample").glob("*.pairs"))  # gone once joined
+
+
+def test_a_radius_task_reads_only_its_buckets_pairs(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    k, size, partitions = 40, 4000, 8
+    labels = rng.integers(0, k, size)
+    sims = rng.random(size).astype(np.float32)
+    parts = list(zip(np.array_split(labels, partitions), np.array_split(sims, partitions)))
+    config = load_config(None, ["cluster.niter=2", "cluster.resampling_steps=1"])
+    bounds = _resampled_pool(tmp_path, config, parts, k)
+    assert len(bounds) - 1 == partitions and np.all(np.diff(bounds) == k // partitions)
+    read = []
+    real = cluster_steps.output.read_bytes
+
+    def counting(path, start=None, end=None):
+        data = real(path, start, end)
+        read.append((str(path), len(data)))
+        return data
+
+    monkeypatch.setattr(cluster_steps.output, "read_bytes", counting)
+    _, results = _run_radius(tmp_path, config, partitions)
+    monkeypatch.undo()
+    for bucket, result in enumerate(results):
+        in_bucket = int(np.sum((labels >= bounds[bucket]) & (labels < bounds[bucket + 1])))
+        assert result["in"] == in_bucket < size // 4
+    pair_bytes = sum(length for path, length in read if path.endswith(".pairs"))
+    assert pair_bytes == cluster_steps.PAIR.itemsize * size  # every pair read once, by the task of its bucket
+    assert all(length <= 16 for path, length in read if path.endswith(".buckets"))  # two offsets a partition

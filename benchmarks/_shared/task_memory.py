@@ -8,7 +8,8 @@ read off the step code (``curate/knn_dedup.py``, ``knn.py``, ``cluster_steps.py`
 Terms (float32 = 4 bytes a value): ``V = 4 n d`` is one partition's vectors. A step that reads a partition of the
 ``embeddings`` matrix holds its memory-mapped pages (counted in RSS while mapped), the fancy-indexed float32
 copy and the unit-normalised copy: ``3 V``. Arrow tables of keys and uris cost about ``TABLE_ROW`` bytes a row.
-Steps whose memory grows with the whole pool (not a partition) are ``dedup components`` and ``cluster radius``.
+Steps whose memory grows with the whole pool (not a partition) are ``dedup components`` and ``dedup train`` (a
+sample of 40 vectors a list of the IVF); ``cluster radius`` holds one bucket of clusters: about a partition's pairs.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def task_bytes(s: Sizes) -> dict[str, float]:
     train = min(N, 40 * max(s.nlist, 256 if s.kind == "ivfpq" else 1)) if s.kind != "flat" else 0
     sub = min(1.0, 256 * K / kept)  # the share of a partition a Lloyd round trains on
     block = 4 * BLOCK * (K if K <= EXACT_MAX_K else int(math.sqrt(K)))  # scores, or the IVF's coarse ones
+    width = -(-K // -(-N // n))  # clusters in a radius bucket: ceil(K / partitions)
+    bucket = min(kept, 2 * width * max(1, kept // K) + kept * n * width / (N * K))  # 2 r a cluster, one slice
     return {
         # dedup (curate/knn_dedup.py)
         "dedup prepare": TABLE_ROW * n * 2,  # the embeddings and images parts, the sorted pool rows
@@ -81,8 +84,9 @@ def task_bytes(s: Sizes) -> dict[str, float]:
         "cluster seed": 16 * K * d,  # two partitions' K candidates and their merge
         "cluster assign": V + 4 * sub * V + 16 * K * d + block,  # mapped pool, fixed-point float64 copy
         "cluster update": 32 * K * d,  # centroids, int64 sums, a part's sums, float64 means
-        "cluster resample": V + 12 * n + block,
-        "cluster radius": 60 * kept,  # a (label, similarity) per kept image, sorted
+        "cluster resample": V + 32 * n + block,  # labels, similarities, their order by label, the sorted pairs
+        "cluster radius": 60 * bucket,  # a (label, similarity) per pair of its bucket, sorted
+        "cluster radii": 8 * K,  # the buckets' radii, joined
         "cluster upper": 16 * K * d,  # the k-means of the level-1 centroids
         "cluster write": 4 * V + 200 * n + block,
         # sample, retrieval of the per_query nearest (curate/sample_steps.py)
