@@ -92,3 +92,56 @@ def test_selection_does_not_depend_on_the_partitioning(tmp_path, overrides):
         results.append(_selection(tmp_path / name))
         assert tables.done_parts(tmp_path / name, "selection") == tables.done_parts(tmp_path / name, "files")
     assert results[0] == results[1] and results[0]
+
+
+@pytest.mark.parametrize("overrides", [["sample.per_query=3", "sample.min_similarity=0.5"], ["sample.method=auto"],
+                                       ["sample.retrieval=clusters", "sample.per_cluster=5", "sample.min_cluster_hits=2"],
+                                       ["sample.method=balanced", "sample.target=90"]])
+def test_blocks_of_three_queries_select_what_one_block_does(tmp_path, monkeypatch, overrides):
+    """50 curated queries spread over 5 partitions: 17 blocks of at most 3 against 5 pool partitions."""
+    _, roles, _ = _lake(tmp_path / "one", np.arange(400) % 5, overrides)
+    monkeypatch.setattr(sample_steps, "QUERY_BLOCK", 3)
+    _lake(tmp_path / "three", np.arange(400) % 5, overrides)
+    assert roles.count("curated") == 50
+    assert _selection(tmp_path / "three") == _selection(tmp_path / "one") and _selection(tmp_path / "one")
+    assert not (tmp_path / "three" / "work" / "sample").exists()
+
+
+def test_a_scan_task_holds_one_pool_partition_and_one_block_of_queries(tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_steps, "QUERY_BLOCK", 3)
+    vectors = _vectors()
+    partition = np.arange(400) % 5
+    roles = ["curated" if i % 8 == 0 else "pool" for i in range(len(vectors))]
+    write_embedding_out(tmp_path, vectors, partition, roles, np.ones(len(vectors), bool))
+    config = load_config(None, ["cluster.ks=[12, 3]", "cluster.niter=6", "sample.per_query=2"])
+    _run(cluster_steps, tmp_path, config)
+    sample_steps.prepare(tmp_path, config)
+    blocks = [sample_steps._query_block(tmp_path, b) for b in range(17)]
+    curated = sorted((f"img-{i:08d}", i) for i in range(len(vectors)) if roles[i] == "curated")
+    assert [len(keys) for keys, _ in blocks] == [3] * 16 + [2]  # in key order across the partitions
+    assert np.concatenate([keys for keys, _ in blocks]).tolist() == [key for key, _ in curated]
+    assert np.array_equal(np.concatenate([v for _, v in blocks]), vectors[[i for _, i in curated]])
+
+    loaded, pools = [], []
+    load_arrays, kept_pool = sample_steps.load_arrays, sample_steps.kept_pool
+    def recorded(path):
+        loaded.append((str(path), load_arrays(path)))
+        return loaded[-1][1]
+
+    monkeypatch.setattr(sample_steps, "load_arrays", recorded)
+    monkeypatch.setattr(sample_steps, "kept_pool", lambda out, p: pools.append(p) or kept_pool(out, p))
+    units = sample_steps._scan_units(tmp_path, config)
+    assert sorted(units) == [(p, b) for p in range(5) for b in range(17)]
+    for part, block in units:
+        loaded.clear()
+        pools.clear()
+        sample_steps.scan(tmp_path, config, (part, block))
+        queries = [arrays for path, arrays in loaded if "/queries/" in path]
+        assert [path for path, _ in loaded if "/queries/" in path] == [
+            str(tmp_path / "work" / "sample" / "queries" / f"block-{block:05d}.npz")]
+        assert len(queries[0]["vectors"]) <= 3 and pools == [part]
+    seen = []  # the stage run on: prepare and every scan unit are done, each query block is merged in its own task
+    run_shape(tmp_path, config, sample_steps.STEPS, seen=seen)
+    ran = [unit[0] for entry, unit in seen if entry == "ran"]
+    assert ran.count("prepare") == ran.count("scan") == 0 and ran.count("plan") == 17 and ran.count("write") == 5
+    assert tables.done_parts(tmp_path, "selection") == set(range(5))

@@ -25,6 +25,8 @@ EXACT_MAX_K = 8192
 """Above this many centroids the assignment goes through an inverted file over them (``cluster.exact_max_k``)."""
 SEARCH_BATCH = 16384
 """Queries a shard search takes at once (``curate.knn.search_shard``)."""
+QUERY_BLOCK = 65_536
+"""Curated queries a sample task holds at most (``curate.sample_steps.QUERY_BLOCK``)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Sizes:
     """What a task's memory depends on. ``pool``: pool images (N); ``kept``: after dedup (default N);
     ``partition``: rows of a lake partition (n_p); ``shard``: ``dedup.shard_vectors`` (S); ``k``: ``dedup.k``;
     ``clusters``: level-1 clusters (K, default N / 1000); ``queries``: curated queries (Q); ``per_query``;
+    ``query_block``: curated queries a sample task holds (b = min(Q, ``query_block``));
     ``index``: ``flat``, ``ivf`` or ``ivfpq`` (default: what ``index=auto`` picks for the pool)."""
 
     pool: int
@@ -45,6 +48,7 @@ class Sizes:
     queries: int = 10_000
     per_query: int = 4
     index: str | None = None
+    query_block: int = QUERY_BLOCK
 
     @property
     def kind(self) -> str:
@@ -68,6 +72,7 @@ def task_bytes(s: Sizes) -> dict[str, float]:
     block = 4 * BLOCK * (K if K <= EXACT_MAX_K else int(math.sqrt(K)))  # scores, or the IVF's coarse ones
     width = -(-K // -(-N // n))  # clusters in a radius bucket: ceil(K / partitions)
     bucket = min(kept, 2 * width * max(1, kept // K) + kept * n * width / (N * K))  # 2 r a cluster, one slice
+    b = min(s.queries, s.query_block)  # curated queries of one block
     return {
         # dedup (curate/knn_dedup.py)
         "dedup prepare": TABLE_ROW * n * 2,  # the embeddings and images parts, the sorted pool rows
@@ -89,11 +94,11 @@ def task_bytes(s: Sizes) -> dict[str, float]:
         "cluster radii": 8 * K,  # the buckets' radii, joined
         "cluster upper": 16 * K * d,  # the k-means of the level-1 centroids
         "cluster write": 4 * V + 200 * n + block,
-        # sample, retrieval of the per_query nearest (curate/sample_steps.py)
-        "sample prepare": 12 * s.queries * d,
-        "sample scan": 4 * V + 4 * s.queries * d + 12 * s.queries * s.per_query + 100 * n,  # + flat index copy
-        "sample plan": 40 * s.queries * s.per_query,
+        # sample, retrieval of the per_query nearest (curate/sample_steps.py): one query block of b rows a task
+        "sample prepare": 100 * s.queries + 4 * b * d + V,  # every curated key in key order, a block, a part
+        "sample scan": 4 * V + 4 * b * d + 12 * b * s.per_query + 100 * n,  # + flat index copy
+        "sample plan": 40 * b * s.per_query,  # one block's hits, merged over the partitions
         "sample draw": 2 * V + 100 * n,  # balanced and cluster retrieval only: scores of the partition's keys
         "sample limit": 16 * min(kept, s.queries * s.per_query),  # (cluster, score) of each image drawn
-        "sample write": 2 * V + 4 * s.queries * d + 20 * s.queries * s.per_query + 100 * n,
+        "sample write": 2 * V + 4 * b * d + 20 * b * s.per_query + 120 * n,  # + the best query of each row
     }
