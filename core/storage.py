@@ -325,6 +325,20 @@ def remove_matching(out: Location, pattern: str) -> list[str]:
     return found
 
 
+def remove_empty_folders(folder: Location, levels: int = 2) -> None:
+    """Remove ``folder`` and then up to ``levels - 1`` of its parents, each only while it is empty (local
+    folders; an object store has no folders to remove)."""
+    if isinstance(folder, RemotePath):
+        return
+    for empty in [Path(folder), *Path(folder).parents][:levels]:
+        try:
+            empty.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+
+
 def sizes(folder: Location) -> dict[str, int]:
     """Size in bytes of every file right in ``folder``, by name, from one listing (none when it does not exist)."""
     if isinstance(folder, RemotePath):

@@ -515,14 +515,7 @@ def clean(out: Location, layout: Layout = EMBEDDINGS) -> None:
     for pattern in sorted(patterns, key=lambda p: p.endswith("plan.json")):
         output.remove_matching(out, pattern)
     folder = _path(out, layout)
-    if not isinstance(folder, output.RemotePath):
-        for empty in (folder, folder.parent):  # work/dedup, then work/ when nothing else is in it
-            try:
-                empty.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                break
+    output.remove_empty_folders(folder)  # the work folder, then work/ when nothing else is in it
 
 
 def finished(out: Location, layout: Layout = EMBEDDINGS) -> bool:

@@ -15,6 +15,7 @@ from dinolab.core.storage import (  # noqa: F401 - re-exported
     read_bytes,
     readable,
     remove,
+    remove_empty_folders,
     remove_matching,
     remove_tree,
     size,

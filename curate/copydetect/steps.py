@@ -901,14 +901,7 @@ def clean(out: Location) -> None:
     for pattern in WORK_FILES:  # plan.json is the last pattern
         output.remove_matching(out, pattern)
     folder = _at(out)
-    if not isinstance(folder, output.RemotePath):
-        for empty in (folder, folder.parent):
-            try:
-                empty.rmdir()
-            except FileNotFoundError:
-                continue
-            except OSError:
-                break
+    output.remove_empty_folders(folder)  # the work folder, then work/ when nothing else is in it
 
 
 def finished(out: Location) -> bool:
