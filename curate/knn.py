@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
+from faiss.contrib.inspect_tools import get_invlist
 
 from dinolab.curate.faiss_gpu import on_gpus
 
@@ -147,9 +148,9 @@ def empty_index(plan: IndexPlan, hnsw_neighbors: int = 32) -> faiss.Index:
 
 
 def _ivf(index: faiss.Index):
-    """The IVF inside ``index``, or None."""
+    """The IVF inside ``index`` (as its own class: ``IndexIVFFlat``, ``IndexIVFPQ``), or None."""
     try:
-        return faiss.extract_index_ivf(index)
+        return faiss.downcast_index(faiss.extract_index_ivf(index))
     except RuntimeError:
         return None
 
@@ -211,6 +212,7 @@ def search_shard(index: faiss.Index, query_ids: np.ndarray, queries: np.ndarray,
     """Each query's ``k`` nearest rows of the shard, those at cosine ``>= threshold`` (self-matches included).
 
     ``lists``: the queries' :func:`coarse_lists` (IVF; the coarse quantisation is then not repeated per shard).
+    An IVF-Flat shard on the CPU is searched list by list (:func:`search_by_list`), any other through faiss.
     """
     if index.ntotal == 0 or len(queries) == 0:
         return Links.empty()
@@ -218,6 +220,9 @@ def search_shard(index: faiss.Index, query_ids: np.ndarray, queries: np.ndarray,
     if ivf is not None:
         ivf.nprobe = min(nprobe, ivf.nlist)
     searcher = on_gpus(index, "ivf" if ivf is not None else "flat")
+    if searcher is index and isinstance(ivf, faiss.IndexIVFFlat):
+        lists = lists or coarse_lists(ivf, queries, nprobe)
+        return search_by_list(ivf, query_ids, queries, lists[0], k, threshold)
     preassigned = lists is not None and ivf is not None and searcher is index
     k = min(k, index.ntotal)
     found = []
@@ -232,6 +237,51 @@ def search_shard(index: faiss.Index, query_ids: np.ndarray, queries: np.ndarray,
         keep = (ids >= 0) & (sims >= threshold)
         found.append(Links(rows[keep], ids[keep].astype(np.int64), sims[keep].astype(np.float32)))
     return Links.concat(found)
+
+
+BLOCK_FLOATS = 1 << 24
+"""Similarities computed at once by :func:`search_by_list` (64 MiB of float32)."""
+TRIM_LINKS = 1 << 22
+"""Links :func:`search_by_list` gathers before cutting them to each query's top k."""
+
+
+def search_by_list(ivf: faiss.IndexIVFFlat, query_ids: np.ndarray, queries: np.ndarray, lists: np.ndarray, k: int,
+                   threshold: float) -> Links:
+    """:func:`search_shard` of an IVF-Flat shard, one inverted list at a time (as faiss's ``big_batch_search``).
+
+    The queries that visit a list are compared with its vectors in one matrix product, so each list is read
+    once per query partition instead of once per query: the scan of a flat inverted list is bound by memory
+    bandwidth, the product by arithmetic (about 7x faster on 256-d lists here). ``lists``: each query's
+    ``[nprobe]`` visited lists (:func:`coarse_lists`). Candidates are the same as faiss's IVF search with those
+    lists; the result is each query's top ``k`` at ``>= threshold``, ordered as :func:`merge_top_k`'s.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    query_ids = np.asarray(query_ids, np.int64)
+    visits = np.asarray(lists, np.int64).ravel()
+    order = np.argsort(visits, kind="stable")
+    visitors = order // lists.shape[1]
+    bounds = np.searchsorted(visits[order], np.arange(ivf.nlist + 1))
+    found: list[Links] = []
+    gathered, budget = 0, TRIM_LINKS
+    for number in np.flatnonzero(np.diff(bounds)):
+        if ivf.invlists.list_size(int(number)) == 0:
+            continue
+        ids, codes = get_invlist(ivf.invlists, int(number))
+        vectors = codes.view(np.float32)
+        rows = visitors[bounds[number]:bounds[number + 1]]
+        step = max(1, BLOCK_FLOATS // len(vectors))
+        for start in range(0, len(rows), step):
+            block = rows[start:start + step]
+            sims = queries[block] @ vectors.T
+            hit_row, hit_col = np.nonzero(sims >= threshold)
+            if len(hit_row):
+                found.append(Links(query_ids[block[hit_row]], ids[hit_col], sims[hit_row, hit_col]))
+                gathered += len(hit_row)
+        if gathered > budget:
+            found = [merge_top_k(found, k)]
+            gathered = len(found[0])
+            budget = gathered + TRIM_LINKS
+    return merge_top_k(found, k)
 
 
 def merge_top_k(links: Sequence[Links], k: int) -> Links:

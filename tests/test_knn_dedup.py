@@ -1,5 +1,6 @@
 """The sharded kNN dedup (curate/knn_dedup.py) against the single-task duplicates_table, and its pieces."""
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -217,3 +218,29 @@ def test_the_declared_dedup_steps_run_by_the_dispatcher_resume_and_give_the_same
         found.append(tables.read_table(out, "duplicates"))
     assert ran["partial"] > 3 and ran["partial"] + ran["resumed"] == ran["full"]
     assert found[0].equals(found[1]) and found[0].equals(found[2])
+
+
+@pytest.mark.parametrize("trim", [None, 50])
+def test_search_by_list_finds_what_faiss_ivf_search_finds(monkeypatch, trim):
+    if trim:  # tiny blocks and trims: the cut to each query's top k happens many times along the lists
+        monkeypatch.setattr(knn, "TRIM_LINKS", trim)
+        monkeypatch.setattr(knn, "BLOCK_FLOATS", 16 * 40)
+    rng = np.random.default_rng(7)
+    vectors = knn.unit_rows(rng.standard_normal((3000, 16)) + 2.0 * rng.standard_normal((10, 16))[rng.integers(0, 10, 3000)])
+    plan = knn.plan_index({0: 3000}, 16, "ivf", shard_vectors=3000)
+    trained = knn.train_index(plan, vectors[knn.sample_ids(plan)])
+    shard = knn.add_to_shard(trained, [(np.arange(3000) + 10_000, vectors)])
+    queries, ids = vectors[:700], np.arange(700)
+    lists, centroid_sims = knn.coarse_lists(trained, queries, nprobe=5)
+    found = knn.search_shard(shard, ids, queries, 7, 0.92, nprobe=5, lists=(lists, centroid_sims))
+    ivf = faiss.extract_index_ivf(shard)
+    ivf.nprobe = 5
+    sims, neighbors = ivf.search_preassigned(queries, 7, lists, centroid_sims)  # faiss's own scan of those lists
+    kept = sims >= 0.92
+    expected = sorted(zip(np.repeat(ids, 7).reshape(kept.shape)[kept].tolist(), neighbors[kept].tolist()))
+    assert 2000 < len(expected) < 700 * 7  # thresholds cut some top-7 lists short
+    assert sorted(zip(found.query.tolist(), found.neighbor.tolist())) == expected
+    order = np.lexsort((found.neighbor, found.query))
+    reference = np.lexsort((neighbors[kept], np.repeat(ids, 7).reshape(kept.shape)[kept]))
+    np.testing.assert_allclose(found.similarity[order], sims[kept][reference], atol=1e-5)
+    assert np.all(np.diff(found.query) >= 0)  # ordered as merge_top_k's: by query, then similarity
