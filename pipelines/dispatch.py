@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from concurrent.futures import CancelledError
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from functools import partial
@@ -28,6 +29,7 @@ from dinolab.curate.output import Location
 from dinolab.curate.stages import Stage, partition_units
 from dinolab.curate.steps import Repeat, Shape, Step
 from dinolab.pipelines.cluster import connect
+from dinolab.pipelines.paused import PauseWatch, WorkersPaused
 from dinolab.pipelines.progress import track
 from dinolab.schemas.config import PipelineConfig, SlurmConfig
 
@@ -91,8 +93,14 @@ class DaskExecutor:
     def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
             quiet: bool = False) -> list:
         futures = [self.submit(label, function, *arguments, resources=resources) for arguments in calls]
-        for future in (futures if quiet else track(futures, label, self.console)):
-            future.result()  # the first task that failed raises here
+        with PauseWatch(self.client, futures, label) as watch:
+            try:
+                for future in (futures if quiet else track(futures, label, self.console)):
+                    future.result()  # the first task that failed raises here
+            except CancelledError:
+                if watch.error:
+                    raise WorkersPaused(watch.error) from None
+                raise
         return [future.result() for future in futures]
 
     def shared(self, step: Step, config: PipelineConfig) -> Callable:

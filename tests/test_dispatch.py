@@ -131,3 +131,24 @@ def test_resources_are_asked_only_of_workers_that_advertise_them(client):
     assert executor._available({"TPU": 1}) is None
     future = executor.submit("toy", pow, 2, 5, resources={"TPU": 1})  # would wait forever if asked
     assert future.result(timeout=30) == 32
+
+
+def test_a_step_whose_workers_all_stay_paused_fails_with_one_line(monkeypatch):
+    import time
+
+    import dask
+
+    from dinolab.pipelines import paused
+
+    monkeypatch.setattr(paused, "PAUSED_LIMIT_S", 2.0)
+    monkeypatch.setattr(paused, "CHECK_EVERY_S", 0.2)
+    with dask.config.set({"distributed.worker.memory.pause": 0.01}), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=True, memory_limit="2GB") as cluster, \
+            Client(cluster) as client:  # pauses at 20 MB: below a worker process's memory from the start
+        deadline = time.monotonic() + 30
+        while paused.all_paused(client) is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        executor = DaskExecutor(client, Console(quiet=True))
+        with pytest.raises(paused.WorkersPaused, match=r"^toy part: every Dask worker has been paused .* 1\.86 GiB\)") as error:
+            executor.map("toy part", abs, [(-1,), (-2,)])
+        assert "\n" not in str(error.value) and "--memory-limit" in str(error.value)
