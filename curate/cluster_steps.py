@@ -16,7 +16,8 @@ then, once per round ``R`` (a ``Repeat`` of five steps, ``R`` carried in their r
 ``radius``       B    then, per bucket, each cluster's ``r``-th largest similarity (its slice of every partition's
                       sorted pairs, one partition at a time): the sample is every vector at least as close
 ``radii``        1    the buckets' radii joined into one ``[k]`` array (``resample/radius-S.npy``)
-``assign``       P    sums and counts by nearest centroid (``sums/round-RRRR-part-NNNNN.npz``)
+``assign``       G    sums and counts by nearest centroid (``sums/round-RRRR-part-NNNNN.npz``), one task per
+                      group of consecutive partitions holding at most :data:`GROUP_BYTES` (at least one)
 ``update``       1    the centroids of round ``R + 1`` from the summed parts (``centroids/round-R+1.npy``)
 and last:
 ``upper``        1    levels 2 and up, from the level-1 centroids (``tree.npz``)
@@ -37,7 +38,7 @@ on how the pool is partitioned (seeds are per key, sums are exact), so neither d
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -59,6 +60,11 @@ WORK_FILES = tuple(f"work/cluster/{folder}*" for folder in ("", "pool/", "seed/"
 PAIR = np.dtype([("label", "<i4"), ("similarity", "<f4")])
 """A vector's nearest centroid and its similarity to it, as the ``resample`` step's sorted pairs file holds them."""
 OFFSET = np.dtype("<i8")
+
+
+GROUP_BYTES = 1 << 26
+"""An ``assign`` task takes consecutive partitions until their unit vectors hold this many bytes: a round of
+many small partitions would otherwise cost a task (and a file for the reduce to read) each."""
 
 
 def _dir(out: Location) -> Location:
@@ -150,7 +156,8 @@ def _rows_of(path: Location) -> int:
 def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
     """Pool size, cluster counts and the first level-1 centroids: the ``k`` lowest-scoring vectors of the pool."""
     paths = [_dir(out) / "seed" / name for name in output.names(_dir(out) / "seed", "part-*.npz")]
-    size = sum(_rows_of(path) for path in paths)
+    rows = [_rows_of(path) for path in paths]
+    size = sum(rows)
     ks = list(config.cluster.ks) or default_ks(size, config.cluster.levels)
     k = min(ks[0], size)
     # one partition's candidates in memory at a time (with ks unset, a partition's file holds all its vectors)
@@ -160,8 +167,10 @@ def seed(out: Location, config: PipelineConfig, unit_=None, previous=None) -> di
     # Lloyd rounds use at most MAX_POINTS_PER_CENTROID points a centroid, drawn by key score (faiss subsamples too)
     fraction = min(1.0, MAX_POINTS_PER_CENTROID * k / size) if size else 1.0
     limit = np.uint64(np.iinfo(np.uint64).max) if fraction >= 1 else np.uint64(int(fraction * 2.0**64))
+    dim = centroids.shape[1] if len(centroids) else 0
     save_arrays(_at(out, "seed.npz"), size=np.array(size), ks=np.array(ks, dtype=np.int64), limit=np.array(limit),
-                bounds=bucket_bounds(k, len(paths)))
+                bounds=bucket_bounds(k, len(paths)), parts=np.array([tables.part_number(path.name) for path in paths]),
+                part_bytes=np.array(rows, np.int64) * dim * 4)
     return {"in": size, "k": k, "round": 0}
 
 
@@ -181,19 +190,38 @@ def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) ->
     return sample if keep is None else sample & keep
 
 
-def assign(out: Location, config: PipelineConfig, unit_: tuple[int, int], previous=None) -> dict:
-    """Round ``R`` on partition ``p`` (``unit_ = (R, p)``): per-cluster sums and counts of its (sampled) vectors."""
-    round_, partition = unit_
+def partition_groups(partitions: Sequence[int], sizes: Sequence[int], budget: int) -> list[tuple[int, ...]]:
+    """Runs of consecutive ``partitions`` whose ``sizes`` add up to at most ``budget`` (one partition alone may
+    exceed it)."""
+    groups: list[list[int]] = []
+    total = budget + 1
+    for partition, size in zip(partitions, sizes):
+        if groups and total + size <= budget:
+            groups[-1].append(int(partition))
+            total += size
+        else:
+            groups.append([int(partition)])
+            total = size
+    return [tuple(group) for group in groups]
+
+
+def assign(out: Location, config: PipelineConfig, unit_: tuple[int, tuple[int, ...]], previous=None) -> dict:
+    """Round ``R`` on a group of partitions (``unit_ = (R, (p, ...))``): per-cluster sums and counts of their
+    (sampled) vectors."""
+    round_, partitions = unit_
     assigner = _assigner(out, config, round_)
     centroids = assigner.centroids
-    vectors = _pool_vectors(out, partition)
-    keep = _keep(out, config, round_, partition) if len(vectors) else None
-    points = np.asarray(vectors if keep is None else vectors[keep], dtype=np.float32)
+    points = []
+    for partition in partitions:
+        vectors = _pool_vectors(out, partition)
+        keep = _keep(out, config, round_, partition) if len(vectors) else None
+        points.append(np.asarray(vectors if keep is None else vectors[keep], dtype=np.float32))
+    points = np.concatenate(points).reshape(-1, centroids.shape[1])
     sims, labels = assigner(points) if len(points) else (np.zeros(0, np.float32), np.zeros(0, np.int64))
-    sums = cluster_sums(points.reshape(len(points), centroids.shape[1]), labels, sims, len(centroids))
-    present = np.flatnonzero(sums.counts)  # only the clusters the partition touches: bounded by its rows
-    save_arrays(_at(out, f"sums/round-{round_:04d}-part-{partition:05d}.npz"), clusters=present, sums=sums.sums[present],
-                counts=sums.counts[present], similarity=np.array(sums.similarity))
+    sums = cluster_sums(points, labels, sims, len(centroids))
+    present = np.flatnonzero(sums.counts)  # only the clusters the group touches: bounded by its rows
+    save_arrays(_at(out, f"sums/round-{round_:04d}-part-{partitions[0]:05d}.npz"), clusters=present,
+                sums=sums.sums[present], counts=sums.counts[present], similarity=np.array(sums.similarity))
     return {"round": round_, "in": len(points)}
 
 
@@ -426,6 +454,11 @@ def _round(previous: list) -> int:
     return int(previous[0]["round"])
 
 
+def _assign_units(out: Location, config: PipelineConfig, previous: list) -> list[tuple[int, tuple[int, ...]]]:
+    info = load_arrays(_at(out, "seed.npz"))
+    return [(_round(previous), group) for group in partition_groups(info["parts"], info["part_bytes"], GROUP_BYTES)]
+
+
 def _resample_units(out: Location, config: PipelineConfig, previous: list) -> list[tuple[int, int | None]]:
     round_ = _round(previous)
     if not _resampling_step(config, round_):
@@ -447,9 +480,7 @@ STEPS = (
         (Step("resample", resample, units=_resample_units, done=_resampled),
          Step("radius", radius, units=_radius_units, done=_radius_done),
          Step("radii", radii, units=lambda out, config, previous: [_round(previous)], done=_radii_done),
-         Step("assign", assign, units=lambda out, config, previous: [(_round(previous), p)
-                                                                     for p in _partitions(out, config, previous)],
-              done=_assigned),
+         Step("assign", assign, units=_assign_units, done=_assigned),
          Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)], done=_updated)),
         times=rounds,
     ),

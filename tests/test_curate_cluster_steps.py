@@ -169,7 +169,8 @@ def test_rounds_train_on_at_most_256_points_a_centroid_the_same_ones_for_any_par
     assert tables_[0] == tables_[1] and len(tables_[0]) == 2000
 
 
-def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path):
+def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path, monkeypatch):
+    monkeypatch.setattr(cluster_steps, "GROUP_BYTES", 0)  # one assign task per partition
     vectors = _blobs(6, 30)
     config = load_config(None, ["cluster.ks=[6, 2]", "cluster.niter=4", "cluster.resampling_steps=1"])
     write_embedding_out(tmp_path / "whole", vectors, np.arange(len(vectors)) % 3)
@@ -178,7 +179,7 @@ def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path)
     write_embedding_out(out, vectors, np.arange(len(vectors)) % 3)
 
     def failing(out_, config_, unit_, previous=None):
-        if unit_ == (6, 1):  # round 6 of 8: inside the resampling step
+        if unit_ == (6, (1,)):  # round 6 of 8: inside the resampling step
             raise RuntimeError("worker lost")
         return cluster_steps.assign(out_, config_, unit_, previous)
 
@@ -306,3 +307,25 @@ def test_a_radius_task_reads_only_its_buckets_pairs(tmp_path, monkeypatch):
     pair_bytes = sum(length for path, length in read if path.endswith(".pairs"))
     assert pair_bytes == cluster_steps.PAIR.itemsize * size  # every pair read once, by the task of its bucket
     assert all(length <= 16 for path, length in read if path.endswith(".buckets"))  # two offsets a partition
+
+
+def test_partition_groups_take_consecutive_partitions_up_to_the_budget():
+    assert cluster_steps.partition_groups([0, 1, 2, 3, 5], [40, 50, 10, 200, 30], 100) == [(0, 1, 2), (3,), (5,)]
+    assert cluster_steps.partition_groups([0, 1, 2], [10, 10, 10], 0) == [(0,), (1,), (2,)]
+    assert cluster_steps.partition_groups([], [], 100) == []
+
+
+def test_grouped_assign_tasks_give_the_same_table_as_one_per_partition(tmp_path, monkeypatch):
+    vectors = _blobs(6, 30)
+    config = load_config(None, ["cluster.ks=[6, 2]", "cluster.niter=3", "cluster.resampling_steps=1"])
+    found = {}
+    for budget in (0, 2 * 30 * vectors.shape[1] * 4, 1 << 30):  # one partition a task, two, all six
+        monkeypatch.setattr(cluster_steps, "GROUP_BYTES", budget)
+        out = tmp_path / f"budget-{budget}"
+        write_embedding_out(out, vectors, np.arange(len(vectors)) // 30)  # six partitions of 30 rows
+        seen = []
+        run_shape(out, config, cluster_steps.STEPS, seen=seen)
+        units = [unit for name, unit in (entry[1] for entry in seen if entry[0] == "ran") if name == "assign"]
+        found[budget] = (_table(out), len(units) // 6)  # 6 rounds
+    assert [tasks for _, tasks in found.values()] == [6, 3, 1]
+    assert len({repr(table) for table, _ in found.values()}) == 1
