@@ -38,6 +38,7 @@ on how the pool is partitioned (seeds are per key, sums are exact), so neither d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import faiss
@@ -63,7 +64,8 @@ OFFSET = np.dtype("<i8")
 
 
 GROUP_BYTES = 1 << 26
-"""An ``assign`` task takes consecutive partitions until their unit vectors hold this many bytes: a round of
+"""An ``assign`` task takes a run of consecutive partitions holding about this many bytes of unit vectors (runs of
+equal size, :func:`partition_groups`): a round of
 many small partitions would otherwise cost a task (and a file for the reduce to read) each."""
 
 
@@ -191,18 +193,16 @@ def _keep(out: Location, config: PipelineConfig, round_: int, partition: int) ->
 
 
 def partition_groups(partitions: Sequence[int], sizes: Sequence[int], budget: int) -> list[tuple[int, ...]]:
-    """Runs of consecutive ``partitions`` whose ``sizes`` add up to at most ``budget`` (one partition alone may
-    exceed it)."""
-    groups: list[list[int]] = []
-    total = budget + 1
-    for partition, size in zip(partitions, sizes):
-        if groups and total + size <= budget:
-            groups[-1].append(int(partition))
-            total += size
-        else:
-            groups.append([int(partition)])
-            total = size
-    return [tuple(group) for group in groups]
+    """``ceil(sum(sizes) / budget)`` runs of consecutive ``partitions`` of about equal total size (so the tasks of a
+    round are even), each about ``budget`` or less; every partition alone when ``budget`` is 0."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    total = float(sizes.sum())
+    if budget <= 0 or total <= 0:
+        return [(int(partition),) for partition in partitions]
+    count = min(len(sizes), math.ceil(total / budget))
+    middles = np.cumsum(sizes) - sizes / 2  # each partition joins the run its middle falls in
+    runs = np.minimum((middles * count / total).astype(np.int64), count - 1)
+    return [tuple(int(p) for p in np.asarray(partitions)[runs == run]) for run in np.unique(runs)]
 
 
 def assign(out: Location, config: PipelineConfig, unit_: tuple[int, tuple[int, ...]], previous=None) -> dict:

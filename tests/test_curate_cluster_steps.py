@@ -310,7 +310,8 @@ def test_a_radius_task_reads_only_its_buckets_pairs(tmp_path, monkeypatch):
 
 
 def test_partition_groups_take_consecutive_partitions_up_to_the_budget():
-    assert cluster_steps.partition_groups([0, 1, 2, 3, 5], [40, 50, 10, 200, 30], 100) == [(0, 1, 2), (3,), (5,)]
+    assert cluster_steps.partition_groups([0, 1, 2, 3, 5], [40, 50, 10, 200, 30], 100) == [(0, 1), (2,), (3,), (5,)]
+    assert cluster_steps.partition_groups(range(21), [5] * 21, 64) == [tuple(range(10)), tuple(range(10, 21))]
     assert cluster_steps.partition_groups([0, 1, 2], [10, 10, 10], 0) == [(0,), (1,), (2,)]
     assert cluster_steps.partition_groups([], [], 100) == []
 
