@@ -214,15 +214,17 @@ def _lookup(table: pa.Table, keys: list[str], columns: list[str]) -> dict[str, l
 
 def pool_size(out: Location) -> int:
     """Readable pool images of the ``images`` table."""
-    images = tables.read_table(out, "images")
-    return int(pc.sum(pc.and_(pc.equal(images["status"], "ok"), pc.equal(images["role"], "pool"))).as_py() or 0)
+    return sum(int(pc.sum(pc.and_(pc.equal(part["status"], "ok"), pc.equal(part["role"], "pool"))).as_py() or 0)
+               for part in tables.read_columns(out, "images", ["status", "role"]))
 
 
 def precomputed_pool(out: Location) -> bool:
     """Whether the pool holds precomputed embeddings (:mod:`curate.lakes.embeddings`), whose images are not read."""
-    images = tables.read_table(out, "images")
-    pool = images.filter(pc.equal(images["role"], "pool"))
-    return bool(len(pool)) and bool(pc.any(pc.starts_with(pool["uri"], lake_embeddings.EMB)).as_py())
+    for part in tables.read_columns(out, "images", ["role", "uri"]):  # called once a step: one part at a time
+        pool = part.filter(pc.equal(part["role"], "pool"))
+        if len(pool) and pc.any(pc.starts_with(pool["uri"], lake_embeddings.EMB)).as_py():
+            return True
+    return False
 
 
 def dedup_rule(config: PipelineConfig, precomputed: bool = False) -> str:

@@ -11,6 +11,7 @@ embeddings (LAION's, clip-retrieval's): ``OUT/<name>/img_emb/img_emb_NNNNN.npy``
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,18 @@ def read_table(out: str | Path | RemotePath, name: str) -> pa.Table:
         raise SchemaError(f"{directory}: no '{name}' table yet; run the stage that writes it")
     parts = [validate(_read(path), name, str(path)) for path in paths]
     return pa.concat_tables(parts).unify_dictionaries()  # one dictionary per column: group_by needs it
+
+
+def read_columns(out: str | Path | RemotePath, name: str, columns: list[str]) -> Iterator[pa.Table]:
+    """Each part of table ``name`` in partition order, only its ``columns``: a scan that holds one part's columns at
+    a time, not the whole table."""
+    directory = table_dir(out, name)
+    for file in output.names(directory, "part-*.parquet"):
+        path = directory / file
+        try:
+            yield pq.read_table(output.readable(path), columns=columns)
+        except (OSError, pa.ArrowInvalid) as error:
+            raise SchemaError(f"{path}: not a readable '{name}' part with columns {columns} ({error})") from None
 
 
 def _read(path: Location) -> pa.Table:
