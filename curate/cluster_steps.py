@@ -65,8 +65,8 @@ OFFSET = np.dtype("<i8")
 
 GROUP_BYTES = 1 << 26
 """An ``assign`` task takes a run of consecutive partitions holding about this many bytes of unit vectors (runs of
-equal size, :func:`partition_groups`): a round of
-many small partitions would otherwise cost a task (and a file for the reduce to read) each."""
+equal size, :func:`partition_groups`): a round of many small partitions would otherwise cost a task (and a file
+for the reduce to read) each."""
 
 
 def _dir(out: Location) -> Location:
