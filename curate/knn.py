@@ -240,7 +240,7 @@ def search_shard(index: faiss.Index, query_ids: np.ndarray, queries: np.ndarray,
 
 
 BLOCK_FLOATS = 1 << 24
-"""Similarities computed at once by :func:`search_by_list` (64 MiB of float32)."""
+"""Similarities computed (and query components copied) at once by :func:`search_by_list`: 64 MiB of float32."""
 TRIM_LINKS = 1 << 22
 """Links :func:`search_by_list` gathers before cutting them to each query's top k."""
 
@@ -269,7 +269,7 @@ def search_by_list(ivf: faiss.IndexIVFFlat, query_ids: np.ndarray, queries: np.n
         ids, codes = get_invlist(ivf.invlists, int(number))
         vectors = codes.view(np.float32)
         rows = visitors[bounds[number]:bounds[number + 1]]
-        step = max(1, BLOCK_FLOATS // len(vectors))
+        step = max(1, BLOCK_FLOATS // max(len(vectors), queries.shape[1]))  # bounds the block and the rows copied
         for start in range(0, len(rows), step):
             block = rows[start:start + step]
             sims = queries[block] @ vectors.T
