@@ -23,8 +23,9 @@ BLOCK = 8192
 """Rows a k-means assignment scores at once (``curate.lloyd.CHUNK``)."""
 EXACT_MAX_K = 8192
 """Above this many centroids the assignment goes through an inverted file over them (``cluster.exact_max_k``)."""
-SEARCH_BATCH = 16384
-"""Queries a shard search takes at once (``curate.knn.search_shard``)."""
+SEARCH_BLOCK = 2 * 4 * (1 << 24)
+"""A list-by-list shard search's similarity block and the query rows it copies (``curate.knn.BLOCK_FLOATS``): the
+ceiling; a list's block is ``|queries visiting it| x |its vectors|`` floats, well under it at these sizes."""
 QUERY_BLOCK = 65_536
 """Curated queries a sample task holds at most (``curate.sample_steps.QUERY_BLOCK``)."""
 
@@ -79,7 +80,8 @@ def task_bytes(s: Sizes) -> dict[str, float]:
         "dedup train": 12 * train * d + V + 4 * s.nlist * d,  # the gathered sample, its copy and k-means' copy
         "dedup assign": 3 * V + 12 * n * s.nprobe + 4 * s.nlist * d,  # vectors, (list, similarity) per probe
         "dedup add": 2 * code * shard + 3 * V,  # inverted lists grow by doubling; one partition at a time
-        "dedup search": 2 * code * shard + 3 * V + 12 * n * s.nprobe + 30 * SEARCH_BATCH * (s.k + 1),
+        "dedup search": 2 * code * shard + 3 * V + 36 * n * s.nprobe + 20 * n * (s.k + 1) + SEARCH_BLOCK,
+        # lists visited (with their order and the visiting rows), each row's k + 1 links at most, one block
         "dedup exact": 100 * min(N, 4_000_000),  # one sha256 bucket's digests and ids, sorted (none when unhashed)
         "dedup merge": 40 * n * (s.k + 1),  # at most, when every row has k + 1 links above the threshold
         "dedup components": 45 * N,  # parent/roots, sizes, pixels, kept (int64), leak (int32), temporaries
