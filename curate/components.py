@@ -1,9 +1,11 @@
 """Connected components over integer ids with numpy: a union-find fed link batches, no Python object per image.
 
-The forest is one ``int64`` parent per id; a batch of links is joined by rounds of vectorised finds (pointer
-jumping) and hooks (every differing pair's larger root points at the smaller one), until each link's two ids
-share a root. Roots are the smallest id of their component whatever the order links arrive in, so labels are
-deterministic across batchings and task orders::
+The forest is one parent per id (``int32`` below 2^31 ids: 4 bytes an image); a batch of links is joined by
+rounds of vectorised finds (pointer jumping) and hooks (every differing pair's larger root points at the
+smaller one), until each link's two ids share a root. Roots are the smallest id of their component whatever the
+order links arrive in, so labels are deterministic across batchings and task orders. A parent never exceeds its
+id, which lets :func:`labels` and :func:`in_groups` work through the forest in chunks (no temporary as large
+as the forest)::
 
     parent = forest(5)
     join(parent, np.array([0, 3]), np.array([1, 4]))
@@ -15,10 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
+CHUNK = 1 << 22
+"""Ids :func:`labels` and :func:`in_groups` handle at once: bounds their temporaries."""
+
 
 def forest(count: int) -> np.ndarray:
-    """``count`` singleton components: every id its own root."""
-    return np.arange(count, dtype=np.int64)
+    """``count`` singleton components: every id its own root (``int32`` ids when they fit)."""
+    return np.arange(count, dtype=np.int32 if count < 2**31 else np.int64)
 
 
 def find(parent: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -48,12 +53,34 @@ def join(parent: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
 
 
 def labels(parent: np.ndarray) -> np.ndarray:
-    """The root (smallest id) of every id's component; ``parent`` is fully compressed on the way."""
-    while True:
-        above = parent[parent]
-        if np.array_equal(above, parent):
-            return parent
-        parent[:] = above
+    """The root (smallest id) of every id's component: ``parent`` itself, fully compressed chunk by chunk (the
+    ids before a chunk already point at roots, so a chunk's pointers settle within it)."""
+    for start in range(0, len(parent), CHUNK):
+        chunk = parent[start:start + CHUNK]
+        while True:
+            above = parent[chunk]
+            if np.array_equal(above, chunk):
+                break
+            chunk[:] = above
+    return parent
+
+
+def in_groups(roots: np.ndarray) -> np.ndarray:
+    """Whether each id's component has two or more ids (``roots`` from :func:`labels`; one byte an id)."""
+    grouped = np.zeros(len(roots), dtype=bool)
+    for start in range(0, len(roots), CHUNK):
+        chunk = roots[start:start + CHUNK]
+        moved = chunk != np.arange(start, start + len(chunk), dtype=chunk.dtype)
+        grouped[start:start + len(chunk)] |= moved
+        grouped[chunk[moved]] = True
+    return grouped
+
+
+def component_count(roots: np.ndarray) -> int:
+    """Components among ``roots`` (ids that are their own root)."""
+    return sum(int(np.count_nonzero(roots[start:start + CHUNK]
+                                    == np.arange(start, min(start + CHUNK, len(roots)), dtype=roots.dtype)))
+               for start in range(0, len(roots), CHUNK))
 
 
 def best_per_component(roots: np.ndarray, ids: np.ndarray, *keys: np.ndarray) -> np.ndarray:

@@ -409,7 +409,10 @@ def exact(out: Location, config: PipelineConfig, bucket: int, layout: Layout = E
 
 def components(out: Location, config: PipelineConfig, layout: Layout = EMBEDDINGS) -> dict[str, int]:
     """Union-find over every link; per partition the kept id of each row's component and its leak (collection
-    number, 0 for none); the winners (``kept, kept_key, kept_sha256``, by id) of components of two or more."""
+    number, 0 for none); the winners (``kept, kept_key, kept_sha256``, by id) of components of two or more.
+
+    Holds one parent per pool image (``int32``) and one byte; everything else is per grouped image (those in
+    a component of two or more) or per partition."""
     plan = read_plan(out, layout)
     total = plan.pool.total
     parent = cc.forest(total)
@@ -418,18 +421,19 @@ def components(out: Location, config: PipelineConfig, layout: Layout = EMBEDDING
         links = _read_table(_path(out, layout, folder, f"part-{number:05d}.parquet"), ["first", "second"])
         cc.join(parent, links["first"].to_numpy(), links["second"].to_numpy())
     roots = cc.labels(parent)
-    sizes = np.bincount(roots, minlength=total)
-    pixels = np.zeros(total, np.int64)
+    grouped = np.flatnonzero(cc.in_groups(roots))
     parts = sorted(plan.pool.counts)
-    for part in parts:
-        start = plan.pool.offsets[part]
-        pixels[start:start + plan.pool.counts[part]] = _rows(out, layout, part, ["pixels"])["pixels"].to_numpy()
+    part_of = plan.pool.partition_of(grouped)
+    pixels = np.zeros(len(grouped), np.int64)
+    for part in np.unique(part_of):
+        where = np.flatnonzero(part_of == part)
+        column = _rows(out, layout, int(part), ["pixels"])["pixels"].to_numpy()
+        pixels[where] = column[grouped[where] - plan.pool.offsets[int(part)]]
     # the keep rule: most pixels, then smallest key; ids follow key order inside a partition, so the best row
     # of each (component, partition) is found with integers and only those rows' keys are compared
-    grouped = np.flatnonzero(sizes[roots] > 1)
-    part_of = plan.pool.partition_of(grouped)
-    local = grouped[cc.best_per_component(roots[grouped] * (max(parts, default=0) + 1) + part_of, grouped,
-                                          -pixels[grouped])]
+    chosen = cc.best_per_component(roots[grouped].astype(np.int64) * (max(parts, default=0) + 1) + part_of, grouped,
+                                   -pixels)
+    local, local_pixels = grouped[chosen], pixels[chosen]
     keys = np.empty(len(local), dtype=object)
     digests = np.empty(len(local), dtype=object)
     local_part = plan.pool.partition_of(local)
@@ -439,26 +443,43 @@ def components(out: Location, config: PipelineConfig, layout: Layout = EMBEDDING
         keys[where] = taken["key"].to_pylist()
         digests[where] = taken["sha256"].to_pylist()
     key_rank = np.argsort(np.argsort(keys, kind="stable"), kind="stable") if len(keys) else np.zeros(0, np.int64)
-    best = cc.best_per_component(roots[local], local, -pixels[local], key_rank)
-    winners = local[best]
-    kept = roots.copy()  # the kept id of each row's component: singletons keep themselves
-    kept[grouped] = winners[np.searchsorted(roots[winners], roots[grouped])]
-    leak = np.zeros(total, np.int32)  # per root: the first evaluation set (in name order) it leaks to
-    hits = [_read_table(_path(out, layout, "leaks", f"part-{q:05d}.parquet")) for q in merge_units(out, layout)]
-    if hits:
-        hits = pa.concat_tables(hits)
-        for collection in sorted(set(hits["collection"].to_pylist()), reverse=True):
-            ids = hits.filter(pc.equal(hits["collection"], collection))["id"].to_numpy()
-            leak[np.unique(roots[ids])] = collection
+    best = cc.best_per_component(roots[local], local, -local_pixels, key_rank)
+    winners = local[best]  # sorted by their component's root
+    winner_roots = roots[winners]
+    leak_roots, leak_sets = _leaking_roots(out, layout, roots)
     for part in parts:
         start, count = plan.pool.offsets[part], plan.pool.counts[part]
-        _write_npz(_path(out, layout, "groups", f"part-{part:05d}.npz"), kept=kept[start:start + count],
-                   leak=leak[roots[start:start + count]])
+        part_roots = roots[start:start + count]
+        kept = part_roots.astype(np.int64)  # the kept id of each row's component: singletons keep themselves
+        mine = grouped[(grouped >= start) & (grouped < start + count)]
+        kept[mine - start] = winners[np.searchsorted(winner_roots, roots[mine])]
+        leak = np.zeros(count, np.int32)
+        if len(leak_roots):
+            at = np.minimum(np.searchsorted(leak_roots, part_roots), len(leak_roots) - 1)
+            hit = leak_roots[at] == part_roots
+            leak[hit] = leak_sets[at[hit]]
+        _write_npz(_path(out, layout, "groups", f"part-{part:05d}.npz"), kept=kept, leak=leak)
     by_id = np.argsort(winners)
     _write_table(_path(out, layout, "winners.parquet"),
-                 pa.table({"kept": winners[by_id], "kept_key": pa.array(list(keys[best][by_id]), pa.string()),
+                 pa.table({"kept": winners[by_id].astype(np.int64),
+                           "kept_key": pa.array(list(keys[best][by_id]), pa.string()),
                            "kept_sha256": pa.array(list(digests[best][by_id]), pa.string())}))
-    return {"groups": int((sizes > 0).sum()), "duplicate_groups": len(winners)}
+    return {"groups": cc.component_count(roots), "duplicate_groups": len(winners)}
+
+
+def _leaking_roots(out: Location, layout: Layout, roots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The roots of components with a row that matches an evaluation set (sorted), and the first such set (in
+    name order, i.e. the smallest collection number) of each."""
+    hits = [_read_table(_path(out, layout, "leaks", f"part-{q:05d}.parquet")) for q in merge_units(out, layout)]
+    hits = pa.concat_tables(hits) if hits else None
+    if hits is None or not hits.num_rows:
+        return np.zeros(0, roots.dtype), np.zeros(0, np.int32)
+    leaking = roots[hits["id"].to_numpy()]
+    collections = hits["collection"].to_numpy().astype(np.int32)
+    order = np.lexsort((collections, leaking))
+    leaking, collections = leaking[order], collections[order]
+    first = np.r_[True, leaking[1:] != leaking[:-1]]
+    return leaking[first], collections[first]
 
 
 # -- write: one task per partition ------------------------------------------------------------------------------

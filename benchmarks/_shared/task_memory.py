@@ -26,6 +26,8 @@ EXACT_MAX_K = 8192
 SEARCH_BLOCK = 2 * 4 * (1 << 24)
 """A list-by-list shard search's similarity block and the query rows it copies (``curate.knn.BLOCK_FLOATS``): the
 ceiling; a list's block is ``|queries visiting it| x |its vectors|`` floats, well under it at these sizes."""
+COMPONENT_CHUNK = 1 << 22
+"""Ids the components pass handles at once (``curate.components.CHUNK``)."""
 QUERY_BLOCK = 65_536
 """Curated queries a sample task holds at most (``curate.sample_steps.QUERY_BLOCK``)."""
 
@@ -74,6 +76,7 @@ def task_bytes(s: Sizes) -> dict[str, float]:
     width = -(-K // -(-N // n))  # clusters in a radius bucket: ceil(K / partitions)
     bucket = min(kept, 2 * width * max(1, kept // K) + kept * n * width / (N * K))  # 2 r a cluster, one slice
     b = min(s.queries, s.query_block)  # curated queries of one block
+    grouped = 2 * (N - kept) if s.kept else N // 50  # images in components of two or more (~pairs)
     return {
         # dedup (curate/knn_dedup.py)
         "dedup prepare": TABLE_ROW * n * 2,  # the embeddings and images parts, the sorted pool rows
@@ -84,7 +87,8 @@ def task_bytes(s: Sizes) -> dict[str, float]:
         # lists visited (with their order and the visiting rows), each row's k + 1 links at most, one block
         "dedup exact": 100 * min(N, 4_000_000),  # one sha256 bucket's digests and ids, sorted (none when unhashed)
         "dedup merge": 40 * n * (s.k + 1),  # at most, when every row has k + 1 links above the threshold
-        "dedup components": 45 * N,  # parent/roots, sizes, pixels, kept (int64), leak (int32), temporaries
+        "dedup components": 5 * N + 80 * grouped + 17 * COMPONENT_CHUNK,  # int32 parent, a flag; per grouped
+        # image its id, partition, pixels, order; chunk temporaries
         "dedup write": 4 * V + TABLE_ROW * n,  # own vectors (mapped, copy, unit), the kept images' vectors
         # cluster (curate/cluster_steps.py, curate/lloyd.py)
         "cluster prepare": 3 * V + 100 * n + 4 * K * d,  # vectors, unit copy, per-key scores, K seeds
