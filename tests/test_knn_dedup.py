@@ -125,21 +125,26 @@ def test_every_task_holds_one_partition_and_one_shard(tmp_path, monkeypatch):
     assert max(loaded_rows) <= max(plan.pool.counts.values())
 
 
-def test_union_find_matches_scipy_whatever_the_batches():
+@pytest.mark.parametrize("chunk", [1 << 22, 7])  # labels and group flags in one chunk, and in many
+def test_union_find_matches_scipy_whatever_the_batches(monkeypatch, chunk):
+    monkeypatch.setattr(cc, "CHUNK", chunk)
     rng = np.random.default_rng(0)
     count = 2000
     first, second = rng.integers(0, count, 1500), rng.integers(0, count, 1500)
     graph = coo_matrix((np.ones(1500), (first, second)), shape=(count, count))
     _, expected = scipy_components(graph, directed=False)
+    sizes = np.bincount(expected)[expected]
     for batches in (1, 7):
         parent = cc.forest(count)
+        assert parent.dtype == np.int32  # 4 bytes an image
         order = rng.permutation(1500)
-        for chunk in np.array_split(order, batches):
-            cc.join(parent, first[chunk], second[chunk])
+        for part in np.array_split(order, batches):
+            cc.join(parent, first[part], second[part])
         roots = cc.labels(parent)
-        assert len(np.unique(roots)) == len(np.unique(expected))
+        assert len(np.unique(roots)) == len(np.unique(expected)) == cc.component_count(roots)
         assert all(len(set(roots[expected == c])) == 1 for c in np.unique(expected)[:200])
         assert np.all(roots <= np.arange(count)) and np.all(roots[roots] == roots)  # root = smallest id
+        assert np.array_equal(cc.in_groups(roots), sizes > 1)
 
 
 def test_merged_shard_top_k_equals_one_flat_search():
