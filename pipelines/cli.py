@@ -77,7 +77,10 @@ def _check_curated(out: Location, sets: list[ImageSet], min_side: int) -> None:
     """Refuse a curated set none of whose images could be read (it would retrieve nothing), saying why."""
     from dinolab.curate import tables
 
-    images = tables.read_table(out, "images").select(["set", "role", "status", "width", "height"]).to_pylist()
+    import pyarrow.compute as pc
+
+    images = [row for part in tables.read_columns(out, "images", ["set", "role", "status", "width", "height"])
+              for row in part.filter(pc.equal(part["role"], "curated")).to_pylist()]  # the pool stays in Arrow
     for image_set in sets:
         rows = [row for row in images if row["set"] == image_set.name and row["role"] == "curated"]
         if image_set.role != "curated" or any(row["status"] == "ok" for row in rows):
