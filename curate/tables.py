@@ -114,6 +114,19 @@ def read_columns(out: str | Path | RemotePath, name: str, columns: list[str]) ->
             raise SchemaError(f"{path}: not a readable '{name}' part with columns {columns} ({error})") from None
 
 
+def row_count(out: str | Path | RemotePath, name: str) -> int:
+    """Rows of table ``name``, from its parts' parquet footers (no column is read)."""
+    directory = table_dir(out, name)
+    total = 0
+    for file in output.names(directory, "part-*.parquet"):
+        path = directory / file
+        try:
+            total += pq.ParquetFile(output.readable(path)).metadata.num_rows
+        except (OSError, pa.ArrowInvalid) as error:
+            raise SchemaError(f"{path}: not a readable parquet file ({error})") from None
+    return total
+
+
 def _read(path: Location) -> pa.Table:
     try:
         return pq.read_table(output.readable(path))

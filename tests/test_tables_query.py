@@ -116,3 +116,14 @@ def test_the_run_records_when_it_was_made_and_keeps_its_first_time(run_out):
                                                                         "shard.max_samples=10", "report.examples=2"]))
     again = json.loads((out / "run.json").read_text())
     assert again["created_at"] == run["created_at"] and again["updated_at"] >= run["updated_at"]
+
+
+def test_counts_and_column_scans_read_part_by_part_what_the_whole_table_holds(run_out):
+    out, _ = run_out
+    for name in ("images", "duplicates", "selection"):
+        whole = tables.read_table(out, name)
+        assert tables.row_count(out, name) == len(whole)
+        parts = list(tables.read_columns(out, name, ["key"]))
+        assert len(parts) == len(tables.done_parts(out, name)) > 1 or name == "selection"
+        assert all(part.column_names == ["key"] for part in parts)
+        assert sorted(key for part in parts for key in part["key"].to_pylist()) == sorted(whole["key"].to_pylist())
