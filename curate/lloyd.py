@@ -44,6 +44,9 @@ SCALE = float(1 << 20)
 exactly, whatever the order of the additions."""
 CHUNK = 8192
 """Rows assigned at once: bounds the ``[rows, k]`` similarity block."""
+SUM_CHUNK = 4096
+"""Rows :func:`cluster_sums` converts to float64 at once (4 MiB at d = 256: converted in cache, 6x faster here
+than the whole block at once)."""
 EXACT_MAX_K = 8192
 NPROBE = 16
 
@@ -163,10 +166,14 @@ def cluster_sums(points: np.ndarray, labels: np.ndarray, sims: np.ndarray, k: in
     points = np.asarray(points, dtype=np.float32)
     if not len(labels):
         return Sums(np.zeros((k, points.shape[1] if points.ndim == 2 else 0), np.int64), np.zeros(k, np.int64), 0.0)
-    fixed = points * np.float32(SCALE)  # exact (a power of two); rounded to integers, which float64 sums exactly
-    np.rint(fixed, out=fixed)
-    membership = scipy.sparse.csr_matrix((np.ones(len(labels)), (labels, np.arange(len(labels)))), shape=(k, len(labels)))
-    sums = np.asarray(membership @ fixed.astype(np.float64)).astype(np.int64)
+    total = np.zeros((k, points.shape[1]), np.float64)
+    for start in range(0, len(labels), SUM_CHUNK):  # a block small enough to stay in cache while converted
+        fixed = points[start:start + SUM_CHUNK] * np.float32(SCALE)  # exact (a power of two), then rounded to
+        np.rint(fixed, out=fixed)  # integers, which float64 adds exactly whatever the order
+        rows = labels[start:start + SUM_CHUNK]
+        membership = scipy.sparse.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(k, len(rows)))
+        total += membership @ fixed.astype(np.float64)
+    sums = total.astype(np.int64)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     return Sums(sums, counts, float(np.sum(sims, dtype=np.float64)))
 

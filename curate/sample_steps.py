@@ -88,9 +88,9 @@ def _pool(out: Location, partition: int):
     pool = kept_pool(out, partition)
     clusters = tables.read_part(out, "clusters", partition)
     at = pc.index_in(pa.array(pool.keys, pa.string()), value_set=clusters["key"])
-    levels = clusters["levels"].take(at).to_pylist()
-    width = len(levels[0]) if levels else 1
-    return pool, np.array(levels, dtype=np.int64).reshape(len(pool.keys), width)
+    levels = pc.list_flatten(clusters["levels"].take(at)).to_numpy(zero_copy_only=False).astype(np.int64)
+    width = len(levels) // len(pool.keys) if len(pool.keys) else 1  # every row has one id per level
+    return pool, levels.reshape(len(pool.keys), width)
 
 
 def _cosine(first: np.ndarray, second: np.ndarray) -> np.ndarray:

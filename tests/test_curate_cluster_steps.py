@@ -330,3 +330,18 @@ def test_grouped_assign_tasks_give_the_same_table_as_one_per_partition(tmp_path,
         found[budget] = (_table(out), len(units) // 6)  # 6 rounds
     assert [tasks for _, tasks in found.values()] == [6, 3, 1]
     assert len({repr(table) for table, _ in found.values()}) == 1
+
+
+def test_cluster_sums_are_the_same_integers_whatever_the_conversion_blocks(monkeypatch):
+    from dinolab.curate import lloyd
+
+    rng = np.random.default_rng(3)
+    points = lloyd.unit(rng.standard_normal((1000, 16)))
+    labels = rng.integers(0, 7, 1000)
+    whole = lloyd.cluster_sums(points, labels, np.ones(1000, np.float32), 7)
+    monkeypatch.setattr(lloyd, "SUM_CHUNK", 37)
+    blocks = lloyd.cluster_sums(points, labels, np.ones(1000, np.float32), 7)
+    expected = np.zeros((7, 16), np.int64)
+    np.add.at(expected, labels, np.rint(points.astype(np.float64) * lloyd.SCALE).astype(np.int64))
+    assert np.array_equal(whole.sums, expected) and np.array_equal(blocks.sums, expected)
+    assert np.array_equal(blocks.counts, np.bincount(labels, minlength=7))
