@@ -12,6 +12,7 @@ calls them in this process, one after the other::
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid
 from concurrent.futures import CancelledError
@@ -82,11 +83,12 @@ class DaskExecutor:
     def __init__(self, client: Client, console: Console) -> None:
         self.client, self.console = client, console
         self.run_id = uuid.uuid4().hex[:8]
+        self.numbers = itertools.count()  # a task's key must be unique: Dask runs one task per key
         client.run(_load_stage_code)  # part of starting the workers, not of the first stage's time
 
     def submit(self, label: str, function: Callable, *arguments, resources: dict | None = None):
         slug = re.sub(r"[^\w-]+", "-", label).strip("-")
-        key = f"{slug}-{self.run_id}-{uuid.uuid4().hex[:6]}"
+        key = f"{slug}-{self.run_id}-{next(self.numbers)}"
         return self.client.submit(function, *arguments, key=key, pure=False, retries=TASK_RETRIES,
                                   resources=self._available(resources))
 

@@ -152,3 +152,15 @@ def test_a_step_whose_workers_all_stay_paused_fails_with_one_line(monkeypatch):
         with pytest.raises(paused.WorkersPaused, match=r"^toy part: every Dask worker has been paused .* 1\.86 GiB\)") as error:
             executor.map("toy part", abs, [(-1,), (-2,)])
         assert "\n" not in str(error.value) and "--memory-limit" in str(error.value)
+
+
+def test_every_call_is_its_own_task_even_when_random_ids_repeat(client, monkeypatch):
+    import uuid
+
+    from dinolab.pipelines import dispatch
+
+    fixed = uuid.UUID(int=7)
+    monkeypatch.setattr(dispatch.uuid, "uuid4", lambda: fixed)  # a key made of random digits could repeat
+    executor = DaskExecutor(client, Console(quiet=True))
+    assert executor.map("toy part", abs, [(-n,) for n in range(300)]) == list(range(300))
+    assert executor.map("toy part", abs, [(-n,) for n in range(300, 310)]) == list(range(300, 310))
