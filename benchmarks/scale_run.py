@@ -48,7 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks._shared.mixture_lake import MixtureLake, write_mixture_lake
+from benchmarks._shared.mixture_lake import MixtureLake, read_mixture_lake, write_mixture_lake
 from benchmarks._shared.task_memory import Sizes, task_bytes
 from benchmarks._shared.worker_memory import WorkerMemory
 
@@ -240,17 +240,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between RSS samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dir", type=Path, help="keep the lake and the output here (default: a temporary folder)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a stopped run in --dir: its lake and output are kept, and curate skips "
+                             "the steps it finished")
     parser.add_argument("--json", type=Path, help="write the results here")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, scratch: Path) -> dict:
     start = time.perf_counter()
-    lake = write_mixture_lake(scratch / "lake", args.size, args.dim, args.components, queries=args.queries,
-                              file_rows=args.file_rows, seed=args.seed)
-    lake_seconds = time.perf_counter() - start
     out = scratch / "out"
-    shutil.rmtree(out, ignore_errors=True)
+    if args.resume and (scratch / "lake" / "truth.npz").is_file():  # the lake as written, the output as left
+        lake = read_mixture_lake(scratch / "lake", args.dim)
+    else:
+        lake = write_mixture_lake(scratch / "lake", args.size, args.dim, args.components, queries=args.queries,
+                                  file_rows=args.file_rows, seed=args.seed)
+        shutil.rmtree(out, ignore_errors=True)
+    lake_seconds = time.perf_counter() - start
     ran = run_cli(args, lake, out, scratch / "curate.log")
     if ran["exit_code"] != 0:
         print((scratch / "curate.log").read_text()[-4000:], file=sys.stderr)

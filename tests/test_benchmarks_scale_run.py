@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks import scale_run
-from benchmarks._shared.mixture_lake import write_mixture_lake
+from benchmarks._shared.mixture_lake import read_mixture_lake, write_mixture_lake
 from benchmarks._shared.task_memory import Sizes, task_bytes
 from benchmarks._shared.worker_memory import step_of
 from dinolab.curate.lakes.embeddings import detect_folder, vectors, rows
@@ -15,6 +15,7 @@ from dinolab.curate.lakes.embeddings import detect_folder, vectors, rows
 def test_the_mixture_lake_plants_copies_near_their_sources_and_far_from_the_rest(tmp_path):
     lake = write_mixture_lake(tmp_path, size=2000, dim=256, components=4, queries=50, file_rows=700)
     truth = lake.truth()
+    assert read_mixture_lake(tmp_path) == lake  # what --resume reads back instead of writing the lake again
     files = detect_folder(str(lake.pool))
     assert len(files) == 3 and len(detect_folder(str(lake.curated))) == 1
     uris = [uri for file in files for uri in rows(file)[1]]
@@ -32,9 +33,9 @@ def test_the_mixture_lake_plants_copies_near_their_sources_and_far_from_the_rest
 
 
 def test_step_names_come_from_the_dispatchers_task_keys():
-    assert step_of("dedup-search-24-units-0a1b2c3d-abcdef") == "dedup search"
-    assert step_of("cluster-prepare-3-partitions-0a1b2c3d-abcdef") == "cluster prepare"
-    assert step_of("sample-plan-0a1b2c3d-abcdef") == "sample plan"
+    assert step_of("dedup-search-24-units-0a1b2c3d-4711") == "dedup search"
+    assert step_of("cluster-prepare-3-partitions-0a1b2c3d-0") == "cluster prepare"
+    assert step_of("sample-plan-0a1b2c3d-12") == "sample plan"
 
 
 def test_a_tiny_run_through_curate_sample_measures_recall_precision_and_memory(tmp_path):

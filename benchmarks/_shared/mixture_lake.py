@@ -122,3 +122,12 @@ def write_mixture_lake(root: Path, size: int, dim: int = 256, components: int | 
     np.savez(truth_file, labels=labels, copies=copies, sources=sources, query_labels=query_labels,
              curated_components=chosen)
     return MixtureLake(pool, curated, truth_file, size, dim, components, copies_count, queries, len(chosen))
+
+
+def read_mixture_lake(root: Path, dim: int = 256) -> MixtureLake:
+    """The lake :func:`write_mixture_lake` wrote under ``root`` (its answers read back from ``truth.npz``)."""
+    truth_file = root / "truth.npz"
+    with np.load(truth_file) as truth:
+        size, components = len(truth["labels"]), int(truth["labels"].max()) + 1 if len(truth["labels"]) else 0
+        copies, queries, chosen = len(truth["copies"]), len(truth["query_labels"]), len(truth["curated_components"])
+    return MixtureLake(root / "pool", root / "curated", truth_file, size, dim, components, copies, queries, chosen)

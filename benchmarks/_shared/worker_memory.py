@@ -22,11 +22,11 @@ import psutil
 from distributed import Client
 
 _UNITS = re.compile(r"-\d+-(units|partitions)$")
-_KEY = re.compile(r"^(?P<label>.+)-[0-9a-f]{8}-[0-9a-f]{6}$")
+_KEY = re.compile(r"^(?P<label>.+)-[0-9a-f]{8}-\d+$")
 
 
 def step_of(key: str) -> str:
-    """``dedup search`` for a task key ``dedup-search-24-units-<run>-<id>`` (its label without the counts)."""
+    """``dedup search`` for a task key ``dedup-search-24-units-<run>-<number>`` (its label without the counts)."""
     found = _KEY.match(str(key))
     label = found.group("label") if found else str(key)
     return _UNITS.sub("", label).replace("-", " ", 1)
