@@ -17,7 +17,7 @@ then, once per round ``R`` (a ``Repeat`` of five steps, ``R`` carried in their r
                       sorted pairs, one partition at a time): the sample is every vector at least as close
 ``radii``        1    the buckets' radii joined into one ``[k]`` array (``resample/radius-S.npy``)
 ``assign``       G    sums and counts by nearest centroid (``sums/round-RRRR-part-NNNNN.npz``), one task per
-                      group of consecutive partitions holding at most :data:`GROUP_BYTES` (at least one)
+                      run of consecutive partitions (runs of equal size, about :data:`GROUP_BYTES` of vectors)
 ``update``       1    the centroids of round ``R + 1`` from the summed parts (``centroids/round-R+1.npy``)
 and last:
 ``upper``        1    levels 2 and up, from the level-1 centroids (``tree.npz``)

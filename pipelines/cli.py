@@ -75,9 +75,9 @@ def _sets(out: Location, lakes: list[str], curated: list[str], evals: list[str])
 
 def _check_curated(out: Location, sets: list[ImageSet], min_side: int) -> None:
     """Refuse a curated set none of whose images could be read (it would retrieve nothing), saying why."""
-    from dinolab.curate import tables
-
     import pyarrow.compute as pc
+
+    from dinolab.curate import tables
 
     images = [row for part in tables.read_columns(out, "images", ["set", "role", "status", "width", "height"])
               for row in part.filter(pc.equal(part["role"], "curated")).to_pylist()]  # the pool stays in Arrow

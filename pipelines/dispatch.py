@@ -15,8 +15,8 @@ from __future__ import annotations
 import itertools
 import re
 import uuid
-from concurrent.futures import CancelledError
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
