@@ -95,19 +95,23 @@ def read_part(out: str | Path | RemotePath, name: str, partition: int) -> pa.Tab
 def read_table(out: str | Path | RemotePath, name: str) -> pa.Table:
     """All parts of table ``name``, in partition order, validated; :class:`SchemaError` when there are none."""
     directory = table_dir(out, name)
-    paths = [directory / file for file in output.names(directory, "part-*.parquet")]
+    paths = _part_paths(out, name)
     if not paths:
         raise SchemaError(f"{directory}: no '{name}' table yet; run the stage that writes it")
     parts = [validate(_read(path), name, str(path)) for path in paths]
     return pa.concat_tables(parts).unify_dictionaries()  # one dictionary per column: group_by needs it
 
 
+def _part_paths(out: str | Path | RemotePath, name: str) -> list[Location]:
+    """The parquet parts of table ``name``, in partition order."""
+    directory = table_dir(out, name)
+    return [directory / file for file in output.names(directory, "part-*.parquet")]
+
+
 def read_columns(out: str | Path | RemotePath, name: str, columns: list[str]) -> Iterator[pa.Table]:
     """Each part of table ``name`` in partition order, only its ``columns``: a scan that holds one part's columns at
     a time, not the whole table."""
-    directory = table_dir(out, name)
-    for file in output.names(directory, "part-*.parquet"):
-        path = directory / file
+    for path in _part_paths(out, name):
         try:
             yield pq.read_table(output.readable(path), columns=columns)
         except (OSError, pa.ArrowInvalid) as error:
@@ -116,10 +120,8 @@ def read_columns(out: str | Path | RemotePath, name: str, columns: list[str]) ->
 
 def row_count(out: str | Path | RemotePath, name: str) -> int:
     """Rows of table ``name``, from its parts' parquet footers (no column is read)."""
-    directory = table_dir(out, name)
     total = 0
-    for file in output.names(directory, "part-*.parquet"):
-        path = directory / file
+    for path in _part_paths(out, name):
         try:
             total += pq.ParquetFile(output.readable(path)).metadata.num_rows
         except (OSError, pa.ArrowInvalid) as error:
