@@ -10,12 +10,13 @@ image, decontamination, the false pairs by the kinds of their images, and the ca
 candidate generator of the default.
 
 Methods: ``default`` (``dedup.descriptor=local``: templates learned from the lake, hash / vote / VLAD
-candidates, verification, structural filter); ``previous`` (the default before issue 22: no templates,
-no VLAD); ``phash`` (imagededup's pHash Hamming ≤ 10); ``sscd-arch`` (the SSCD architecture's kNN, k = 64,
+candidates, verification, structural filter); ``blob15`` (the same before the evidence rule: a disagreeing
+block of at most 0.15, no minimum of agreeing cells); ``previous`` (the default before issue 22: no
+templates, no VLAD, blob 0.15, no evidence rule); ``phash`` (imagededup's pHash Hamming ≤ 10); ``sscd-arch`` (the SSCD architecture's kNN, k = 64,
 score-normalised, then verified: the released weights with ``--sscd``, else random weights, which measures
 the path, not SSCD); ``cls`` (cosine on a ViT-S/14 CLS ≥ 0.6; random weights unless ``--backbone``)::
 
-    python -m benchmarks.copy_detection --split test [--groups 24] [--pad 20000] [--methods default,previous,phash]
+    python -m benchmarks.copy_detection --split test [--groups 24] [--pad 20000] [--methods default,blob15,previous,phash]
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=60, help="duplicate groups (2-5 images each)")
     parser.add_argument("--distractor-ratio", type=float, default=10.0, help="distractors per planted copy")
     parser.add_argument("--pad", type=int, default=0, help="extra procedural distractors padding the pool")
-    parser.add_argument("--methods", default="default,previous,phash", help="also: sscd-arch, cls")
+    parser.add_argument("--methods", default="default,blob15,previous,phash", help="also: sscd-arch, cls")
     parser.add_argument("--sscd", help="an SSCD torchvision state dict (else random ResNet-50 weights)")
     parser.add_argument("--backbone", default="vit_small", help="backbone for the CLS peer (weights or an architecture)")
     parser.add_argument("--threads", type=int, default=2)
@@ -261,9 +262,13 @@ def main() -> None:
         if "default" in methods:
             rows.append(run_pipeline("default (templates+vlad+verify)", root, names, truth, DedupConfig()))
             print(f"default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
+        if "blob15" in methods:  # the default before the evidence rule: max_blob 0.15, no minimum of agreeing cells
+            rows.append(run_pipeline("default, blob 0.15, no evidence", root, names, truth,
+                                     DedupConfig(max_blob=0.15, min_evidence=0)))
+            print(f"blob15 done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         if "previous" in methods:  # the default before issue 22: no lake templates, no VLAD candidates
             rows.append(run_pipeline("previous default (local+verify)", root, names, truth,
-                                     DedupConfig(burst_images=0, global_candidates=0)))
+                                     DedupConfig(burst_images=0, global_candidates=0, max_blob=0.15, min_evidence=0)))
             print(f"previous default done in {rows[-1]['s/img'] * len(names):.0f} s", flush=True)
         if "sscd-arch" in methods:
             from dinolab.curate.copydetect.descriptor import SSCD, load_descriptor

@@ -104,8 +104,11 @@ class DedupConfig:
     """Local descriptors that must match for an image pair to be a candidate."""
     min_agreement: float = fraction(0.5)
     """Verified copy: share of the aligned overlap whose pixels agree."""
-    max_blob: float = fraction(0.15)
+    max_blob: float = fraction(0.3)
     """Verified copy: largest contiguous disagreeing block (share of the overlap); rejects shared frames."""
+    min_evidence: int = at_least(40, 0)
+    """Verified copy: agreeing textured 16-px cells (of the 256-px analysis image) it must have, so that flat
+    pictures, which agree on a few cells by chance, need evidence from their content."""
     eval_min_agreement: float = fraction(0.45)
     """The looser agreement against evaluation sets."""
     eval_max_blob: float = fraction(0.3)

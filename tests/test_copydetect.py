@@ -20,7 +20,7 @@ from dinolab.curate.copydetect.groups import UnionFind, keep_largest, leaking_ro
 from dinolab.curate.copydetect.local import describe
 from dinolab.curate.copydetect.pipeline import ReferenceSet, copy_duplicates_table
 from dinolab.curate.copydetect.score_norm import background_bias, with_bias
-from dinolab.curate.copydetect.verify import verify_aligned, verify_pair
+from dinolab.curate.copydetect.verify import VerifyConfig, cell_correlation, verify_aligned, verify_pair
 from dinolab.schemas.config import DedupConfig
 from dinolab.schemas.tables import validate
 
@@ -160,6 +160,45 @@ def test_aligned_verification_accepts_a_flat_photo_recoloured_and_rejects_anothe
     assert not verify_aligned(*framed).accepted  # the frame agrees, the photos are one big disagreeing block
 
 
+def test_a_striped_copy_is_verified_on_the_pixels_its_stripes_leave_visible():
+    photo = _photo("astronaut")
+    striped = np.asarray(photo).copy()
+    striped[np.arange(256) % 24 < 6] = (200, 40, 90)  # solid bands across a quarter of the rows
+    copy = Image.fromarray(striped)
+    result = verify_pair(describe(photo), describe(copy))
+    assert result.accepted
+    stiff = verify_pair(describe(photo), describe(copy), VerifyConfig(max_occluded=0.0))  # whole cells only
+    assert result.agreement > stiff.agreement
+
+
+def test_cell_correlation_ignores_the_occluded_pixels():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 256)), rng.normal(size=(3, 256))
+    b[:, :192] = a[:, :192] * 2 + 5  # the visible part agrees (up to gain and offset)
+    weight = np.ones_like(a)
+    weight[:, 192:] = 0
+    correlation, _, _ = cell_correlation(a, b, weight)
+    assert np.allclose(correlation, 1.0, atol=1e-4)
+    plain, std_a, _ = cell_correlation(a, b, np.ones_like(a))
+    assert np.allclose(plain, [np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)], atol=1e-4)
+    assert np.allclose(std_a, a.std(axis=1), atol=1e-4)
+
+
+def test_flat_pictures_sharing_a_small_emblem_need_evidence_from_their_content():
+    """Two flat fields of different colours with the same small emblem agree on every textured cell (the
+    emblem), but on too few of them: no copy. Without the evidence rule they would be one."""
+    def emblem(field: tuple, ink: tuple, side: int) -> Image.Image:
+        image = Image.new("RGB", (side, side), field)
+        mark = _photo("coins", side // 3)
+        image.paste(mark, (side // 3, side // 3))
+        return image
+
+    a, b = describe(emblem((230, 200, 180), (0, 0, 0), 300)), describe(emblem((180, 230, 250), (0, 0, 0), 260))
+    loose = verify_aligned(a, b, VerifyConfig(min_evidence=0, min_agreement=0.5))
+    assert loose.accepted and loose.agreement > 0.8
+    assert not verify_aligned(a, b, VerifyConfig(min_agreement=0.5)).accepted
+
+
 # -- groups -----------------------------------------------------------------------------------------
 
 
@@ -232,6 +271,23 @@ def test_knn_candidates_drop_self_pairs_and_keep_each_pair_once():
     first, second, score = knn_candidates(vectors, k=3, threshold=0.5)
     assert list(zip(first.tolist(), second.tolist())) == [(1, 3), (2, 3)]
     np.testing.assert_allclose(score, [0.8, 0.6], atol=1e-6)
+
+
+def test_a_score_normalised_self_search_scores_from_the_queries_with_their_bias():
+    """The pool against itself with score normalisation: the queries carry ``-bias``, the database ``1``; the
+    scores are ``similarity - bias``, not the plain similarity plus one."""
+    from dinolab.curate.copydetect.candidates import knn_candidates
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(12, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    bias = background_bias(vectors, vectors, exclude_self=True)
+    first, second, score = knn_candidates(with_bias(vectors, None), 4, -10.0, with_bias(vectors, bias), same_set=True)
+    similarity = (vectors @ vectors.T)[first, second]
+    assert len(first) == len(set(zip(first.tolist(), second.tolist()))) > 0
+    # each unordered pair once, scored from one of its two rows as the query
+    assert np.all(np.isclose(score, similarity - bias[first], atol=1e-5)
+                  | np.isclose(score, similarity - bias[second], atol=1e-5))
 
 
 def test_one_false_verified_link_does_not_merge_two_groups_of_copies(monkeypatch):

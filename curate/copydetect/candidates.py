@@ -127,7 +127,7 @@ def knn_candidates(descriptors: np.ndarray, k: int, threshold: float, queries: n
     from dinolab.curate.dedup import build_index
 
     same = queries is None if same_set is None else same_set
-    queries = descriptors if same else queries
+    queries = descriptors if queries is None else queries
     empty = np.zeros(0, np.int64)
     if not len(descriptors) or not len(queries):
         return empty, empty, np.zeros(0, np.float32)

@@ -46,9 +46,18 @@ class VerifyConfig:
     min_cells: int = 24
     min_agreement: float = 0.6
     """Fraction of the overlap's textured cells that must agree for the pair to be a copy."""
+    min_evidence: int = 40
+    """Agreeing textured cells a copy must have, whatever the fraction: flat pictures (logos, wallpapers,
+    the flat parts of a frame) agree on a few cells by chance, a copy of a picture with content on many."""
+    solid_std: float = 1.5
+    """A pixel whose 5x5 neighbourhood varies less than this (grey levels) is solid fill (a stripe, a border,
+    a caption's letters); where one image is solid and the other not, the pixel is occluded."""
+    max_occluded: float = 0.5
+    """A cell with at most this share of occluded pixels is correlated on the rest of its pixels (a stripe
+    across part of a cell hides that part, not the cell); a more occluded cell counts as it is."""
     max_template: float = 0.25
     """A cell more than this share of which lies in a template region (:mod:`.templates`) is not counted."""
-    max_blob: float = 0.15
+    max_blob: float = 0.3
     """Largest contiguous disagreeing block (share of the overlap) a copy may have: an overlay hides a part
     of the photo, but two photos in one frame disagree on one big block, the photos themselves."""
 
@@ -97,6 +106,8 @@ class Agreement:
     cells: int
     blob: float
     """The largest 4-connected block of disagreeing cells, as a share of the counted cells."""
+    agreeing: int = 0
+    """Agreeing cells (the evidence, see ``VerifyConfig.min_evidence``)."""
 
 
 def full_size(region: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
@@ -104,6 +115,24 @@ def full_size(region: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
     if region is None:
         return np.zeros(shape, np.float32)
     return np.repeat(np.repeat(region, GRID, 0), GRID, 1)[: shape[0], : shape[1]].astype(np.float32)
+
+
+def solid(gray: np.ndarray, config: VerifyConfig) -> np.ndarray:
+    """Mask (float 0/1) of the pixels of ``gray`` in solid fill (see ``VerifyConfig.solid_std``)."""
+    gray = gray.astype(np.float32)
+    mean = cv2.boxFilter(gray, -1, (5, 5))
+    variance = cv2.boxFilter(gray * gray, -1, (5, 5)) - mean * mean
+    return (variance < config.solid_std ** 2).astype(np.float32)
+
+
+def cell_correlation(a: np.ndarray, b: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row (a cell's pixels), the weighted zero-mean correlation of ``a`` and ``b`` and their standard
+    deviations, over the pixels of weight 1 (``weight`` all ones: the plain correlation)."""
+    count = weight.sum(axis=1, keepdims=True) + 1e-6
+    a = (a - (a * weight).sum(axis=1, keepdims=True) / count) * weight
+    b = (b - (b * weight).sum(axis=1, keepdims=True) / count) * weight
+    std_a, std_b = np.sqrt((a * a).sum(axis=1) / count[:, 0]), np.sqrt((b * b).sum(axis=1) / count[:, 0])
+    return (a * b).sum(axis=1) / count[:, 0] / (std_a * std_b + 1e-6), std_a, std_b
 
 
 def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, config: VerifyConfig,
@@ -118,6 +147,8 @@ def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, c
     if source_template is not None:
         template = np.maximum(template, cv2.warpAffine(full_size(source_template, source.shape), affine, (width, height),
                                                        flags=cv2.INTER_NEAREST))
+    occluded = np.abs(cv2.warpAffine(solid(source, config), affine, (width, height), flags=cv2.INTER_NEAREST)
+                      - solid(target, config))
     sigma = config.blur
     warped = cv2.GaussianBlur(warped, (0, 0), sigma)
     target = cv2.GaussianBlur(target.astype(np.float32), (0, 0), sigma)
@@ -131,12 +162,14 @@ def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, c
 
     a, b, m = cells(warped), cells(target), cells(mask)
     covered = (m.min(axis=1) > 0) & (cells(template).mean(axis=1) <= config.max_template)
-    a = a - a.mean(axis=1, keepdims=True)
-    b = b - b.mean(axis=1, keepdims=True)
-    std_a, std_b = a.std(axis=1), b.std(axis=1)
+    # Texture is judged on the whole cell; a partly occluded cell is correlated on its visible pixels.
+    correlation, std_a, std_b = cell_correlation(a, b, np.ones_like(a))
+    occlusion = cells(occluded)
+    partly = (occlusion.mean(axis=1) <= config.max_occluded) & (occlusion.max(axis=1) > 0)
+    if partly.any():
+        correlation[partly] = cell_correlation(a[partly], b[partly], 1 - occlusion[partly])[0]
     textured_a, textured_b = (std_a >= config.flat_std) & covered, (std_b >= config.flat_std) & covered
     both, one = textured_a & textured_b, textured_a ^ textured_b
-    correlation = (a * b).mean(axis=1) / (std_a * std_b + 1e-6)
     # Textured on both sides: agree or not. Textured on one side only (an occluding stripe or border, or a photo
     # against a frame's flat background): half a disagreement. Flat on both: no evidence.
     counted = float(both.sum() + config.one_sided_weight * one.sum())
@@ -147,7 +180,7 @@ def cell_agreement(source: np.ndarray, target: np.ndarray, affine: np.ndarray, c
     labels, found = ndimage.label(disagree)
     blob = np.bincount(labels.ravel())[1:].max() if found else 0
     cells_counted = int(both.sum() + one.sum())
-    return Agreement(float(agree.sum() / counted), cells_counted, float(blob / max(1, cells_counted)))
+    return Agreement(float(agree.sum() / counted), cells_counted, float(blob / max(1, cells_counted)), int(agree.sum()))
 
 
 def _verify_oriented(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig, mirrored: bool) -> Verification:
@@ -172,7 +205,8 @@ def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: 
     backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(affine), config, b.template, a.template)
     best = max(forward, backward, key=lambda result: result.cells)  # the side with more evidence
     blob = max(forward.blob, backward.blob)
-    accepted = best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
+    accepted = (best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
+                and best.agreeing >= config.min_evidence)
     return Verification(accepted, inliers, best.fraction, best.cells, mirrored, blob)
 
 
