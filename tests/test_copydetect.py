@@ -199,6 +199,18 @@ def test_flat_pictures_sharing_a_small_emblem_need_evidence_from_their_content()
     assert not verify_aligned(a, b, VerifyConfig(min_agreement=0.5)).accepted
 
 
+def test_the_evidence_required_shrinks_with_the_template_share_of_the_pair():
+    from dinolab.curate.copydetect.verify import required_evidence
+
+    plain = describe(_photo("astronaut"))
+    framed = describe(_photo("coffee"))
+    framed.template = np.zeros((32, 32), bool)
+    framed.template[:, :8] = True  # a quarter of the picture is lake template
+    config = VerifyConfig(min_evidence=40)
+    assert required_evidence(plain, plain, config) == 40
+    assert required_evidence(plain, framed, config) == required_evidence(framed, plain, config) == 30
+
+
 # -- groups -----------------------------------------------------------------------------------------
 
 

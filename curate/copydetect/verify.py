@@ -197,6 +197,13 @@ def _verify_oriented(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig, m
     return pixel_check(a, b, affine, config, count, mirrored)
 
 
+def required_evidence(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> float:
+    """``min_evidence`` on the part of the pictures that can give evidence: template cells are not counted,
+    so an image that is 40 % lake template (a repeated texture, a frame) needs 40 % fewer agreeing cells."""
+    share = max((0.0 if f.template is None else float(f.template.mean())) for f in (a, b))
+    return config.min_evidence * (1.0 - share)
+
+
 def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: VerifyConfig, inliers: int = 0,
                 mirrored: bool = False) -> Verification:
     """The photometric half: :func:`cell_agreement` both ways under ``affine`` (``a`` → ``b``), judged on the
@@ -206,7 +213,7 @@ def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: 
     best = max(forward, backward, key=lambda result: result.cells)  # the side with more evidence
     blob = max(forward.blob, backward.blob)
     accepted = (best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
-                and best.agreeing >= config.min_evidence)
+                and best.agreeing >= required_evidence(a, b, config))
     return Verification(accepted, inliers, best.fraction, best.cells, mirrored, blob)
 
 
