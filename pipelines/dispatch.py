@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
@@ -151,21 +152,30 @@ def run_stage(executor: Executor, out: Location, config: PipelineConfig, stage: 
     return _run_shape(executor, out, config, stage, stage.steps, [])[1]
 
 
+ROUND_LINES_EVERY = 30.0
+"""Seconds between two progress lines of a ``Repeat``'s rounds (rounds that ran something)."""
+
+
 def _run_shape(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, shape: Shape,
                previous: list, quiet: bool = False) -> tuple[list, int]:
-    """Run ``shape``; the steps of a ``Repeat`` show no progress of their own (one line per ``Repeat`` instead:
-    twenty Lloyd rounds of four steps would fill a log)."""
+    """Run ``shape``; the steps of a ``Repeat`` show no progress bars of their own (twenty Lloyd rounds of
+    four steps would fill a log): a line every :data:`ROUND_LINES_EVERY` seconds says which round is done,
+    and one line when the rounds end."""
     ran = 0
     for item in shape:
         if isinstance(item, Repeat):
-            iterations = 0
-            for _ in range(item.times(config)):
+            names = ", ".join(step.name for step in item.steps if isinstance(step, Step))
+            iterations, times, last_line = 0, item.times(config), time.monotonic()
+            for _ in range(times):
                 previous, count = _run_shape(executor, out, config, stage, item.steps, previous, quiet=True)
                 ran, iterations = ran + count, iterations + 1
                 if item.until is not None and item.until(previous):
                     break
+                if not quiet and count and iterations < times and time.monotonic() - last_line >= ROUND_LINES_EVERY:
+                    executor.console.print(f"{stage.name}: round {iterations} of at most {times} done ({names})",
+                                           highlight=False)
+                    last_line = time.monotonic()
             if not quiet and iterations:
-                names = ", ".join(step.name for step in item.steps if isinstance(step, Step))
                 executor.console.print(f"{stage.name}: {iterations} rounds of {names}", highlight=False)
             continue
         previous, count = _run_step(executor, out, config, stage, item, previous, quiet)

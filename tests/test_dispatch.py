@@ -3,6 +3,7 @@ unit) the same way as Dask tasks and in a loop."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -110,6 +111,17 @@ def test_repeated_steps_see_the_previous_iteration_and_stop_when_told(tmp_path, 
     executor = executors(client)[kind]
     ran = run_stage(executor, tmp_path, PipelineConfig(), REPEATED)
     assert ran == 1 + 3 * (3 + 1)  # 1 → 3 → 9 → 27: three iterations of the four allowed
+
+
+def test_long_rounds_print_which_round_is_done(tmp_path, monkeypatch):
+    from dinolab.pipelines import dispatch
+
+    monkeypatch.setattr(dispatch, "ROUND_LINES_EVERY", 0.0)  # every round is "long"
+    console = Console(record=True, width=200, file=io.StringIO())
+    run_stage(LoopExecutor(console), tmp_path, PipelineConfig(), REPEATED)
+    lines = console.export_text().splitlines()
+    assert lines == ["lloyd: round 1 of at most 4 done (map, reduce)", "lloyd: round 2 of at most 4 done (map, reduce)",
+                     "lloyd: 3 rounds of map, reduce"]  # the third round ends the loop: its line is the summary
 
 
 def test_shared_state_is_built_once_per_process_and_passed_to_every_unit(tmp_path):
