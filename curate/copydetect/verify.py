@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from dinolab.curate.copydetect.local import LocalFeatures
-from dinolab.curate.copydetect.templates import GRID
+from dinolab.curate.copydetect.templates import GRID, template_share
 
 
 @dataclass(frozen=True)
@@ -200,8 +200,7 @@ def _verify_oriented(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig, m
 def required_evidence(a: LocalFeatures, b: LocalFeatures, config: VerifyConfig) -> float:
     """``min_evidence`` on the part of the pictures that can give evidence: template cells are not counted,
     so an image that is 40 % lake template (a repeated texture, a frame) needs 40 % fewer agreeing cells."""
-    share = max((0.0 if f.template is None else float(f.template.mean())) for f in (a, b))
-    return config.min_evidence * (1.0 - share)
+    return config.min_evidence * (1.0 - max(template_share(a), template_share(b)))
 
 
 def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: VerifyConfig, inliers: int = 0,
