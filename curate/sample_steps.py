@@ -333,10 +333,20 @@ def _nearest_hits(out: Location, config: PipelineConfig, partition: int,
     return rows, keys, similarity
 
 
+DRAWING = ("balanced", "clusters")
+"""The methods that draw images at random within clusters (the only ones with ``draw`` and ``limit`` units)."""
+
+
+def _draw_units(out: Location, config: PipelineConfig, previous: list | None = None) -> list[int]:
+    return _partitions(out) if _method(out) in DRAWING else []
+
+
+def _limit_units(out: Location, config: PipelineConfig, previous: list | None = None) -> list[None]:
+    return [None] if _method(out) in DRAWING else []
+
+
 def draw(out: Location, config: PipelineConfig, partition: int, previous=None) -> dict:
     method = _method(out)
-    if method not in ("balanced", "clusters"):
-        return {}
     pool, levels = _pool(out, partition)
     labels = levels[:, 0]
     quota = load_arrays(_dir(out) / "plan.npz")["quota"]
@@ -349,8 +359,6 @@ def draw(out: Location, config: PipelineConfig, partition: int, previous=None) -
 
 def limit(out: Location, config: PipelineConfig, unit_=None, previous=None) -> dict:
     """Each cluster's quota-th lowest draw score over every partition (no limit when it has fewer)."""
-    if _method(out) not in ("balanced", "clusters"):
-        return {}
     quota = load_arrays(_dir(out) / "plan.npz")["quota"]
     parts = _parts(out, "draw")
     labels = np.concatenate([p["labels"] for p in parts]).astype(np.int64)
@@ -436,8 +444,8 @@ STEPS = (
     Step("prepare", prepare, done=_files_done("method.json")),  # written after the query blocks
     Step("scan", scan, units=_scan_units, done=_files_done("scan/part-{0[0]:05d}-{0[1]:05d}.npz")),
     Step("plan", plan, units=_plan_units, done=_planned),
-    Step("draw", draw, units=_partitions, done=_files_done("draw/part-{:05d}.npz")),
-    Step("limit", limit, done=_files_done("limits.npz")),
+    Step("draw", draw, units=_draw_units, done=_files_done("draw/part-{:05d}.npz")),
+    Step("limit", limit, units=_limit_units, done=_files_done("limits.npz")),
     Step("write", write, units=_partitions, done=_written),
     Step("clean", clean),
 )

@@ -236,7 +236,10 @@ def dedup_rule(config: PipelineConfig, precomputed: bool = False) -> str:
 
 
 def resolved_dedup_rule(out: Location, config: PipelineConfig) -> str:
-    """:func:`dedup_rule` for the run in ``out`` (its pool's size, whether its embeddings were precomputed)."""
+    """:func:`dedup_rule` for the run in ``out`` (whether its embeddings were precomputed; the ``images`` table
+    is read only when that can change the rule, as every step of the dedup stage asks)."""
+    if config.dedup.descriptor == "embeddings":
+        return "embeddings"
     return dedup_rule(config, precomputed_pool(out))
 
 

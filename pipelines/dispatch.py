@@ -54,8 +54,11 @@ class Executor(Protocol):
 
 
 def _load_stage_code() -> None:
+    import matplotlib.backends.backend_agg  # noqa: F401  (the report's histogram: ~0.5 s to import)
+    import matplotlib.figure  # noqa: F401
     import torch
 
+    import dinolab.curate.report  # noqa: F401
     import dinolab.curate.stages  # noqa: F401  (torch, faiss and pyarrow come with it)
 
     torch.set_num_threads(1)  # one thread per worker process, as Dask's nanny sets for the other pools
@@ -88,23 +91,34 @@ class DaskExecutor:
         client.run(_load_stage_code)  # part of starting the workers, not of the first stage's time
 
     def submit(self, label: str, function: Callable, *arguments, resources: dict | None = None):
-        slug = re.sub(r"[^\w-]+", "-", label).strip("-")
-        key = f"{slug}-{self.run_id}-{next(self.numbers)}"
-        return self.client.submit(function, *arguments, key=key, pure=False, retries=TASK_RETRIES,
+        return self.client.submit(function, *arguments, key=self._key(label), pure=False, retries=TASK_RETRIES,
                                   resources=self._available(resources))
+
+    def _key(self, label: str) -> str:
+        slug = re.sub(r"[^\w-]+", "-", label).strip("-")
+        return f"{slug}-{self.run_id}-{next(self.numbers)}"
 
     def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
             quiet: bool = False) -> list:
-        futures = [self.submit(label, function, *arguments, resources=resources) for arguments in calls]
+        futures = self._submit_all(label, function, calls, resources)
         with PauseWatch(self.client, futures, label) as watch:
             try:
-                for future in (futures if quiet else track(futures, label, self.console)):
-                    future.result()  # the first task that failed raises here
+                if quiet:
+                    return self.client.gather(futures)  # the first task that failed raises here
+                for future in track(futures, label, self.console):
+                    future.result()
             except CancelledError:
                 if watch.error:
                     raise WorkersPaused(watch.error) from None
                 raise
-        return [future.result() for future in futures]
+        return self.client.gather(futures)
+
+    def _submit_all(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None) -> list:
+        """One task per call, submitted in one message to the scheduler (each step is a barrier: its latency counts)."""
+        keys = [self._key(label) for _ in calls]
+        columns = [list(column) for column in zip(*calls)] if calls else []
+        return self.client.map(function, *columns, key=keys, pure=False, retries=TASK_RETRIES,
+                               resources=self._available(resources))
 
     def shared(self, step: Step, config: PipelineConfig) -> Callable:
         name = f"dinolab-shared-{step.name}"

