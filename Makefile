@@ -13,7 +13,7 @@ demo: setup
 	$(VENV)/bin/curate demo
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n 2 tests  # two test processes: most tests wait on processes they start
 
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"

@@ -4,11 +4,16 @@ that reach the bucket through storage options given as task arguments, and secre
 from __future__ import annotations
 
 import json
-import logging
+import socket
+import subprocess
+import sys
 import tarfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import moto.server as moto_server
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -36,6 +41,35 @@ def curate(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server in a process of its own (in this one it would share the interpreter lock with the
+    client, and every request of a run would wait on it); yields its endpoint URL."""
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"moto server exited with {server.returncode}") from None
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server with the test lake in a bucket; yields (endpoint URL, filesystem, local copy)."""
@@ -44,11 +78,12 @@ def s3(tmp_path_factory):
                         "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
         patch.setenv(name, value)  # the usual environment: LocalCluster workers inherit it
     patch.delenv("AWS_PROFILE", raising=False)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    with moto_server() as endpoint:
+        yield from _lake_in_bucket(endpoint, tmp_path_factory)
+    patch.undo()
+
+
+def _lake_in_bucket(endpoint: str, tmp_path_factory) -> Iterator[tuple]:
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, skip_instance_cache=True)
     fs.mkdir(BUCKET)
     root = tmp_path_factory.mktemp("s3lake")
@@ -59,8 +94,6 @@ def s3(tmp_path_factory):
                 "fm/" if path.name.startswith("fm_") else "other/")
             fs.pipe(f"{BUCKET}/{role}/{sub if role == 'pool' else ''}{path.name}", path.read_bytes())
     yield endpoint, fs, folders
-    server.stop()
-    patch.undo()
 
 
 def every_byte_under(folder: Path) -> bytes:
