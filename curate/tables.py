@@ -102,6 +102,16 @@ def read_table(out: str | Path | RemotePath, name: str) -> pa.Table:
     return pa.concat_tables(parts).unify_dictionaries()  # one dictionary per column: group_by needs it
 
 
+def check_schemas(out: str | Path | RemotePath, name: str) -> None:
+    """:class:`SchemaError` unless every part of table ``name`` has its schema (read from the parquet footers)."""
+    for path in _part_paths(out, name):
+        try:
+            schema = pq.read_schema(output.readable(path))
+        except (OSError, pa.ArrowInvalid) as error:
+            raise SchemaError(f"{path}: not a readable parquet file ({error})") from None
+        validate(schema.empty_table(), name, str(path))
+
+
 def _part_paths(out: str | Path | RemotePath, name: str) -> list[Location]:
     """The parquet parts of table ``name``, in partition order."""
     directory = table_dir(out, name)

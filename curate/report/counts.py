@@ -2,13 +2,16 @@
 clusters and members shown, and the run's files, gathered from ``OUT/tables/`` into one JSON-ready dict.
 
 Reads whatever tables exist (an absent table is reported as ``{"present": false}``, one with a wrong schema
-raises :class:`~schemas.tables.SchemaError`). Counts are computed with pyarrow/numpy; only rejected files,
-the largest groups and the sampled cluster members become Python objects.
+raises :class:`~schemas.tables.SchemaError`), each a part at a time and only the columns a count needs
+(:class:`Parts`): the report holds the counts, one (id, rows) pair per duplicate group and per cluster, and
+the few rows it lists. Only rejected files, the largest groups and the sampled cluster members become
+Python objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ import pyarrow.compute as pc
 from dinolab.core.storage import INDEX_NAME, SHARD_DIR
 from dinolab.curate import output
 from dinolab.curate.output import Location, RemotePath
-from dinolab.curate.tables import done_parts, read_table, table_dir
+from dinolab.curate.tables import check_schemas, done_parts, read_columns, row_count, table_dir
 from dinolab.schemas.config import ReportConfig
 from dinolab.schemas.tables import ROLES, TABLES
 
@@ -34,32 +37,85 @@ UNREADABLE_LISTED = 1000
 LINKED = 50
 """Files of each table (and shards) linked from the report; the rest are counted."""
 
-Tables = dict[str, pa.Table | None]
+@dataclass(frozen=True)
+class Parts:
+    """The parts of one table, read a part at a time and only the columns asked: the report holds counts,
+    a few listed rows and one (id, count) pair per duplicate group or cluster, never a whole table."""
+
+    out: Location
+    name: str
+
+    def scan(self, columns: Sequence[str]) -> Iterator[pa.Table]:
+        return read_columns(self.out, self.name, list(columns))
+
+    def rows(self) -> int:
+        return row_count(self.out, self.name)
+
+    def where(self, columns: Sequence[str], column: str, values: Sequence) -> pa.Table:
+        """The rows (``columns``) whose ``column`` is in ``values``, in table order."""
+        value_set = pa.array(list(values), pa.int64() if isinstance(next(iter(values), 0), (int, np.integer))
+                             else pa.string())
+        found = [part.filter(pc.is_in(part[column], value_set=value_set)) for part in self.scan(columns)]
+        return pa.concat_tables(found) if found else pa.table({name: [] for name in columns})
+
+
+Tables = dict[str, Parts | None]
 
 
 # ----------------------------------------------------------------------------------------------- tables
 
 
 def load_tables(out: Location) -> Tables:
-    """Every table that has parts, validated; ``None`` for the absent ones."""
-    return {name: read_table(out, name) if done_parts(out, name) else None for name in TABLES}
+    """Every table that has parts, each part's schema validated (from its footer); ``None`` for the absent ones."""
+    found: Tables = {}
+    for name in TABLES:
+        if not done_parts(out, name):
+            found[name] = None
+            continue
+        check_schemas(out, name)
+        found[name] = Parts(out, name)
+    return found
 
 
-def _value_counts(column: pa.ChunkedArray | pa.Array) -> dict[str, int]:
-    """``{value: rows}`` of a string column, sorted by value."""
-    counts = pc.value_counts(column)
-    pairs = zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())
-    return {str(value): int(count) for value, count in sorted(pairs, key=lambda pair: str(pair[0]))}
+def _value_counts(parts: Iterable[pa.Array | pa.ChunkedArray]) -> dict[str, int]:
+    """``{value: rows}`` of a string column given part by part, sorted by value."""
+    totals: dict[str, int] = {}
+    for column in parts:
+        counts = pc.value_counts(column)
+        for value, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+            totals[str(value)] = totals.get(str(value), 0) + int(count)
+    return dict(sorted(totals.items()))
 
 
-def _per_set(table: pa.Table | None, by: Sequence[str] = ()) -> dict[tuple, int] | None:
+def id_counts(parts: Iterable[np.ndarray], weights: Iterable[np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct ids over an id column given part by part, rows per id and (``weights``) the summed weight per id."""
+    ids, counts, sums = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    weights = iter(weights) if weights is not None else None
+    for part in parts:
+        unique, inverse, count = np.unique(np.asarray(part, dtype=np.int64), return_inverse=True, return_counts=True)
+        weight = next(weights) if weights is not None else np.zeros(len(part), np.int64)
+        ids.append(unique)
+        counts.append(count)
+        sums.append(np.bincount(inverse.reshape(-1), weights=weight, minlength=len(unique)).astype(np.int64))
+    ids_, counts_, sums_ = np.concatenate(ids), np.concatenate(counts), np.concatenate(sums)
+    unique, inverse = np.unique(ids_, return_inverse=True)
+    return (unique, np.bincount(inverse, weights=counts_, minlength=len(unique)).astype(np.int64),
+            np.bincount(inverse, weights=sums_, minlength=len(unique)).astype(np.int64))
+
+
+def _per_set(table: Parts | None, by: Sequence[str] = ()) -> dict[tuple, int] | None:
     """Rows per (set, role, *by), or ``None`` for an absent table."""
     if table is None:
         return None
     keys = ["set", "role", *by]
-    grouped = table.group_by(keys).aggregate([("key", "count")])
-    columns = [grouped.column(key).to_pylist() for key in keys] + [grouped.column("key_count").to_pylist()]
-    return {tuple(row[:-1]): int(row[-1]) for row in zip(*columns)}
+    totals: dict[tuple, int] = {}
+    for part in table.scan(keys):
+        grouped = part.group_by(keys).aggregate([([], "count_all")])
+        columns = [grouped.column(key).to_pylist() for key in keys] + [grouped.column("count_all").to_pylist()]
+        for row in zip(*columns):
+            totals[tuple(row[:-1])] = totals.get(tuple(row[:-1]), 0) + int(row[-1])
+    return totals
 
 
 def _uris(keys: Sequence[str], tables: Tables) -> dict[str, str]:
@@ -67,7 +123,7 @@ def _uris(keys: Sequence[str], tables: Tables) -> dict[str, str]:
     table = tables["images"] if tables["images"] is not None else tables["files"]
     if table is None or not keys:
         return {}
-    found = table.filter(pc.is_in(table["key"], value_set=pa.array(list(keys), pa.string())))
+    found = table.where(["key", "uri"], "key", keys)
     return dict(zip(found["key"].to_pylist(), found["uri"].to_pylist()))
 
 
@@ -108,15 +164,15 @@ def _roles(sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, int | None]]:
     return roles
 
 
-def _images(table: pa.Table | None) -> dict[str, Any]:
+def _images(table: Parts | None) -> dict[str, Any]:
     if table is None:
         return {"present": False}
-    return {"present": True, "total": len(table),
-            "by_status": {status: 0 for status in STATUSES} | _value_counts(table["status"])}
+    return {"present": True, "total": table.rows(),
+            "by_status": {status: 0 for status in STATUSES} | _value_counts(p["status"] for p in table.scan(["status"]))}
 
 
-def _total(table: pa.Table | None) -> dict[str, Any]:
-    return {"present": False} if table is None else {"present": True, "total": len(table)}
+def _total(table: Parts | None) -> dict[str, Any]:
+    return {"present": False} if table is None else {"present": True, "total": table.rows()}
 
 
 def _similarity(value: float | None) -> float | None:
@@ -142,104 +198,132 @@ def _group(members: pa.Table, group: int) -> dict[str, Any]:
     }
 
 
-def _largest(table: pa.Table, groups: np.ndarray, ids: np.ndarray, sizes: np.ndarray,
-             removed: np.ndarray, limit: int) -> list[dict[str, Any]]:
+MEMBER_COLUMNS = ("key", "uri", "group", "kept", "reason", "similarity", "kept_key")
+
+
+def _largest(table: Parts, ids: np.ndarray, sizes: np.ndarray, removed: np.ndarray,
+             limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` groups, largest first (ties: group id); a group of one only if its image is removed."""
     candidates = np.flatnonzero((sizes > 1) | (removed > 0))
-    chosen = candidates[np.lexsort((ids[candidates], -sizes[candidates]))][:limit]
-    rows = np.flatnonzero(np.isin(groups, ids[chosen]))
-    in_group = groups[rows]
-    return [_group(table.take(pa.array(rows[in_group == ids[i]])), ids[i]) for i in chosen]
+    chosen = ids[candidates[np.lexsort((ids[candidates], -sizes[candidates]))][:limit]]
+    if not len(chosen):
+        return []
+    members = table.where(MEMBER_COLUMNS, "group", chosen.tolist())
+    groups = members["group"].to_numpy()
+    return [_group(members.take(pa.array(np.flatnonzero(groups == group))), group) for group in chosen]
 
 
-def _duplicates(table: pa.Table | None, config: ReportConfig) -> dict[str, Any]:
+def _duplicates(table: Parts | None, config: ReportConfig) -> dict[str, Any]:
     if table is None:
         return {"present": False}
-    groups = table["group"].to_numpy()
-    kept = table["kept"].to_numpy(zero_copy_only=False).astype(bool)
-    ids, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    removed = np.bincount(inverse, weights=~kept, minlength=len(ids)).astype(np.int64)
+    groups, removed_flags, reasons = [], [], []
+    for part in table.scan(["group", "kept", "reason"]):
+        kept = part["kept"].to_numpy(zero_copy_only=False).astype(bool)
+        groups.append(part["group"].to_numpy())
+        removed_flags.append((~kept).astype(np.int64))
+        reasons.append(pc.fill_null(part.filter(pc.invert(part["kept"]))["reason"], "unknown"))
+    ids, sizes, removed = id_counts(groups, removed_flags)
     size_values, size_counts = np.unique(sizes, return_counts=True)
-    dropped = table.filter(pc.invert(table["kept"]))
     return {
-        "present": True, "images": len(table), "kept": int(kept.sum()), "removed": int((~kept).sum()),
-        "by_reason": _value_counts(pc.fill_null(dropped["reason"], "unknown")),
+        "present": True, "images": int(sizes.sum()), "kept": int(sizes.sum() - removed.sum()),
+        "removed": int(removed.sum()), "by_reason": _value_counts(reasons),
         "groups": len(ids), "duplicate_groups": int((sizes > 1).sum()),
         "group_sizes": {str(int(size)): int(n) for size, n in zip(size_values, size_counts)},
-        "largest": _largest(table, groups, ids, sizes, removed, max(LARGEST_GROUPS, config.examples)),
+        "largest": _largest(table, ids, sizes, removed, max(LARGEST_GROUPS, config.examples)),
     }
 
 
-def finest_sizes(table: pa.Table) -> np.ndarray:
+def finest_sizes(table: Parts) -> np.ndarray:
     """Images per finest-level cluster."""
-    return np.unique(table["cluster"].to_numpy(), return_counts=True)[1]
+    return id_counts(part["cluster"].to_numpy() for part in table.scan(["cluster"]))[1]
 
 
-def _per_level(table: pa.Table) -> list[int]:
+def _per_level(table: Parts) -> list[int]:
     """Distinct labels used at each level, finest first."""
-    levels = table["levels"].combine_chunks()
-    lengths = pc.list_value_length(levels).to_numpy(zero_copy_only=False)
-    if not len(lengths):
-        return []
-    if lengths.max() == 0:
-        return [len(finest_sizes(table))]
-    labels = pc.list_flatten(levels).to_numpy()
-    parents = pc.list_parent_indices(levels).to_numpy()
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    depth = np.arange(len(labels)) - starts[parents]
-    return [len(np.unique(labels[depth == level])) for level in range(int(lengths.max()))]
+    seen: list[np.ndarray] = []
+    flat = False
+    for part in table.scan(["cluster", "levels"]):
+        levels = part["levels"].combine_chunks()
+        lengths = pc.list_value_length(levels).to_numpy(zero_copy_only=False)
+        if not len(lengths):
+            continue
+        if lengths.max() == 0:
+            flat = True
+            continue
+        labels = pc.list_flatten(levels).to_numpy()
+        parents = pc.list_parent_indices(levels).to_numpy()
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        depth = np.arange(len(labels)) - starts[parents]
+        for level in range(int(lengths.max())):
+            found = np.unique(labels[depth == level])
+            if level < len(seen):
+                seen[level] = np.union1d(seen[level], found)
+            else:
+                seen.append(found)
+    if not seen:
+        return [len(finest_sizes(table))] if flat else []
+    return [len(labels) for labels in seen]
 
 
-def _cluster_examples(table: pa.Table, examples: int, seed: int) -> list[dict[str, Any]]:
+def _cluster_examples(table: Parts, ids: np.ndarray, sizes: np.ndarray, examples: int,
+                      seed: int) -> list[dict[str, Any]]:
     """Up to ``examples`` random clusters (``seed``), each with up to ``examples`` random members (keys, uris)."""
-    labels = table["cluster"].to_numpy()
-    ids, sizes = np.unique(labels, return_counts=True)
     rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.choice(len(ids), size=min(examples, len(ids)), replace=False))
+    if not len(chosen):
+        return []
+    members = table.where(["cluster", "key", "uri"], "cluster", ids[chosen].tolist())
+    labels = members["cluster"].to_numpy()
     shown = []
-    for i in np.sort(rng.choice(len(ids), size=min(examples, len(ids)), replace=False)):
-        members = np.flatnonzero(labels == ids[i])
-        chosen = pa.array(np.sort(rng.choice(members, size=min(examples, len(members)), replace=False)))
-        shown.append({"cluster": int(ids[i]), "size": int(sizes[i]), "keys": table["key"].take(chosen).to_pylist(),
-                      "uris": table["uri"].take(chosen).to_pylist()})
+    for i in chosen:
+        rows = np.flatnonzero(labels == ids[i])  # the cluster's members in table order
+        picked = pa.array(np.sort(rng.choice(rows, size=min(examples, len(rows)), replace=False)))
+        shown.append({"cluster": int(ids[i]), "size": int(sizes[i]), "keys": members["key"].take(picked).to_pylist(),
+                      "uris": members["uri"].take(picked).to_pylist()})
     return shown
 
 
-def _clusters(table: pa.Table | None, config: ReportConfig) -> dict[str, Any]:
+def _clusters(table: Parts | None, config: ReportConfig) -> dict[str, Any]:
     if table is None:
         return {"present": False}
-    sizes = finest_sizes(table)
+    ids, sizes, _ = id_counts(part["cluster"].to_numpy() for part in table.scan(["cluster"]))
     finest = ({"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
               if len(sizes) else {"min": None, "median": None, "max": None})
-    return {"present": True, "images": len(table), "clusters": len(sizes), "per_level": _per_level(table),
+    return {"present": True, "images": int(sizes.sum()), "clusters": len(sizes), "per_level": _per_level(table),
             "finest_sizes": finest,
-            "shown": _cluster_examples(table, config.examples, config.seed) if config.examples > 0 else []}
+            "shown": _cluster_examples(table, ids, sizes, config.examples, config.seed) if config.examples > 0 else []}
 
 
-def _selection(table: pa.Table | None) -> dict[str, Any]:
+def _selection(table: Parts | None) -> dict[str, Any]:
     if table is None:
         return {"present": False}
-    return {"present": True, "selected": len(table), "by_method": _value_counts(table["method"])}
+    return {"present": True, "selected": table.rows(),
+            "by_method": _value_counts(part["method"] for part in table.scan(["method"]))}
 
 
-def _shards(table: pa.Table | None, out: Location) -> dict[str, Any]:
+def _shards(table: Parts | None, out: Location) -> dict[str, Any]:
     if table is None:
         return {"present": False}
     folder = out / SHARD_DIR
-    paths = [folder / Path(name).name for name in pc.unique(table["shard"]).to_pylist()]
+    names = sorted({name for part in table.scan(["shard"]) for name in pc.unique(part["shard"]).to_pylist()})
+    paths = [folder / Path(name).name for name in names]
     sizes = [output.size(path) for path in paths]
     on_disk = [size for size in sizes if size is not None]
-    return {"present": True, "count": len(paths), "samples": len(table), "bytes": int(sum(on_disk)),
+    return {"present": True, "count": len(paths), "samples": table.rows(), "bytes": int(sum(on_disk)),
             "missing": len(paths) - len(on_disk), "index": output.is_file(folder / INDEX_NAME)}
 
 
-def _unreadable(table: pa.Table | None) -> dict[str, Any]:
+def _unreadable(table: Parts | None) -> dict[str, Any]:
     """Files ingest refused (status other than ok): the first :data:`UNREADABLE_LISTED` with their reasons."""
     if table is None:
         return {"present": False}
-    rejected = table.filter(pc.not_equal(table["status"], "ok"))
-    listed = rejected.slice(0, UNREADABLE_LISTED).select(["key", "uri", "set", "role", "status", "error"])
-    rows = [{**{k: v for k, v in row.items() if k != "error"}, "reason": row["error"]} for row in listed.to_pylist()]
-    return {"present": True, "total": len(rejected), "listed": rows, "truncated": len(rejected) > len(rows)}
+    total, rows = 0, []
+    for part in table.scan(["key", "uri", "set", "role", "status", "error"]):
+        rejected = part.filter(pc.not_equal(part["status"], "ok"))
+        total += len(rejected)
+        for row in rejected.slice(0, UNREADABLE_LISTED - len(rows)).to_pylist():
+            rows.append({**{k: v for k, v in row.items() if k != "error"}, "reason": row["error"]})
+    return {"present": True, "total": total, "listed": rows, "truncated": total > len(rows)}
 
 
 def _outputs(out: Location, tables: Tables) -> dict[str, Any]:
