@@ -481,7 +481,8 @@ STEPS = (
          Step("radius", radius, units=_radius_units, done=_radius_done),
          Step("radii", radii, units=lambda out, config, previous: [_round(previous)], done=_radii_done),
          Step("assign", assign, units=_assign_units, done=_assigned),
-         Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)], done=_updated)),
+         Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)], done=_updated,
+              joins=lambda units: [units[0][0]])),  # the round of the assign units
         times=rounds,
     ),
     Step("upper", upper, done=_upper_done),

@@ -61,6 +61,10 @@ class Step:
     done: Callable[[Location, PipelineConfig, list], Mapping[Unit, dict]] | None = None
     resources: Mapping[str, float] = field(default_factory=dict)
     shared: Callable[[PipelineConfig], Any] | None = None
+    joins: Callable[[list[Unit]], Iterable[Unit]] | None = None
+    """For a reduce: its units from the units of the step before (the same ones ``units`` finds from that step's
+    results). The dispatcher then sends both steps' tasks at once, this step's waiting on the others (a map and
+    its reduce cost one round trip, not two); without it, a step starts when the one before has returned."""
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 For each step the dispatcher finds its units, leaves out those its ``done`` says exist, runs the others
 through the executor (all the units of a step at once, the steps in order) and hands their results, in
-unit order, to the next step. Executors know nothing of stages: :class:`DaskExecutor` submits one task per
-unit to a Dask client (a task rescheduled after a worker died writes the same files), :class:`LoopExecutor`
-calls them in this process, one after the other::
+unit order, to the next step. A step that ``joins`` the one before (a reduce whose units follow from the
+map's units) is sent together with it, its tasks waiting on the map's: a map/reduce round costs one round
+trip between this process and the workers, not two. Executors know nothing of stages: :class:`DaskExecutor`
+submits one task per unit to a Dask client (a task rescheduled after a worker died writes the same files),
+:class:`LoopExecutor` calls them in this process, one after the other::
 
     executor = DaskExecutor(client, console)
     run_stage(executor, out, config, stages.STAGES["shard"])   # plan, then one task per shard, then the index
@@ -19,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,6 +42,16 @@ TASK_RETRIES = 1
 """Retries of a task that raised (a worker that died is rescheduled by the scheduler on its own)."""
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One step's calls for :meth:`Executor.map`: ``function(*arguments)`` for each tuple of ``calls``."""
+
+    label: str
+    function: Callable
+    calls: Sequence[tuple]
+    resources: dict | None = None
+
+
 class Executor(Protocol):
     """Runs ``function(*arguments)`` for each tuple of ``calls``; the results in the order of ``calls``. ``quiet``:
     no progress shown on ``console``."""
@@ -47,6 +60,11 @@ class Executor(Protocol):
 
     def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
             quiet: bool = False) -> list: ...
+
+    def map_joined(self, first: Batch, then: Callable[[list], Batch], quiet: bool = False) -> tuple[list, list]:
+        """``first``'s calls, then the calls ``then(results of first)`` builds: with Dask both are sent at once,
+        the second's tasks waiting on the first's (their results stay futures until a worker needs them)."""
+        ...
 
     def shared(self, step: Step, config: PipelineConfig) -> Callable:
         """``step.run`` with what its ``shared`` builds once per process passed as ``shared=``."""
@@ -113,6 +131,21 @@ class DaskExecutor:
                 raise
         return self.client.gather(futures)
 
+    def map_joined(self, first: Batch, then: Callable[[list], Batch], quiet: bool = False) -> tuple[list, list]:
+        futures = self._submit_all(first.label, first.function, first.calls, first.resources)
+        second = then(futures)  # a map's futures as its reduce's arguments: no round trip through this process
+        joined = self._submit_all(second.label, second.function, second.calls, second.resources)
+        with PauseWatch(self.client, futures + joined, first.label) as watch:
+            try:
+                for batch, label in ((futures, first.label), (joined, second.label)):
+                    for future in (batch if quiet else track(batch, label, self.console)):
+                        future.result()  # the first task that failed raises here
+            except CancelledError:
+                if watch.error:
+                    raise WorkersPaused(watch.error) from None
+                raise
+        return self.client.gather(futures), self.client.gather(joined)
+
     def _submit_all(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None) -> list:
         """One task per call, submitted in one message to the scheduler (each step is a barrier: its latency counts)."""
         keys = [self._key(label) for _ in calls]
@@ -156,6 +189,11 @@ class LoopExecutor:
             quiet: bool = False) -> list:
         return [function(*arguments) for arguments in calls]
 
+    def map_joined(self, first: Batch, then: Callable[[list], Batch], quiet: bool = False) -> tuple[list, list]:
+        results = self.map(first.label, first.function, first.calls, first.resources, quiet)
+        second = then(results)
+        return results, self.map(second.label, second.function, second.calls, second.resources, quiet)
+
     def shared(self, step: Step, config: PipelineConfig) -> Callable:
         value = step.shared(config)
         return partial(step.run, shared=value)
@@ -175,8 +213,9 @@ def _run_shape(executor: Executor, out: Location, config: PipelineConfig, stage:
     """Run ``shape``; the steps of a ``Repeat`` show no progress bars of their own (twenty Lloyd rounds of
     four steps would fill a log): a line every :data:`ROUND_LINES_EVERY` seconds says which round is done,
     and one line when the rounds end."""
-    ran = 0
-    for item in shape:
+    ran, items = 0, list(shape)
+    while items:
+        item = items.pop(0)
         if isinstance(item, Repeat):
             names = ", ".join(step.name for step in item.steps if isinstance(step, Step))
             iterations, times, last_line = 0, item.times(config), time.monotonic()
@@ -192,24 +231,60 @@ def _run_shape(executor: Executor, out: Location, config: PipelineConfig, stage:
             if not quiet and iterations:
                 executor.console.print(f"{stage.name}: {iterations} rounds of {names}", highlight=False)
             continue
-        previous, count = _run_step(executor, out, config, stage, item, previous, quiet)
+        if items and isinstance(items[0], Step) and items[0].joins is not None:
+            previous, count = _run_joined(executor, out, config, stage, item, items.pop(0), previous, quiet)
+        else:
+            previous, count = _run_step(executor, out, config, stage, item, previous, quiet)
         ran += count
     return previous, ran
+
+
+def _plan(out: Location, config: PipelineConfig, step: Step, units: list) -> tuple[dict, list]:
+    """The results of ``units`` whose outputs exist (``step.done``), and the units left to run."""
+    found = dict(step.done(out, config, units)) if step.done is not None else {}
+    return found, [unit for unit in units if unit not in found]
+
+
+def _batch(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, step: Step, units: list,
+           todo: list, previous: list) -> Batch:
+    label = stage.name if step.name == stage.name else f"{stage.name} {step.name}"
+    if step.units is partition_units:
+        label += f" ({len(todo)} partitions)"
+    elif len(units) > 1:
+        label += f" ({len(todo)} units)"
+    run = executor.shared(step, config) if step.shared is not None else step.run
+    return Batch(label, run, [(out, config, unit, previous) for unit in todo], dict(step.resources))
 
 
 def _run_step(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, step: Step,
               previous: list, quiet: bool = False) -> tuple[list, int]:
     units = list(step.units(out, config, previous))
-    found = dict(step.done(out, config, units)) if step.done is not None else {}
-    todo = [unit for unit in units if unit not in found]
+    found, todo = _plan(out, config, step, units)
     if todo:
-        label = stage.name if step.name == stage.name else f"{stage.name} {step.name}"
-        if step.units is partition_units:
-            label += f" ({len(todo)} partitions)"
-        elif len(units) > 1:
-            label += f" ({len(todo)} units)"
-        run = executor.shared(step, config) if step.shared is not None else step.run
-        results = executor.map(label, run, [(out, config, unit, previous) for unit in todo], dict(step.resources),
-                               quiet=quiet)
-        found.update(zip(todo, results))
+        batch = _batch(executor, out, config, stage, step, units, todo, previous)
+        found.update(zip(todo, executor.map(batch.label, batch.function, batch.calls, batch.resources, quiet=quiet)))
     return [found[unit] for unit in units], len(todo)
+
+
+def _run_joined(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, step: Step, joined: Step,
+                previous: list, quiet: bool = False) -> tuple[list, int]:
+    """``step``, then ``joined`` (whose units ``joined.joins`` derives from ``step``'s units), sent together
+    when both have units to run; else one after the other."""
+    units = list(step.units(out, config, previous))
+    found, todo = _plan(out, config, step, units)
+    joined_units = list(joined.joins(units)) if units else []
+    joined_found, joined_todo = _plan(out, config, joined, joined_units)
+    if not todo or not joined_todo:
+        previous, count = _run_step(executor, out, config, stage, step, previous, quiet)
+        after, more = _run_step(executor, out, config, stage, joined, previous, quiet)
+        return after, count + more
+
+    def then(results: list) -> Batch:
+        computed = dict(zip(todo, results))
+        handed = [found[unit] if unit in found else computed[unit] for unit in units]
+        return _batch(executor, out, config, stage, joined, joined_units, joined_todo, handed)
+
+    first = _batch(executor, out, config, stage, step, units, todo, previous)
+    _, results = executor.map_joined(first, then, quiet=quiet)
+    joined_found.update(zip(joined_todo, results))
+    return [joined_found[unit] for unit in joined_units], len(todo) + len(joined_todo)

@@ -106,6 +106,24 @@ def check_total(out, config, unit, previous):
     return {}
 
 
+JOINED = Stage("toy", (), "toy", False, "plan → parts → finish, the finish sent with the parts",
+               steps=(Step("plan", plan), Step("part", write_part, planned, parts_written),
+                      Step("finish", finish, joins=lambda units: [None]), Step("check", check_total)))
+
+
+@pytest.mark.parametrize("kind", ["loop", "dask"])
+def test_a_joined_reduce_is_sent_with_its_map_and_sees_every_result_in_unit_order(tmp_path, client, kind, monkeypatch):
+    executor = executors(client)[kind]
+    sent, real = [], executor.map_joined
+    monkeypatch.setattr(executor, "map_joined",
+                        lambda first, then, quiet=False: sent.append(len(first.calls)) or real(first, then, quiet))
+    config = PipelineConfig()
+    assert run_stage(executor, tmp_path, config, JOINED) == 1 + PARTS + 1 + 1
+    (tmp_path / "work" / "part-3.txt").unlink()
+    assert run_stage(executor, tmp_path, config, JOINED) == 1 + 1 + 1 + 1  # the finish sees 4 found parts + 1 run
+    assert sent == [PARTS, 1]  # each time the parts left and the finish went in one map_joined
+
+
 @pytest.mark.parametrize("kind", ["loop", "dask"])
 def test_repeated_steps_see_the_previous_iteration_and_stop_when_told(tmp_path, client, kind):
     executor = executors(client)[kind]

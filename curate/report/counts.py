@@ -167,8 +167,8 @@ def _roles(sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, int | None]]:
 def _images(table: Parts | None) -> dict[str, Any]:
     if table is None:
         return {"present": False}
-    return {"present": True, "total": table.rows(),
-            "by_status": {status: 0 for status in STATUSES} | _value_counts(p["status"] for p in table.scan(["status"]))}
+    statuses = _value_counts(part["status"] for part in table.scan(["status"]))
+    return {"present": True, "total": table.rows(), "by_status": {status: 0 for status in STATUSES} | statuses}
 
 
 def _total(table: Parts | None) -> dict[str, Any]:
