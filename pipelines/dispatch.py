@@ -137,9 +137,12 @@ class DaskExecutor:
         joined = self._submit_all(second.label, second.function, second.calls, second.resources)
         with PauseWatch(self.client, futures + joined, first.label) as watch:
             try:
+                if quiet:
+                    results = self.client.gather(futures + joined)  # the first task that failed raises here
+                    return results[:len(futures)], results[len(futures):]
                 for batch, label in ((futures, first.label), (joined, second.label)):
-                    for future in (batch if quiet else track(batch, label, self.console)):
-                        future.result()  # the first task that failed raises here
+                    for future in track(batch, label, self.console):
+                        future.result()
             except CancelledError:
                 if watch.error:
                     raise WorkersPaused(watch.error) from None
