@@ -3,7 +3,7 @@ clusters and members shown, and the run's files, gathered from ``OUT/tables/`` i
 
 Reads whatever tables exist (an absent table is reported as ``{"present": false}``, one with a wrong schema
 raises :class:`~schemas.tables.SchemaError`), each a part at a time and only the columns a count needs
-(:class:`Parts`): the report holds the counts, one (id, rows) pair per duplicate group and per cluster, and
+(:class:`Parts`): the report holds the counts, a few ``int64`` per duplicate group and per cluster, and
 the few rows it lists. Only rejected files, the largest groups and the sampled cluster members become
 Python objects.
 """
@@ -40,7 +40,7 @@ LINKED = 50
 @dataclass(frozen=True)
 class Parts:
     """The parts of one table, read a part at a time and only the columns asked: the report holds counts,
-    a few listed rows and one (id, count) pair per duplicate group or cluster, never a whole table."""
+    a few listed rows and a few ``int64`` per duplicate group or cluster, never a whole table."""
 
     out: Location
     name: str
@@ -87,17 +87,18 @@ def _value_counts(parts: Iterable[pa.Array | pa.ChunkedArray]) -> dict[str, int]
     return dict(sorted(totals.items()))
 
 
-def id_counts(parts: Iterable[np.ndarray], weights: Iterable[np.ndarray] | None = None
+def id_counts(parts: Iterable[np.ndarray | tuple[np.ndarray, np.ndarray]]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct ids over an id column given part by part, rows per id and (``weights``) the summed weight per id."""
+    """Distinct ids of an id column given part by part (each part its ids, or its (ids, weights)): the ids, rows per
+    id and the summed weight per id. Holds the partial counts of the parts read, never the parts themselves."""
     ids, counts, sums = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    weights = iter(weights) if weights is not None else None
     for part in parts:
-        unique, inverse, count = np.unique(np.asarray(part, dtype=np.int64), return_inverse=True, return_counts=True)
-        weight = next(weights) if weights is not None else np.zeros(len(part), np.int64)
+        column, weight = part if isinstance(part, tuple) else (part, None)
+        unique, inverse, count = np.unique(np.asarray(column, dtype=np.int64), return_inverse=True, return_counts=True)
         ids.append(unique)
         counts.append(count)
-        sums.append(np.bincount(inverse.reshape(-1), weights=weight, minlength=len(unique)).astype(np.int64))
+        sums.append(np.zeros(len(unique), np.int64) if weight is None else
+                    np.bincount(inverse.reshape(-1), weights=weight, minlength=len(unique)).astype(np.int64))
     ids_, counts_, sums_ = np.concatenate(ids), np.concatenate(counts), np.concatenate(sums)
     unique, inverse = np.unique(ids_, return_inverse=True)
     return (unique, np.bincount(inverse, weights=counts_, minlength=len(unique)).astype(np.int64),
@@ -216,13 +217,15 @@ def _largest(table: Parts, ids: np.ndarray, sizes: np.ndarray, removed: np.ndarr
 def _duplicates(table: Parts | None, config: ReportConfig) -> dict[str, Any]:
     if table is None:
         return {"present": False}
-    groups, removed_flags, reasons = [], [], []
-    for part in table.scan(["group", "kept", "reason"]):
-        kept = part["kept"].to_numpy(zero_copy_only=False).astype(bool)
-        groups.append(part["group"].to_numpy())
-        removed_flags.append((~kept).astype(np.int64))
-        reasons.append(pc.fill_null(part.filter(pc.invert(part["kept"]))["reason"], "unknown"))
-    ids, sizes, removed = id_counts(groups, removed_flags)
+    reasons = []  # the reasons of the removed rows only
+
+    def groups_and_removed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for part in table.scan(["group", "kept", "reason"]):
+            kept = part["kept"].to_numpy(zero_copy_only=False).astype(bool)
+            reasons.append(pc.fill_null(part.filter(pc.invert(part["kept"]))["reason"], "unknown"))
+            yield part["group"].to_numpy(), (~kept).astype(np.int64)
+
+    ids, sizes, removed = id_counts(groups_and_removed())
     size_values, size_counts = np.unique(sizes, return_counts=True)
     return {
         "present": True, "images": int(sizes.sum()), "kept": int(sizes.sum() - removed.sum()),
