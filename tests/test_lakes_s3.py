@@ -49,8 +49,8 @@ def _free_port() -> int:
 
 @contextmanager
 def moto_server() -> Iterator[str]:
-    """moto's S3 server in a process of its own (in this one it would share the interpreter lock with the
-    client, and every request of a run would wait on it); yields its endpoint URL."""
+    """moto's S3 server in a process of its own (its request handling does not share this process's interpreter
+    lock with the client and the local scheduler); yields its endpoint URL."""
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -64,6 +64,8 @@ def moto_server() -> Iterator[str]:
                 if server.poll() is not None:
                     raise RuntimeError(f"moto server exited with {server.returncode}") from None
                 time.sleep(0.1)
+        else:
+            raise RuntimeError(f"moto server on {endpoint} did not answer (300 tries, 0.1 s apart)")
         yield endpoint
     finally:
         server.terminate()
