@@ -118,36 +118,31 @@ class DaskExecutor:
 
     def map(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None = None,
             quiet: bool = False) -> list:
-        futures = self._submit_all(label, function, calls, resources)
-        with PauseWatch(self.client, futures, label) as watch:
-            try:
-                if quiet:
-                    return self.client.gather(futures)  # the first task that failed raises here
-                for future in track(futures, label, self.console):
-                    future.result()
-            except CancelledError:
-                if watch.error:
-                    raise WorkersPaused(watch.error) from None
-                raise
-        return self.client.gather(futures)
+        return self._wait([(label, self._submit_all(label, function, calls, resources))], quiet)
 
     def map_joined(self, first: Batch, then: Callable[[list], Batch], quiet: bool = False) -> tuple[list, list]:
         futures = self._submit_all(first.label, first.function, first.calls, first.resources)
         second = then(futures)  # a map's futures as its reduce's arguments: no round trip through this process
         joined = self._submit_all(second.label, second.function, second.calls, second.resources)
-        with PauseWatch(self.client, futures + joined, first.label) as watch:
+        results = self._wait([(first.label, futures), (second.label, joined)], quiet)
+        return results[:len(futures)], results[len(futures):]
+
+    def _wait(self, batches: Sequence[tuple[str, list]], quiet: bool) -> list:
+        """The results of every future of ``batches`` (``(label, futures)`` pairs), in order, with a progress bar per
+        batch unless ``quiet``. The first task that failed raises here; workers paused for good raise
+        :class:`WorkersPaused`."""
+        futures = [future for _, batch in batches for future in batch]
+        with PauseWatch(self.client, futures, batches[0][0]) as watch:
             try:
-                if quiet:
-                    results = self.client.gather(futures + joined)  # the first task that failed raises here
-                    return results[:len(futures)], results[len(futures):]
-                for batch, label in ((futures, first.label), (joined, second.label)):
-                    for future in track(batch, label, self.console):
-                        future.result()
+                if not quiet:
+                    for label, batch in batches:
+                        for future in track(batch, label, self.console):
+                            future.result()
+                return self.client.gather(futures)
             except CancelledError:
                 if watch.error:
                     raise WorkersPaused(watch.error) from None
                 raise
-        return self.client.gather(futures), self.client.gather(joined)
 
     def _submit_all(self, label: str, function: Callable, calls: Sequence[tuple], resources: dict | None) -> list:
         """One task per call, submitted in one message to the scheduler (each step is a barrier: its latency counts)."""
@@ -271,23 +266,28 @@ def _run_step(executor: Executor, out: Location, config: PipelineConfig, stage: 
 
 def _run_joined(executor: Executor, out: Location, config: PipelineConfig, stage: Stage, step: Step, joined: Step,
                 previous: list, quiet: bool = False) -> tuple[list, int]:
-    """``step``, then ``joined`` (whose units ``joined.joins`` derives from ``step``'s units), sent together
-    when both have units to run; else one after the other."""
+    """``step``, then ``joined`` (whose units ``joined.joins`` derives from ``step``'s units): sent together when
+    both have units to run, else whichever has."""
     units = list(step.units(out, config, previous))
     found, todo = _plan(out, config, step, units)
     joined_units = list(joined.joins(units)) if units else []
     joined_found, joined_todo = _plan(out, config, joined, joined_units)
-    if not todo or not joined_todo:
-        previous, count = _run_step(executor, out, config, stage, step, previous, quiet)
-        after, more = _run_step(executor, out, config, stage, joined, previous, quiet)
-        return after, count + more
 
     def then(results: list) -> Batch:
         computed = dict(zip(todo, results))
         handed = [found[unit] if unit in found else computed[unit] for unit in units]
         return _batch(executor, out, config, stage, joined, joined_units, joined_todo, handed)
 
-    first = _batch(executor, out, config, stage, step, units, todo, previous)
-    _, results = executor.map_joined(first, then, quiet=quiet)
+    if todo and joined_todo:
+        _, results = executor.map_joined(_batch(executor, out, config, stage, step, units, todo, previous), then,
+                                         quiet=quiet)
+    else:
+        if todo:  # the reduce's outputs exist already: the map alone
+            first = _batch(executor, out, config, stage, step, units, todo, previous)
+            executor.map(first.label, first.function, first.calls, first.resources, quiet=quiet)
+        results = []
+        if joined_todo:  # every map unit found: the reduce alone, handed their results
+            second = then([])
+            results = executor.map(second.label, second.function, second.calls, second.resources, quiet=quiet)
     joined_found.update(zip(joined_todo, results))
     return [joined_found[unit] for unit in joined_units], len(todo) + len(joined_todo)

@@ -122,6 +122,8 @@ def test_a_joined_reduce_is_sent_with_its_map_and_sees_every_result_in_unit_orde
     (tmp_path / "work" / "part-3.txt").unlink()
     assert run_stage(executor, tmp_path, config, JOINED) == 1 + 1 + 1 + 1  # the finish sees 4 found parts + 1 run
     assert sent == [PARTS, 1]  # each time the parts left and the finish went in one map_joined
+    assert run_stage(executor, tmp_path, config, JOINED) == 1 + 1 + 1  # every part found: the finish alone
+    assert sent == [PARTS, 1]
 
 
 @pytest.mark.parametrize("kind", ["loop", "dask"])
