@@ -241,11 +241,11 @@ def finest_sizes(table: Parts) -> np.ndarray:
     return id_counts(part["cluster"].to_numpy() for part in table.scan(["cluster"]))[1]
 
 
-def _per_level(table: Parts) -> list[int]:
-    """Distinct labels used at each level, finest first."""
+def _per_level(table: Parts, finest: int) -> list[int]:
+    """Distinct labels used at each level, finest first (``finest``: the finest level's, when no row has levels)."""
     seen: list[np.ndarray] = []
     flat = False
-    for part in table.scan(["cluster", "levels"]):
+    for part in table.scan(["levels"]):
         levels = part["levels"].combine_chunks()
         lengths = pc.list_value_length(levels).to_numpy(zero_copy_only=False)
         if not len(lengths):
@@ -264,7 +264,7 @@ def _per_level(table: Parts) -> list[int]:
             else:
                 seen.append(found)
     if not seen:
-        return [len(finest_sizes(table))] if flat else []
+        return [finest] if flat else []
     return [len(labels) for labels in seen]
 
 
@@ -292,7 +292,7 @@ def _clusters(table: Parts | None, config: ReportConfig) -> dict[str, Any]:
     ids, sizes, _ = id_counts(part["cluster"].to_numpy() for part in table.scan(["cluster"]))
     finest = ({"min": int(sizes.min()), "median": float(np.median(sizes)), "max": int(sizes.max())}
               if len(sizes) else {"min": None, "median": None, "max": None})
-    return {"present": True, "images": int(sizes.sum()), "clusters": len(sizes), "per_level": _per_level(table),
+    return {"present": True, "images": int(sizes.sum()), "clusters": len(sizes), "per_level": _per_level(table, len(ids)),
             "finest_sizes": finest,
             "shown": _cluster_examples(table, ids, sizes, config.examples, config.seed) if config.examples > 0 else []}
 
