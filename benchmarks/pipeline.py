@@ -243,6 +243,17 @@ def print_work(runs: dict[str, list[dict]]) -> None:
         wb, wc = work["b"], work["c"]
         print(f"{name:8} {a:6.2f} | {b:8.2f} {wb['compute']:6.2f} {b - wb['compute']:6.2f} | {c:8.2f} "
               f"{wc['compute']:6.2f} {wc['busiest']:7.2f} {wc['workers']:7.0f}")
+    slower = task_slowdown(runs)
+    print(f"the same tasks computed {slower:.2f}x as long in (c) as in (b) (two at once on this machine): even with "
+          f"nothing around the tasks and no idle worker, (c)/(b) would be at most {2 / slower:.2f}")
+
+
+def task_slowdown(runs: dict[str, list[dict]]) -> float:
+    """How much longer the workers computed the same tasks in (c) than in (b) (medians of the per-run totals)."""
+    def total(run: dict) -> float:
+        return sum(entry["compute"] for entry in run["work"].values())
+
+    return median(runs["c"], total) / median(runs["b"], total)
 
 
 def rows(runs: dict[str, list[dict]], images: dict[str, int], lake_files: int) -> list[dict]:

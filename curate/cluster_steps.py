@@ -26,7 +26,7 @@ and last:
 ==============  ====  =========================================================================================
 
 Rounds: ``niter`` on the whole pool, then ``niter`` on the sample of each of the ``resampling_steps``
-steps; like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a
+steps (a round that moves no centroid ends its step early: the rounds left would repeat it); like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a
 subsample drawn by key score, so level 1 costs ``2 min(n, 256 k) k d`` flops a round (exact assignment;
 with the inverted file above ``cluster.exact_max_k``, about ``2 * 17 sqrt(k) d`` a vector). Memory per
 task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the reduce); ``radius``
@@ -226,7 +226,9 @@ def assign(out: Location, config: PipelineConfig, unit_: tuple[int, tuple[int, .
 
 
 def update_centroids(out: Location, config: PipelineConfig, round_: int, previous=None) -> dict:
-    """Round ``R``'s reduce: add every partition's sums (exactly; any order) and normalise the means."""
+    """Round ``R``'s reduce: add every partition's sums (exactly; any order) and normalise the means. When no
+    centroid moved, every later round of the resampling step would repeat this one (same centroids, same sample,
+    same sums), so they are skipped: the centroids are saved as those of the next step's first round."""
     centroids = load_array(_at(out, f"centroids/round-{round_:04d}.npy"))
     folder = _at(out, "sums")
     total = Sums(np.zeros(centroids.shape, dtype=np.int64), np.zeros(len(centroids), dtype=np.int64), 0.0)
@@ -235,9 +237,35 @@ def update_centroids(out: Location, config: PipelineConfig, round_: int, previou
         total.sums[part["clusters"]] += part["sums"]
         total.counts[part["clusters"]] += part["counts"]
         total = Sums(total.sums, total.counts, total.similarity + float(part["similarity"]))
-    _save_centroids(out, config, round_ + 1, update(total, centroids))
+    updated = update(total, centroids)
+    following = _step_end(config, round_) if settled(updated, centroids) else round_ + 1
+    _save_centroids(out, config, following, updated)
     output.remove_matching(_dir(out), f"sums/round-{round_:04d}-part-*.npz")  # a rerun of the round redoes them
-    return {"round": round_ + 1, "in": int(total.counts.sum()), "similarity": total.similarity}
+    return {**_reduced(config, following), "in": int(total.counts.sum()), "similarity": total.similarity}
+
+
+def settled(updated: np.ndarray, centroids: np.ndarray) -> bool:
+    """No centroid moved (bit for bit): the round's assignments were those of the round before."""
+    return np.array_equal(updated, centroids)
+
+
+def _step_end(config: PipelineConfig, round_: int) -> int:
+    """The first round after the resampling step that round ``round_`` belongs to."""
+    return (round_ // config.cluster.niter + 1) * config.cluster.niter
+
+
+def _reduced(config: PipelineConfig, following: int) -> dict:
+    """The result of a reduced round: the round that follows it, and how many are left (0 ends the rounds)."""
+    return {"round": following, "rounds_left": rounds(config) - following}
+
+
+def _following(out: Location, config: PipelineConfig, round_: int) -> int | None:
+    """The round that follows round ``round_`` once it is reduced (its centroids exist): ``R + 1``, or the next
+    resampling step's first round when ``R`` moved no centroid; ``None`` while ``R`` is not reduced."""
+    for following in (round_ + 1, _step_end(config, round_)):
+        if _exists(out, f"centroids/round-{following:04d}.npy"):
+            return following
+    return None
 
 
 def _resampling_step(config: PipelineConfig, round_: int) -> int:
@@ -396,16 +424,11 @@ def _seeded(out: Location, config: PipelineConfig, units: list) -> dict:
     return {units[0]: {"in": size, "k": min(int(info["ks"][0]), size), "round": 0}}
 
 
-def _round_done(round_: int, out: Location) -> bool:
-    """Round ``round_`` is reduced: the next round's centroids exist."""
-    return _exists(out, f"centroids/round-{round_ + 1:04d}.npy")
-
-
 def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
     found = {}
     for round_, partition in units:
         step = _resampling_step(config, round_)
-        if partition is None or not step or _round_done(round_, out) or _exists(out, _resampled_part(step, partition)):
+        if partition is None or not step or _following(out, config, round_) is not None or _exists(out, _resampled_part(step, partition)):
             found[(round_, partition)] = {"round": round_}
     return found
 
@@ -413,7 +436,7 @@ def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
 def _joined(out: Location, config: PipelineConfig, round_: int) -> bool:
     """No resampling step starts at round ``round_``, or its radii are joined (or the round is reduced)."""
     step = _resampling_step(config, round_)
-    return not step or _round_done(round_, out) or _exists(out, f"resample/radius-{step}.npy")
+    return not step or _following(out, config, round_) is not None or _exists(out, f"resample/radius-{step}.npy")
 
 
 def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
@@ -430,11 +453,12 @@ def _radii_done(out: Location, config: PipelineConfig, units: list) -> dict:
 
 
 def _assigned(out: Location, config: PipelineConfig, units: list) -> dict:
-    return {unit_: {"round": unit_[0]} for unit_ in units if _round_done(unit_[0], out)}
+    return {unit_: {"round": unit_[0]} for unit_ in units if _following(out, config, unit_[0]) is not None}
 
 
 def _updated(out: Location, config: PipelineConfig, units: list) -> dict:
-    return {round_: {"round": round_ + 1} for round_ in units if _round_done(round_, out)}
+    found = {round_: _following(out, config, round_) for round_ in units}
+    return {round_: _reduced(config, following) for round_, following in found.items() if following is not None}
 
 
 def _upper_done(out: Location, config: PipelineConfig, units: list) -> dict:
@@ -484,6 +508,7 @@ STEPS = (
          Step("update", update_centroids, units=lambda out, config, previous: [_round(previous)], done=_updated,
               joins=lambda units: [units[0][0]])),  # the round of the assign units
         times=rounds,
+        until=lambda results: results[0]["rounds_left"] <= 0,  # a settled step skips its remaining rounds
     ),
     Step("upper", upper, done=_upper_done),
     Step("write", write, units=_partitions, done=_written),

@@ -169,12 +169,19 @@ def test_rounds_train_on_at_most_256_points_a_centroid_the_same_ones_for_any_par
     assert tables_[0] == tables_[1] and len(tables_[0]) == 2000
 
 
+def _assign_rounds(seen: list) -> list[int]:
+    """The rounds of the ``assign`` units a ``run_shape(..., seen=)`` ran, one entry a unit."""
+    return [unit[0] for name, unit in (entry[1] for entry in seen if entry[0] == "ran") if name == "assign"]
+
+
 def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path, monkeypatch):
     monkeypatch.setattr(cluster_steps, "GROUP_BYTES", 0)  # one assign task per partition
-    vectors = _blobs(6, 30)
+    vectors = _blobs(6, 30, spread=2.0)  # overlapping blobs: no round settles before the last
     config = load_config(None, ["cluster.ks=[6, 2]", "cluster.niter=4", "cluster.resampling_steps=1"])
     write_embedding_out(tmp_path / "whole", vectors, np.arange(len(vectors)) % 3)
-    run_steps(tmp_path / "whole", config)
+    seen = []
+    run_shape(tmp_path / "whole", config, cluster_steps.STEPS, seen=seen)
+    assert sorted(set(_assign_rounds(seen))) == list(range(8))
     out = tmp_path / "stopped"
     write_embedding_out(out, vectors, np.arange(len(vectors)) % 3)
 
@@ -187,9 +194,32 @@ def test_a_run_stopped_mid_k_means_resumes_from_the_last_reduced_round(tmp_path,
         run_shape(out, config, _with_assign(cluster_steps.STEPS, failing))
     seen = []
     run_shape(out, config, cluster_steps.STEPS, seen=seen)
-    ran = [unit for name, unit in (entry[1] for entry in seen if entry[0] == "ran") if name == "assign"]
-    assert min(unit[0] for unit in ran) == 6 and len(ran) == 2 * 3  # rounds 6 and 7 only
+    assert _assign_rounds(seen) == [6, 6, 6, 7, 7, 7]  # rounds 6 and 7 only, three partitions each
     assert _table(out) == _table(tmp_path / "whole")
+
+
+def test_a_round_that_moves_no_centroid_ends_its_resampling_step_with_the_same_table(tmp_path, monkeypatch):
+    vectors = _blobs(6, 30)  # well-separated blobs: Lloyd settles in a few rounds
+    config = load_config(None, ["cluster.ks=[6, 2]", "cluster.niter=6", "cluster.resampling_steps=1"])
+    ran, found = {}, {}
+    for name, settle in (("settling", True), ("every round", False)):
+        if not settle:  # a round that moves nothing still hands its centroids to the next round
+            monkeypatch.setattr(cluster_steps, "settled", lambda *centroids: False)
+        out = tmp_path / name
+        write_embedding_out(out, vectors, np.arange(len(vectors)) % 3)
+        seen = []
+        run_shape(out, config, cluster_steps.STEPS[:-1], seen=seen)
+        ran[name], found[name] = sorted(set(_assign_rounds(seen))), _table(out)
+        centroids = out / "work" / "cluster" / "centroids"
+        assert (centroids / "round-0012.npy").exists()  # what upper and write read
+    assert ran["every round"] == list(range(12))
+    assert 0 in ran["settling"] and 6 in ran["settling"] and len(ran["settling"]) < 12  # each step settled early
+    assert found["settling"] == found["every round"]
+    # a rerun finds the settled rounds done: it runs nothing
+    seen = []
+    monkeypatch.undo()
+    run_shape(tmp_path / "settling", config, cluster_steps.STEPS[:-1], seen=seen)
+    assert not [entry for entry in seen if entry[0] == "ran"]
 
 
 def _with_assign(shape, function):
@@ -326,8 +356,8 @@ def test_grouped_assign_tasks_give_the_same_table_as_one_per_partition(tmp_path,
         write_embedding_out(out, vectors, np.arange(len(vectors)) // 30)  # six partitions of 30 rows
         seen = []
         run_shape(out, config, cluster_steps.STEPS, seen=seen)
-        units = [unit for name, unit in (entry[1] for entry in seen if entry[0] == "ran") if name == "assign"]
-        found[budget] = (_table(out), len(units) // 6)  # 6 rounds
+        rounds = _assign_rounds(seen)
+        found[budget] = (_table(out), len(rounds) // len(set(rounds)))  # tasks a round
     assert [tasks for _, tasks in found.values()] == [6, 3, 1]
     assert len({repr(table) for table, _ in found.values()}) == 1
 

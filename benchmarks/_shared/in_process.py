@@ -13,7 +13,7 @@ from dinolab.schemas.config import PipelineConfig
 
 def run_shape(out: Location, config: PipelineConfig, shape: Shape, previous: list | None = None,
               seen: list | None = None) -> list:
-    """Run every step of ``shape`` in order (a ``Repeat`` its number of times), skipping the units its ``done``
+    """Run every step of ``shape`` in order (a ``Repeat`` its number of times, or until its ``until``), skipping the units its ``done``
     finds already done (their results taken from it); the last step's results. ``seen`` collects
     ``(step name, results)`` of each step and ``(step name, unit)`` of each unit run (``"ran"`` entries)."""
     previous = previous or []
@@ -21,6 +21,8 @@ def run_shape(out: Location, config: PipelineConfig, shape: Shape, previous: lis
         if isinstance(item, Repeat):
             for _ in range(item.times(config)):
                 previous = run_shape(out, config, item.steps, previous, seen)
+                if item.until is not None and item.until(previous):
+                    break
             continue
         units = list(item.units(out, config, previous))
         found = dict(item.done(out, config, units)) if item.done is not None else {}
