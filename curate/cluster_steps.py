@@ -26,8 +26,9 @@ and last:
 ==============  ====  =========================================================================================
 
 Rounds: ``niter`` on the whole pool, then ``niter`` on the sample of each of the ``resampling_steps``
-steps (a round that moves no centroid ends its step early: the rounds left would repeat it); like faiss, a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a
-subsample drawn by key score, so level 1 costs ``2 min(n, 256 k) k d`` flops a round (exact assignment;
+steps (a round that moves no centroid ends its step early: the rounds left would repeat it); like faiss,
+a round trains on at most ``MAX_POINTS_PER_CENTROID`` (256) vectors a centroid, a subsample drawn by key
+score, so level 1 costs ``2 min(n, 256 k) k d`` flops a round (exact assignment;
 with the inverted file above ``cluster.exact_max_k``, about ``2 * 17 sqrt(k) d`` a vector). Memory per
 task: one partition's vectors plus ``[k, d]`` centroids (a ``[k, d]`` int64 sum in the reduce); ``radius``
 holds the (int32, float32) pairs of one bucket, at most ``2 r`` a cluster of it (each cluster's ``r`` most
@@ -428,7 +429,8 @@ def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
     found = {}
     for round_, partition in units:
         step = _resampling_step(config, round_)
-        if partition is None or not step or _following(out, config, round_) is not None or _exists(out, _resampled_part(step, partition)):
+        reduced = _following(out, config, round_) is not None
+        if partition is None or not step or reduced or _exists(out, _resampled_part(step, partition)):
             found[(round_, partition)] = {"round": round_}
     return found
 

@@ -13,9 +13,9 @@ from dinolab.schemas.config import PipelineConfig
 
 def run_shape(out: Location, config: PipelineConfig, shape: Shape, previous: list | None = None,
               seen: list | None = None) -> list:
-    """Run every step of ``shape`` in order (a ``Repeat`` its number of times, or until its ``until``), skipping the units its ``done``
-    finds already done (their results taken from it); the last step's results. ``seen`` collects
-    ``(step name, results)`` of each step and ``(step name, unit)`` of each unit run (``"ran"`` entries)."""
+    """Run every step of ``shape`` in order (a ``Repeat`` its number of times, or until its ``until``), skipping
+    the units its ``done`` finds already done (their results taken from it); the last step's results. ``seen``
+    collects ``(step name, results)`` of each step and ``(step name, unit)`` of each unit run (``"ran"`` entries)."""
     previous = previous or []
     for item in shape:
         if isinstance(item, Repeat):
