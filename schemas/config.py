@@ -109,6 +109,11 @@ class DedupConfig:
     min_evidence: int = at_least(40, 0)
     """Verified copy: agreeing textured 16-px cells (of the 256-px analysis image) it must have, so that flat
     pictures, which agree on a few cells by chance, need evidence from their content."""
+    geometric_inliers: int = at_least(40, 0)
+    """Verified copy: RANSAC inliers (content keypoints: templates left out) at which the match itself is
+    evidence; such a pair needs only ``geometric_agreement`` of its overlap to agree, as overlays (stripes,
+    emoji, captions) hide more than half of a copy, and still no large block and enough agreeing cells (0: off)."""
+    geometric_agreement: float = fraction(0.3)
     eval_min_agreement: float = fraction(0.45)
     """The looser agreement against evaluation sets."""
     eval_max_blob: float = fraction(0.3)

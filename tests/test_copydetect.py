@@ -171,6 +171,19 @@ def test_a_striped_copy_is_verified_on_the_pixels_its_stripes_leave_visible():
     assert result.agreement > stiff.agreement
 
 
+def test_a_copy_mostly_hidden_by_stripes_is_verified_on_its_geometry_and_a_shared_frame_still_is_not():
+    photo = _photo("astronaut")
+    striped = np.asarray(photo).copy()
+    striped[np.arange(256) % 48 < 28] = (200, 40, 90)  # solid bands over more than half of the rows
+    pair = describe(photo), describe(Image.fromarray(striped))
+    geometric = VerifyConfig(min_agreement=0.5, geometric_inliers=40)
+    plain = verify_pair(*pair, VerifyConfig(min_agreement=0.5))
+    assert not plain.accepted and plain.inliers >= 40 and 0.3 <= plain.agreement < 0.5
+    assert verify_pair(*pair, geometric).accepted
+    framed = verify_pair(describe(_frame(_photo("astronaut"))), describe(_frame(_photo("coffee"))), geometric)
+    assert framed.inliers >= 40 and not framed.accepted  # the frame matches, the photos are one big block
+
+
 def test_cell_correlation_ignores_the_occluded_pixels():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 256)), rng.normal(size=(3, 256))
@@ -271,7 +284,7 @@ def test_groups_keep_the_largest_copy_and_leaks_remove_the_whole_group_at_the_lo
     assert rows["k1"]["reason"] == rows["k2"]["reason"] == "leak:test"  # the whole group, not only k1
     assert rows["c1"]["kept"] and rows["r1"]["kept"] and rows["c1"]["group"] != rows["r1"]["group"]
     strict = copy_duplicates_table(table, features, {"test": evaluation},
-                                   DedupConfig(eval_min_agreement=1.01))  # no verified leak can pass
+                                   DedupConfig(eval_min_agreement=1.01, geometric_inliers=0))  # no leak can pass
     assert not any((r["reason"] or "").startswith("leak") for r in strict.to_pylist())
 
 

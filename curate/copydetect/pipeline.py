@@ -46,7 +46,8 @@ class ReferenceSet:
 
 
 def verify_config(config: DedupConfig, evaluation: bool = False) -> VerifyConfig:
-    base = VerifyConfig(min_agreement=config.min_agreement, max_blob=config.max_blob, min_evidence=config.min_evidence)
+    base = VerifyConfig(min_agreement=config.min_agreement, max_blob=config.max_blob, min_evidence=config.min_evidence,
+                        geometric_inliers=config.geometric_inliers, geometric_agreement=config.geometric_agreement)
     if evaluation:  # the paper's looser threshold against evaluation sets
         return replace(base, min_agreement=config.eval_min_agreement, max_blob=config.eval_max_blob)
     return base

@@ -60,6 +60,11 @@ class VerifyConfig:
     max_blob: float = 0.3
     """Largest contiguous disagreeing block (share of the overlap) a copy may have: an overlay hides a part
     of the photo, but two photos in one frame disagree on one big block, the photos themselves."""
+    geometric_inliers: int = 0
+    """RANSAC inliers at which the match itself is evidence of a copy (0: never): the pixel check then asks
+    only ``geometric_agreement`` of the overlap, since stripes, emoji and captions hide more than half of a
+    copy's cells, and still no large disagreeing block and enough agreeing cells."""
+    geometric_agreement: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,10 @@ def pixel_check(a: LocalFeatures, b: LocalFeatures, affine: np.ndarray, config: 
     backward = cell_agreement(b.gray, a.gray, cv2.invertAffineTransform(affine), config, b.template, a.template)
     best = max(forward, backward, key=lambda result: result.cells)  # the side with more evidence
     blob = max(forward.blob, backward.blob)
-    accepted = (best.cells >= config.min_cells and best.fraction >= config.min_agreement and blob <= config.max_blob
+    agreement = config.min_agreement
+    if config.geometric_inliers and inliers >= config.geometric_inliers:
+        agreement = min(agreement, config.geometric_agreement)
+    accepted = (best.cells >= config.min_cells and best.fraction >= agreement and blob <= config.max_blob
                 and best.agreeing >= required_evidence(a, b, config))
     return Verification(accepted, inliers, best.fraction, best.cells, mirrored, blob)
 
