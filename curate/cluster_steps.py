@@ -425,12 +425,19 @@ def _seeded(out: Location, config: PipelineConfig, units: list) -> dict:
     return {units[0]: {"in": size, "k": min(int(info["ks"][0]), size), "round": 0}}
 
 
+def _reduced_rounds(out: Location, config: PipelineConfig, units: list) -> set[int]:
+    """The rounds of ``units`` (``(R, ...)`` tuples) that are reduced: one check a round, not one a unit."""
+    return {round_ for round_ in {unit_[0] for unit_ in units} if _following(out, config, round_) is not None}
+
+
 def _resampled(out: Location, config: PipelineConfig, units: list) -> dict:
+    starting = [(round_, partition) for round_, partition in units
+                if partition is not None and _resampling_step(config, round_)]
+    reduced = _reduced_rounds(out, config, starting)
     found = {}
     for round_, partition in units:
         step = _resampling_step(config, round_)
-        reduced = _following(out, config, round_) is not None
-        if partition is None or not step or reduced or _exists(out, _resampled_part(step, partition)):
+        if partition is None or not step or round_ in reduced or _exists(out, _resampled_part(step, partition)):
             found[(round_, partition)] = {"round": round_}
     return found
 
@@ -442,10 +449,10 @@ def _joined(out: Location, config: PipelineConfig, round_: int) -> bool:
 
 
 def _radius_done(out: Location, config: PipelineConfig, units: list) -> dict:
+    joined = {round_ for round_ in {unit_[0] for unit_ in units} if _joined(out, config, round_)}
     found = {}
     for round_, bucket in units:
-        if bucket is None or _joined(out, config, round_) or _exists(
-                out, _bucket_radius(_resampling_step(config, round_), bucket)):
+        if bucket is None or round_ in joined or _exists(out, _bucket_radius(_resampling_step(config, round_), bucket)):
             found[(round_, bucket)] = {"round": round_}
     return found
 
@@ -455,7 +462,8 @@ def _radii_done(out: Location, config: PipelineConfig, units: list) -> dict:
 
 
 def _assigned(out: Location, config: PipelineConfig, units: list) -> dict:
-    return {unit_: {"round": unit_[0]} for unit_ in units if _following(out, config, unit_[0]) is not None}
+    reduced = _reduced_rounds(out, config, units)
+    return {unit_: {"round": unit_[0]} for unit_ in units if unit_[0] in reduced}
 
 
 def _updated(out: Location, config: PipelineConfig, units: list) -> dict:
